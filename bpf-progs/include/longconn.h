@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Every record that crosses the kernel/user boundary, in one place.
+ *
+ * Rules: __u64/__u32 only, largest fields first, explicit padding, no bool.
+ * `common/src/layout.rs` mirrors this file; a test compares the two through the
+ * BTF of the compiled object. Any change here bumps LONGCONN_LAYOUT_VERSION.
+ */
+#ifndef LONGCONN_H
+#define LONGCONN_H
+
+#define LONGCONN_LAYOUT_VERSION 1
+#define LONGCONN_META_MAGIC 0x6c636f6e6e6d6574ULL /* "lconnmet" */
+
+/* longconn_conn.direction */
+#define LONGCONN_DIR_OUTBOUND 1
+#define LONGCONN_DIR_INBOUND 2
+
+/* longconn_conn.flags */
+#define LONGCONN_F_ESTABLISHED 0x1 /* reached TCP_ESTABLISHED at least once */
+#define LONGCONN_F_CLOSED 0x2      /* final record: the socket reached TCP_CLOSE */
+#define LONGCONN_F_FAILED 0x4      /* closed without ever establishing */
+#define LONGCONN_F_RINGBUF_MISS 0x8 /* close record kept in the map: ring buffer was full */
+
+/* Which refresh hooks do work (const volatile `hooks`, set at load time). */
+#define LONGCONN_HOOK_TCP_PROBE 0x1 /* tracepoint tcp:tcp_probe (every received segment) */
+#define LONGCONN_HOOK_RCV_SPACE 0x2 /* tracepoint tcp:tcp_rcv_space_adjust (application reads) */
+#define LONGCONN_HOOK_EGRESS 0x4    /* cgroup_skb/egress (every transmitted segment) */
+#define LONGCONN_HOOK_INGRESS 0x8   /* cgroup_skb/ingress (every received segment, pre-TCP) */
+
+/* Index of each kernel-side counter in the per-CPU `longconn_counters` array. */
+#define LONGCONN_CTR_RINGBUF_FULL 0   /* close records that did not fit the ring buffer */
+#define LONGCONN_CTR_MAP_FULL 1       /* connections not tracked: map full */
+#define LONGCONN_CTR_MAP_ERROR 2      /* connections not tracked: other insert error */
+#define LONGCONN_CTR_CLOSE_UNTRACKED 3 /* TCP_CLOSE seen for a socket with no entry */
+#define LONGCONN_CTR_TRACKED 4        /* connections inserted into the map */
+#define LONGCONN_CTR_MAX 8
+
+/* Value of map_of_tcp_conns (key: __u64 socket cookie) and of each ring-buffer record. */
+struct longconn_conn {
+	__u64 cookie;
+	__u64 start_ns;  /* CLOCK_BOOTTIME when first seen (connect or passive establish) */
+	__u64 update_ns; /* CLOCK_BOOTTIME of the last refresh */
+	__u64 bytes_sent;     /* tcp_sock.bytes_acked */
+	__u64 bytes_received; /* tcp_sock.bytes_received */
+	__u64 packets_sent;     /* tcp_sock.segs_out, widened to 64 bits */
+	__u64 packets_received; /* tcp_sock.segs_in, widened */
+	__u64 retransmits;      /* tcp_sock.total_retrans, widened */
+	__u64 lost_packets;     /* tcp_sock.lost (running total), widened */
+	__u64 bytes_retrans;    /* tcp_sock.bytes_retrans */
+	__u64 cgroup_id;        /* cgroup v2 id of the socket */
+	__u64 netns_cookie;     /* network namespace cookie */
+	__u32 local_addr[4];  /* network order; IPv4 in [0] */
+	__u32 remote_addr[4]; /* network order; IPv4 in [0] */
+	__u32 srtt_us;    /* smoothed RTT, microseconds (already shifted) */
+	__u32 min_rtt_us; /* windowed minimum RTT, microseconds */
+	__u32 pid;        /* tgid that called connect(); 0 when unknown */
+	__u32 family;     /* AF_INET or AF_INET6 */
+	__u32 local_port;  /* host order */
+	__u32 remote_port; /* host order */
+	__u32 state;     /* TCP state (linux/tcp.h numbering) */
+	__u32 direction; /* LONGCONN_DIR_* */
+	__u32 flags;     /* LONGCONN_F_* */
+	__u32 _pad;
+	char comm[16]; /* task comm that called connect(); empty when unknown */
+};
+
+/* Single value of the `longconn_meta` array, written by longconn-pin after load. */
+struct longconn_meta {
+	__u64 magic;          /* LONGCONN_META_MAGIC */
+	__u64 pinned_at_ns;   /* CLOCK_REALTIME of the pin, identifies this pin generation */
+	__u64 cgroup_id;      /* cgroup v2 the programs are attached to */
+	__u32 layout_version; /* LONGCONN_LAYOUT_VERSION */
+	__u32 record_size;    /* sizeof(struct longconn_conn) */
+	__u32 hooks;          /* LONGCONN_HOOK_* in force */
+	__u32 _pad;
+};
+
+#endif /* LONGCONN_H */

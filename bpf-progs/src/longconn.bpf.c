@@ -1,0 +1,318 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * longconn kernel side: keep one record per tracked TCP connection in
+ * map_of_tcp_conns, fresh enough that once traffic stops it equals tcp_info,
+ * and hand the final record of every closed connection to user space.
+ *
+ * Tracking starts in sockops (connect or passive establish, on the attached
+ * cgroup v2 subtree). Freshness comes from hooks that run *after* the kernel
+ * has updated the counters they copy:
+ *   - sockops RTT/RETRANS/STATE callbacks (ACK processed, retransmit sent,
+ *     state changed);
+ *   - cgroup_skb egress (a segment was built: segs_out, and every receive-side
+ *     counter the ACK reports, are current);
+ *   - tcp:tcp_probe (a segment arrived: segs_in already counts it).
+ * Hot-path hooks do one map lookup and leave when the socket is not tracked.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "longconn.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define E2BIG 7
+#define EEXIST 17
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by longconn-pin at load time (EbpfLoader::set_global). */
+const volatile __u32 hooks = LONGCONN_HOOK_TCP_PROBE | LONGCONN_HOOK_EGRESS;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct longconn_conn);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} map_of_tcp_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} longconn_closed SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, LONGCONN_CTR_MAX);
+} longconn_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct longconn_meta);
+	__uint(max_entries, 1);
+} longconn_meta SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&longconn_counters, &idx);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+/* Widen a wrapping 32-bit kernel counter into our 64-bit total; never step back. */
+static __always_inline __u64 widen32(__u64 total, __u32 now)
+{
+	__s32 delta = (__s32)(now - (__u32)total);
+
+	return delta > 0 ? total + (__u32)delta : total;
+}
+
+/* Copy every counter from a BTF-typed tcp_sock (direct loads, no helper calls). */
+static __always_inline void refresh(struct longconn_conn *c, struct tcp_sock *tp)
+{
+	c->bytes_sent = tp->bytes_acked;
+	c->bytes_received = tp->bytes_received;
+	c->packets_sent = widen32(c->packets_sent, tp->segs_out);
+	c->packets_received = widen32(c->packets_received, tp->segs_in);
+	c->retransmits = widen32(c->retransmits, tp->total_retrans);
+	c->lost_packets = widen32(c->lost_packets, tp->lost);
+	c->bytes_retrans = tp->bytes_retrans;
+	c->srtt_us = tp->srtt_us >> 3;
+	c->min_rtt_us = tp->rtt_min.s[0].v;
+	c->update_ns = bpf_ktime_get_boot_ns();
+}
+
+static __always_inline void fill_identity(struct longconn_conn *c, struct tcp_sock *tp)
+{
+	struct sock *sk = &tp->inet_conn.icsk_inet.sk;
+	struct sock_common *skc = &sk->__sk_common;
+	struct cgroup *cgrp;
+	struct net *net;
+
+	c->family = skc->skc_family;
+	if (c->family == AF_INET) {
+		c->local_addr[0] = skc->skc_rcv_saddr;
+		c->remote_addr[0] = skc->skc_daddr;
+	} else {
+		c->local_addr[0] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[0];
+		c->local_addr[1] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[1];
+		c->local_addr[2] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[2];
+		c->local_addr[3] = skc->skc_v6_rcv_saddr.in6_u.u6_addr32[3];
+		c->remote_addr[0] = skc->skc_v6_daddr.in6_u.u6_addr32[0];
+		c->remote_addr[1] = skc->skc_v6_daddr.in6_u.u6_addr32[1];
+		c->remote_addr[2] = skc->skc_v6_daddr.in6_u.u6_addr32[2];
+		c->remote_addr[3] = skc->skc_v6_daddr.in6_u.u6_addr32[3];
+	}
+	c->local_port = skc->skc_num;
+	c->remote_port = bpf_ntohs(skc->skc_dport);
+
+	cgrp = sk->sk_cgrp_data.cgroup;
+	if (cgrp)
+		c->cgroup_id = cgrp->kn->id;
+	net = skc->skc_net.net;
+	if (net)
+		c->netns_cookie = net->net_cookie;
+}
+
+/* First sight of a connection (connect() or passive establish): insert its record. */
+static __always_inline void track(struct bpf_sock_ops *skops, struct tcp_sock *tp, __u64 cookie,
+				  __u32 direction)
+{
+	struct longconn_conn c = {};
+	long err;
+
+	c.cookie = cookie;
+	c.start_ns = bpf_ktime_get_boot_ns();
+	c.direction = direction;
+	c.state = skops->state;
+	fill_identity(&c, tp);
+	refresh(&c, tp);
+	if (direction == LONGCONN_DIR_OUTBOUND) {
+		/* TCP_CONNECT_CB runs in the connect() caller's context. */
+		c.pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(c.comm, sizeof(c.comm));
+	} else {
+		c.flags = LONGCONN_F_ESTABLISHED;
+	}
+
+	err = bpf_map_update_elem(&map_of_tcp_conns, &cookie, &c, BPF_NOEXIST);
+	if (err == -E2BIG) {
+		count(LONGCONN_CTR_MAP_FULL);
+		return;
+	}
+	if (err && err != -EEXIST) {
+		count(LONGCONN_CTR_MAP_ERROR);
+		return;
+	}
+	if (!err)
+		count(LONGCONN_CTR_TRACKED);
+	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG |
+						 BPF_SOCK_OPS_RETRANS_CB_FLAG);
+}
+
+/* TCP_CLOSE: hand the final record to user space and forget the socket. */
+static __always_inline void close_conn(struct longconn_conn *c, __u64 cookie)
+{
+	c->state = BPF_TCP_CLOSE;
+	c->flags |= LONGCONN_F_CLOSED;
+	if (!(c->flags & LONGCONN_F_ESTABLISHED))
+		c->flags |= LONGCONN_F_FAILED;
+	if (bpf_ringbuf_output(&longconn_closed, c, sizeof(*c), 0)) {
+		/* Keep the final record in the map: the reader reaps it there. */
+		c->flags |= LONGCONN_F_RINGBUF_MISS;
+		count(LONGCONN_CTR_RINGBUF_FULL);
+		return;
+	}
+	bpf_map_delete_elem(&map_of_tcp_conns, &cookie);
+}
+
+SEC("sockops")
+int longconn_sockops(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk; /* local copy before the NULL check (verifier) */
+	struct longconn_conn *c;
+	struct tcp_sock *tp;
+	__u32 op = skops->op;
+	__u64 cookie;
+
+	if (skops->family != AF_INET && skops->family != AF_INET6)
+		return 1;
+	if (!sk)
+		return 1;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 1;
+	cookie = bpf_get_socket_cookie(skops);
+
+	switch (op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		track(skops, tp, cookie, LONGCONN_DIR_OUTBOUND);
+		return 1;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		track(skops, tp, cookie, LONGCONN_DIR_INBOUND);
+		return 1;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_RTT_CB:
+	case BPF_SOCK_OPS_RETRANS_CB:
+	case BPF_SOCK_OPS_STATE_CB:
+		break;
+	default:
+		return 1;
+	}
+
+	c = bpf_map_lookup_elem(&map_of_tcp_conns, &cookie);
+	if (!c) {
+		if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] == BPF_TCP_CLOSE)
+			count(LONGCONN_CTR_CLOSE_UNTRACKED);
+		return 1;
+	}
+	refresh(c, tp);
+	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+		c->flags |= LONGCONN_F_ESTABLISHED;
+		c->state = BPF_TCP_ESTABLISHED;
+	} else if (op == BPF_SOCK_OPS_STATE_CB) {
+		/* args[1] is the new state; sk_state still holds the old one. */
+		c->state = skops->args[1];
+		if (skops->args[1] == BPF_TCP_ESTABLISHED)
+			c->flags |= LONGCONN_F_ESTABLISHED;
+		if (skops->args[1] == BPF_TCP_CLOSE)
+			close_conn(c, cookie);
+	}
+	return 1;
+}
+
+/* Every transmitted segment of the subtree: segs_out and what the ACK reports are current. */
+SEC("cgroup_skb/egress")
+int longconn_egress(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct longconn_conn *c = bpf_map_lookup_elem(&map_of_tcp_conns, &cookie);
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+
+	if (!c || !(hooks & LONGCONN_HOOK_EGRESS))
+		return 1;
+	sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 1;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		refresh(c, tp);
+	return 1;
+}
+
+/*
+ * Every received segment of the subtree, before TCP processes it: the counters
+ * lag by this segment. Kept as an option (--hooks ingress) for comparison.
+ */
+SEC("cgroup_skb/ingress")
+int longconn_ingress(struct __sk_buff *skb)
+{
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct longconn_conn *c = bpf_map_lookup_elem(&map_of_tcp_conns, &cookie);
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+
+	if (!c || !(hooks & LONGCONN_HOOK_INGRESS))
+		return 1;
+	sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 1;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		refresh(c, tp);
+	return 1;
+}
+
+/*
+ * Every segment received in ESTABLISHED, host-wide. segs_in already counts
+ * this segment (tcp_v4_rcv increments it first); a pure window update or a
+ * duplicate ACK changes nothing else, and no later hook would see it.
+ */
+SEC("tracepoint/tcp/tcp_probe")
+int longconn_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
+{
+	__u64 cookie = ctx->sock_cookie;
+	struct longconn_conn *c = bpf_map_lookup_elem(&map_of_tcp_conns, &cookie);
+	struct tcp_sock *tp;
+
+	if (!c)
+		return 0;
+	tp = (struct tcp_sock *)ctx->skaddr;
+	c->packets_received = widen32(c->packets_received, BPF_CORE_READ(tp, segs_in));
+	c->update_ns = bpf_ktime_get_boot_ns();
+	return 0;
+}
+
+/*
+ * The application read from the socket, host-wide: bytes_received is current
+ * even when no ACK follows. Optional (--hooks rcv-space).
+ */
+SEC("tracepoint/tcp/tcp_rcv_space_adjust")
+int longconn_rcv_space(struct trace_event_raw_tcp_event_sk *ctx)
+{
+	__u64 cookie = ctx->sock_cookie;
+	struct longconn_conn *c = bpf_map_lookup_elem(&map_of_tcp_conns, &cookie);
+	struct tcp_sock *tp;
+
+	if (!c)
+		return 0;
+	tp = (struct tcp_sock *)ctx->skaddr;
+	c->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	c->packets_received = widen32(c->packets_received, BPF_CORE_READ(tp, segs_in));
+	c->update_ns = bpf_ktime_get_boot_ns();
+	return 0;
+}

@@ -1,0 +1,271 @@
+//! Rust mirror of `bpf-progs/include/longconn.h`.
+//!
+//! Invariant: field order, sizes and offsets equal the C header's. The
+//! `layout_btf` test in `bpf-progs` compares them through the compiled object's
+//! BTF, so a drift fails a test instead of corrupting a report. Records from
+//! maps and the ring buffer are decoded with a length check, never transmuted.
+
+/// Bumped on any change to a record below; pinned in `meta` and checked by readers.
+pub const LAYOUT_VERSION: u32 = 1;
+/// `Meta::magic`: "lconnmet".
+pub const META_MAGIC: u64 = 0x6c63_6f6e_6e6d_6574;
+
+pub const DIR_OUTBOUND: u32 = 1;
+pub const DIR_INBOUND: u32 = 2;
+
+pub const F_ESTABLISHED: u32 = 0x1;
+pub const F_CLOSED: u32 = 0x2;
+pub const F_FAILED: u32 = 0x4;
+pub const F_RINGBUF_MISS: u32 = 0x8;
+
+pub const HOOK_TCP_PROBE: u32 = 0x1;
+pub const HOOK_RCV_SPACE: u32 = 0x2;
+pub const HOOK_EGRESS: u32 = 0x4;
+pub const HOOK_INGRESS: u32 = 0x8;
+
+pub const CTR_RINGBUF_FULL: u32 = 0;
+pub const CTR_MAP_FULL: u32 = 1;
+pub const CTR_MAP_ERROR: u32 = 2;
+pub const CTR_CLOSE_UNTRACKED: u32 = 3;
+pub const CTR_TRACKED: u32 = 4;
+pub const CTR_MAX: u32 = 8;
+
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+
+/// `struct longconn_conn`: value of `map_of_tcp_conns` and of each ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnRecord {
+    pub cookie: u64,
+    pub start_ns: u64,
+    pub update_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub retransmits: u64,
+    pub lost_packets: u64,
+    pub bytes_retrans: u64,
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    pub local_addr: [u32; 4],
+    pub remote_addr: [u32; 4],
+    pub srtt_us: u32,
+    pub min_rtt_us: u32,
+    pub pid: u32,
+    pub family: u32,
+    pub local_port: u32,
+    pub remote_port: u32,
+    pub state: u32,
+    pub direction: u32,
+    pub flags: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
+/// `struct longconn_meta`: the single value of the `meta` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub magic: u64,
+    pub pinned_at_ns: u64,
+    pub cgroup_id: u64,
+    pub layout_version: u32,
+    pub record_size: u32,
+    pub hooks: u32,
+    pub _pad: u32,
+}
+
+// SAFETY: both are repr(C), made only of integers and integer arrays, with
+// explicit padding fields, so every bit pattern is a valid value and there are
+// no implicit padding bytes.
+unsafe impl aya::Pod for ConnRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Meta {}
+
+/// Per-CPU kernel counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub ringbuf_full: u64,
+    pub map_full: u64,
+    pub map_error: u64,
+    pub close_untracked: u64,
+    pub tracked: u64,
+}
+
+impl Counters {
+    pub fn from_slots(slots: &[u64]) -> Self {
+        let at = |i: u32| slots.get(i as usize).copied().unwrap_or(0);
+        Self {
+            ringbuf_full: at(CTR_RINGBUF_FULL),
+            map_full: at(CTR_MAP_FULL),
+            map_error: at(CTR_MAP_ERROR),
+            close_untracked: at(CTR_CLOSE_UNTRACKED),
+            tracked: at(CTR_TRACKED),
+        }
+    }
+}
+
+/// Reads native-endian integers from a byte slice, front to back.
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let (head, rest) = self.0.split_at(N);
+        self.0 = rest;
+        let mut out = [0u8; N];
+        out.copy_from_slice(head);
+        out
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_ne_bytes(self.take())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_ne_bytes(self.take())
+    }
+    fn u32x4(&mut self) -> [u32; 4] {
+        [self.u32(), self.u32(), self.u32(), self.u32()]
+    }
+}
+
+impl ConnRecord {
+    pub const SIZE: usize = std::mem::size_of::<Self>();
+
+    /// Decodes one record; `None` unless `bytes` is exactly one record long.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        let mut c = Cursor(bytes);
+        Some(Self {
+            cookie: c.u64(),
+            start_ns: c.u64(),
+            update_ns: c.u64(),
+            bytes_sent: c.u64(),
+            bytes_received: c.u64(),
+            packets_sent: c.u64(),
+            packets_received: c.u64(),
+            retransmits: c.u64(),
+            lost_packets: c.u64(),
+            bytes_retrans: c.u64(),
+            cgroup_id: c.u64(),
+            netns_cookie: c.u64(),
+            local_addr: c.u32x4(),
+            remote_addr: c.u32x4(),
+            srtt_us: c.u32(),
+            min_rtt_us: c.u32(),
+            pid: c.u32(),
+            family: c.u32(),
+            local_port: c.u32(),
+            remote_port: c.u32(),
+            state: c.u32(),
+            direction: c.u32(),
+            flags: c.u32(),
+            _pad: c.u32(),
+            comm: c.take(),
+        })
+    }
+
+    /// The command name up to its first NUL, lossily as UTF-8.
+    pub fn comm(&self) -> String {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
+        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+    }
+
+    pub fn local_ip(&self) -> std::net::IpAddr {
+        ip_of(self.family, &self.local_addr)
+    }
+
+    pub fn remote_ip(&self) -> std::net::IpAddr {
+        ip_of(self.family, &self.remote_addr)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.flags & F_CLOSED != 0
+    }
+}
+
+/// Network-order words to an address; an IPv4-mapped IPv6 address becomes IPv4
+/// so that one socket has one canonical text form everywhere.
+fn ip_of(family: u32, words: &[u32; 4]) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut bytes = [0u8; 16];
+    for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    if family == AF_INET {
+        return IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]));
+    }
+    let v6 = Ipv6Addr::from(bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// TCP state names as `ss` prints them (include/net/tcp_states.h numbering).
+pub fn tcp_state_name(state: u32) -> &'static str {
+    match state {
+        1 => "ESTAB",
+        2 => "SYN-SENT",
+        3 => "SYN-RECV",
+        4 => "FIN-WAIT-1",
+        5 => "FIN-WAIT-2",
+        6 => "TIME-WAIT",
+        7 => "CLOSED",
+        8 => "CLOSE-WAIT",
+        9 => "LAST-ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW-SYN-RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_match_header() {
+        assert_eq!(std::mem::size_of::<ConnRecord>(), 184);
+        assert_eq!(std::mem::size_of::<Meta>(), 40);
+    }
+
+    #[test]
+    fn decode_round_trips_and_rejects_wrong_length() {
+        let rec = ConnRecord {
+            cookie: 7,
+            bytes_sent: 1 << 40,
+            family: AF_INET,
+            local_addr: [u32::from_ne_bytes([127, 0, 0, 1]), 0, 0, 0],
+            local_port: 8080,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            ..Default::default()
+        };
+        // SAFETY: ConnRecord is Pod (see above); the slice covers exactly its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&rec as *const ConnRecord).cast::<u8>(), ConnRecord::SIZE)
+        };
+        assert_eq!(ConnRecord::decode(bytes), Some(rec));
+        assert_eq!(ConnRecord::decode(&bytes[1..]), None);
+        assert_eq!(rec.comm(), "curl");
+        assert_eq!(rec.local_ip().to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn v4_mapped_v6_is_shown_as_v4() {
+        let mut words = [0u32; 4];
+        let bytes: [u8; 16] = "::ffff:10.1.2.3".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        for (w, c) in words.iter_mut().zip(bytes.chunks_exact(4)) {
+            *w = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        assert_eq!(ip_of(AF_INET6, &words).to_string(), "10.1.2.3");
+        let bytes: [u8; 16] = "::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        for (w, c) in words.iter_mut().zip(bytes.chunks_exact(4)) {
+            *w = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        assert_eq!(ip_of(AF_INET6, &words).to_string(), "::1");
+    }
+}

@@ -1,0 +1,14 @@
+//! What longconn-pin and longconn-reader must agree on: record layouts, pin
+//! names, how to find the kernel filesystems, and how to open a pin dir safely.
+//!
+//! Nothing here decides policy; the binaries do.
+
+pub mod layout;
+pub mod mounts;
+pub mod pinned;
+pub mod pins;
+pub mod ring;
+pub mod sys;
+
+pub use layout::{ConnRecord, Counters, Meta};
+pub use pinned::{PinnedError, Pins};

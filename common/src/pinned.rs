@@ -1,0 +1,176 @@
+//! Opening a longconn pin dir: every map, with the layout checked first.
+//!
+//! Invariant 6: a reader never decodes maps pinned by another layout version;
+//! it says so and stops. Every error names the path and the next step.
+
+use std::{
+    io,
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, Map, MapData, PerCpuArray};
+
+use crate::{
+    layout::{self, ConnRecord, Counters, Meta},
+    mounts, pins,
+    ring::RingReader,
+    sys,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedError {
+    #[error("no longconn pins in {dir}: run `longconn-pin --pin-dir {dir}` first")]
+    NotPinned { dir: PathBuf },
+    #[error("{dir} is not on a mounted bpf filesystem: mount it (`mount -t bpf bpf /sys/fs/bpf`) and run `longconn-pin`")]
+    NoBpffs { dir: PathBuf },
+    #[error("permission denied opening {path}: run as root, or as a user with CAP_BPF and read access to the pins (see README, \"Running the reader without root\")")]
+    Permission { path: PathBuf },
+    #[error("{path} was pinned by another longconn layout ({found}); this binary reads layout {expected}: run `longconn-pin detach --pin-dir {dir}` then `longconn-pin --pin-dir {dir}` with this version", dir = .path.parent().map(|p| p.display().to_string()).unwrap_or_default())]
+    Layout { path: PathBuf, found: String, expected: String },
+    #[error("cannot open {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("cannot use map {path}: {source}")]
+    Map { path: PathBuf, source: aya::maps::MapError },
+}
+
+/// How the maps are opened: `ReadOnly` is enough for `dump` and `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// The maps of one pin dir, layout-checked.
+pub struct Pins {
+    pub dir: PathBuf,
+    pub meta: Meta,
+    conns: MapData,
+    counters: Map,
+    closed: MapData,
+    access: Access,
+}
+
+fn open_fd(path: &Path, access: Access) -> Result<OwnedFd, PinnedError> {
+    let flags = if access == Access::ReadOnly { sys::BPF_F_RDONLY } else { 0 };
+    sys::obj_get(path, flags).map_err(|source| match source.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => PinnedError::Permission { path: path.into() },
+        _ => PinnedError::Io { path: path.into(), source },
+    })
+}
+
+fn open_map(path: &Path, access: Access) -> Result<MapData, PinnedError> {
+    let fd = open_fd(path, access)?;
+    MapData::from_fd(fd).map_err(|source| PinnedError::Map { path: path.into(), source })
+}
+
+/// Reads and validates `meta` of a pin dir.
+pub fn read_meta(dir: &Path, access: Access) -> Result<Meta, PinnedError> {
+    if !dir.exists() || !dir.join(pins::META).exists() {
+        if !dir.exists() && dir.parent().is_some_and(|p| p.exists() && !mounts::is_bpffs(p)) {
+            return Err(PinnedError::NoBpffs { dir: dir.into() });
+        }
+        return Err(PinnedError::NotPinned { dir: dir.into() });
+    }
+    let path = dir.join(pins::META);
+    let data = open_map(&path, access)?;
+    let value_size = data.info().map(|i| i.value_size()).unwrap_or(0) as usize;
+    if value_size != std::mem::size_of::<Meta>() {
+        return Err(PinnedError::Layout {
+            path,
+            found: format!("meta value of {value_size} bytes"),
+            expected: format!("version {}", layout::LAYOUT_VERSION),
+        });
+    }
+    let map = Map::Array(data);
+    let array: Array<&MapData, Meta> =
+        Array::try_from(&map).map_err(|source| PinnedError::Map { path: path.clone(), source })?;
+    let meta = array.get(&0, 0).map_err(|source| PinnedError::Map { path: path.clone(), source })?;
+    if meta.magic != layout::META_MAGIC
+        || meta.layout_version != layout::LAYOUT_VERSION
+        || meta.record_size as usize != ConnRecord::SIZE
+    {
+        return Err(PinnedError::Layout {
+            path,
+            found: format!("version {}, record size {}", meta.layout_version, meta.record_size),
+            expected: format!("version {}, record size {}", layout::LAYOUT_VERSION, ConnRecord::SIZE),
+        });
+    }
+    Ok(meta)
+}
+
+impl Pins {
+    pub fn open(dir: &Path, access: Access) -> Result<Self, PinnedError> {
+        let meta = read_meta(dir, access)?;
+        let conns = open_map(&dir.join(pins::CONNS), access)?;
+        let conns_value = conns.info().map(|i| i.value_size()).unwrap_or(0) as usize;
+        if conns_value != ConnRecord::SIZE {
+            return Err(PinnedError::Layout {
+                path: dir.join(pins::CONNS),
+                found: format!("value size {conns_value}"),
+                expected: format!("value size {}", ConnRecord::SIZE),
+            });
+        }
+        Ok(Self {
+            dir: dir.into(),
+            meta,
+            conns,
+            counters: Map::PerCpuArray(open_map(&dir.join(pins::COUNTERS), access)?),
+            closed: open_map(&dir.join(pins::CLOSED), access)?,
+            access,
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Every live record (and closed ones whose ring-buffer write failed), batched.
+    /// Records of the wrong size are counted in the second value and skipped.
+    pub fn connections(&self) -> Result<(Vec<ConnRecord>, u64), PinnedError> {
+        let mut out = Vec::new();
+        let mut bad = 0u64;
+        sys::lookup_batch(self.conns.fd().as_fd(), 8, ConnRecord::SIZE, 4096, |_, v| {
+            match ConnRecord::decode(v) {
+                Some(r) => out.push(r),
+                None => bad += 1,
+            }
+        })
+        .map_err(|source| PinnedError::Io { path: self.path(pins::CONNS), source })?;
+        Ok((out, bad))
+    }
+
+    /// Capacity of the connection map.
+    pub fn capacity(&self) -> u32 {
+        self.conns.info().map(|i| i.max_entries()).unwrap_or(0)
+    }
+
+    pub fn counters(&self) -> Result<Counters, PinnedError> {
+        let path = self.path(pins::COUNTERS);
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(&self.counters).map_err(|source| PinnedError::Map { path: path.clone(), source })?;
+        let mut slots = vec![0u64; layout::CTR_MAX as usize];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let values = arr.get(&(i as u32), 0).map_err(|source| PinnedError::Map { path: path.clone(), source })?;
+            *slot = values.iter().sum();
+        }
+        Ok(Counters::from_slots(&slots))
+    }
+
+    /// The closed-connection ring buffer, mapped (writable only with ReadWrite).
+    pub fn ring(&self) -> Result<RingReader, PinnedError> {
+        let path = self.path(pins::CLOSED);
+        let size = self.closed.info().map(|i| i.max_entries()).map_err(|source| PinnedError::Map { path: path.clone(), source })?;
+        RingReader::open(self.closed.fd().as_fd(), size, self.access == Access::ReadWrite)
+            .map_err(|source| PinnedError::Io { path, source })
+    }
+
+    /// Deletes a closed record the kernel left in the map (ring buffer was full).
+    pub fn remove(&self, cookie: u64) -> Result<(), PinnedError> {
+        match sys::delete_elem(self.conns.fd().as_fd(), &cookie.to_ne_bytes()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(source) => Err(PinnedError::Io { path: self.path(pins::CONNS), source }),
+        }
+    }
+}

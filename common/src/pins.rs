@@ -1,0 +1,28 @@
+//! Names inside a pin dir. Stable: changing one strands existing pins.
+
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/longconn";
+
+/// Live connections (hash, key = socket cookie).
+pub const CONNS: &str = "map_of_tcp_conns";
+/// One record per closed connection (ring buffer).
+pub const CLOSED: &str = "closed_conns";
+/// Kernel-side drop and error counters (per-CPU array).
+pub const COUNTERS: &str = "counters";
+/// Layout version and pin generation (array of one `Meta`).
+pub const META: &str = "meta";
+/// Directory of pinned bpf_links, one per attached program.
+pub const LINKS: &str = "links";
+
+/// Object map names (as in the C source) and the pin name each gets.
+pub const MAPS: &[(&str, &str)] = &[
+    ("map_of_tcp_conns", CONNS),
+    ("longconn_closed", CLOSED),
+    ("longconn_counters", COUNTERS),
+    ("longconn_meta", META),
+];
+
+pub fn link_path(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join(LINKS).join(name)
+}
