@@ -9,6 +9,8 @@ pub mod pinned;
 pub mod pins;
 pub mod ring;
 pub mod sys;
+pub mod units;
+pub mod caps;
 
 pub use layout::{ConnRecord, Counters, Meta};
 pub use pinned::{PinnedError, Pins};

@@ -157,11 +157,14 @@ impl Pins {
         Ok(Counters::from_slots(&slots))
     }
 
-    /// The closed-connection ring buffer, mapped (writable only with ReadWrite).
+    /// The closed-connection ring buffer, mapped (commit allowed only with ReadWrite).
+    /// The kernel refuses to mmap a read-only map fd, so this opens the pin
+    /// read-write even for ReadOnly access, and maps it read-only then.
     pub fn ring(&self) -> Result<RingReader, PinnedError> {
         let path = self.path(pins::CLOSED);
         let size = self.closed.info().map(|i| i.max_entries()).map_err(|source| PinnedError::Map { path: path.clone(), source })?;
-        RingReader::open(self.closed.fd().as_fd(), size, self.access == Access::ReadWrite)
+        let fd = open_fd(&path, Access::ReadWrite)?;
+        RingReader::open(fd.as_fd(), size, self.access == Access::ReadWrite)
             .map_err(|source| PinnedError::Io { path, source })
     }
 

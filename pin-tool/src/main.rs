@@ -1,1 +1,74 @@
-fn main(){}
+//! `longconn-pin`: load, attach and pin longconn's eBPF programs, then exit.
+//!
+//! One-shot by design (no resident daemon): pinned bpf_links keep the programs
+//! attached and pinned maps keep the counters after this process exits.
+
+mod attach;
+mod detach;
+mod exit;
+mod hooks;
+mod status;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use longconn_common::pins::DEFAULT_PIN_DIR;
+
+const AFTER_HELP: &str = "\
+Exit status (for systemd and scripts):
+  0  done (also when already pinned, or nothing to detach)
+  1  failed; the message says what and where
+  2  bad command line
+  3  a kernel feature is missing (sockops, cgroup v2, bpffs, BTF)
+  4  insufficient privileges
+  6  not pinned, or pinned by another layout version
+
+Examples:
+  longconn-pin                                   # whole host (cgroup v2 root)
+  longconn-pin --cgroup /sys/fs/cgroup/system.slice/nginx.service
+  longconn-pin status
+  longconn-pin detach";
+
+/// Attach longconn's eBPF programs and pin them, so `longconn-reader` can
+/// report live TCP connections without a resident daemon.
+///
+/// Tracks TCP connections opened (or accepted) after attaching, by processes in
+/// the chosen cgroup v2 subtree. Everything is pinned under --pin-dir; programs
+/// stay attached after this command exits, until `longconn-pin detach`.
+#[derive(Debug, Parser)]
+#[command(name = "longconn-pin", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// bpffs directory holding longconn's maps and links (mounted if bpffs is not).
+    #[arg(long, global = true, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+    pin_dir: PathBuf,
+
+    #[command(flatten)]
+    attach: attach::AttachArgs,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Detach every program and remove every pin longconn made under --pin-dir.
+    Detach,
+    /// Show what is attached where, map fill against capacity and drop counters.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        None => attach::run(&cli.pin_dir, &cli.attach),
+        Some(Command::Detach) => detach::run(&cli.pin_dir),
+        Some(Command::Status) => status::run(&cli.pin_dir),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("longconn-pin: {err:#}");
+            exit::code_of(&err)
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! Load, attach and pin, all or nothing.
+//!
+//! Everything is pinned into a staging directory beside the pin dir and renamed
+//! into place last, so a failure (or a kill) at any step leaves either the old
+//! state or the complete new one. Links not yet pinned die with this process;
+//! a staging dir left by a killed run is removed by the next run.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use aya::{
+    maps::{Array, MapData},
+    programs::{
+        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SockOps, TracePoint,
+    },
+    Ebpf, EbpfLoader,
+};
+use longconn_bpf::programs as prog;
+use longconn_common::{
+    caps,
+    layout::{self, ConnRecord, Meta},
+    mounts,
+    pinned::{self, Access},
+    pins, units, PinnedError,
+};
+
+use crate::{
+    exit::{coded, FAILURE, NOT_CONFIGURED, NO_FEATURE, NO_PERMISSION},
+    hooks,
+};
+
+const BAD_INPUT: u8 = 2;
+
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// cgroup v2 directory whose subtree is tracked [default: the cgroup v2 mount
+    /// root found in /proc/mounts, i.e. the whole host].
+    #[arg(long, value_name = "CGROUP_V2_DIR")]
+    cgroup: Option<PathBuf>,
+
+    /// Capacity of the live-connection map. Connections beyond it are not
+    /// tracked but counted (see `status`); memory is used only for live entries.
+    #[arg(long, default_value_t = 131_072, value_name = "N")]
+    max_connections: u32,
+
+    /// Ring buffer for close records: a power of two, at least one page. 4MiB
+    /// holds about 21 000 closes between two reader cycles.
+    #[arg(long, default_value = "4MiB", value_name = "SIZE", value_parser = |s: &str| units::parse_size(s).map_err(|e| e.to_string()))]
+    ringbuf_bytes: u64,
+
+    /// Freshness hooks: `default` (tcp-probe,egress), `tracepoints`
+    /// (tcp-probe,rcv-space), `cgroup-skb` (ingress,egress), `none`, or a comma
+    /// list of tcp-probe, rcv-space, egress, ingress.
+    #[arg(long, default_value = "default", value_name = "LIST", value_parser = hooks::parse)]
+    hooks: u32,
+}
+
+/// A program attached and turned into a link, waiting to be pinned.
+struct Attached {
+    name: &'static str,
+    link: FdLink,
+}
+
+pub fn run(pin_dir: &Path, args: &AttachArgs) -> anyhow::Result<ExitCode> {
+    let missing = caps::missing(&[
+        (caps::CAP_BPF, "CAP_BPF"),
+        (caps::CAP_PERFMON, "CAP_PERFMON"),
+        (caps::CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+    ]);
+    if !missing.is_empty() {
+        return Err(coded(
+            NO_PERMISSION,
+            format!("attaching eBPF programs needs root: this process lacks {}; run it as root (or from longconn-pin.service)", missing.join(", ")),
+        ));
+    }
+    let page = page_size();
+    let ring = args.ringbuf_bytes;
+    if !ring.is_power_of_two() || ring < page || ring > (1 << 30) {
+        return Err(coded(BAD_INPUT, format!("--ringbuf-bytes {ring}: must be a power of two between the page size ({page}) and 1GiB, e.g. 4MiB")));
+    }
+    if args.max_connections == 0 {
+        return Err(coded(BAD_INPUT, "--max-connections 0: must be at least 1"));
+    }
+    let cgroup = resolve_cgroup(args.cgroup.as_deref())?;
+    let parent = prepare_bpffs(pin_dir)?;
+    let _lock = lock_dir(&parent)?;
+    remove_stale_staging(&parent);
+
+    if let Some(code) = already_pinned(pin_dir, &cgroup, args.hooks)? {
+        return Ok(code);
+    }
+    if pin_dir.exists() && fs::read_dir(pin_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(coded(FAILURE, format!("{} exists and holds pins longconn did not make (no meta); choose another --pin-dir or remove them", pin_dir.display())));
+    }
+    if args.hooks & (layout::HOOK_TCP_PROBE | layout::HOOK_RCV_SPACE) != 0 {
+        mounts::ensure_tracefs().map_err(|e| {
+            coded(NO_FEATURE, format!("tracefs is not mounted at {} and mounting it failed ({e}); mount it (`mount -t tracefs tracefs {}`) or use --hooks cgroup-skb", mounts::TRACEFS_DIR, mounts::TRACEFS_DIR))
+        })?;
+    }
+
+    let mut ebpf = load(args)?;
+    let attached = attach_all(&mut ebpf, &cgroup, args.hooks)?;
+    write_meta(&mut ebpf, &cgroup, args.hooks)?;
+
+    let staging = parent.join(format!("{STAGING_PREFIX}{}", std::process::id()));
+    if let Err(err) = pin_all(&ebpf, attached, &staging).and_then(|()| {
+        fs::rename(&staging, pin_dir).with_context(|| format!("cannot move {} to {}", staging.display(), pin_dir.display()))
+    }) {
+        remove_pins(&staging);
+        return Err(err);
+    }
+
+    println!(
+        "longconn pinned at {}: sockops{} on cgroup {}; map_of_tcp_conns capacity {}, ring buffer {} KiB",
+        pin_dir.display(),
+        if args.hooks == 0 { String::new() } else { format!(" + {}", hooks::describe(args.hooks)) },
+        cgroup.display(),
+        args.max_connections,
+        ring / 1024
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// bpffs refuses names containing a dot, so no hidden-file prefix.
+pub const STAGING_PREFIX: &str = "longconn-staging-";
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+}
+
+fn resolve_cgroup(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let root = mounts::cgroup2_root();
+    let Some(dir) = arg else {
+        return root.map_err(|e| coded(NO_FEATURE, format!("cannot find cgroup v2 ({e}); mount it (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or pass --cgroup")));
+    };
+    let where_v2 = match &root {
+        Ok(r) => format!("cgroup v2 is mounted at {}", r.display()),
+        Err(_) => "no cgroup v2 filesystem is mounted".into(),
+    };
+    if !dir.is_dir() {
+        return Err(coded(BAD_INPUT, format!("--cgroup {}: no such directory ({where_v2})", dir.display())));
+    }
+    if !mounts::is_cgroup2(dir) {
+        return Err(coded(BAD_INPUT, format!("--cgroup {}: not a cgroup v2 directory ({where_v2})", dir.display())));
+    }
+    Ok(fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()))
+}
+
+/// Makes sure the pin dir's parent is on bpffs (mounting /sys/fs/bpf if needed).
+fn prepare_bpffs(pin_dir: &Path) -> anyhow::Result<PathBuf> {
+    let parent = pin_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .ok_or_else(|| coded(BAD_INPUT, format!("--pin-dir {}: give a directory below a bpf filesystem, e.g. /sys/fs/bpf/longconn", pin_dir.display())))?
+        .to_path_buf();
+    if mounts::is_bpffs(&parent) {
+        return Ok(parent);
+    }
+    if parent == Path::new("/sys/fs/bpf") {
+        mounts::ensure_bpffs(&parent).map_err(|e| coded(NO_FEATURE, format!("cannot mount bpffs at /sys/fs/bpf: {e}; mount it yourself (`mount -t bpf bpf /sys/fs/bpf`)")))?;
+        eprintln!("longconn-pin: mounted bpffs at /sys/fs/bpf");
+        return Ok(parent);
+    }
+    Err(coded(NO_FEATURE, format!("--pin-dir {}: {} is not a bpf filesystem; use a directory under /sys/fs/bpf", pin_dir.display(), parent.display())))
+}
+
+/// Serialises longconn-pin runs on this bpffs (flock on the parent directory).
+fn lock_dir(dir: &Path) -> anyhow::Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(dir).with_context(|| format!("cannot open {} to lock it", dir.display()))?;
+    // SAFETY: flock on a valid open fd; blocks until the other run finishes.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(anyhow::Error::new(std::io::Error::last_os_error()).context(format!("cannot lock {}", dir.display())));
+    }
+    Ok(f)
+}
+
+/// Removes staging dirs of longconn-pin runs that died half-way.
+pub fn remove_stale_staging(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(STAGING_PREFIX)) else { continue };
+        if pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            eprintln!("longconn-pin: removing {} left by an interrupted run", e.path().display());
+            remove_pins(&e.path());
+        }
+    }
+}
+
+/// Removes longconn's own pins in `dir` (known names only), then `dir` if empty.
+/// Returns (links removed, maps removed, leftovers).
+pub fn remove_pins(dir: &Path) -> (usize, usize, Vec<PathBuf>) {
+    let (mut links, mut maps) = (0, 0);
+    for (_, name) in LINK_NAMES {
+        if fs::remove_file(pins::link_path(dir, name)).is_ok() {
+            links += 1;
+        }
+    }
+    let _ = fs::remove_dir(dir.join(pins::LINKS));
+    for (_, name) in pins::MAPS {
+        if fs::remove_file(dir.join(name)).is_ok() {
+            maps += 1;
+        }
+    }
+    let leftovers: Vec<PathBuf> = fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    if leftovers.is_empty() {
+        let _ = fs::remove_dir(dir);
+    }
+    (links, maps, leftovers)
+}
+
+/// Program name in the object -> link pin name.
+pub const LINK_NAMES: &[(&str, &str)] = &[
+    (prog::SOCKOPS, "sockops"),
+    (prog::EGRESS, "cgroup_skb_egress"),
+    (prog::INGRESS, "cgroup_skb_ingress"),
+    (prog::TCP_PROBE, "tp_tcp_probe"),
+    (prog::RCV_SPACE, "tp_tcp_rcv_space_adjust"),
+];
+
+/// Which link pins a hook mask implies.
+pub fn expected_links(hooks_mask: u32) -> Vec<&'static str> {
+    let mut v = vec!["sockops"];
+    for (bit, name) in [
+        (layout::HOOK_EGRESS, "cgroup_skb_egress"),
+        (layout::HOOK_INGRESS, "cgroup_skb_ingress"),
+        (layout::HOOK_TCP_PROBE, "tp_tcp_probe"),
+        (layout::HOOK_RCV_SPACE, "tp_tcp_rcv_space_adjust"),
+    ] {
+        if hooks_mask & bit != 0 {
+            v.push(name);
+        }
+    }
+    v
+}
+
+fn already_pinned(pin_dir: &Path, cgroup: &Path, hooks_mask: u32) -> anyhow::Result<Option<ExitCode>> {
+    if !pin_dir.join(pins::META).exists() {
+        return Ok(None);
+    }
+    let meta = match pinned::read_meta(pin_dir, Access::ReadOnly) {
+        Ok(m) => m,
+        Err(e @ PinnedError::Layout { .. }) => return Err(coded(NOT_CONFIGURED, e.to_string())),
+        Err(e) => return Err(e.into()),
+    };
+    let missing: Vec<_> = expected_links(meta.hooks).into_iter().filter(|l| !pins::link_path(pin_dir, l).exists()).collect();
+    if !missing.is_empty() {
+        return Err(coded(FAILURE, format!("{} is pinned but links {} are missing; run `longconn-pin detach --pin-dir {}` and pin again", pin_dir.display(), missing.join(", "), pin_dir.display())));
+    }
+    let same_cgroup = mounts::cgroup_id(cgroup).ok() == Some(meta.cgroup_id);
+    println!("longconn already pinned at {} (layout {}); nothing to do", pin_dir.display(), meta.layout_version);
+    if !same_cgroup || meta.hooks != hooks_mask {
+        eprintln!(
+            "longconn-pin: note: the existing pins use cgroup id {} and hooks {}; to change them run `longconn-pin detach --pin-dir {}` first",
+            meta.cgroup_id,
+            hooks::describe(meta.hooks),
+            pin_dir.display()
+        );
+    }
+    Ok(Some(ExitCode::SUCCESS))
+}
+
+fn load(args: &AttachArgs) -> anyhow::Result<Ebpf> {
+    EbpfLoader::new()
+        .map_max_entries("map_of_tcp_conns", args.max_connections)
+        .map_max_entries("longconn_closed", args.ringbuf_bytes as u32)
+        .override_global("hooks", &args.hooks, true)
+        .load(longconn_bpf::OBJECT)
+        .map_err(|e| {
+            let code = if matches!(e, aya::EbpfError::BtfError(_)) { NO_FEATURE } else { FAILURE };
+            coded(code, format!("cannot load longconn's eBPF object: {e}; the kernel needs BTF (/sys/kernel/btf/vmlinux) and BPF ring buffers (5.8+)"))
+        })
+}
+
+fn prog_error(name: &str, what: &str, err: aya::programs::ProgramError) -> anyhow::Error {
+    let detail = match &err {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            let last = verifier_log.to_string().lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().to_owned();
+            format!("{io_error}; verifier: {last}")
+        }
+        aya::programs::ProgramError::SyscallError(s) => format!("{}: {}", s.call, s.io_error),
+        other => other.to_string(),
+    };
+    coded(NO_FEATURE, format!("cannot {what} {name}: {detail}"))
+}
+
+fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, hooks_mask: u32) -> anyhow::Result<Vec<Attached>> {
+    let cg = fs::File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
+    let mut out = Vec::new();
+
+    let p: &mut SockOps = program(ebpf, prog::SOCKOPS)?;
+    p.load().map_err(|e| prog_error(prog::SOCKOPS, "load", e))?;
+    let id = p.attach(&cg, CgroupAttachMode::Single).map_err(|e| {
+        let eperm = matches!(&e, aya::programs::ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EPERM));
+        if eperm {
+            coded(NO_FEATURE, format!("cannot attach sockops to {}: EPERM; another sock_ops program is attached to it or an ancestor without multi-attach (see `bpftool cgroup tree`), and longconn will not replace it", cgroup.display()))
+        } else {
+            prog_error(prog::SOCKOPS, "attach", e)
+        }
+    })?;
+    let link = p.take_link(id).map_err(|e| prog_error(prog::SOCKOPS, "take link of", e))?;
+    out.push(Attached { name: "sockops", link: FdLink::try_from(link).map_err(|e| anyhow::anyhow!("sockops link: {e}"))? });
+
+    for (bit, name, kind) in [(layout::HOOK_EGRESS, prog::EGRESS, CgroupSkbAttachType::Egress), (layout::HOOK_INGRESS, prog::INGRESS, CgroupSkbAttachType::Ingress)] {
+        if hooks_mask & bit == 0 {
+            continue;
+        }
+        let p: &mut CgroupSkb = program(ebpf, name)?;
+        p.load().map_err(|e| prog_error(name, "load", e))?;
+        let id = p.attach(&cg, kind, CgroupAttachMode::Single).map_err(|e| prog_error(name, &format!("attach to {} as", cgroup.display()), e))?;
+        let link = p.take_link(id).map_err(|e| prog_error(name, "take link of", e))?;
+        out.push(Attached { name: link_name(name), link: FdLink::try_from(link).map_err(|e| anyhow::anyhow!("{name} link: {e}"))? });
+    }
+
+    for (bit, name, tp) in [(layout::HOOK_TCP_PROBE, prog::TCP_PROBE, "tcp_probe"), (layout::HOOK_RCV_SPACE, prog::RCV_SPACE, "tcp_rcv_space_adjust")] {
+        if hooks_mask & bit == 0 {
+            continue;
+        }
+        let p: &mut TracePoint = program(ebpf, name)?;
+        p.load().map_err(|e| prog_error(name, "load", e))?;
+        let id = p.attach("tcp", tp).map_err(|e| prog_error(name, &format!("attach tracepoint tcp:{tp} to"), e))?;
+        let link = p.take_link(id).map_err(|e| prog_error(name, "take link of", e))?;
+        out.push(Attached { name: link_name(name), link: FdLink::try_from(link).map_err(|e| anyhow::anyhow!("{name} link: {e}"))? });
+    }
+    Ok(out)
+}
+
+fn link_name(program: &str) -> &'static str {
+    LINK_NAMES.iter().find(|(p, _)| *p == program).map(|(_, l)| *l).unwrap_or("unknown")
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("program {name} missing from the object (build problem)"))?;
+    p.try_into().map_err(|e| anyhow::anyhow!("program {name} has an unexpected type: {e}"))
+}
+
+fn write_meta(ebpf: &mut Ebpf, cgroup: &Path, hooks_mask: u32) -> anyhow::Result<()> {
+    let meta = Meta {
+        magic: layout::META_MAGIC,
+        pinned_at_ns: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+        cgroup_id: mounts::cgroup_id(cgroup).with_context(|| format!("cannot stat cgroup {}", cgroup.display()))?,
+        layout_version: layout::LAYOUT_VERSION,
+        record_size: ConnRecord::SIZE as u32,
+        hooks: hooks_mask,
+        _pad: 0,
+    };
+    let map = ebpf.map_mut("longconn_meta").ok_or_else(|| anyhow::anyhow!("map longconn_meta missing from the object"))?;
+    let mut array: Array<&mut MapData, Meta> = Array::try_from(map).context("map longconn_meta")?;
+    array.set(0, meta, 0).context("cannot write longconn_meta")?;
+    Ok(())
+}
+
+fn pin_all(ebpf: &Ebpf, attached: Vec<Attached>, staging: &Path) -> anyhow::Result<()> {
+    fs::create_dir(staging).with_context(|| format!("cannot create {}", staging.display()))?;
+    fs::create_dir(staging.join(pins::LINKS)).with_context(|| format!("cannot create {}/links", staging.display()))?;
+    for (obj_name, pin_name) in pins::MAPS {
+        let map = ebpf.map(obj_name).ok_or_else(|| anyhow::anyhow!("map {obj_name} missing from the object"))?;
+        let path = staging.join(pin_name);
+        map.pin(&path).with_context(|| format!("cannot pin map {obj_name} at {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).with_context(|| format!("cannot chmod {}", path.display()))?;
+    }
+    for a in attached {
+        let path = pins::link_path(staging, a.name);
+        a.link.pin(&path).with_context(|| format!("cannot pin link {} at {}", a.name, path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).with_context(|| format!("cannot chmod {}", path.display()))?;
+    }
+    fs::set_permissions(staging.join(pins::LINKS), fs::Permissions::from_mode(0o700))?;
+    fs::set_permissions(staging, fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}

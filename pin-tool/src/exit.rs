@@ -1,0 +1,39 @@
+//! Exit codes that systemd and scripts can act on (see `--help`).
+
+use std::process::ExitCode;
+
+use longconn_common::PinnedError;
+
+pub const FAILURE: u8 = 1;
+pub const NO_FEATURE: u8 = 3;
+pub const NO_PERMISSION: u8 = 4;
+pub const NOT_CONFIGURED: u8 = 6;
+
+/// An error that carries its exit code through `anyhow`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Coded {
+    pub code: u8,
+    pub message: String,
+}
+
+pub fn coded(code: u8, message: impl Into<String>) -> anyhow::Error {
+    Coded { code, message: message.into() }.into()
+}
+
+pub fn code_of(err: &anyhow::Error) -> ExitCode {
+    for cause in err.chain() {
+        if let Some(c) = cause.downcast_ref::<Coded>() {
+            return ExitCode::from(c.code);
+        }
+        if let Some(p) = cause.downcast_ref::<PinnedError>() {
+            return ExitCode::from(match p {
+                PinnedError::NotPinned { .. } | PinnedError::Layout { .. } => NOT_CONFIGURED,
+                PinnedError::Permission { .. } => NO_PERMISSION,
+                PinnedError::NoBpffs { .. } => NO_FEATURE,
+                _ => FAILURE,
+            });
+        }
+    }
+    ExitCode::from(FAILURE)
+}

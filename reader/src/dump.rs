@@ -1,0 +1,101 @@
+//! `dump`: live connections for ad-hoc inspection, as a table or JSON.
+//!
+//! Read-only: never consumes close records (that is `collect`'s job), so it is
+//! safe to run at any time beside the timer.
+
+use std::{io::Write, path::Path, process::ExitCode, time::Duration};
+
+use longconn_common::{pinned::Access, units, ConnRecord, Pins};
+
+use crate::{clock::Clock, human, view::ConnView};
+
+#[derive(Debug, clap::Args)]
+pub struct DumpArgs {
+    /// Print one JSON array (fields: see README, "dump --json") instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    /// Only connections open at least this long (e.g. 5s, 2m).
+    #[arg(long, value_name = "DURATION", value_parser = |s: &str| units::parse_duration(s).map_err(|e| e.to_string()))]
+    min_age: Option<Duration>,
+
+    /// Only connections with this local or remote port.
+    #[arg(long, value_name = "PORT")]
+    port: Option<u16>,
+
+    /// Show close records waiting for the next `collect` instead of live
+    /// connections (read without consuming them).
+    #[arg(long)]
+    closed: bool,
+}
+
+pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
+    let pins = Pins::open(pin_dir, Access::ReadOnly)?;
+    let clock = Clock::now();
+    let (records, bad) = pins.connections()?;
+    let mut records: Vec<ConnRecord> = if args.closed {
+        let ring = pins.ring()?;
+        let mut v: Vec<ConnRecord> = ring.peek(0).iter().filter_map(|r| ConnRecord::decode(r.data)).collect();
+        v.extend(records.into_iter().filter(ConnRecord::is_closed));
+        v
+    } else {
+        records.into_iter().filter(|r| !r.is_closed()).collect()
+    };
+    if bad > 0 {
+        eprintln!("longconn-reader: skipped {bad} map records of the wrong size");
+    }
+    records.retain(|r| {
+        let age_ok = args.min_age.is_none_or(|min| clock.boot_ns.saturating_sub(r.start_ns) >= min.as_nanos() as u64);
+        let port_ok = args.port.is_none_or(|p| r.local_port == u32::from(p) || r.remote_port == u32::from(p));
+        age_ok && port_ok
+    });
+    records.sort_by_key(|r| std::cmp::Reverse(r.bytes_sent + r.bytes_received));
+    let views: Vec<ConnView> = records.iter().map(|r| ConnView::new(r, &clock)).collect();
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &views)?;
+        writeln!(out)?;
+    } else {
+        write_table(&mut out, &views)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_table(out: &mut impl Write, views: &[ConnView]) -> std::io::Result<()> {
+    let endpoint = |addr: &str, port: u16| if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
+    let rows: Vec<[String; 11]> = views
+        .iter()
+        .map(|v| {
+            [
+                if v.direction == "outbound" { "out".into() } else { "in".into() },
+                endpoint(&v.local_addr, v.local_port),
+                endpoint(&v.remote_addr, v.remote_port),
+                if v.failed { "FAILED".into() } else { v.state.into() },
+                human::duration(v.duration_seconds),
+                human::bytes(v.bytes_sent),
+                human::bytes(v.bytes_received),
+                format!("{}/{}", v.packets_sent, v.packets_received),
+                format!("{}/{}", v.retransmits, v.lost_packets),
+                format!("{}/{}", human::micros(v.srtt_us), human::micros(v.min_rtt_us)),
+                if v.pid == 0 { "-".into() } else { format!("{}/{}", v.comm, v.pid) },
+            ]
+        })
+        .collect();
+    let header = ["DIR", "LOCAL", "REMOTE", "STATE", "AGE", "SENT", "RECV", "SEGS OUT/IN", "RETR/LOST", "SRTT/MIN", "PROCESS"];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned()
+    };
+    writeln!(out, "{}", line(header.to_vec()))?;
+    for row in &rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    writeln!(out, "{} connections", rows.len())
+}

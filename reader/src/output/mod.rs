@@ -1,0 +1,4 @@
+//! Writing outputs so that a reader killed at any instant never leaves a
+//! partial file, a lost record or a duplicated one.
+
+#![allow(dead_code)]
