@@ -66,11 +66,17 @@ fn open_map(path: &Path, access: Access) -> Result<MapData, PinnedError> {
 
 /// Reads and validates `meta` of a pin dir.
 pub fn read_meta(dir: &Path, access: Access) -> Result<Meta, PinnedError> {
-    if !dir.exists() || !dir.join(pins::META).exists() {
-        if !dir.exists() && dir.parent().is_some_and(|p| p.exists() && !mounts::is_bpffs(p)) {
-            return Err(PinnedError::NoBpffs { dir: dir.into() });
+    match std::fs::metadata(dir.join(pins::META)) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(PinnedError::Permission { path: dir.join(pins::META) });
         }
-        return Err(PinnedError::NotPinned { dir: dir.into() });
+        Err(_) => {
+            if !dir.exists() && dir.parent().is_some_and(|p| p.exists() && !mounts::is_bpffs(p)) {
+                return Err(PinnedError::NoBpffs { dir: dir.into() });
+            }
+            return Err(PinnedError::NotPinned { dir: dir.into() });
+        }
     }
     let path = dir.join(pins::META);
     let data = open_map(&path, access)?;

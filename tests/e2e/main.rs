@@ -1,1 +1,5 @@
+//! One integration-test binary: every test drives the real `longconn-pin` and
+//! `longconn-reader` on this kernel, with its own pin dir and cgroup.
 
+mod errors;
+mod foundation;

@@ -1,0 +1,155 @@
+//! Issue 2: live counters in the pinned map equal tcp_info (`ss -tin`) and the
+//! bytes the generator wrote; closes produce exactly one record; detach leaves
+//! nothing behind.
+
+use std::{collections::HashMap, process::Command, thread::sleep, time::Duration};
+
+use longconn_tests::{
+    env::privileged_or_skip,
+    ss::{self, SockKey, TcpInfo},
+    traffic::Traffic,
+    TestEnv,
+};
+use serde_json::Value;
+
+fn port(v: &Value, k: &str) -> u16 {
+    v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}")) as u16
+}
+
+/// Polls until `dump` is stable and equal to ss for every socket on `ports`,
+/// or fails printing both. Returns the matching dump records by key.
+fn assert_dump_equals_ss(env: &TestEnv, ports: &[u16], expect_sockets: usize) -> HashMap<SockKey, (TcpInfo, Value)> {
+    let mut last = String::new();
+    for _ in 0..25 {
+        let before = env.dump_json(&[]);
+        let kernel = ss::tcp_info(ports);
+        let after = env.dump_json(&[]);
+        let view = |d: &[Value]| -> HashMap<SockKey, (TcpInfo, Value)> {
+            d.iter()
+                .map(|v| {
+                    let (k, i) = ss::from_dump(v);
+                    (k, (i, v.clone()))
+                })
+                .filter(|(k, _)| ports.contains(&k.1) || ports.contains(&k.3))
+                .collect()
+        };
+        let (b, a) = (view(&before), view(&after));
+        let same = b.len() == a.len() && b.iter().all(|(k, (i, _))| a.get(k).map(|x| &x.0) == Some(i));
+        let ours: HashMap<_, _> = a.iter().map(|(k, (i, _))| (k.clone(), i.clone())).collect();
+        let kernel_est: HashMap<_, _> = kernel.into_iter().filter(|(k, _)| ours.contains_key(k)).collect();
+        if same && a.len() == expect_sockets && kernel_est.len() == expect_sockets && ours == kernel_est {
+            for (k, (i, _)) in &a {
+                eprintln!("dump == ss  {}:{} -> {}:{}  bytes_acked {} bytes_received {} segs_out {} segs_in {} retrans {}", k.0, k.1, k.2, k.3, i.bytes_acked, i.bytes_received, i.segs_out, i.segs_in, i.total_retrans);
+            }
+            return a;
+        }
+        last = format!("dump: {ours:#?}\nss: {kernel_est:#?}");
+        sleep(Duration::from_millis(200));
+    }
+    panic!("dump never matched ss -tin for ports {ports:?} ({expect_sockets} sockets expected)\n{last}");
+}
+
+#[test]
+fn live_counters_equal_tcp_info_and_close_is_recorded_once() {
+    if !privileged_or_skip("live_counters_equal_tcp_info_and_close_is_recorded_once") {
+        return;
+    }
+    let mut env = TestEnv::new("foundation");
+    env.pin(&[]);
+    let mut gen = Traffic::start_in(&mut env);
+
+    // Persistent IPv4 connection with asymmetric traffic.
+    let asym = gen.cmd("pair asym 4");
+    let (asym_c, asym_s) = (port(&asym, "client_port"), port(&asym, "server_port"));
+    gen.cmd("send asym c2s 1048576");
+    gen.cmd("send asym s2c 307200");
+    // Idle long connection.
+    let idle = gen.cmd("pair idle 4");
+    // IPv6 connection whose server end only receives.
+    let oneway = gen.cmd("pair oneway 6");
+    gen.cmd("send oneway c2s 524288");
+    // A connection outside the cgroup: not tracked.
+    let mut outside = Traffic::start_outside();
+    let out = outside.cmd("pair outside 4");
+    outside.cmd("send outside c2s 10000");
+    let out_ports = [port(&out, "client_port"), port(&out, "server_port")];
+
+    sleep(Duration::from_millis(300));
+    let ports = [asym_s, port(&idle, "server_port"), port(&oneway, "server_port")];
+    let live = assert_dump_equals_ss(&env, &ports, 6);
+
+    // Generator bytes: bytes_received is exactly what the peer wrote; the
+    // active opener's bytes_acked also counts its SYN.
+    let find = |lp: u16| live.iter().find(|(k, _)| k.1 == lp).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("no record with local port {lp}"));
+    let (c, _) = find(asym_c);
+    assert_eq!((c.bytes_acked, c.bytes_received), (1_048_576 + 1, 307_200), "asym client vs generator");
+    let (s, sv) = find(asym_s);
+    assert_eq!((s.bytes_acked, s.bytes_received), (307_200, 1_048_576), "asym server vs generator");
+    assert_eq!(sv["direction"], "inbound");
+    assert_eq!(c.bytes_acked - 1, 1_048_576);
+    let (o, ov) = find(port(&oneway, "server_port"));
+    assert_eq!((o.bytes_acked, o.bytes_received), (0, 524_288), "one-way receiver vs generator");
+    assert_eq!(ov["remote_addr"], "::1");
+    let (_, cv) = find(asym_c);
+    assert_eq!(cv["direction"], "outbound");
+    assert_eq!(cv["state"], "ESTAB");
+    assert_eq!(cv["pid"].as_u64(), Some(u64::from(gen.pid())), "connect() caller's pid");
+    assert!(cv["start_time"].as_str().is_some_and(|t| t.ends_with('Z') && t.contains('T')));
+
+    // Outside the cgroup: not in the map.
+    let all = env.dump_json(&[]);
+    assert!(
+        all.iter().all(|v| !out_ports.contains(&(v["local_port"].as_u64().unwrap_or(0) as u16))),
+        "a connection outside the cgroup was tracked"
+    );
+
+    // A failed connect is recorded as failed at close.
+    let failed = gen.cmd(&format!("fail {}", out_ports[1] ^ 0x5a5a | 1));
+    assert_eq!(failed["failed"], true);
+
+    // Close: exactly one record per socket, final counters, entries gone.
+    let asym_cookies: Vec<u64> = live.iter().filter(|(k, _)| k.1 == asym_c || k.1 == asym_s).map(|(_, (_, v))| v["cookie"].as_u64().unwrap()).collect();
+    gen.cmd("close asym");
+    sleep(Duration::from_millis(300));
+    let closed = env.dump_json(&["--closed"]);
+    for cookie in &asym_cookies {
+        let recs: Vec<&Value> = closed.iter().filter(|v| v["cookie"].as_u64() == Some(*cookie)).collect();
+        assert_eq!(recs.len(), 1, "cookie {cookie}: expected exactly one close record, got {recs:?}");
+        let r = recs[0];
+        assert_eq!(r["state"], "CLOSED");
+        assert_eq!(r["closed"], true);
+        assert_eq!(r["failed"], false);
+        // The FIN counts once in each direction's byte counters.
+        let (want_sent, want_recv) = if r["direction"] == "outbound" { (1_048_576 + 2, 307_200 + 1) } else { (307_200 + 1, 1_048_576 + 1) };
+        assert_eq!((r["bytes_sent"].as_u64(), r["bytes_received"].as_u64()), (Some(want_sent), Some(want_recv)), "final counters of {r}");
+    }
+    assert!(closed.iter().any(|v| v["failed"] == true && v["direction"] == "outbound"), "no failed-connect record in {closed:?}");
+    let live_after = env.dump_json(&[]);
+    assert!(live_after.iter().all(|v| !asym_cookies.contains(&v["cookie"].as_u64().unwrap())), "closed entries still in the map");
+    drop(outside);
+    drop(gen);
+
+    // Detach: no link, program or pin left.
+    let cg_before = bpftool_cgroup(&env.cgroup);
+    assert!(cg_before.len() >= 2, "expected sockops and egress on {}: {cg_before:?}", env.cgroup.display());
+    let out = env.pin_cmd().arg("detach").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!env.pin_dir.exists(), "pin dir still exists after detach");
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = bpftool_cgroup(&env.cgroup);
+        let progs_alive = cg_before.iter().any(|id| Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().map(|o| o.status.success()).unwrap_or(false));
+        if left.is_empty() && !progs_alive {
+            return;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    panic!("after detach, programs still attached or loaded: {left:?} (before: {cg_before:?})");
+}
+
+/// Program ids attached to a cgroup, from `bpftool cgroup show -j`.
+fn bpftool_cgroup(cg: &std::path::Path) -> Vec<u64> {
+    let out = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(cg).output().expect("bpftool");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
+    v.as_array().map(|a| a.iter().filter_map(|p| p["id"].as_u64()).collect()).unwrap_or_default()
+}

@@ -1,0 +1,155 @@
+//! Traffic generator for longconn's end-to-end tests: real TCP connections on
+//! loopback whose every byte is accounted for, driven line by line on stdin so
+//! a test decides when data moves and when sockets close.
+//!
+//! Commands (one per line) and their one-line JSON answers on stdout:
+//!   pair NAME 4|6 [ADDR]   open a listener and one connection to it
+//!                          -> {"name","client_port","server_port","addr"}
+//!   send NAME c2s|s2c N    write N bytes from one end; the other end reads
+//!                          all of them -> {"name","dir","bytes","total"}
+//!   close NAME             close client then server -> {"name","closed":true}
+//!   fail PORT [ADDR]       connect to a closed port -> {"failed":true,"port"}
+//!   churn N [ADDR]         open, send 1000 bytes each way, close, N times
+//!                          -> {"churn":N,"bytes_each_way":1000}
+//!   exit
+//! Any error is printed as {"error": "..."} and the process exits 1.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
+    thread,
+};
+
+struct Pair {
+    client: TcpStream,
+    server: TcpStream,
+    c2s: u64,
+    s2c: u64,
+}
+
+fn read_exact_n(mut s: TcpStream, n: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = n;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let got = s.read(&mut buf[..want])?;
+        if got == 0 {
+            return Err(std::io::Error::other("peer closed early"));
+        }
+        left -= got as u64;
+    }
+    Ok(())
+}
+
+fn send(from: &mut TcpStream, to: &TcpStream, n: u64) -> std::io::Result<()> {
+    let reader = to.try_clone()?;
+    let handle = thread::spawn(move || read_exact_n(reader, n));
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len() as u64) as usize;
+        from.write_all(&chunk[..k])?;
+        left -= k as u64;
+    }
+    handle.join().map_err(|_| std::io::Error::other("reader thread panicked"))?
+}
+
+fn loopback(family: &str, addr: Option<&str>) -> String {
+    match (family, addr) {
+        (_, Some(a)) => a.to_owned(),
+        ("6", None) => "::1".to_owned(),
+        _ => "127.0.0.1".to_owned(),
+    }
+}
+
+fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    if addr.contains(':') { TcpListener::bind(format!("[{addr}]:0")) } else { TcpListener::bind(format!("{addr}:0")) }
+}
+
+fn run(line: &str, pairs: &mut HashMap<String, Pair>) -> Result<Option<String>, String> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let e = |x: std::io::Error| x.to_string();
+    match w.as_slice() {
+        ["pair", name, family, rest @ ..] => {
+            let addr = loopback(family, rest.first().copied());
+            let listener = bind(&addr).map_err(e)?;
+            let port = listener.local_addr().map_err(e)?.port();
+            let client = TcpStream::connect(listener.local_addr().map_err(e)?).map_err(e)?;
+            let (server, _) = listener.accept().map_err(e)?;
+            let client_port = client.local_addr().map_err(e)?.port();
+            pairs.insert(name.to_string(), Pair { client, server, c2s: 0, s2c: 0 });
+            Ok(Some(format!(r#"{{"name":"{name}","client_port":{client_port},"server_port":{port},"addr":"{addr}"}}"#)))
+        }
+        ["send", name, dir, n] => {
+            let n: u64 = n.parse().map_err(|_| format!("bad byte count {n}"))?;
+            let p = pairs.get_mut(*name).ok_or(format!("no pair {name}"))?;
+            let total = match *dir {
+                "c2s" => {
+                    send(&mut p.client, &p.server, n).map_err(e)?;
+                    p.c2s += n;
+                    p.c2s
+                }
+                "s2c" => {
+                    send(&mut p.server, &p.client, n).map_err(e)?;
+                    p.s2c += n;
+                    p.s2c
+                }
+                other => return Err(format!("bad direction {other}")),
+            };
+            Ok(Some(format!(r#"{{"name":"{name}","dir":"{dir}","bytes":{n},"total":{total}}}"#)))
+        }
+        ["close", name] => {
+            let p = pairs.remove(*name).ok_or(format!("no pair {name}"))?;
+            let _ = p.client.shutdown(Shutdown::Both);
+            drop(p.client);
+            let _ = p.server.shutdown(Shutdown::Both);
+            drop(p.server);
+            Ok(Some(format!(r#"{{"name":"{name}","closed":true}}"#)))
+        }
+        ["fail", port, rest @ ..] => {
+            let addr = loopback("4", rest.first().copied());
+            let target = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
+            let failed = TcpStream::connect(&target).is_err();
+            Ok(Some(format!(r#"{{"failed":{failed},"port":{port}}}"#)))
+        }
+        ["churn", n, rest @ ..] => {
+            let n: u64 = n.parse().map_err(|_| format!("bad count {n}"))?;
+            let addr = loopback("4", rest.first().copied());
+            let listener = bind(&addr).map_err(e)?;
+            let target = listener.local_addr().map_err(e)?;
+            for _ in 0..n {
+                let mut c = TcpStream::connect(target).map_err(e)?;
+                let (mut s, _) = listener.accept().map_err(e)?;
+                send(&mut c, &s, 1000).map_err(e)?;
+                send(&mut s, &c, 1000).map_err(e)?;
+            }
+            Ok(Some(format!(r#"{{"churn":{n},"bytes_each_way":1000,"port":{}}}"#, target.port())))
+        }
+        ["exit"] => Ok(None),
+        _ => Err(format!("unknown command: {line}")),
+    }
+}
+
+fn main() {
+    let mut pairs = HashMap::new();
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        match run(line.trim(), &mut pairs) {
+            Ok(Some(answer)) => {
+                let _ = writeln!(out, "{answer}");
+                let _ = out.flush();
+            }
+            Ok(None) => break,
+            Err(msg) => {
+                let _ = writeln!(out, "{}", serde_json::json!({ "error": msg }));
+                std::process::exit(1);
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Driving `longconn-traffic` (see its module doc for the commands).
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdin, ChildStdout, Command},
+};
+
+use crate::env::TestEnv;
+
+pub struct Traffic {
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    child: Child,
+}
+
+impl Traffic {
+    /// Starts the generator inside `env`'s cgroup.
+    pub fn start_in(env: &mut TestEnv) -> Self {
+        let cmd = Command::new(crate::env::bin("longconn-traffic"));
+        env.spawn_in_cgroup(cmd);
+        let mut child = env.take_child();
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Self { stdin, stdout, child }
+    }
+
+    /// Starts the generator outside any test cgroup (where the test runs).
+    pub fn start_outside() -> Self {
+        let mut child = Command::new(crate::env::bin("longconn-traffic"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn traffic");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Self { stdin, stdout, child }
+    }
+
+    /// Sends one command and returns its JSON answer; panics on {"error"}.
+    pub fn cmd(&mut self, line: &str) -> serde_json::Value {
+        writeln!(self.stdin, "{line}").expect("write to traffic");
+        self.stdin.flush().expect("flush");
+        let mut answer = String::new();
+        self.stdout.read_line(&mut answer).expect("read from traffic");
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("traffic answered {answer:?} to {line:?}: {e}"));
+        assert!(v.get("error").is_none(), "traffic {line:?}: {v}");
+        v
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "exit");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
