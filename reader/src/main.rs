@@ -3,6 +3,7 @@
 //! exits; nothing stays resident.
 
 mod clock;
+mod collect;
 mod output;
 mod dump;
 mod exit;
@@ -39,6 +40,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run one cycle: drain close records, read live connections, write the
+    /// access logs, longconn.prom (node_exporter textfile) and state; then exit.
+    /// Meant to run every 5 s from longconn-reader.timer.
+    Collect(collect::CollectArgs),
     /// List live connections, busiest first (like `ss -ti`, from the pinned map).
     Dump(dump::DumpArgs),
 }
@@ -46,6 +51,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Collect(args) => collect::run(&cli.pin_dir, args),
         Command::Dump(args) => dump::run(&cli.pin_dir, args),
     };
     match result {

@@ -1,4 +1,7 @@
 //! Writing outputs so that a reader killed at any instant never leaves a
 //! partial file, a lost record or a duplicated one.
 
-#![allow(dead_code)]
+pub mod access;
+pub mod applog;
+pub mod atomic;
+pub mod promtext;

@@ -1,0 +1,158 @@
+//! The Prometheus families of one cycle, for node_exporter's textfile collector.
+//!
+//! The set of families, their HELP and TYPE never change between cycles (a
+//! family with no samples is still declared), so scrapes stay consistent.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::{
+    cycle::group_counters,
+    state::{ConnState, Counters, State},
+};
+use crate::{
+    output::promtext::{Family, Kind, Sample},
+    view,
+};
+
+/// Values that come from outside the state: the kernel and the cycle itself.
+pub struct SelfStats {
+    pub now_unix: f64,
+    pub cycle_seconds: f64,
+    pub tracked: u64,
+    pub capacity: u64,
+    pub ringbuf_drops: u64,
+    pub map_full_drops: u64,
+    pub max_connection_series: usize,
+}
+
+fn fam(name: &str, help: &str, kind: Kind) -> Family {
+    Family { name: name.into(), help: help.into(), kind, samples: Vec::new() }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+type Pick = fn(&Counters) -> u64;
+const COUNTER_FIELDS: [(&str, &str, Pick); 6] = [
+    ("sent_bytes_total", "Bytes sent and acknowledged by the peer (tcp_info bytes_acked)", |c| c.bytes_sent),
+    ("received_bytes_total", "Bytes received (tcp_info bytes_received)", |c| c.bytes_received),
+    ("sent_packets_total", "Segments sent (tcp_info segs_out)", |c| c.packets_sent),
+    ("received_packets_total", "Segments received (tcp_info segs_in)", |c| c.packets_received),
+    ("retransmits_total", "Segments retransmitted (tcp_info total_retrans)", |c| c.retransmits),
+    ("lost_packets_total", "Segments the kernel marked lost (running total of tcp_sock.lost)", |c| c.lost_packets),
+];
+
+fn group_families(state: &State, by_service: bool) -> Vec<Family> {
+    let (prefix, label) = if by_service { ("longconn_service", "service") } else { ("longconn_workload", "workload") };
+    let what = if by_service { "service (remote endpoint; local listening endpoint for inbound)" } else { "workload (cgroup)" };
+    let mut opened = fam(&format!("{prefix}_connections_opened_total"), &format!("TCP connections opened, per {what} and direction"), Kind::Counter);
+    let mut closed = fam(&format!("{prefix}_connections_closed_total"), &format!("Established TCP connections that closed, per {what} and direction"), Kind::Counter);
+    let mut failed = fam(&format!("{prefix}_connections_failed_total"), &format!("Connects that never established, per {what} and direction"), Kind::Counter);
+    let mut active = fam(&format!("{prefix}_active_connections"), &format!("Tracked live TCP connections, per {what} and direction"), Kind::Gauge);
+    let mut counters: Vec<Family> = COUNTER_FIELDS
+        .iter()
+        .map(|(suffix, help, _)| fam(&format!("{prefix}_{suffix}"), &format!("{help}, per {what} and direction"), Kind::Counter))
+        .collect();
+    for (key, (totals, sum, live)) in group_counters(state, by_service) {
+        let (direction, name) = key.split_once('|').unwrap_or(("unknown", key.as_str()));
+        let l = labels(&[(label, name), ("direction", direction)]);
+        opened.samples.push(Sample { labels: l.clone(), value: totals.opened as f64 });
+        closed.samples.push(Sample { labels: l.clone(), value: totals.closed as f64 });
+        failed.samples.push(Sample { labels: l.clone(), value: totals.failed as f64 });
+        active.samples.push(Sample { labels: l.clone(), value: live as f64 });
+        for (f, (_, _, pick)) in counters.iter_mut().zip(COUNTER_FIELDS.iter()) {
+            f.samples.push(Sample { labels: l.clone(), value: pick(&sum) as f64 });
+        }
+    }
+    let mut out = vec![opened, closed, failed, active];
+    out.append(&mut counters);
+    out
+}
+
+fn conn_labels(c: &ConnState) -> Vec<(String, String)> {
+    labels(&[
+        ("direction", view::direction_name(c.direction)),
+        ("local_address", &c.local),
+        ("local_port", &c.local_port.to_string()),
+        ("remote_address", &c.remote),
+        ("remote_port", &c.remote_port.to_string()),
+        ("workload", &c.workload),
+        ("service", &c.service),
+    ])
+}
+
+/// Per long connection, busiest first, capped; returns the families and how many were omitted.
+fn connection_families(state: &State, long_threshold_ns: u64, now_boot: u64, cap: usize, boot_to_unix: f64) -> (Vec<Family>, usize) {
+    let mut candidates: Vec<&ConnState> = state
+        .conns
+        .values()
+        .filter(|c| now_boot.saturating_sub(c.start_ns) >= long_threshold_ns)
+        .chain(state.final_series.iter())
+        .collect();
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.last.bytes_sent + c.last.bytes_received));
+    // Live connections come first among equals; a label set is exported once.
+    let mut seen = HashSet::new();
+    let mut chosen = Vec::new();
+    for c in candidates {
+        let l = conn_labels(c);
+        if seen.insert(l.clone()) {
+            chosen.push((c, l));
+        }
+    }
+    let omitted = chosen.len().saturating_sub(cap);
+    chosen.truncate(cap);
+
+    let mut counters: Vec<Family> = COUNTER_FIELDS
+        .iter()
+        .map(|(suffix, help, _)| fam(&format!("longconn_connection_{suffix}"), &format!("{help}, per long connection"), Kind::Counter))
+        .collect();
+    let mut srtt = fam("longconn_connection_srtt_seconds", "Smoothed round-trip time, per long connection", Kind::Gauge);
+    let mut min_rtt = fam("longconn_connection_min_rtt_seconds", "Minimum round-trip time seen, per long connection", Kind::Gauge);
+    let mut start = fam("longconn_connection_start_time_seconds", "When the connection was opened (Unix seconds), per long connection", Kind::Gauge);
+    for (c, l) in chosen {
+        for (f, (_, _, pick)) in counters.iter_mut().zip(COUNTER_FIELDS.iter()) {
+            f.samples.push(Sample { labels: l.clone(), value: pick(&c.last) as f64 });
+        }
+        srtt.samples.push(Sample { labels: l.clone(), value: f64::from(c.srtt_us) / 1e6 });
+        min_rtt.samples.push(Sample { labels: l.clone(), value: f64::from(c.min_rtt_us) / 1e6 });
+        start.samples.push(Sample { labels: l, value: ((boot_to_unix + c.start_ns as f64 / 1e9) * 1e3).round() / 1e3 });
+    }
+    counters.extend([srtt, min_rtt, start]);
+    (counters, omitted)
+}
+
+pub fn families(state: &State, stats: &SelfStats, long_threshold_ns: u64, now_boot: u64) -> Vec<Family> {
+    let boot_to_unix = stats.now_unix - now_boot as f64 / 1e9;
+    let mut out = group_families(state, false);
+    out.extend(group_families(state, true));
+    let (conns, omitted) = connection_families(state, long_threshold_ns, now_boot, stats.max_connection_series, boot_to_unix);
+    out.extend(conns);
+    let one = |name: &str, help: &str, kind: Kind, value: f64| Family {
+        name: name.into(),
+        help: help.into(),
+        kind,
+        samples: vec![Sample { labels: Vec::new(), value }],
+    };
+    out.extend([
+        one("longconn_reader_last_success_timestamp_seconds", "When the last collect cycle finished writing (Unix seconds)", Kind::Gauge, stats.now_unix),
+        one("longconn_reader_cycle_duration_seconds", "Wall time of the last collect cycle up to writing this file", Kind::Gauge, stats.cycle_seconds),
+        one("longconn_reader_state_start_time_seconds", "When the reader's totals started; a change means the counters were reset", Kind::Gauge, state.created_unix as f64),
+        one("longconn_tracked_connections", "Entries in map_of_tcp_conns", Kind::Gauge, stats.tracked as f64),
+        one("longconn_map_capacity_connections", "Capacity of map_of_tcp_conns (longconn-pin --max-connections)", Kind::Gauge, stats.capacity as f64),
+        one("longconn_ringbuf_drops_total", "Close records that did not fit the ring buffer (kept in the map and reaped by the reader, so not lost)", Kind::Counter, stats.ringbuf_drops as f64),
+        one("longconn_map_full_drops_total", "Connections not tracked because map_of_tcp_conns was full or the insert failed", Kind::Counter, stats.map_full_drops as f64),
+        one("longconn_closes_without_record_total", "Connections that disappeared without a close record (accounted from their last live values)", Kind::Counter, state.closes_without_record as f64),
+        one("longconn_malformed_records_total", "Map or ring-buffer records of the wrong size, skipped", Kind::Counter, state.malformed_records as f64),
+        one("longconn_connection_series_omitted", "Long connections not exported per connection because of --max-connection-series", Kind::Gauge, omitted as f64),
+    ]);
+    out
+}
+
+/// For tests and `dump`: the value of one sample by family and labels.
+#[allow(dead_code)]
+pub fn lookup(families: &[Family], name: &str, want: &BTreeMap<&str, &str>) -> Option<f64> {
+    families.iter().find(|f| f.name == name)?.samples.iter().find_map(|s| {
+        want.iter().all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v)).then_some(s.value)
+    })
+}

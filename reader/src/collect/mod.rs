@@ -1,0 +1,255 @@
+//! `collect`: one reader cycle, then exit. Run every 5 s by a systemd timer.
+//!
+//! Exactly-once, even if killed at any instant: the cycle's records and the
+//! positions it consumed are first committed to the state file; only then is
+//! the kernel side released (ring-buffer consumer position, reaped map
+//! entries) and are the outputs written; a run that finds uncommitted outputs
+//! in the state replays them idempotently before doing anything else.
+
+mod cycle;
+mod identity;
+mod lock;
+mod metrics;
+mod state;
+
+use std::{
+    fs,
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use longconn_common::{pinned::Access, units, ConnRecord, Pins};
+
+use self::state::{LoadOutcome, Pending, State};
+use crate::{
+    clock::Clock,
+    output::{access, applog::AppendLog, atomic, promtext},
+};
+
+pub const DEFAULT_TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
+pub const DEFAULT_LOG_DIR: &str = "/var/log/longconn";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/longconn";
+pub const PROM_FILE: &str = "longconn.prom";
+pub const CSV_FILE: &str = "access.csv";
+pub const JSONL_FILE: &str = "access.jsonl";
+pub const STATE_FILE: &str = "state.json";
+
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    units::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    units::parse_size(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CollectArgs {
+    /// Put every output and the state under DIR (access.csv, access.jsonl,
+    /// longconn.prom, state.json); the --*-dir options below override parts.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+
+    /// Where longconn.prom goes: node_exporter's --collector.textfile.directory.
+    #[arg(long, value_name = "DIR", help = format!("Where longconn.prom goes (node_exporter's --collector.textfile.directory) [default: {DEFAULT_TEXTFILE_DIR}]"))]
+    textfile_dir: Option<PathBuf>,
+
+    #[arg(long, value_name = "DIR", help = format!("Where the access logs go [default: {DEFAULT_LOG_DIR}]"))]
+    log_dir: Option<PathBuf>,
+
+    #[arg(long, value_name = "DIR", help = format!("Where the reader keeps its totals and lock [default: {DEFAULT_STATE_DIR}]"))]
+    state_dir: Option<PathBuf>,
+
+    /// A connection open at least this long is a long connection: it gets an
+    /// access record every cycle and its own metric series.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = duration_arg)]
+    long_threshold: Duration,
+
+    /// Access-log formats to write: csv, jsonl, both (csv,jsonl) or none.
+    #[arg(long, default_value = "csv,jsonl", value_name = "LIST")]
+    access_log: String,
+
+    /// Skip the close record of connections shorter than --long-threshold.
+    #[arg(long)]
+    no_short_close_records: bool,
+
+    /// Rotate an access log once it reaches this size.
+    #[arg(long, default_value = "100MiB", value_name = "SIZE", value_parser = size_arg)]
+    log_max_bytes: u64,
+
+    /// Rotated access logs to keep (access.csv.1 is the newest).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    log_keep: usize,
+
+    /// Export at most this many per-connection series (busiest first); the rest
+    /// are counted in longconn_connection_series_omitted.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    max_connection_series: usize,
+
+    /// How long to wait for an overlapping collect before skipping this cycle.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = duration_arg)]
+    lock_wait: Duration,
+}
+
+struct Dirs {
+    textfile: PathBuf,
+    log: PathBuf,
+    state: PathBuf,
+}
+
+impl Dirs {
+    fn from(a: &CollectArgs) -> Self {
+        let pick = |o: &Option<PathBuf>, d: &str| o.clone().or_else(|| a.out_dir.clone()).unwrap_or_else(|| PathBuf::from(d));
+        Self { textfile: pick(&a.textfile_dir, DEFAULT_TEXTFILE_DIR), log: pick(&a.log_dir, DEFAULT_LOG_DIR), state: pick(&a.state_dir, DEFAULT_STATE_DIR) }
+    }
+}
+
+fn make_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(mode).create(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
+fn logs(dirs: &Dirs, a: &CollectArgs) -> anyhow::Result<Vec<(String, AppendLog)>> {
+    let mut out = Vec::new();
+    for fmt in a.access_log.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (file, header) = match fmt {
+            "csv" => (CSV_FILE, access::csv_header()),
+            "jsonl" => (JSONL_FILE, Vec::new()),
+            "none" => continue,
+            other => anyhow::bail!("--access-log {other:?}: expected csv, jsonl, csv,jsonl or none"),
+        };
+        out.push((file.to_owned(), AppendLog { path: dirs.log.join(file), max_bytes: a.log_max_bytes, keep: a.log_keep, header, mode: 0o640 }));
+    }
+    Ok(out)
+}
+
+fn new_state() -> State {
+    State { version: state::STATE_VERSION, boot_id: state::boot_id(), created_unix: chrono::Utc::now().timestamp(), ..Default::default() }
+}
+
+pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
+    let t0 = Instant::now();
+    let dirs = Dirs::from(a);
+    let logs = logs(&dirs, a)?;
+    make_dir(&dirs.state, 0o700)?;
+    make_dir(&dirs.log, 0o750)?;
+    make_dir(&dirs.textfile, 0o755)?;
+    let lock_path = dirs.state.join("collect.lock");
+    let Some(_lock) = lock::acquire(&lock_path, a.lock_wait)? else {
+        eprintln!("longconn-reader: another collect still holds {} after {:?}; skipping this cycle", lock_path.display(), a.lock_wait);
+        return Ok(ExitCode::SUCCESS);
+    };
+
+    let state_path = dirs.state.join(STATE_FILE);
+    let mut state = match state::load(&state_path)? {
+        LoadOutcome::Loaded(s) if s.boot_id == state::boot_id() => s,
+        LoadOutcome::Loaded(_) | LoadOutcome::Fresh => new_state(),
+        LoadOutcome::SetAside(aside, why) => {
+            eprintln!("longconn-reader: {} was unusable ({why}); kept it as {} and started new totals (a counter reset)", state_path.display(), aside.display());
+            new_state()
+        }
+    };
+    let pins = Pins::open(pin_dir, Access::ReadWrite)?;
+    let generation_changed = state.pin_generation != pins.meta.pinned_at_ns;
+
+    // Replay a cycle that was committed but not fully written out.
+    if let Some(p) = state.pending.take() {
+        finish(&mut state, &pins, &logs, &p, !generation_changed)?;
+        state::save(&state_path, &state, 0o600)?;
+    }
+    if generation_changed {
+        state.pin_generation = pins.meta.pinned_at_ns;
+        state.ring_applied = 0;
+        state.recently_closed.clear();
+    }
+
+    // Map first, then ring: a connection closing in between is seen in both,
+    // and the close wins; the other order could miss it in both.
+    let clock = Clock::now();
+    let (map, bad_map) = pins.connections()?;
+    let ring = pins.ring()?;
+    let mut bad_ring = 0u64;
+    let ring_records: Vec<(ConnRecord, u64)> = ring
+        .peek(state.ring_applied)
+        .into_iter()
+        .filter_map(|r| match ConnRecord::decode(r.data) {
+            Some(c) => Some((c, r.end_pos)),
+            None => {
+                bad_ring += 1;
+                state.ring_applied = state.ring_applied.max(r.end_pos);
+                None
+            }
+        })
+        .collect();
+    state.malformed_records += bad_map + bad_ring;
+
+    let mut cgroup_names = std::mem::take(&mut state.cgroup_names);
+    identity::resolve_cgroups(&mut cgroup_names, &map);
+    let ring_only: Vec<ConnRecord> = ring_records.iter().map(|(r, _)| *r).collect();
+    identity::resolve_cgroups(&mut cgroup_names, &ring_only);
+    let names = |r: &ConnRecord| {
+        let w = cgroup_names.get(&r.cgroup_id).cloned().unwrap_or_else(|| format!("cgroup:{}", r.cgroup_id));
+        (w, identity::service_of(r))
+    };
+    let tracked = map.len() as u64;
+    let outcome = cycle::apply(
+        &mut state,
+        cycle::Inputs {
+            now: clock,
+            map,
+            ring: ring_records,
+            long_threshold_ns: a.long_threshold.as_nanos() as u64,
+            short_close_records: !a.no_short_close_records,
+            names: &names,
+        },
+    );
+    state.cgroup_names = cgroup_names;
+
+    // Commit point: from here the records live in the state file.
+    let pending = Pending { records: outcome.records, log_len: state.log_len.clone(), ring_commit: outcome.ring_commit, map_deletes: outcome.map_deletes };
+    state.pending = Some(pending.clone());
+    state::save(&state_path, &state, 0o600)?;
+    state.pending = None;
+    finish(&mut state, &pins, &logs, &pending, true)?;
+
+    let counters = pins.counters()?;
+    let stats = metrics::SelfStats {
+        now_unix: chrono::Utc::now().timestamp_micros() as f64 / 1e6,
+        cycle_seconds: t0.elapsed().as_secs_f64(),
+        tracked,
+        capacity: u64::from(pins.capacity()),
+        ringbuf_drops: counters.ringbuf_full,
+        map_full_drops: counters.map_full + counters.map_error,
+        max_connection_series: a.max_connection_series,
+    };
+    let families = metrics::families(&state, &stats, a.long_threshold.as_nanos() as u64, clock.boot_ns);
+    let prom = dirs.textfile.join(PROM_FILE);
+    atomic::write_atomic(&prom, promtext::encode(&families).as_bytes(), 0o644).with_context(|| format!("cannot write {}", prom.display()))?;
+    state::save(&state_path, &state, 0o600)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Releases the kernel side of a committed cycle and writes its records.
+/// Idempotent: safe to run again for the same `pending` after a crash.
+fn finish(state: &mut State, pins: &Pins, logs: &[(String, AppendLog)], p: &Pending, same_generation: bool) -> anyhow::Result<()> {
+    if same_generation {
+        pins.ring()?.commit(p.ring_commit).with_context(|| format!("cannot release ring buffer {}", pins.dir.display()))?;
+        for cookie in &p.map_deletes {
+            pins.remove(*cookie)?;
+        }
+    }
+    if p.records.is_empty() {
+        for (file, _) in logs {
+            state.log_len.insert(file.clone(), p.log_len.get(file).copied().unwrap_or(0));
+        }
+        return Ok(());
+    }
+    for (file, log) in logs {
+        let body = if file == CSV_FILE { access::encode_csv(&p.records) } else { access::encode_jsonl(&p.records) };
+        let before = p.log_len.get(file).copied().unwrap_or(0);
+        let after = log.append(before, &body).with_context(|| format!("cannot append to {}", log.path.display()))?;
+        state.log_len.insert(file.clone(), after);
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! Replace a whole file so that readers (node_exporter, people) see either the
+//! old content or the new one, never a torn mix, even if we are killed.
+//!
+//! Invariant: the new content is written and fsynced under a private temp name
+//! in the same directory, then renamed over the target and the directory is
+//! fsynced. The temp file is opened with O_EXCL|O_NOFOLLOW, so a symlink
+//! planted at its name is never followed; a symlink at the target is replaced,
+//! never written through.
+
+use std::{
+    ffi::{OsStr, OsString},
+    fs::{self, File, OpenOptions, Permissions},
+    io::{self, Write},
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// Distinguishes temp names of concurrent or successive calls within one process.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Temp names tried before giving up when they already exist (left by a killed
+/// run whose pid we now reuse).
+const TEMP_ATTEMPTS: u32 = 16;
+
+/// Adds the path to an io error, keeping its kind.
+pub(crate) fn with_path(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// The directory holding `path` ("." for a bare file name).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Makes renames, creations and deletions inside `dir` durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(with_path(dir))
+}
+
+/// Atomically replaces `path` with `bytes`, file mode `mode` (not masked by umask).
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a file path", path.display()),
+        )
+    })?;
+    let dir = parent_dir(path);
+    let (tmp, file) = create_temp(dir, name, mode, &COUNTER)?;
+    let written = fill(&file, &tmp, bytes, mode);
+    drop(file);
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path).map_err(with_path(path))) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fsync_dir(dir)
+}
+
+/// `dir/.<name>.tmp-<pid>-<n>`.
+fn temp_path(dir: &Path, name: &OsStr, n: u64) -> PathBuf {
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}-{n}", std::process::id()));
+    dir.join(tmp_name)
+}
+
+/// Creates a fresh temp file in `dir`, never following a symlink; a name that
+/// already exists is skipped.
+fn create_temp(
+    dir: &Path,
+    name: &OsStr,
+    mode: u32,
+    counter: &AtomicU64,
+) -> io::Result<(PathBuf, File)> {
+    let mut attempt = 0;
+    loop {
+        let tmp = temp_path(dir, name, counter.fetch_add(1, Ordering::Relaxed));
+        // create_new = O_CREAT|O_EXCL: an existing file or symlink at `tmp` fails.
+        let opened = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(mode)
+            .open(&tmp);
+        match opened {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt + 1 < TEMP_ATTEMPTS => {
+                attempt += 1;
+            }
+            Err(e) => return Err(with_path(&tmp)(e)),
+        }
+    }
+}
+
+/// Sets the exact mode, writes everything and fsyncs.
+fn fill(mut file: &File, tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    file.set_permissions(Permissions::from_mode(mode))
+        .and_then(|()| file.write_all(bytes))
+        .and_then(|()| file.sync_all())
+        .map_err(with_path(tmp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn replaces_content_with_exact_mode() {
+        let cases: &[(&[u8], u32)] = &[(b"first\n", 0o640), (b"", 0o600), (b"x y\nz\n", 0o664)];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.prom");
+        for &(bytes, mode) in cases {
+            write_atomic(&path, bytes, mode).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), bytes);
+            assert_eq!(mode_of(&path), mode, "mode {mode:o}");
+        }
+        assert_eq!(names(dir.path()), ["metrics.prom"]);
+    }
+
+    #[test]
+    fn symlink_at_target_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        fs::write(&target, b"keep me").unwrap();
+        let path = dir.path().join("out.prom");
+        symlink(&target, &path).unwrap();
+
+        write_atomic(&path, b"new\n", 0o640).unwrap();
+
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_file());
+        assert_eq!(fs::read(&path).unwrap(), b"new\n");
+        assert_eq!(fs::read(&target).unwrap(), b"keep me");
+        assert_eq!(names(dir.path()), ["out.prom", "victim"]);
+    }
+
+    #[test]
+    fn planted_temp_names_are_skipped_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        fs::write(&target, b"keep me").unwrap();
+        let name = OsStr::new("out.prom");
+        let pid = std::process::id();
+        // (symlinks planted at temp numbers 0.., temp number then used or None if all taken)
+        let cases: &[(u64, Option<u64>)] = &[(0, Some(0)), (2, Some(2)), (16, None)];
+        for &(planted, used) in cases {
+            let sub = tempfile::tempdir_in(dir.path()).unwrap();
+            for n in 0..planted {
+                symlink(&target, temp_path(sub.path(), name, n)).unwrap();
+            }
+            let got = create_temp(sub.path(), name, 0o640, &AtomicU64::new(0));
+            match (got, used) {
+                (Ok((tmp, mut file)), Some(n)) => {
+                    let want = sub.path().join(format!(".out.prom.tmp-{pid}-{n}"));
+                    assert_eq!(tmp, want);
+                    file.write_all(b"new").unwrap();
+                    assert!(fs::symlink_metadata(&tmp).unwrap().file_type().is_file());
+                }
+                (Err(e), None) => {
+                    assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+                    let last = sub.path().join(format!(".out.prom.tmp-{pid}-15"));
+                    assert!(
+                        e.to_string().starts_with(&format!("{}: ", last.display())),
+                        "{e}"
+                    );
+                }
+                (got, _) => panic!("planted {planted}: {got:?}"),
+            }
+            assert_eq!(fs::read(&target).unwrap(), b"keep me");
+        }
+    }
+
+    #[test]
+    fn failure_leaves_no_temp_and_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        // Renaming a file over a non-empty directory fails after the temp was written.
+        let path = dir.path().join("busy");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("inside"), b"").unwrap();
+
+        let err = write_atomic(&path, b"data", 0o640).unwrap_err();
+
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: ", path.display())),
+            "{err}"
+        );
+        assert_eq!(names(dir.path()), ["busy"]);
+    }
+
+    #[test]
+    fn fsync_dir_error_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let err = fsync_dir(&missing).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: ", missing.display())),
+            "{err}"
+        );
+        fsync_dir(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn parent_of_bare_name_is_cwd() {
+        for (path, dir) in [("a", "."), ("d/a", "d"), ("/a", "/")] {
+            assert_eq!(parent_dir(Path::new(path)), Path::new(dir), "{path}");
+        }
+    }
+}
