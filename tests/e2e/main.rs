@@ -1,5 +1,6 @@
 //! One integration-test binary: every test drives the real `longconn-pin` and
 //! `longconn-reader` on this kernel, with its own pin dir and cgroup.
 
+mod collect;
 mod errors;
 mod foundation;

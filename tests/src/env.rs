@@ -170,3 +170,20 @@ impl Drop for TestEnv {
         }
     }
 }
+
+impl TestEnv {
+    /// `collect --out-dir <tmp>/out EXTRA...`; returns the exit status and stderr.
+    pub fn collect(&self, extra: &[&str]) -> (std::process::ExitStatus, String) {
+        let out = self.reader_cmd().arg("collect").arg("--out-dir").arg(self.out_dir()).args(extra).output().expect("run collect");
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    pub fn out_dir(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    /// This test's workload label: its cgroup path relative to the cgroup v2 mount.
+    pub fn workload(&self) -> String {
+        format!("/{}", self.cgroup.file_name().expect("cgroup name").to_string_lossy())
+    }
+}

@@ -143,7 +143,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
 
     let state_path = dirs.state.join(STATE_FILE);
     let mut state = match state::load(&state_path)? {
-        LoadOutcome::Loaded(s) if s.boot_id == state::boot_id() => s,
+        LoadOutcome::Loaded(s) if s.boot_id == state::boot_id() => *s,
         LoadOutcome::Loaded(_) | LoadOutcome::Fresh => new_state(),
         LoadOutcome::SetAside(aside, why) => {
             eprintln!("longconn-reader: {} was unusable ({why}); kept it as {} and started new totals (a counter reset)", state_path.display(), aside.display());

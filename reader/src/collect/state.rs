@@ -136,7 +136,7 @@ pub struct State {
 /// Why a state file could not be used as it was.
 #[derive(Debug)]
 pub enum LoadOutcome {
-    Loaded(State),
+    Loaded(Box<State>),
     /// No state yet: first run.
     Fresh,
     /// Unreadable, truncated or foreign: moved aside to this path.
@@ -150,7 +150,7 @@ pub fn load(path: &Path) -> io::Result<LoadOutcome> {
         Err(e) => return Err(io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))),
     };
     let problem = match serde_json::from_slice::<State>(&bytes) {
-        Ok(s) if s.version == STATE_VERSION => return Ok(LoadOutcome::Loaded(s)),
+        Ok(s) if s.version == STATE_VERSION => return Ok(LoadOutcome::Loaded(Box::new(s))),
         Ok(s) => format!("state version {} (expected {STATE_VERSION})", s.version),
         Err(e) => format!("not a longconn state file ({e})"),
     };

@@ -1,0 +1,302 @@
+//! Issue 3: the collect cycle. Real traffic in a private cgroup, real
+//! `collect` runs, authorities: the generator's byte counts, promtool, and a
+//! real node_exporter scrape.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    process::{Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use longconn_tests::{
+    env::privileged_or_skip,
+    prom::{self, NodeExporter, Series},
+    traffic::Traffic,
+    TestEnv,
+};
+
+/// Access records from every file matching `name*` in `dir`, oldest file first.
+fn access_records(dir: &Path, name: &str) -> Vec<HashMap<String, String>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let f = p.file_name().unwrap().to_string_lossy();
+            f.starts_with(name) && !f.contains(".tmp")
+        })
+        .collect();
+    // access.csv.N (oldest = highest N) ... access.csv.1, access.csv
+    files.sort_by_key(|p| std::cmp::Reverse(p.extension().and_then(|e| e.to_str()).and_then(|e| e.parse::<u32>().ok()).unwrap_or(0)));
+    let mut out = Vec::new();
+    for f in files {
+        let mut r = csv::Reader::from_path(&f).unwrap();
+        let headers = r.headers().unwrap().clone();
+        for row in r.records() {
+            let row = row.unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            out.push(headers.iter().zip(row.iter()).map(|(h, v)| (h.to_owned(), v.to_owned())).collect());
+        }
+    }
+    out
+}
+
+fn num(r: &HashMap<String, String>, k: &str) -> u64 {
+    r[k].parse().unwrap_or_else(|_| panic!("{k}={:?}", r[k]))
+}
+
+/// Every counter (`*_total`) present in both scrapes must not decrease.
+fn assert_monotonic(prev: &Series, now: &Series, cycle: usize) {
+    for ((name, labels), v) in prev {
+        if !name.ends_with("_total") || name.starts_with("longconn_connection_") {
+            continue;
+        }
+        let after = now.get(&(name.clone(), labels.clone())).unwrap_or_else(|| panic!("cycle {cycle}: {name}{labels:?} disappeared"));
+        assert!(after >= v, "cycle {cycle}: {name}{labels:?} went back from {v} to {after}");
+    }
+}
+
+fn run_collect(env: &TestEnv, extra: &[&str]) -> Series {
+    let (st, err) = env.collect(extra);
+    assert!(st.success(), "collect failed: {err}");
+    let prom_path = env.out_dir().join("longconn.prom");
+    prom::promtool_check(&prom_path);
+    prom::parse(&std::fs::read_to_string(prom_path).unwrap())
+}
+
+#[test]
+fn collect_cycles_reconcile_with_generator_and_node_exporter() {
+    if !privileged_or_skip("collect_cycles_reconcile_with_generator_and_node_exporter") {
+        return;
+    }
+    let mut env = TestEnv::new("collect");
+    env.pin(&[]);
+    let mut gen = Traffic::start_in(&mut env);
+    let wl = env.workload();
+
+    let long = gen.cmd("pair long 4");
+    gen.cmd("pair idle 4");
+    let long_client_port = long["client_port"].as_u64().unwrap().to_string();
+    let idle_pairs = 1u64;
+    let (mut long_bytes, mut churned) = (0u64, 0u64);
+    let started = Instant::now();
+    let mut next_send = Duration::ZERO;
+    let mut next_collect = Duration::from_secs(3);
+    let mut prev: Option<Series> = None;
+    let mut cycles = 0;
+    // 33 s: the long connection gets 10 kB every 2 s, short connections churn,
+    // collect runs every 3 s (11 cycles).
+    while started.elapsed() < Duration::from_secs(33) {
+        let t = started.elapsed();
+        if t >= next_send {
+            gen.cmd("send long c2s 10000");
+            long_bytes += 10_000;
+            gen.cmd("churn 5");
+            churned += 5;
+            next_send += Duration::from_secs(2);
+        }
+        if t >= next_collect {
+            let now = run_collect(&env, &[]);
+            cycles += 1;
+            if let Some(p) = &prev {
+                assert_monotonic(p, &now, cycles);
+            }
+            prev = Some(now);
+            next_collect += Duration::from_secs(3);
+        }
+        sleep(Duration::from_millis(50));
+    }
+    assert!(cycles >= 10, "only {cycles} cycles");
+    gen.cmd("close long");
+    gen.cmd("close idle");
+    sleep(Duration::from_millis(300));
+    let last = run_collect(&env, &[]);
+    assert_monotonic(prev.as_ref().unwrap(), &last, cycles + 1);
+
+    // Reconcile closed totals with the generator, to the byte. Per connection,
+    // tcp_info counts the FIN once each way and the active opener's SYN once.
+    let conns = churned + 1 + idle_pairs;
+    let g = |name: &str, dir: &str| prom::value(&last, name, &[("workload", &wl), ("direction", dir)]).unwrap_or_else(|| panic!("{name} {dir} missing"));
+    for dir in ["outbound", "inbound"] {
+        assert_eq!(g("longconn_workload_connections_opened_total", dir), conns as f64, "{dir} opened");
+        assert_eq!(g("longconn_workload_connections_closed_total", dir), conns as f64, "{dir} closed");
+        assert_eq!(g("longconn_workload_connections_failed_total", dir), 0.0);
+        assert_eq!(g("longconn_workload_active_connections", dir), 0.0);
+    }
+    let data_c2s = churned * 1000 + long_bytes;
+    let data_s2c = churned * 1000;
+    assert_eq!(g("longconn_workload_sent_bytes_total", "outbound"), (data_c2s + 2 * conns) as f64, "client bytes_acked = data + SYN + FIN");
+    assert_eq!(g("longconn_workload_received_bytes_total", "outbound"), (data_s2c + conns) as f64, "client bytes_received = data + FIN");
+    assert_eq!(g("longconn_workload_sent_bytes_total", "inbound"), (data_s2c + conns) as f64, "server bytes_acked = data + FIN");
+    assert_eq!(g("longconn_workload_received_bytes_total", "inbound"), (data_c2s + conns) as f64, "server bytes_received = data + FIN");
+
+    // The held connection: one record per cycle once long, deltas sum to totals.
+    let recs = access_records(&env.out_dir(), "access.csv");
+    let mine: Vec<_> = recs.iter().filter(|r| r["local_port"] == long_client_port && r["workload"] == wl).collect();
+    let periodic = mine.iter().filter(|r| r["event"] == "periodic").count();
+    assert!(periodic >= 9, "expected a periodic record per cycle after 5 s, got {periodic}");
+    let seqs: Vec<u64> = mine.iter().map(|r| num(r, "seq")).collect();
+    assert_eq!(seqs, (1..=mine.len() as u64).collect::<Vec<_>>(), "sequence numbers");
+    let last_rec = mine.last().unwrap();
+    assert_eq!(last_rec["event"], "close");
+    for (total, delta) in [("bytes_sent", "bytes_sent_delta"), ("bytes_received", "bytes_received_delta"), ("packets_sent", "packets_sent_delta"), ("packets_received", "packets_received_delta")] {
+        let sum: u64 = mine.iter().map(|r| num(r, delta)).sum();
+        assert_eq!(sum, num(last_rec, total), "deltas of {total} sum to the final total");
+    }
+    assert_eq!(num(last_rec, "bytes_sent"), long_bytes + 2);
+    // The idle connection also has one record per cycle.
+    let idle_periodic = recs.iter().filter(|r| r["event"] == "periodic" && r["workload"] == wl && r["bytes_sent"] == "1" && r["direction"] == "outbound").count();
+    assert_eq!(idle_periodic, periodic, "idle long connection reported every cycle like the busy one");
+    // Each connection closed exactly once in the log.
+    let mut closes: BTreeMap<&str, u32> = BTreeMap::new();
+    for r in recs.iter().filter(|r| r["event"] == "close" && r["workload"] == wl) {
+        *closes.entry(r["cookie"].as_str()).or_default() += 1;
+    }
+    assert_eq!(closes.len() as u64, 2 * conns);
+    assert!(closes.values().all(|&n| n == 1));
+
+    // A real node_exporter reads the file without error and serves our values.
+    let ne = NodeExporter::start(&env.out_dir());
+    let scraped = prom::parse(&ne.scrape());
+    assert_eq!(prom::value(&scraped, "node_textfile_scrape_error", &[]), Some(0.0), "node_textfile_scrape_error");
+    for dir in ["outbound", "inbound"] {
+        for name in ["longconn_workload_connections_closed_total", "longconn_workload_sent_bytes_total", "longconn_workload_received_bytes_total"] {
+            assert_eq!(prom::value(&scraped, name, &[("workload", &wl), ("direction", dir)]), Some(g(name, dir)), "scraped {name} {dir}");
+        }
+    }
+    assert!(prom::value(&scraped, "longconn_reader_last_success_timestamp_seconds", &[]).is_some());
+}
+
+#[test]
+fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
+    if !privileged_or_skip("reader_killed_at_random_points_loses_and_duplicates_nothing") {
+        return;
+    }
+    let mut env = TestEnv::new("sigkill");
+    env.pin(&[]);
+    let mut gen = Traffic::start_in(&mut env);
+    let wl = env.workload();
+    let mut churned = 0u64;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut killed = 0;
+    let mut prev: Option<Series> = None;
+    for i in 0..60 {
+        gen.cmd("churn 4");
+        churned += 4;
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_micros(seed % 12_000);
+        let mut child = env
+            .reader_cmd()
+            .arg("collect")
+            .arg("--out-dir")
+            .arg(env.out_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        sleep(delay);
+        let _ = child.kill();
+        let st = child.wait().unwrap();
+        if st.code().is_none() {
+            killed += 1;
+        }
+        // Occasionally two readers at once: one waits or skips, neither corrupts.
+        if i % 15 == 7 {
+            let a = env.reader_cmd().arg("collect").arg("--out-dir").arg(env.out_dir()).spawn().unwrap();
+            let b = env.reader_cmd().arg("collect").arg("--out-dir").arg(env.out_dir()).spawn().unwrap();
+            for mut c in [a, b] {
+                assert!(c.wait().unwrap().success());
+            }
+        }
+        let p = env.out_dir().join("longconn.prom");
+        if p.exists() {
+            prom::promtool_check(&p);
+            let now = prom::parse(&std::fs::read_to_string(&p).unwrap());
+            if let Some(pr) = &prev {
+                assert_monotonic(pr, &now, i);
+            }
+            prev = Some(now);
+        }
+    }
+    assert!(killed >= 10, "only {killed} of 60 runs were killed mid-cycle; the test proves nothing");
+    sleep(Duration::from_millis(200));
+    let last = run_collect(&env, &[]);
+    let g = |name: &str, dir: &str| prom::value(&last, name, &[("workload", &wl), ("direction", dir)]).unwrap_or_else(|| panic!("{name} {dir}"));
+    for dir in ["outbound", "inbound"] {
+        assert_eq!(g("longconn_workload_connections_opened_total", dir), churned as f64, "{dir} opened");
+        assert_eq!(g("longconn_workload_connections_closed_total", dir), churned as f64, "{dir} closed");
+    }
+    assert_eq!(g("longconn_workload_sent_bytes_total", "outbound"), (churned * 1002) as f64);
+    assert_eq!(g("longconn_workload_received_bytes_total", "inbound"), (churned * 1001) as f64);
+    let recs = access_records(&env.out_dir(), "access.csv");
+    let mut closes: BTreeMap<&str, u32> = BTreeMap::new();
+    for r in recs.iter().filter(|r| r["event"] == "close" && r["workload"] == wl) {
+        *closes.entry(r["cookie"].as_str()).or_default() += 1;
+    }
+    assert_eq!(closes.len() as u64, 2 * churned, "every close in the access log");
+    let dup: Vec<_> = closes.iter().filter(|(_, &n)| n != 1).collect();
+    assert!(dup.is_empty(), "closes logged more than once: {dup:?}");
+    eprintln!("sigkill: {killed} of 60 collect runs killed mid-cycle; {churned} connections reconciled");
+}
+
+#[test]
+fn rotation_during_heavy_logging_keeps_every_record_once() {
+    if !privileged_or_skip("rotation_during_heavy_logging_keeps_every_record_once") {
+        return;
+    }
+    let mut env = TestEnv::new("rotate");
+    env.pin(&[]);
+    let mut gen = Traffic::start_in(&mut env);
+    let wl = env.workload();
+    let mut churned = 0;
+    for _ in 0..6 {
+        gen.cmd("churn 40");
+        churned += 40;
+        run_collect(&env, &["--log-max-bytes", "8KiB", "--log-keep", "1000"]);
+    }
+    let files = std::fs::read_dir(env.out_dir()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("access.csv.")).count();
+    assert!(files >= 5, "expected a rotation per cycle, got {files} rotated files");
+    for name in ["access.csv", "access.jsonl"] {
+        let recs: Vec<HashMap<String, String>> = if name.ends_with("csv") {
+            access_records(&env.out_dir(), name)
+        } else {
+            let mut v = Vec::new();
+            for e in std::fs::read_dir(env.out_dir()).unwrap().flatten() {
+                if e.file_name().to_string_lossy().starts_with(name) {
+                    for line in std::fs::read_to_string(e.path()).unwrap().lines() {
+                        let j: serde_json::Value = serde_json::from_str(line).unwrap();
+                        v.push(j.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.to_string().trim_matches('"').to_owned())).collect());
+                    }
+                }
+            }
+            v
+        };
+        let mut seen: BTreeMap<(String, String), u32> = BTreeMap::new();
+        for r in recs.iter().filter(|r| r["workload"] == wl) {
+            *seen.entry((r["cookie"].clone(), r["seq"].clone())).or_default() += 1;
+        }
+        assert_eq!(seen.len(), 2 * churned, "{name}: one close record per socket across rotated files");
+        assert!(seen.values().all(|&n| n == 1), "{name}: a record appears twice");
+    }
+}
+
+#[test]
+fn systemd_units_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let bins = longconn_tests::env::bin_dir();
+    let mut paths = Vec::new();
+    for unit in ["longconn-pin.service", "longconn-reader.service", "longconn-reader.timer"] {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd").join(unit)).unwrap();
+        let text = text.replace("/usr/local/sbin/", &format!("{}/", bins.display())).replace("/usr/local/bin/", &format!("{}/", bins.display()));
+        let p = dir.path().join(unit);
+        std::fs::write(&p, text).unwrap();
+        paths.push(p);
+    }
+    let out = Command::new("systemd-analyze").arg("verify").args(&paths).env("SYSTEMD_LOG_LEVEL", "notice").output().expect("systemd-analyze");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let problems: Vec<&str> = said.lines().filter(|l| l.contains("longconn")).collect();
+    assert!(out.status.success() && problems.is_empty(), "systemd-analyze verify: {said}");
+}
