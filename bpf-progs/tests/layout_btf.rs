@@ -25,13 +25,17 @@ fn btf_structs(btf: &[u8]) -> HashMap<String, (u32, HashMap<String, u32>)> {
     let (mut at, end) = (hdr_len + type_off, hdr_len + type_off + type_len);
     while at < end {
         let (name_off, info, size) = (u32_at(at), u32_at(at + 4), u32_at(at + 8));
-        let (kind, vlen, kflag) = ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31 == 1);
+        let (kind, vlen, kflag) = (
+            (info >> 24) & 0x1f,
+            (info & 0xffff) as usize,
+            info >> 31 == 1,
+        );
         at += 12;
         let extra = match kind {
-            1 | 14 | 17 => 4,           // INT, VAR, DECL_TAG
-            3 => 12,                    // ARRAY
+            1 | 14 | 17 => 4,             // INT, VAR, DECL_TAG
+            3 => 12,                      // ARRAY
             4 | 5 | 15 | 19 => vlen * 12, // STRUCT, UNION, DATASEC, ENUM64
-            6 | 13 => vlen * 8,         // ENUM, FUNC_PROTO
+            6 | 13 => vlen * 8,           // ENUM, FUNC_PROTO
             _ => 0,
         };
         if kind == 4 && name_off != 0 {
@@ -68,22 +72,66 @@ macro_rules! check_struct {
 #[test]
 fn rust_mirror_matches_compiled_btf() {
     let obj = aya_obj::Object::parse(longconn_bpf::OBJECT).expect("parse embedded object");
-    let btf = obj.btf.expect("object carries BTF (built with -g)").to_bytes();
+    let btf = obj
+        .btf
+        .expect("object carries BTF (built with -g)")
+        .to_bytes();
     let structs = btf_structs(&btf);
-    check_struct!(structs, "longconn_conn", ConnRecord, [
-        cookie, start_ns, update_ns, bytes_sent, bytes_received, packets_sent, packets_received,
-        retransmits, lost_packets, bytes_retrans, cgroup_id, netns_cookie, local_addr, remote_addr,
-        srtt_us, min_rtt_us, pid, family, local_port, remote_port, state, direction, flags, _pad, comm
-    ]);
-    check_struct!(structs, "longconn_meta", Meta, [
-        magic, pinned_at_ns, cgroup_id, layout_version, record_size, hooks, _pad
-    ]);
+    check_struct!(
+        structs,
+        "longconn_conn",
+        ConnRecord,
+        [
+            cookie,
+            start_ns,
+            update_ns,
+            bytes_sent,
+            bytes_received,
+            packets_sent,
+            packets_received,
+            retransmits,
+            lost_packets,
+            bytes_retrans,
+            cgroup_id,
+            netns_cookie,
+            local_addr,
+            remote_addr,
+            srtt_us,
+            min_rtt_us,
+            pid,
+            family,
+            local_port,
+            remote_port,
+            state,
+            direction,
+            flags,
+            _pad,
+            comm
+        ]
+    );
+    check_struct!(
+        structs,
+        "longconn_meta",
+        Meta,
+        [
+            magic,
+            pinned_at_ns,
+            cgroup_id,
+            layout_version,
+            record_size,
+            hooks,
+            _pad
+        ]
+    );
 }
 
 #[test]
 fn layout_version_matches_header() {
     let header = include_str!("../include/longconn.h");
-    let line = header.lines().find(|l| l.starts_with("#define LONGCONN_LAYOUT_VERSION")).unwrap();
+    let line = header
+        .lines()
+        .find(|l| l.starts_with("#define LONGCONN_LAYOUT_VERSION"))
+        .unwrap();
     let version: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert_eq!(version, longconn_common::layout::LAYOUT_VERSION);
 }

@@ -25,5 +25,9 @@ pub fn has(set: u64, cap: u32) -> bool {
 /// Names of `wanted` capabilities missing from the effective set.
 pub fn missing(wanted: &[(u32, &'static str)]) -> Vec<&'static str> {
     let eff = effective();
-    wanted.iter().filter(|(c, _)| !has(eff, *c)).map(|(_, n)| *n).collect()
+    wanted
+        .iter()
+        .filter(|(c, _)| !has(eff, *c))
+        .map(|(_, n)| *n)
+        .collect()
 }

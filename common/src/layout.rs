@@ -169,7 +169,11 @@ impl ConnRecord {
 
     /// The command name up to its first NUL, lossily as UTF-8.
     pub fn comm(&self) -> String {
-        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
+        let end = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.comm.len());
         String::from_utf8_lossy(&self.comm[..end]).into_owned()
     }
 
@@ -257,7 +261,10 @@ mod tests {
     #[test]
     fn v4_mapped_v6_is_shown_as_v4() {
         let mut words = [0u32; 4];
-        let bytes: [u8; 16] = "::ffff:10.1.2.3".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let bytes: [u8; 16] = "::ffff:10.1.2.3"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
         for (w, c) in words.iter_mut().zip(bytes.chunks_exact(4)) {
             *w = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
         }

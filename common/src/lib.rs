@@ -3,6 +3,7 @@
 //!
 //! Nothing here decides policy; the binaries do.
 
+pub mod caps;
 pub mod layout;
 pub mod mounts;
 pub mod pinned;
@@ -10,7 +11,6 @@ pub mod pins;
 pub mod ring;
 pub mod sys;
 pub mod units;
-pub mod caps;
 
 pub use layout::{ConnRecord, Counters, Meta};
 pub use pinned::{PinnedError, Pins};

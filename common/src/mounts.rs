@@ -47,7 +47,12 @@ pub fn cgroup2_root() -> io::Result<PathBuf> {
             (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(dir)))
         })
         .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 filesystem in /proc/mounts"))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no cgroup2 filesystem in /proc/mounts",
+            )
+        })
 }
 
 /// /proc/mounts escapes space, tab, newline and backslash as octal.
@@ -56,7 +61,10 @@ fn unescape_mount_path(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -95,7 +103,13 @@ fn mount_fs(fstype: &str, target: &Path) -> io::Result<()> {
     let dst = CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: all pointers are valid NUL-terminated strings; data is NULL.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), dst.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());

@@ -27,11 +27,18 @@ pub enum PinnedError {
     #[error("permission denied opening {path}: run as root, or as a user with CAP_BPF and read access to the pins (see README, \"Running the reader without root\")")]
     Permission { path: PathBuf },
     #[error("{path} was pinned by another longconn layout ({found}); this binary reads layout {expected}: run `longconn-pin detach --pin-dir {dir}` then `longconn-pin --pin-dir {dir}` with this version", dir = .path.parent().map(|p| p.display().to_string()).unwrap_or_default())]
-    Layout { path: PathBuf, found: String, expected: String },
+    Layout {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("cannot open {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("cannot use map {path}: {source}")]
-    Map { path: PathBuf, source: aya::maps::MapError },
+    Map {
+        path: PathBuf,
+        source: aya::maps::MapError,
+    },
 }
 
 /// How the maps are opened: `ReadOnly` is enough for `dump` and `status`.
@@ -52,16 +59,26 @@ pub struct Pins {
 }
 
 fn open_fd(path: &Path, access: Access) -> Result<OwnedFd, PinnedError> {
-    let flags = if access == Access::ReadOnly { sys::BPF_F_RDONLY } else { 0 };
+    let flags = if access == Access::ReadOnly {
+        sys::BPF_F_RDONLY
+    } else {
+        0
+    };
     sys::obj_get(path, flags).map_err(|source| match source.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => PinnedError::Permission { path: path.into() },
-        _ => PinnedError::Io { path: path.into(), source },
+        _ => PinnedError::Io {
+            path: path.into(),
+            source,
+        },
     })
 }
 
 fn open_map(path: &Path, access: Access) -> Result<MapData, PinnedError> {
     let fd = open_fd(path, access)?;
-    MapData::from_fd(fd).map_err(|source| PinnedError::Map { path: path.into(), source })
+    MapData::from_fd(fd).map_err(|source| PinnedError::Map {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Reads and validates `meta` of a pin dir.
@@ -69,10 +86,16 @@ pub fn read_meta(dir: &Path, access: Access) -> Result<Meta, PinnedError> {
     match std::fs::metadata(dir.join(pins::META)) {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            return Err(PinnedError::Permission { path: dir.join(pins::META) });
+            return Err(PinnedError::Permission {
+                path: dir.join(pins::META),
+            });
         }
         Err(_) => {
-            if !dir.exists() && dir.parent().is_some_and(|p| p.exists() && !mounts::is_bpffs(p)) {
+            if !dir.exists()
+                && dir
+                    .parent()
+                    .is_some_and(|p| p.exists() && !mounts::is_bpffs(p))
+            {
                 return Err(PinnedError::NoBpffs { dir: dir.into() });
             }
             return Err(PinnedError::NotPinned { dir: dir.into() });
@@ -90,16 +113,29 @@ pub fn read_meta(dir: &Path, access: Access) -> Result<Meta, PinnedError> {
     }
     let map = Map::Array(data);
     let array: Array<&MapData, Meta> =
-        Array::try_from(&map).map_err(|source| PinnedError::Map { path: path.clone(), source })?;
-    let meta = array.get(&0, 0).map_err(|source| PinnedError::Map { path: path.clone(), source })?;
+        Array::try_from(&map).map_err(|source| PinnedError::Map {
+            path: path.clone(),
+            source,
+        })?;
+    let meta = array.get(&0, 0).map_err(|source| PinnedError::Map {
+        path: path.clone(),
+        source,
+    })?;
     if meta.magic != layout::META_MAGIC
         || meta.layout_version != layout::LAYOUT_VERSION
         || meta.record_size as usize != ConnRecord::SIZE
     {
         return Err(PinnedError::Layout {
             path,
-            found: format!("version {}, record size {}", meta.layout_version, meta.record_size),
-            expected: format!("version {}, record size {}", layout::LAYOUT_VERSION, ConnRecord::SIZE),
+            found: format!(
+                "version {}, record size {}",
+                meta.layout_version, meta.record_size
+            ),
+            expected: format!(
+                "version {}, record size {}",
+                layout::LAYOUT_VERSION,
+                ConnRecord::SIZE
+            ),
         });
     }
     Ok(meta)
@@ -136,13 +172,20 @@ impl Pins {
     pub fn connections(&self) -> Result<(Vec<ConnRecord>, u64), PinnedError> {
         let mut out = Vec::new();
         let mut bad = 0u64;
-        sys::lookup_batch(self.conns.fd().as_fd(), 8, ConnRecord::SIZE, 4096, |_, v| {
-            match ConnRecord::decode(v) {
+        sys::lookup_batch(
+            self.conns.fd().as_fd(),
+            8,
+            ConnRecord::SIZE,
+            4096,
+            |_, v| match ConnRecord::decode(v) {
                 Some(r) => out.push(r),
                 None => bad += 1,
-            }
-        })
-        .map_err(|source| PinnedError::Io { path: self.path(pins::CONNS), source })?;
+            },
+        )
+        .map_err(|source| PinnedError::Io {
+            path: self.path(pins::CONNS),
+            source,
+        })?;
         Ok((out, bad))
     }
 
@@ -154,10 +197,16 @@ impl Pins {
     pub fn counters(&self) -> Result<Counters, PinnedError> {
         let path = self.path(pins::COUNTERS);
         let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(&self.counters).map_err(|source| PinnedError::Map { path: path.clone(), source })?;
+            PerCpuArray::try_from(&self.counters).map_err(|source| PinnedError::Map {
+                path: path.clone(),
+                source,
+            })?;
         let mut slots = vec![0u64; layout::CTR_MAX as usize];
         for (i, slot) in slots.iter_mut().enumerate() {
-            let values = arr.get(&(i as u32), 0).map_err(|source| PinnedError::Map { path: path.clone(), source })?;
+            let values = arr.get(&(i as u32), 0).map_err(|source| PinnedError::Map {
+                path: path.clone(),
+                source,
+            })?;
             *slot = values.iter().sum();
         }
         Ok(Counters::from_slots(&slots))
@@ -168,7 +217,14 @@ impl Pins {
     /// read-write even for ReadOnly access, and maps it read-only then.
     pub fn ring(&self) -> Result<RingReader, PinnedError> {
         let path = self.path(pins::CLOSED);
-        let size = self.closed.info().map(|i| i.max_entries()).map_err(|source| PinnedError::Map { path: path.clone(), source })?;
+        let size = self
+            .closed
+            .info()
+            .map(|i| i.max_entries())
+            .map_err(|source| PinnedError::Map {
+                path: path.clone(),
+                source,
+            })?;
         let fd = open_fd(&path, Access::ReadWrite)?;
         RingReader::open(fd.as_fd(), size, self.access == Access::ReadWrite)
             .map_err(|source| PinnedError::Io { path, source })
@@ -179,7 +235,10 @@ impl Pins {
         match sys::delete_elem(self.conns.fd().as_fd(), &cookie.to_ne_bytes()) {
             Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(source) => Err(PinnedError::Io { path: self.path(pins::CONNS), source }),
+            Err(source) => Err(PinnedError::Io {
+                path: self.path(pins::CONNS),
+                source,
+            }),
         }
     }
 }

@@ -26,11 +26,22 @@ impl Mapping {
     fn new(fd: BorrowedFd<'_>, len: usize, prot: i32, offset: i64) -> io::Result<Self> {
         // SAFETY: a fresh shared mapping of a ring-buffer map fd; the kernel
         // validates length, offset and protection and fails otherwise.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd.as_raw_fd(), offset) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset,
+            )
+        };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        NonNull::new(p).map(|ptr| Self { ptr, len }).ok_or_else(|| io::Error::other("mmap returned NULL"))
+        NonNull::new(p)
+            .map(|ptr| Self { ptr, len })
+            .ok_or_else(|| io::Error::other("mmap returned NULL"))
     }
 }
 
@@ -61,11 +72,21 @@ impl RingReader {
     pub fn open(fd: BorrowedFd<'_>, size: u32, writable: bool) -> io::Result<Self> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         let consumer = Mapping::new(fd, page, prot, 0)?;
         // Producer page then the data area, mapped twice so records never wrap.
         let producer = Mapping::new(fd, page + 2 * size as usize, libc::PROT_READ, page as i64)?;
-        Ok(Self { consumer, producer, page, size: u64::from(size), writable })
+        Ok(Self {
+            consumer,
+            producer,
+            page,
+            size: u64::from(size),
+            writable,
+        })
     }
 
     fn consumer_pos(&self) -> &AtomicU64 {
@@ -81,7 +102,10 @@ impl RingReader {
 
     /// (consumer, producer) positions: bytes consumed and produced since creation.
     pub fn positions(&self) -> (u64, u64) {
-        (self.consumer_pos().load(Ordering::Acquire), self.producer_pos().load(Ordering::Acquire))
+        (
+            self.consumer_pos().load(Ordering::Acquire),
+            self.producer_pos().load(Ordering::Acquire),
+        )
     }
 
     pub fn size(&self) -> u64 {
@@ -113,8 +137,13 @@ impl RingReader {
             if len_word & DISCARD_BIT == 0 {
                 // SAFETY: header + len lies within the double-mapped data area
                 // (off < size, len <= size) and the kernel finished writing it.
-                let bytes = unsafe { std::slice::from_raw_parts(data.add(off + HDR_SIZE as usize), len as usize) };
-                out.push(RingRecord { data: bytes, end_pos });
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(data.add(off + HDR_SIZE as usize), len as usize)
+                };
+                out.push(RingRecord {
+                    data: bytes,
+                    end_pos,
+                });
             }
             pos = end_pos;
         }
@@ -124,7 +153,10 @@ impl RingReader {
     /// Releases everything before `pos` back to the kernel.
     pub fn commit(&self, pos: u64) -> io::Result<()> {
         if !self.writable {
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "ring buffer opened read-only"));
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "ring buffer opened read-only",
+            ));
         }
         let (consumer, producer) = self.positions();
         if pos > consumer && pos <= producer {

@@ -40,9 +40,7 @@ struct BatchAttr {
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a repr(C) prefix of union bpf_attr for `cmd`, valid for
     // reads and writes of size_of::<T>() bytes; the kernel zero-checks the rest.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>())
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -54,7 +52,11 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
 pub fn obj_get(path: &Path, file_flags: u32) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags };
+    let mut attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags,
+    };
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: on success BPF_OBJ_GET returns a new fd that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -127,6 +129,10 @@ struct ElemAttr {
 
 /// BPF_MAP_DELETE_ELEM for one key.
 pub fn delete_elem(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
-    let mut attr = ElemAttr { map_fd: map.as_raw_fd() as u32, key: key.as_ptr() as u64, ..Default::default() };
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        ..Default::default()
+    };
     bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
 }

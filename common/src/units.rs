@@ -25,7 +25,11 @@ fn split_number(s: &str) -> Option<(u64, &str)> {
 
 /// Bytes: a number with an optional binary suffix (k/K/KiB, M/MiB, G/GiB; B).
 pub fn parse_size(s: &str) -> Result<u64, ParseError> {
-    let err = || ParseError { what: "size", value: s.into(), expected: "a number of bytes with an optional suffix: 4194304, 512KiB, 4MiB, 1G" };
+    let err = || ParseError {
+        what: "size",
+        value: s.into(),
+        expected: "a number of bytes with an optional suffix: 4194304, 512KiB, 4MiB, 1G",
+    };
     let (n, unit) = split_number(s).ok_or_else(err)?;
     let mult: u64 = match unit {
         "" | "B" | "b" => 1,
@@ -39,7 +43,11 @@ pub fn parse_size(s: &str) -> Result<u64, ParseError> {
 
 /// A duration: a number with a unit (ms, s, m, h); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, ParseError> {
-    let err = || ParseError { what: "duration", value: s.into(), expected: "a number with a unit: 250ms, 5s, 2m, 1h (bare numbers are seconds)" };
+    let err = || ParseError {
+        what: "duration",
+        value: s.into(),
+        expected: "a number with a unit: 250ms, 5s, 2m, 1h (bare numbers are seconds)",
+    };
     let (n, unit) = split_number(s).ok_or_else(err)?;
     let ms: u64 = match unit {
         "ms" => 1,
@@ -57,10 +65,25 @@ mod tests {
 
     #[test]
     fn sizes() {
-        for (input, want) in [("4194304", 4 << 20), ("4MiB", 4 << 20), ("4M", 4 << 20), ("512k", 512 << 10), ("1G", 1 << 30), (" 8 KiB ", 8 << 10)] {
+        for (input, want) in [
+            ("4194304", 4 << 20),
+            ("4MiB", 4 << 20),
+            ("4M", 4 << 20),
+            ("512k", 512 << 10),
+            ("1G", 1 << 30),
+            (" 8 KiB ", 8 << 10),
+        ] {
             assert_eq!(parse_size(input), Ok(want), "{input}");
         }
-        for bad in ["", "M", "-1", "4X", "1.5M", "99999999999999999999", "18446744073709551615G"] {
+        for bad in [
+            "",
+            "M",
+            "-1",
+            "4X",
+            "1.5M",
+            "99999999999999999999",
+            "18446744073709551615G",
+        ] {
             let e = parse_size(bad).unwrap_err();
             assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
         }
@@ -68,8 +91,18 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (input, want) in [("5s", 5000), ("5", 5000), ("250ms", 250), ("2m", 120_000), ("1h", 3_600_000)] {
-            assert_eq!(parse_duration(input), Ok(Duration::from_millis(want)), "{input}");
+        for (input, want) in [
+            ("5s", 5000),
+            ("5", 5000),
+            ("250ms", 250),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+        ] {
+            assert_eq!(
+                parse_duration(input),
+                Ok(Duration::from_millis(want)),
+                "{input}"
+            );
         }
         for bad in ["", "s", "5d", "-5s", "1.5s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");

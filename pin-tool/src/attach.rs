@@ -95,7 +95,11 @@ pub fn run(pin_dir: &Path, args: &AttachArgs) -> anyhow::Result<ExitCode> {
     if let Some(code) = already_pinned(pin_dir, &cgroup, args.hooks)? {
         return Ok(code);
     }
-    if pin_dir.exists() && fs::read_dir(pin_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if pin_dir.exists()
+        && fs::read_dir(pin_dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         return Err(coded(FAILURE, format!("{} exists and holds pins longconn did not make (no meta); choose another --pin-dir or remove them", pin_dir.display())));
     }
     if args.hooks & (layout::HOOK_TCP_PROBE | layout::HOOK_RCV_SPACE) != 0 {
@@ -110,7 +114,8 @@ pub fn run(pin_dir: &Path, args: &AttachArgs) -> anyhow::Result<ExitCode> {
 
     let staging = parent.join(format!("{STAGING_PREFIX}{}", std::process::id()));
     if let Err(err) = pin_all(&ebpf, attached, &staging).and_then(|()| {
-        fs::rename(&staging, pin_dir).with_context(|| format!("cannot move {} to {}", staging.display(), pin_dir.display()))
+        fs::rename(&staging, pin_dir)
+            .with_context(|| format!("cannot move {} to {}", staging.display(), pin_dir.display()))
     }) {
         remove_pins(&staging);
         return Err(err);
@@ -145,10 +150,19 @@ fn resolve_cgroup(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
         Err(_) => "no cgroup v2 filesystem is mounted".into(),
     };
     if !dir.is_dir() {
-        return Err(coded(BAD_INPUT, format!("--cgroup {}: no such directory ({where_v2})", dir.display())));
+        return Err(coded(
+            BAD_INPUT,
+            format!("--cgroup {}: no such directory ({where_v2})", dir.display()),
+        ));
     }
     if !mounts::is_cgroup2(dir) {
-        return Err(coded(BAD_INPUT, format!("--cgroup {}: not a cgroup v2 directory ({where_v2})", dir.display())));
+        return Err(coded(
+            BAD_INPUT,
+            format!(
+                "--cgroup {}: not a cgroup v2 directory ({where_v2})",
+                dir.display()
+            ),
+        ));
     }
     Ok(fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()))
 }
@@ -168,28 +182,47 @@ fn prepare_bpffs(pin_dir: &Path) -> anyhow::Result<PathBuf> {
         eprintln!("longconn-pin: mounted bpffs at /sys/fs/bpf");
         return Ok(parent);
     }
-    Err(coded(NO_FEATURE, format!("--pin-dir {}: {} is not a bpf filesystem; use a directory under /sys/fs/bpf", pin_dir.display(), parent.display())))
+    Err(coded(
+        NO_FEATURE,
+        format!(
+            "--pin-dir {}: {} is not a bpf filesystem; use a directory under /sys/fs/bpf",
+            pin_dir.display(),
+            parent.display()
+        ),
+    ))
 }
 
 /// Serialises longconn-pin runs on this bpffs (flock on the parent directory).
 fn lock_dir(dir: &Path) -> anyhow::Result<fs::File> {
     use std::os::fd::AsRawFd;
-    let f = fs::File::open(dir).with_context(|| format!("cannot open {} to lock it", dir.display()))?;
+    let f =
+        fs::File::open(dir).with_context(|| format!("cannot open {} to lock it", dir.display()))?;
     // SAFETY: flock on a valid open fd; blocks until the other run finishes.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(anyhow::Error::new(std::io::Error::last_os_error()).context(format!("cannot lock {}", dir.display())));
+        return Err(anyhow::Error::new(std::io::Error::last_os_error())
+            .context(format!("cannot lock {}", dir.display())));
     }
     Ok(f)
 }
 
 /// Removes staging dirs of longconn-pin runs that died half-way.
 pub fn remove_stale_staging(parent: &Path) {
-    let Ok(entries) = fs::read_dir(parent) else { return };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(STAGING_PREFIX)) else { continue };
-        if pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
-            eprintln!("longconn-pin: removing {} left by an interrupted run", e.path().display());
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(STAGING_PREFIX)) else {
+            continue;
+        };
+        if pid
+            .parse::<u32>()
+            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+        {
+            eprintln!(
+                "longconn-pin: removing {} left by an interrupted run",
+                e.path().display()
+            );
             remove_pins(&e.path());
         }
     }
@@ -210,7 +243,9 @@ pub fn remove_pins(dir: &Path) -> (usize, usize, Vec<PathBuf>) {
             maps += 1;
         }
     }
-    let leftovers: Vec<PathBuf> = fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let leftovers: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     if leftovers.is_empty() {
         let _ = fs::remove_dir(dir);
     }
@@ -242,7 +277,11 @@ pub fn expected_links(hooks_mask: u32) -> Vec<&'static str> {
     v
 }
 
-fn already_pinned(pin_dir: &Path, cgroup: &Path, hooks_mask: u32) -> anyhow::Result<Option<ExitCode>> {
+fn already_pinned(
+    pin_dir: &Path,
+    cgroup: &Path,
+    hooks_mask: u32,
+) -> anyhow::Result<Option<ExitCode>> {
     if !pin_dir.join(pins::META).exists() {
         return Ok(None);
     }
@@ -251,12 +290,19 @@ fn already_pinned(pin_dir: &Path, cgroup: &Path, hooks_mask: u32) -> anyhow::Res
         Err(e @ PinnedError::Layout { .. }) => return Err(coded(NOT_CONFIGURED, e.to_string())),
         Err(e) => return Err(e.into()),
     };
-    let missing: Vec<_> = expected_links(meta.hooks).into_iter().filter(|l| !pins::link_path(pin_dir, l).exists()).collect();
+    let missing: Vec<_> = expected_links(meta.hooks)
+        .into_iter()
+        .filter(|l| !pins::link_path(pin_dir, l).exists())
+        .collect();
     if !missing.is_empty() {
         return Err(coded(FAILURE, format!("{} is pinned but links {} are missing; run `longconn-pin detach --pin-dir {}` and pin again", pin_dir.display(), missing.join(", "), pin_dir.display())));
     }
     let same_cgroup = mounts::cgroup_id(cgroup).ok() == Some(meta.cgroup_id);
-    println!("longconn already pinned at {} (layout {}); nothing to do", pin_dir.display(), meta.layout_version);
+    println!(
+        "longconn already pinned at {} (layout {}); nothing to do",
+        pin_dir.display(),
+        meta.layout_version
+    );
     if !same_cgroup || meta.hooks != hooks_mask {
         eprintln!(
             "longconn-pin: note: the existing pins use cgroup id {} and hooks {}; to change them run `longconn-pin detach --pin-dir {}` first",
@@ -282,8 +328,17 @@ fn load(args: &AttachArgs) -> anyhow::Result<Ebpf> {
 
 fn prog_error(name: &str, what: &str, err: aya::programs::ProgramError) -> anyhow::Error {
     let detail = match &err {
-        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
-            let last = verifier_log.to_string().lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().to_owned();
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let last = verifier_log
+                .to_string()
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default()
+                .to_owned();
             format!("{io_error}; verifier: {last}")
         }
         aya::programs::ProgramError::SyscallError(s) => format!("{}: {}", s.call, s.io_error),
@@ -293,7 +348,8 @@ fn prog_error(name: &str, what: &str, err: aya::programs::ProgramError) -> anyho
 }
 
 fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, hooks_mask: u32) -> anyhow::Result<Vec<Attached>> {
-    let cg = fs::File::open(cgroup).with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
+    let cg = fs::File::open(cgroup)
+        .with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
     let mut out = Vec::new();
 
     let p: &mut SockOps = program(ebpf, prog::SOCKOPS)?;
@@ -306,74 +362,134 @@ fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, hooks_mask: u32) -> anyhow::Result
             prog_error(prog::SOCKOPS, "attach", e)
         }
     })?;
-    let link = p.take_link(id).map_err(|e| prog_error(prog::SOCKOPS, "take link of", e))?;
-    out.push(Attached { name: "sockops", link: FdLink::try_from(link).map_err(|e| anyhow::anyhow!("sockops link: {e}"))? });
+    let link = p
+        .take_link(id)
+        .map_err(|e| prog_error(prog::SOCKOPS, "take link of", e))?;
+    out.push(Attached {
+        name: "sockops",
+        link: FdLink::try_from(link).map_err(|e| anyhow::anyhow!("sockops link: {e}"))?,
+    });
 
-    for (bit, name, kind) in [(layout::HOOK_EGRESS, prog::EGRESS, CgroupSkbAttachType::Egress), (layout::HOOK_INGRESS, prog::INGRESS, CgroupSkbAttachType::Ingress)] {
+    for (bit, name, kind) in [
+        (
+            layout::HOOK_EGRESS,
+            prog::EGRESS,
+            CgroupSkbAttachType::Egress,
+        ),
+        (
+            layout::HOOK_INGRESS,
+            prog::INGRESS,
+            CgroupSkbAttachType::Ingress,
+        ),
+    ] {
         if hooks_mask & bit == 0 {
             continue;
         }
         let p: &mut CgroupSkb = program(ebpf, name)?;
         p.load().map_err(|e| prog_error(name, "load", e))?;
-        let id = p.attach(&cg, kind, CgroupAttachMode::Single).map_err(|e| prog_error(name, &format!("attach to {} as", cgroup.display()), e))?;
-        let link = p.take_link(id).map_err(|e| prog_error(name, "take link of", e))?;
-        out.push(Attached { name: link_name(name), link: FdLink::try_from(link).map_err(|e| anyhow::anyhow!("{name} link: {e}"))? });
+        let id = p
+            .attach(&cg, kind, CgroupAttachMode::Single)
+            .map_err(|e| prog_error(name, &format!("attach to {} as", cgroup.display()), e))?;
+        let link = p
+            .take_link(id)
+            .map_err(|e| prog_error(name, "take link of", e))?;
+        out.push(Attached {
+            name: link_name(name),
+            link: FdLink::try_from(link).map_err(|e| anyhow::anyhow!("{name} link: {e}"))?,
+        });
     }
 
-    for (bit, name, tp) in [(layout::HOOK_TCP_PROBE, prog::TCP_PROBE, "tcp_probe"), (layout::HOOK_RCV_SPACE, prog::RCV_SPACE, "tcp_rcv_space_adjust")] {
+    for (bit, name, tp) in [
+        (layout::HOOK_TCP_PROBE, prog::TCP_PROBE, "tcp_probe"),
+        (
+            layout::HOOK_RCV_SPACE,
+            prog::RCV_SPACE,
+            "tcp_rcv_space_adjust",
+        ),
+    ] {
         if hooks_mask & bit == 0 {
             continue;
         }
         let p: &mut TracePoint = program(ebpf, name)?;
         p.load().map_err(|e| prog_error(name, "load", e))?;
-        let id = p.attach("tcp", tp).map_err(|e| prog_error(name, &format!("attach tracepoint tcp:{tp} to"), e))?;
-        let link = p.take_link(id).map_err(|e| prog_error(name, "take link of", e))?;
-        out.push(Attached { name: link_name(name), link: FdLink::try_from(link).map_err(|e| anyhow::anyhow!("{name} link: {e}"))? });
+        let id = p
+            .attach("tcp", tp)
+            .map_err(|e| prog_error(name, &format!("attach tracepoint tcp:{tp} to"), e))?;
+        let link = p
+            .take_link(id)
+            .map_err(|e| prog_error(name, "take link of", e))?;
+        out.push(Attached {
+            name: link_name(name),
+            link: FdLink::try_from(link).map_err(|e| anyhow::anyhow!("{name} link: {e}"))?,
+        });
     }
     Ok(out)
 }
 
 fn link_name(program: &str) -> &'static str {
-    LINK_NAMES.iter().find(|(p, _)| *p == program).map(|(_, l)| *l).unwrap_or("unknown")
+    LINK_NAMES
+        .iter()
+        .find(|(p, _)| *p == program)
+        .map(|(_, l)| *l)
+        .unwrap_or("unknown")
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("program {name} missing from the object (build problem)"))?;
-    p.try_into().map_err(|e| anyhow::anyhow!("program {name} has an unexpected type: {e}"))
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("program {name} missing from the object (build problem)"))?;
+    p.try_into()
+        .map_err(|e| anyhow::anyhow!("program {name} has an unexpected type: {e}"))
 }
 
 fn write_meta(ebpf: &mut Ebpf, cgroup: &Path, hooks_mask: u32) -> anyhow::Result<()> {
     let meta = Meta {
         magic: layout::META_MAGIC,
-        pinned_at_ns: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
-        cgroup_id: mounts::cgroup_id(cgroup).with_context(|| format!("cannot stat cgroup {}", cgroup.display()))?,
+        pinned_at_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        cgroup_id: mounts::cgroup_id(cgroup)
+            .with_context(|| format!("cannot stat cgroup {}", cgroup.display()))?,
         layout_version: layout::LAYOUT_VERSION,
         record_size: ConnRecord::SIZE as u32,
         hooks: hooks_mask,
         _pad: 0,
     };
-    let map = ebpf.map_mut("longconn_meta").ok_or_else(|| anyhow::anyhow!("map longconn_meta missing from the object"))?;
+    let map = ebpf
+        .map_mut("longconn_meta")
+        .ok_or_else(|| anyhow::anyhow!("map longconn_meta missing from the object"))?;
     let mut array: Array<&mut MapData, Meta> = Array::try_from(map).context("map longconn_meta")?;
-    array.set(0, meta, 0).context("cannot write longconn_meta")?;
+    array
+        .set(0, meta, 0)
+        .context("cannot write longconn_meta")?;
     Ok(())
 }
 
 fn pin_all(ebpf: &Ebpf, attached: Vec<Attached>, staging: &Path) -> anyhow::Result<()> {
     fs::create_dir(staging).with_context(|| format!("cannot create {}", staging.display()))?;
-    fs::create_dir(staging.join(pins::LINKS)).with_context(|| format!("cannot create {}/links", staging.display()))?;
+    fs::create_dir(staging.join(pins::LINKS))
+        .with_context(|| format!("cannot create {}/links", staging.display()))?;
     for (obj_name, pin_name) in pins::MAPS {
-        let map = ebpf.map(obj_name).ok_or_else(|| anyhow::anyhow!("map {obj_name} missing from the object"))?;
+        let map = ebpf
+            .map(obj_name)
+            .ok_or_else(|| anyhow::anyhow!("map {obj_name} missing from the object"))?;
         let path = staging.join(pin_name);
-        map.pin(&path).with_context(|| format!("cannot pin map {obj_name} at {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).with_context(|| format!("cannot chmod {}", path.display()))?;
+        map.pin(&path)
+            .with_context(|| format!("cannot pin map {obj_name} at {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot chmod {}", path.display()))?;
     }
     for a in attached {
         let path = pins::link_path(staging, a.name);
-        a.link.pin(&path).with_context(|| format!("cannot pin link {} at {}", a.name, path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).with_context(|| format!("cannot chmod {}", path.display()))?;
+        a.link
+            .pin(&path)
+            .with_context(|| format!("cannot pin link {} at {}", a.name, path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot chmod {}", path.display()))?;
     }
     fs::set_permissions(staging.join(pins::LINKS), fs::Permissions::from_mode(0o700))?;
     fs::set_permissions(staging, fs::Permissions::from_mode(0o700))?;

@@ -18,7 +18,11 @@ pub struct Coded {
 }
 
 pub fn coded(code: u8, message: impl Into<String>) -> anyhow::Error {
-    Coded { code, message: message.into() }.into()
+    Coded {
+        code,
+        message: message.into(),
+    }
+    .into()
 }
 
 pub fn code_of(err: &anyhow::Error) -> ExitCode {

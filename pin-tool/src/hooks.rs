@@ -27,7 +27,10 @@ pub fn parse(s: &str) -> Result<u32, String> {
             Some((_, bit)) => mask |= bit,
             None => {
                 let names: Vec<_> = NAMES.iter().chain(PRESETS).map(|(n, _)| *n).collect();
-                return Err(format!("unknown hook {part:?}; expected a comma list of {}", names.join(", ")));
+                return Err(format!(
+                    "unknown hook {part:?}; expected a comma list of {}",
+                    names.join(", ")
+                ));
             }
         }
     }
@@ -35,8 +38,16 @@ pub fn parse(s: &str) -> Result<u32, String> {
 }
 
 pub fn describe(mask: u32) -> String {
-    let names: Vec<_> = NAMES.iter().filter(|(_, b)| mask & b != 0).map(|(n, _)| *n).collect();
-    if names.is_empty() { "none".into() } else { names.join(",") }
+    let names: Vec<_> = NAMES
+        .iter()
+        .filter(|(_, b)| mask & b != 0)
+        .map(|(n, _)| *n)
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(",")
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@ fn now_ns(clock: libc::clockid_t) -> i128 {
 
 impl Clock {
     pub fn now() -> Self {
-        Self { boot_ns: now_ns(libc::CLOCK_BOOTTIME) as u64, wall_ns: now_ns(libc::CLOCK_REALTIME) }
+        Self {
+            boot_ns: now_ns(libc::CLOCK_BOOTTIME) as u64,
+            wall_ns: now_ns(libc::CLOCK_REALTIME),
+        }
     }
 
     /// Wall-clock time of a CLOCK_BOOTTIME timestamp.

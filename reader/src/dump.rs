@@ -35,7 +35,11 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
     let (records, bad) = pins.connections()?;
     let mut records: Vec<ConnRecord> = if args.closed {
         let ring = pins.ring()?;
-        let mut v: Vec<ConnRecord> = ring.peek(0).iter().filter_map(|r| ConnRecord::decode(r.data)).collect();
+        let mut v: Vec<ConnRecord> = ring
+            .peek(0)
+            .iter()
+            .filter_map(|r| ConnRecord::decode(r.data))
+            .collect();
         v.extend(records.into_iter().filter(ConnRecord::is_closed));
         v
     } else {
@@ -45,8 +49,12 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
         eprintln!("longconn-reader: skipped {bad} map records of the wrong size");
     }
     records.retain(|r| {
-        let age_ok = args.min_age.is_none_or(|min| clock.boot_ns.saturating_sub(r.start_ns) >= min.as_nanos() as u64);
-        let port_ok = args.port.is_none_or(|p| r.local_port == u32::from(p) || r.remote_port == u32::from(p));
+        let age_ok = args
+            .min_age
+            .is_none_or(|min| clock.boot_ns.saturating_sub(r.start_ns) >= min.as_nanos() as u64);
+        let port_ok = args
+            .port
+            .is_none_or(|p| r.local_port == u32::from(p) || r.remote_port == u32::from(p));
         age_ok && port_ok
     });
     records.sort_by_key(|r| std::cmp::Reverse(r.bytes_sent + r.bytes_received));
@@ -64,26 +72,60 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn write_table(out: &mut impl Write, views: &[ConnView]) -> std::io::Result<()> {
-    let endpoint = |addr: &str, port: u16| if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
+    let endpoint = |addr: &str, port: u16| {
+        if addr.contains(':') {
+            format!("[{addr}]:{port}")
+        } else {
+            format!("{addr}:{port}")
+        }
+    };
     let rows: Vec<[String; 11]> = views
         .iter()
         .map(|v| {
             [
-                if v.direction == "outbound" { "out".into() } else { "in".into() },
+                if v.direction == "outbound" {
+                    "out".into()
+                } else {
+                    "in".into()
+                },
                 endpoint(&v.local_addr, v.local_port),
                 endpoint(&v.remote_addr, v.remote_port),
-                if v.failed { "FAILED".into() } else { v.state.into() },
+                if v.failed {
+                    "FAILED".into()
+                } else {
+                    v.state.into()
+                },
                 human::duration(v.duration_seconds),
                 human::bytes(v.bytes_sent),
                 human::bytes(v.bytes_received),
                 format!("{}/{}", v.packets_sent, v.packets_received),
                 format!("{}/{}", v.retransmits, v.lost_packets),
-                format!("{}/{}", human::micros(v.srtt_us), human::micros(v.min_rtt_us)),
-                if v.pid == 0 { "-".into() } else { format!("{}/{}", v.comm, v.pid) },
+                format!(
+                    "{}/{}",
+                    human::micros(v.srtt_us),
+                    human::micros(v.min_rtt_us)
+                ),
+                if v.pid == 0 {
+                    "-".into()
+                } else {
+                    format!("{}/{}", v.comm, v.pid)
+                },
             ]
         })
         .collect();
-    let header = ["DIR", "LOCAL", "REMOTE", "STATE", "AGE", "SENT", "RECV", "SEGS OUT/IN", "RETR/LOST", "SRTT/MIN", "PROCESS"];
+    let header = [
+        "DIR",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "AGE",
+        "SENT",
+        "RECV",
+        "SEGS OUT/IN",
+        "RETR/LOST",
+        "SRTT/MIN",
+        "PROCESS",
+    ];
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -91,7 +133,14 @@ fn write_table(out: &mut impl Write, views: &[ConnView]) -> std::io::Result<()> 
         }
     }
     let line = |cells: Vec<&str>| {
-        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned()
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
     };
     writeln!(out, "{}", line(header.to_vec()))?;
     for row in &rows {

@@ -12,7 +12,9 @@ pub fn code_of(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
         if let Some(p) = cause.downcast_ref::<PinnedError>() {
             return ExitCode::from(match p {
-                PinnedError::NotPinned { .. } | PinnedError::Layout { .. } | PinnedError::NoBpffs { .. } => NOT_CONFIGURED,
+                PinnedError::NotPinned { .. }
+                | PinnedError::Layout { .. }
+                | PinnedError::NoBpffs { .. } => NOT_CONFIGURED,
                 PinnedError::Permission { .. } => NO_PERMISSION,
                 _ => FAILURE,
             });

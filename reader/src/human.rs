@@ -8,7 +8,11 @@ pub fn bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n}B") } else { format!("{v:.1}{}", UNITS[u]) }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
 }
 
 pub fn duration(secs: f64) -> String {
@@ -22,7 +26,11 @@ pub fn duration(secs: f64) -> String {
 }
 
 pub fn micros(us: u32) -> String {
-    if us >= 1000 { format!("{:.1}ms", f64::from(us) / 1000.0) } else { format!("{us}us") }
+    if us >= 1000 {
+        format!("{:.1}ms", f64::from(us) / 1000.0)
+    } else {
+        format!("{us}us")
+    }
 }
 
 #[cfg(test)]

@@ -4,10 +4,10 @@
 
 mod clock;
 mod collect;
-mod output;
 mod dump;
 mod exit;
 mod human;
+mod output;
 mod view;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -67,7 +67,9 @@ fn main() -> ExitCode {
 /// `longconn-reader dump | head` is not an error.
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            || c.downcast_ref::<serde_json::Error>().is_some_and(|e| e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|e| e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
     })
 }

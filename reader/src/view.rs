@@ -46,7 +46,11 @@ pub fn direction_name(d: u32) -> &'static str {
 
 impl ConnView {
     pub fn new(r: &ConnRecord, clock: &Clock) -> Self {
-        let end = if r.is_closed() { r.update_ns } else { clock.boot_ns };
+        let end = if r.is_closed() {
+            r.update_ns
+        } else {
+            clock.boot_ns
+        };
         Self {
             cookie: r.cookie,
             direction: direction_name(r.direction),
@@ -55,7 +59,9 @@ impl ConnView {
             remote_addr: r.remote_ip().to_string(),
             remote_port: r.remote_port as u16,
             state: layout::tcp_state_name(r.state),
-            start_time: clock.wall(r.start_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            start_time: clock
+                .wall(r.start_ns)
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             duration_seconds: end.saturating_sub(r.start_ns) as f64 / 1e9,
             bytes_sent: r.bytes_sent,
             bytes_received: r.bytes_received,

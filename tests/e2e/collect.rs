@@ -29,14 +29,27 @@ fn access_records(dir: &Path, name: &str) -> Vec<HashMap<String, String>> {
         })
         .collect();
     // access.csv.N (oldest = highest N) ... access.csv.1, access.csv
-    files.sort_by_key(|p| std::cmp::Reverse(p.extension().and_then(|e| e.to_str()).and_then(|e| e.parse::<u32>().ok()).unwrap_or(0)));
+    files.sort_by_key(|p| {
+        std::cmp::Reverse(
+            p.extension()
+                .and_then(|e| e.to_str())
+                .and_then(|e| e.parse::<u32>().ok())
+                .unwrap_or(0),
+        )
+    });
     let mut out = Vec::new();
     for f in files {
         let mut r = csv::Reader::from_path(&f).unwrap();
         let headers = r.headers().unwrap().clone();
         for row in r.records() {
             let row = row.unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-            out.push(headers.iter().zip(row.iter()).map(|(h, v)| (h.to_owned(), v.to_owned())).collect());
+            out.push(
+                headers
+                    .iter()
+                    .zip(row.iter())
+                    .map(|(h, v)| (h.to_owned(), v.to_owned()))
+                    .collect(),
+            );
         }
     }
     out
@@ -52,8 +65,13 @@ fn assert_monotonic(prev: &Series, now: &Series, cycle: usize) {
         if !name.ends_with("_total") || name.starts_with("longconn_connection_") {
             continue;
         }
-        let after = now.get(&(name.clone(), labels.clone())).unwrap_or_else(|| panic!("cycle {cycle}: {name}{labels:?} disappeared"));
-        assert!(after >= v, "cycle {cycle}: {name}{labels:?} went back from {v} to {after}");
+        let after = now
+            .get(&(name.clone(), labels.clone()))
+            .unwrap_or_else(|| panic!("cycle {cycle}: {name}{labels:?} disappeared"));
+        assert!(
+            after >= v,
+            "cycle {cycle}: {name}{labels:?} went back from {v} to {after}"
+        );
     }
 }
 
@@ -117,40 +135,100 @@ fn collect_cycles_reconcile_with_generator_and_node_exporter() {
     // Reconcile closed totals with the generator, to the byte. Per connection,
     // tcp_info counts the FIN once each way and the active opener's SYN once.
     let conns = churned + 1 + idle_pairs;
-    let g = |name: &str, dir: &str| prom::value(&last, name, &[("workload", &wl), ("direction", dir)]).unwrap_or_else(|| panic!("{name} {dir} missing"));
+    let g = |name: &str, dir: &str| {
+        prom::value(&last, name, &[("workload", &wl), ("direction", dir)])
+            .unwrap_or_else(|| panic!("{name} {dir} missing"))
+    };
     for dir in ["outbound", "inbound"] {
-        assert_eq!(g("longconn_workload_connections_opened_total", dir), conns as f64, "{dir} opened");
-        assert_eq!(g("longconn_workload_connections_closed_total", dir), conns as f64, "{dir} closed");
+        assert_eq!(
+            g("longconn_workload_connections_opened_total", dir),
+            conns as f64,
+            "{dir} opened"
+        );
+        assert_eq!(
+            g("longconn_workload_connections_closed_total", dir),
+            conns as f64,
+            "{dir} closed"
+        );
         assert_eq!(g("longconn_workload_connections_failed_total", dir), 0.0);
         assert_eq!(g("longconn_workload_active_connections", dir), 0.0);
     }
     let data_c2s = churned * 1000 + long_bytes;
     let data_s2c = churned * 1000;
-    assert_eq!(g("longconn_workload_sent_bytes_total", "outbound"), (data_c2s + 2 * conns) as f64, "client bytes_acked = data + SYN + FIN");
-    assert_eq!(g("longconn_workload_received_bytes_total", "outbound"), (data_s2c + conns) as f64, "client bytes_received = data + FIN");
-    assert_eq!(g("longconn_workload_sent_bytes_total", "inbound"), (data_s2c + conns) as f64, "server bytes_acked = data + FIN");
-    assert_eq!(g("longconn_workload_received_bytes_total", "inbound"), (data_c2s + conns) as f64, "server bytes_received = data + FIN");
+    assert_eq!(
+        g("longconn_workload_sent_bytes_total", "outbound"),
+        (data_c2s + 2 * conns) as f64,
+        "client bytes_acked = data + SYN + FIN"
+    );
+    assert_eq!(
+        g("longconn_workload_received_bytes_total", "outbound"),
+        (data_s2c + conns) as f64,
+        "client bytes_received = data + FIN"
+    );
+    assert_eq!(
+        g("longconn_workload_sent_bytes_total", "inbound"),
+        (data_s2c + conns) as f64,
+        "server bytes_acked = data + FIN"
+    );
+    assert_eq!(
+        g("longconn_workload_received_bytes_total", "inbound"),
+        (data_c2s + conns) as f64,
+        "server bytes_received = data + FIN"
+    );
 
     // The held connection: one record per cycle once long, deltas sum to totals.
     let recs = access_records(&env.out_dir(), "access.csv");
-    let mine: Vec<_> = recs.iter().filter(|r| r["local_port"] == long_client_port && r["workload"] == wl).collect();
+    let mine: Vec<_> = recs
+        .iter()
+        .filter(|r| r["local_port"] == long_client_port && r["workload"] == wl)
+        .collect();
     let periodic = mine.iter().filter(|r| r["event"] == "periodic").count();
-    assert!(periodic >= 9, "expected a periodic record per cycle after 5 s, got {periodic}");
+    assert!(
+        periodic >= 9,
+        "expected a periodic record per cycle after 5 s, got {periodic}"
+    );
     let seqs: Vec<u64> = mine.iter().map(|r| num(r, "seq")).collect();
-    assert_eq!(seqs, (1..=mine.len() as u64).collect::<Vec<_>>(), "sequence numbers");
+    assert_eq!(
+        seqs,
+        (1..=mine.len() as u64).collect::<Vec<_>>(),
+        "sequence numbers"
+    );
     let last_rec = mine.last().unwrap();
     assert_eq!(last_rec["event"], "close");
-    for (total, delta) in [("bytes_sent", "bytes_sent_delta"), ("bytes_received", "bytes_received_delta"), ("packets_sent", "packets_sent_delta"), ("packets_received", "packets_received_delta")] {
+    for (total, delta) in [
+        ("bytes_sent", "bytes_sent_delta"),
+        ("bytes_received", "bytes_received_delta"),
+        ("packets_sent", "packets_sent_delta"),
+        ("packets_received", "packets_received_delta"),
+    ] {
         let sum: u64 = mine.iter().map(|r| num(r, delta)).sum();
-        assert_eq!(sum, num(last_rec, total), "deltas of {total} sum to the final total");
+        assert_eq!(
+            sum,
+            num(last_rec, total),
+            "deltas of {total} sum to the final total"
+        );
     }
     assert_eq!(num(last_rec, "bytes_sent"), long_bytes + 2);
     // The idle connection also has one record per cycle.
-    let idle_periodic = recs.iter().filter(|r| r["event"] == "periodic" && r["workload"] == wl && r["bytes_sent"] == "1" && r["direction"] == "outbound").count();
-    assert_eq!(idle_periodic, periodic, "idle long connection reported every cycle like the busy one");
+    let idle_periodic = recs
+        .iter()
+        .filter(|r| {
+            r["event"] == "periodic"
+                && r["workload"] == wl
+                && r["bytes_sent"] == "1"
+                && r["direction"] == "outbound"
+        })
+        .count();
+    assert_eq!(
+        idle_periodic, periodic,
+        "idle long connection reported every cycle like the busy one"
+    );
     // Each connection closed exactly once in the log.
     let mut closes: BTreeMap<&str, u32> = BTreeMap::new();
-    for r in recs.iter().filter(|r| r["event"] == "close" && r["workload"] == wl) {
+    for r in recs
+        .iter()
+        .filter(|r| r["event"] == "close" && r["workload"] == wl)
+    {
         *closes.entry(r["cookie"].as_str()).or_default() += 1;
     }
     assert_eq!(closes.len() as u64, 2 * conns);
@@ -159,13 +237,30 @@ fn collect_cycles_reconcile_with_generator_and_node_exporter() {
     // A real node_exporter reads the file without error and serves our values.
     let ne = NodeExporter::start(&env.out_dir());
     let scraped = prom::parse(&ne.scrape());
-    assert_eq!(prom::value(&scraped, "node_textfile_scrape_error", &[]), Some(0.0), "node_textfile_scrape_error");
+    assert_eq!(
+        prom::value(&scraped, "node_textfile_scrape_error", &[]),
+        Some(0.0),
+        "node_textfile_scrape_error"
+    );
     for dir in ["outbound", "inbound"] {
-        for name in ["longconn_workload_connections_closed_total", "longconn_workload_sent_bytes_total", "longconn_workload_received_bytes_total"] {
-            assert_eq!(prom::value(&scraped, name, &[("workload", &wl), ("direction", dir)]), Some(g(name, dir)), "scraped {name} {dir}");
+        for name in [
+            "longconn_workload_connections_closed_total",
+            "longconn_workload_sent_bytes_total",
+            "longconn_workload_received_bytes_total",
+        ] {
+            assert_eq!(
+                prom::value(&scraped, name, &[("workload", &wl), ("direction", dir)]),
+                Some(g(name, dir)),
+                "scraped {name} {dir}"
+            );
         }
     }
-    assert!(prom::value(&scraped, "longconn_reader_last_success_timestamp_seconds", &[]).is_some());
+    assert!(prom::value(
+        &scraped,
+        "longconn_reader_last_success_timestamp_seconds",
+        &[]
+    )
+    .is_some());
 }
 
 #[test]
@@ -181,13 +276,17 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut killed = 0;
     let mut prev: Option<Series> = None;
+    // Kill instants are spread over a whole cycle: measure one first.
+    let t = Instant::now();
+    run_collect(&env, &[]);
+    let cycle_us = (t.elapsed().as_micros() as u64).max(1000);
     for i in 0..60 {
         gen.cmd("churn 4");
         churned += 4;
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_micros(seed % 12_000);
+        let delay = Duration::from_micros(seed % (cycle_us + cycle_us / 4));
         let mut child = env
             .reader_cmd()
             .arg("collect")
@@ -205,8 +304,20 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
         }
         // Occasionally two readers at once: one waits or skips, neither corrupts.
         if i % 15 == 7 {
-            let a = env.reader_cmd().arg("collect").arg("--out-dir").arg(env.out_dir()).spawn().unwrap();
-            let b = env.reader_cmd().arg("collect").arg("--out-dir").arg(env.out_dir()).spawn().unwrap();
+            let a = env
+                .reader_cmd()
+                .arg("collect")
+                .arg("--out-dir")
+                .arg(env.out_dir())
+                .spawn()
+                .unwrap();
+            let b = env
+                .reader_cmd()
+                .arg("collect")
+                .arg("--out-dir")
+                .arg(env.out_dir())
+                .spawn()
+                .unwrap();
             for mut c in [a, b] {
                 assert!(c.wait().unwrap().success());
             }
@@ -221,25 +332,52 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
             prev = Some(now);
         }
     }
-    assert!(killed >= 10, "only {killed} of 60 runs were killed mid-cycle; the test proves nothing");
+    assert!(
+        killed >= 10,
+        "only {killed} of 60 runs were killed mid-cycle; the test proves nothing"
+    );
     sleep(Duration::from_millis(200));
     let last = run_collect(&env, &[]);
-    let g = |name: &str, dir: &str| prom::value(&last, name, &[("workload", &wl), ("direction", dir)]).unwrap_or_else(|| panic!("{name} {dir}"));
+    let g = |name: &str, dir: &str| {
+        prom::value(&last, name, &[("workload", &wl), ("direction", dir)])
+            .unwrap_or_else(|| panic!("{name} {dir}"))
+    };
     for dir in ["outbound", "inbound"] {
-        assert_eq!(g("longconn_workload_connections_opened_total", dir), churned as f64, "{dir} opened");
-        assert_eq!(g("longconn_workload_connections_closed_total", dir), churned as f64, "{dir} closed");
+        assert_eq!(
+            g("longconn_workload_connections_opened_total", dir),
+            churned as f64,
+            "{dir} opened"
+        );
+        assert_eq!(
+            g("longconn_workload_connections_closed_total", dir),
+            churned as f64,
+            "{dir} closed"
+        );
     }
-    assert_eq!(g("longconn_workload_sent_bytes_total", "outbound"), (churned * 1002) as f64);
-    assert_eq!(g("longconn_workload_received_bytes_total", "inbound"), (churned * 1001) as f64);
+    assert_eq!(
+        g("longconn_workload_sent_bytes_total", "outbound"),
+        (churned * 1002) as f64
+    );
+    assert_eq!(
+        g("longconn_workload_received_bytes_total", "inbound"),
+        (churned * 1001) as f64
+    );
     let recs = access_records(&env.out_dir(), "access.csv");
     let mut closes: BTreeMap<&str, u32> = BTreeMap::new();
-    for r in recs.iter().filter(|r| r["event"] == "close" && r["workload"] == wl) {
+    for r in recs
+        .iter()
+        .filter(|r| r["event"] == "close" && r["workload"] == wl)
+    {
         *closes.entry(r["cookie"].as_str()).or_default() += 1;
     }
-    assert_eq!(closes.len() as u64, 2 * churned, "every close in the access log");
+    assert_eq!(
+        closes.len() as u64,
+        2 * churned,
+        "every close in the access log"
+    );
     let dup: Vec<_> = closes.iter().filter(|(_, &n)| n != 1).collect();
     assert!(dup.is_empty(), "closes logged more than once: {dup:?}");
-    eprintln!("sigkill: {killed} of 60 collect runs killed mid-cycle; {churned} connections reconciled");
+    eprintln!("sigkill: {killed} of 60 collect runs killed within a {cycle_us} us cycle; {churned} connections reconciled");
 }
 
 #[test]
@@ -257,8 +395,15 @@ fn rotation_during_heavy_logging_keeps_every_record_once() {
         churned += 40;
         run_collect(&env, &["--log-max-bytes", "8KiB", "--log-keep", "1000"]);
     }
-    let files = std::fs::read_dir(env.out_dir()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("access.csv.")).count();
-    assert!(files >= 5, "expected a rotation per cycle, got {files} rotated files");
+    let files = std::fs::read_dir(env.out_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("access.csv."))
+        .count();
+    assert!(
+        files >= 5,
+        "expected a rotation per cycle, got {files} rotated files"
+    );
     for name in ["access.csv", "access.jsonl"] {
         let recs: Vec<HashMap<String, String>> = if name.ends_with("csv") {
             access_records(&env.out_dir(), name)
@@ -268,7 +413,15 @@ fn rotation_during_heavy_logging_keeps_every_record_once() {
                 if e.file_name().to_string_lossy().starts_with(name) {
                     for line in std::fs::read_to_string(e.path()).unwrap().lines() {
                         let j: serde_json::Value = serde_json::from_str(line).unwrap();
-                        v.push(j.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.to_string().trim_matches('"').to_owned())).collect());
+                        v.push(
+                            j.as_object()
+                                .unwrap()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.clone(), v.to_string().trim_matches('"').to_owned())
+                                })
+                                .collect(),
+                        );
                     }
                 }
             }
@@ -276,10 +429,19 @@ fn rotation_during_heavy_logging_keeps_every_record_once() {
         };
         let mut seen: BTreeMap<(String, String), u32> = BTreeMap::new();
         for r in recs.iter().filter(|r| r["workload"] == wl) {
-            *seen.entry((r["cookie"].clone(), r["seq"].clone())).or_default() += 1;
+            *seen
+                .entry((r["cookie"].clone(), r["seq"].clone()))
+                .or_default() += 1;
         }
-        assert_eq!(seen.len(), 2 * churned, "{name}: one close record per socket across rotated files");
-        assert!(seen.values().all(|&n| n == 1), "{name}: a record appears twice");
+        assert_eq!(
+            seen.len(),
+            2 * churned,
+            "{name}: one close record per socket across rotated files"
+        );
+        assert!(
+            seen.values().all(|&n| n == 1),
+            "{name}: a record appears twice"
+        );
     }
 }
 
@@ -288,15 +450,38 @@ fn systemd_units_verify() {
     let dir = tempfile::tempdir().unwrap();
     let bins = longconn_tests::env::bin_dir();
     let mut paths = Vec::new();
-    for unit in ["longconn-pin.service", "longconn-reader.service", "longconn-reader.timer"] {
-        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd").join(unit)).unwrap();
-        let text = text.replace("/usr/local/sbin/", &format!("{}/", bins.display())).replace("/usr/local/bin/", &format!("{}/", bins.display()));
+    for unit in [
+        "longconn-pin.service",
+        "longconn-reader.service",
+        "longconn-reader.timer",
+    ] {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../packaging/systemd")
+                .join(unit),
+        )
+        .unwrap();
+        let text = text
+            .replace("/usr/local/sbin/", &format!("{}/", bins.display()))
+            .replace("/usr/local/bin/", &format!("{}/", bins.display()));
         let p = dir.path().join(unit);
         std::fs::write(&p, text).unwrap();
         paths.push(p);
     }
-    let out = Command::new("systemd-analyze").arg("verify").args(&paths).env("SYSTEMD_LOG_LEVEL", "notice").output().expect("systemd-analyze");
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&paths)
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .expect("systemd-analyze");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let problems: Vec<&str> = said.lines().filter(|l| l.contains("longconn")).collect();
-    assert!(out.status.success() && problems.is_empty(), "systemd-analyze verify: {said}");
+    assert!(
+        out.status.success() && problems.is_empty(),
+        "systemd-analyze verify: {said}"
+    );
 }

@@ -8,11 +8,18 @@ use longconn_tests::{env::privileged_or_skip, TestEnv};
 fn expect_error(mut cmd: Command, code: i32, needles: &[&str]) {
     let out = cmd.output().expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "exit code of {cmd:?}; stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit code of {cmd:?}; stderr: {stderr}"
+    );
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "expected one line on stderr, got: {stderr}");
     for n in needles {
-        assert!(lines[0].contains(n), "stderr of {cmd:?} lacks {n:?}: {stderr}");
+        assert!(
+            lines[0].contains(n),
+            "stderr of {cmd:?} lacks {n:?}: {stderr}"
+        );
     }
 }
 
@@ -38,7 +45,15 @@ fn errors_are_one_clear_line_with_meaningful_exit_codes() {
     // Cgroup that does not exist, and one that is not cgroup v2.
     let mut c = env.pin_cmd();
     c.args(["--cgroup", "/nonexistent/longconn"]);
-    expect_error(c, 2, &["--cgroup /nonexistent/longconn", "no such directory", "cgroup v2 is mounted at"]);
+    expect_error(
+        c,
+        2,
+        &[
+            "--cgroup /nonexistent/longconn",
+            "no such directory",
+            "cgroup v2 is mounted at",
+        ],
+    );
     let mut c = env.pin_cmd();
     c.args(["--cgroup", "/tmp"]);
     expect_error(c, 2, &["--cgroup /tmp", "not a cgroup v2 directory"]);
@@ -58,17 +73,42 @@ fn errors_are_one_clear_line_with_meaningful_exit_codes() {
     // A pin dir of another layout version: rewrite meta's version to 999.
     let meta = env.pin_dir.join("meta");
     let mut value: Vec<String> = Vec::new();
-    let out = Command::new("bpftool").args(["-j", "map", "lookup", "pinned"]).arg(&meta).args(["key", "0", "0", "0", "0"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool map lookup json");
-    let bytes: Vec<u8> = v["value"].as_array().expect("value bytes").iter().map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()).collect();
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "lookup", "pinned"])
+        .arg(&meta)
+        .args(["key", "0", "0", "0", "0"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bpftool map lookup json");
+    let bytes: Vec<u8> = v["value"]
+        .as_array()
+        .expect("value bytes")
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+        .collect();
     let mut bytes = bytes;
     bytes[24..28].copy_from_slice(&999u32.to_ne_bytes()); // layout_version
     value.extend(bytes.iter().map(|b| b.to_string()));
-    let st = Command::new("bpftool").args(["map", "update", "pinned"]).arg(&meta).args(["key", "0", "0", "0", "0", "value"]).args(&value).status().unwrap();
+    let st = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&meta)
+        .args(["key", "0", "0", "0", "0", "value"])
+        .args(&value)
+        .status()
+        .unwrap();
     assert!(st.success());
     let mut c = env.reader_cmd();
     c.arg("dump");
-    expect_error(c, 6, &["another longconn layout", "version 999", "longconn-pin detach"]);
+    expect_error(
+        c,
+        6,
+        &[
+            "another longconn layout",
+            "version 999",
+            "longconn-pin detach",
+        ],
+    );
     let mut c = env.pin_cmd();
     c.arg("--cgroup").arg(&env.cgroup);
     expect_error(c, 6, &["another longconn layout"]);
@@ -87,17 +127,32 @@ fn pin_twice_is_harmless_and_detach_is_idempotent() {
     env.pin(&[]);
     let second = env.pin(&[]);
     assert!(String::from_utf8_lossy(&second.stdout).contains("already pinned"));
-    let out = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(&env.cgroup).output().unwrap();
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(&env.cgroup)
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v.as_array().map(Vec::len), Some(2), "exactly one sockops and one egress attached: {v}");
+    assert_eq!(
+        v.as_array().map(Vec::len),
+        Some(2),
+        "exactly one sockops and one egress attached: {v}"
+    );
     let status = env.pin_cmd().arg("status").output().unwrap();
     assert!(status.status.success());
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(text.contains(&env.cgroup.display().to_string()), "status names the cgroup: {text}");
+    assert!(
+        text.contains(&env.cgroup.display().to_string()),
+        "status names the cgroup: {text}"
+    );
     assert!(text.contains("0 tracked of 131072"), "{text}");
     for _ in 0..2 {
         let out = env.pin_cmd().arg("detach").output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert!(!env.pin_dir.exists());
 }

@@ -18,7 +18,11 @@ fn port(v: &Value, k: &str) -> u16 {
 
 /// Polls until `dump` is stable and equal to ss for every socket on `ports`,
 /// or fails printing both. Returns the matching dump records by key.
-fn assert_dump_equals_ss(env: &TestEnv, ports: &[u16], expect_sockets: usize) -> HashMap<SockKey, (TcpInfo, Value)> {
+fn assert_dump_equals_ss(
+    env: &TestEnv,
+    ports: &[u16],
+    expect_sockets: usize,
+) -> HashMap<SockKey, (TcpInfo, Value)> {
     let mut last = String::new();
     for _ in 0..25 {
         let before = env.dump_json(&[]);
@@ -34,10 +38,19 @@ fn assert_dump_equals_ss(env: &TestEnv, ports: &[u16], expect_sockets: usize) ->
                 .collect()
         };
         let (b, a) = (view(&before), view(&after));
-        let same = b.len() == a.len() && b.iter().all(|(k, (i, _))| a.get(k).map(|x| &x.0) == Some(i));
+        let same = b.len() == a.len()
+            && b.iter()
+                .all(|(k, (i, _))| a.get(k).map(|x| &x.0) == Some(i));
         let ours: HashMap<_, _> = a.iter().map(|(k, (i, _))| (k.clone(), i.clone())).collect();
-        let kernel_est: HashMap<_, _> = kernel.into_iter().filter(|(k, _)| ours.contains_key(k)).collect();
-        if same && a.len() == expect_sockets && kernel_est.len() == expect_sockets && ours == kernel_est {
+        let kernel_est: HashMap<_, _> = kernel
+            .into_iter()
+            .filter(|(k, _)| ours.contains_key(k))
+            .collect();
+        if same
+            && a.len() == expect_sockets
+            && kernel_est.len() == expect_sockets
+            && ours == kernel_est
+        {
             for (k, (i, _)) in &a {
                 eprintln!("dump == ss  {}:{} -> {}:{}  bytes_acked {} bytes_received {} segs_out {} segs_in {} retrans {}", k.0, k.1, k.2, k.3, i.bytes_acked, i.bytes_received, i.segs_out, i.segs_in, i.total_retrans);
             }
@@ -75,31 +88,59 @@ fn live_counters_equal_tcp_info_and_close_is_recorded_once() {
     let out_ports = [port(&out, "client_port"), port(&out, "server_port")];
 
     sleep(Duration::from_millis(300));
-    let ports = [asym_s, port(&idle, "server_port"), port(&oneway, "server_port")];
+    let ports = [
+        asym_s,
+        port(&idle, "server_port"),
+        port(&oneway, "server_port"),
+    ];
     let live = assert_dump_equals_ss(&env, &ports, 6);
 
     // Generator bytes: bytes_received is exactly what the peer wrote; the
     // active opener's bytes_acked also counts its SYN.
-    let find = |lp: u16| live.iter().find(|(k, _)| k.1 == lp).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("no record with local port {lp}"));
+    let find = |lp: u16| {
+        live.iter()
+            .find(|(k, _)| k.1 == lp)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no record with local port {lp}"))
+    };
     let (c, _) = find(asym_c);
-    assert_eq!((c.bytes_acked, c.bytes_received), (1_048_576 + 1, 307_200), "asym client vs generator");
+    assert_eq!(
+        (c.bytes_acked, c.bytes_received),
+        (1_048_576 + 1, 307_200),
+        "asym client vs generator"
+    );
     let (s, sv) = find(asym_s);
-    assert_eq!((s.bytes_acked, s.bytes_received), (307_200, 1_048_576), "asym server vs generator");
+    assert_eq!(
+        (s.bytes_acked, s.bytes_received),
+        (307_200, 1_048_576),
+        "asym server vs generator"
+    );
     assert_eq!(sv["direction"], "inbound");
     assert_eq!(c.bytes_acked - 1, 1_048_576);
     let (o, ov) = find(port(&oneway, "server_port"));
-    assert_eq!((o.bytes_acked, o.bytes_received), (0, 524_288), "one-way receiver vs generator");
+    assert_eq!(
+        (o.bytes_acked, o.bytes_received),
+        (0, 524_288),
+        "one-way receiver vs generator"
+    );
     assert_eq!(ov["remote_addr"], "::1");
     let (_, cv) = find(asym_c);
     assert_eq!(cv["direction"], "outbound");
     assert_eq!(cv["state"], "ESTAB");
-    assert_eq!(cv["pid"].as_u64(), Some(u64::from(gen.pid())), "connect() caller's pid");
-    assert!(cv["start_time"].as_str().is_some_and(|t| t.ends_with('Z') && t.contains('T')));
+    assert_eq!(
+        cv["pid"].as_u64(),
+        Some(u64::from(gen.pid())),
+        "connect() caller's pid"
+    );
+    assert!(cv["start_time"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z') && t.contains('T')));
 
     // Outside the cgroup: not in the map.
     let all = env.dump_json(&[]);
     assert!(
-        all.iter().all(|v| !out_ports.contains(&(v["local_port"].as_u64().unwrap_or(0) as u16))),
+        all.iter()
+            .all(|v| !out_ports.contains(&(v["local_port"].as_u64().unwrap_or(0) as u16))),
         "a connection outside the cgroup was tracked"
     );
 
@@ -108,37 +149,80 @@ fn live_counters_equal_tcp_info_and_close_is_recorded_once() {
     assert_eq!(failed["failed"], true);
 
     // Close: exactly one record per socket, final counters, entries gone.
-    let asym_cookies: Vec<u64> = live.iter().filter(|(k, _)| k.1 == asym_c || k.1 == asym_s).map(|(_, (_, v))| v["cookie"].as_u64().unwrap()).collect();
+    let asym_cookies: Vec<u64> = live
+        .iter()
+        .filter(|(k, _)| k.1 == asym_c || k.1 == asym_s)
+        .map(|(_, (_, v))| v["cookie"].as_u64().unwrap())
+        .collect();
     gen.cmd("close asym");
     sleep(Duration::from_millis(300));
     let closed = env.dump_json(&["--closed"]);
     for cookie in &asym_cookies {
-        let recs: Vec<&Value> = closed.iter().filter(|v| v["cookie"].as_u64() == Some(*cookie)).collect();
-        assert_eq!(recs.len(), 1, "cookie {cookie}: expected exactly one close record, got {recs:?}");
+        let recs: Vec<&Value> = closed
+            .iter()
+            .filter(|v| v["cookie"].as_u64() == Some(*cookie))
+            .collect();
+        assert_eq!(
+            recs.len(),
+            1,
+            "cookie {cookie}: expected exactly one close record, got {recs:?}"
+        );
         let r = recs[0];
         assert_eq!(r["state"], "CLOSED");
         assert_eq!(r["closed"], true);
         assert_eq!(r["failed"], false);
         // The FIN counts once in each direction's byte counters.
-        let (want_sent, want_recv) = if r["direction"] == "outbound" { (1_048_576 + 2, 307_200 + 1) } else { (307_200 + 1, 1_048_576 + 1) };
-        assert_eq!((r["bytes_sent"].as_u64(), r["bytes_received"].as_u64()), (Some(want_sent), Some(want_recv)), "final counters of {r}");
+        let (want_sent, want_recv) = if r["direction"] == "outbound" {
+            (1_048_576 + 2, 307_200 + 1)
+        } else {
+            (307_200 + 1, 1_048_576 + 1)
+        };
+        assert_eq!(
+            (r["bytes_sent"].as_u64(), r["bytes_received"].as_u64()),
+            (Some(want_sent), Some(want_recv)),
+            "final counters of {r}"
+        );
     }
-    assert!(closed.iter().any(|v| v["failed"] == true && v["direction"] == "outbound"), "no failed-connect record in {closed:?}");
+    assert!(
+        closed
+            .iter()
+            .any(|v| v["failed"] == true && v["direction"] == "outbound"),
+        "no failed-connect record in {closed:?}"
+    );
     let live_after = env.dump_json(&[]);
-    assert!(live_after.iter().all(|v| !asym_cookies.contains(&v["cookie"].as_u64().unwrap())), "closed entries still in the map");
+    assert!(
+        live_after
+            .iter()
+            .all(|v| !asym_cookies.contains(&v["cookie"].as_u64().unwrap())),
+        "closed entries still in the map"
+    );
     drop(outside);
     drop(gen);
 
     // Detach: no link, program or pin left.
     let cg_before = bpftool_cgroup(&env.cgroup);
-    assert!(cg_before.len() >= 2, "expected sockops and egress on {}: {cg_before:?}", env.cgroup.display());
+    assert!(
+        cg_before.len() >= 2,
+        "expected sockops and egress on {}: {cg_before:?}",
+        env.cgroup.display()
+    );
     let out = env.pin_cmd().arg("detach").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!env.pin_dir.exists(), "pin dir still exists after detach");
     let mut left = Vec::new();
     for _ in 0..50 {
         left = bpftool_cgroup(&env.cgroup);
-        let progs_alive = cg_before.iter().any(|id| Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]).output().map(|o| o.status.success()).unwrap_or(false));
+        let progs_alive = cg_before.iter().any(|id| {
+            Command::new("bpftool")
+                .args(["prog", "show", "id", &id.to_string()])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
         if left.is_empty() && !progs_alive {
             return;
         }
@@ -149,7 +233,13 @@ fn live_counters_equal_tcp_info_and_close_is_recorded_once() {
 
 /// Program ids attached to a cgroup, from `bpftool cgroup show -j`.
 fn bpftool_cgroup(cg: &std::path::Path) -> Vec<u64> {
-    let out = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(cg).output().expect("bpftool");
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cg)
+        .output()
+        .expect("bpftool");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
-    v.as_array().map(|a| a.iter().filter_map(|p| p["id"].as_u64()).collect()).unwrap_or_default()
+    v.as_array()
+        .map(|a| a.iter().filter_map(|p| p["id"].as_u64()).collect())
+        .unwrap_or_default()
 }

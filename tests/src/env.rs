@@ -21,13 +21,21 @@ pub fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().expect("deps dir");
-    let dir = if dir.ends_with("deps") { dir.parent().expect("profile dir") } else { dir };
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("profile dir")
+    } else {
+        dir
+    };
     dir.to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --release --workspace` (scripts/test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --release --workspace` (scripts/test does)",
+        p.display()
+    );
     p
 }
 
@@ -51,7 +59,11 @@ pub fn privileged_or_skip(test: &str) -> bool {
     if root && btf {
         return true;
     }
-    let why = if !root { "not root" } else { "no /sys/kernel/btf/vmlinux" };
+    let why = if !root {
+        "not root"
+    } else {
+        "no /sys/kernel/btf/vmlinux"
+    };
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: cannot run privileged test ({why}) and CI=true forbids skipping");
     }
@@ -75,7 +87,13 @@ impl TestEnv {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lctest_{tag}"));
         let cgroup = cgroup2_root().join(format!("longconn-test-{tag}"));
         fs::create_dir(&cgroup).unwrap_or_else(|e| panic!("mkdir {}: {e}", cgroup.display()));
-        Self { name: test.into(), pin_dir, cgroup, dir: tempfile::tempdir().expect("tempdir"), children: Vec::new() }
+        Self {
+            name: test.into(),
+            pin_dir,
+            cgroup,
+            dir: tempfile::tempdir().expect("tempdir"),
+            children: Vec::new(),
+        }
     }
 
     pub fn pin_cmd(&self) -> Command {
@@ -92,15 +110,33 @@ impl TestEnv {
 
     /// `longconn-pin --cgroup <ours> EXTRA...`, asserting success.
     pub fn pin(&self, extra: &[&str]) -> Output {
-        let out = self.pin_cmd().arg("--cgroup").arg(&self.cgroup).args(extra).output().expect("run longconn-pin");
-        assert!(out.status.success(), "longconn-pin failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .pin_cmd()
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .args(extra)
+            .output()
+            .expect("run longconn-pin");
+        assert!(
+            out.status.success(),
+            "longconn-pin failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     }
 
     /// Runs the reader with args, asserting success; returns stdout.
     pub fn reader(&self, args: &[&str]) -> String {
-        let out = self.reader_cmd().args(args).output().expect("run longconn-reader");
-        assert!(out.status.success(), "longconn-reader {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .reader_cmd()
+            .args(args)
+            .output()
+            .expect("run longconn-reader");
+        assert!(
+            out.status.success(),
+            "longconn-reader {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("utf8")
     }
 
@@ -116,7 +152,13 @@ impl TestEnv {
 
     /// Spawns `cmd` inside this test's cgroup (it joins before exec).
     pub fn spawn_in_cgroup(&mut self, mut cmd: Command) -> &mut Child {
-        let procs = std::ffi::CString::new(self.cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes()).expect("path");
+        let procs = std::ffi::CString::new(
+            self.cgroup
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .expect("path");
         // SAFETY: the closure runs between fork and exec and only calls
         // async-signal-safe functions (open, write, close) on memory prepared
         // before the fork.
@@ -134,7 +176,11 @@ impl TestEnv {
                 Ok(())
             });
         }
-        let child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn in cgroup");
+        let child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn in cgroup");
         self.children.push(child);
         self.children.last_mut().expect("just pushed")
     }
@@ -159,9 +205,15 @@ impl Drop for TestEnv {
         }
         // Processes may take a moment to leave the cgroup after exiting.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self.cgroup.exists() && fs::remove_dir(&self.cgroup).is_err() && Instant::now() < deadline {
+        while self.cgroup.exists()
+            && fs::remove_dir(&self.cgroup).is_err()
+            && Instant::now() < deadline
+        {
             if let Ok(procs) = fs::read_to_string(self.cgroup.join("cgroup.procs")) {
-                for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                for pid in procs
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
                     // SAFETY: kill on a pid that is in our own test cgroup.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
@@ -174,8 +226,18 @@ impl Drop for TestEnv {
 impl TestEnv {
     /// `collect --out-dir <tmp>/out EXTRA...`; returns the exit status and stderr.
     pub fn collect(&self, extra: &[&str]) -> (std::process::ExitStatus, String) {
-        let out = self.reader_cmd().arg("collect").arg("--out-dir").arg(self.out_dir()).args(extra).output().expect("run collect");
-        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = self
+            .reader_cmd()
+            .arg("collect")
+            .arg("--out-dir")
+            .arg(self.out_dir())
+            .args(extra)
+            .output()
+            .expect("run collect");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn out_dir(&self) -> PathBuf {
@@ -184,6 +246,12 @@ impl TestEnv {
 
     /// This test's workload label: its cgroup path relative to the cgroup v2 mount.
     pub fn workload(&self) -> String {
-        format!("/{}", self.cgroup.file_name().expect("cgroup name").to_string_lossy())
+        format!(
+            "/{}",
+            self.cgroup
+                .file_name()
+                .expect("cgroup name")
+                .to_string_lossy()
+        )
     }
 }

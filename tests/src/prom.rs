@@ -16,12 +16,19 @@ pub type Series = BTreeMap<(String, BTreeMap<String, String>), f64>;
 
 pub fn parse(text: &str) -> Series {
     let mut out = Series::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
-        let (head, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (head, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
         };
         let (name, labels) = match head.split_once('{') {
             None => (head.to_owned(), BTreeMap::new()),
@@ -64,16 +71,32 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
 /// The value of `name` whose labels include every pair of `want`.
 pub fn value(series: &Series, name: &str, want: &[(&str, &str)]) -> Option<f64> {
     series.iter().find_map(|((n, l), v)| {
-        (n == name && want.iter().all(|(k, val)| l.get(*k).map(String::as_str) == Some(*val))).then_some(*v)
+        (n == name
+            && want
+                .iter()
+                .all(|(k, val)| l.get(*k).map(String::as_str) == Some(*val)))
+        .then_some(*v)
     })
 }
 
 /// `promtool check metrics` on a file; panics with promtool's words on failure.
 pub fn promtool_check(path: &Path) {
     let input = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let out = Command::new("promtool").args(["check", "metrics"]).stdin(input).output().expect("run promtool (apt-get install prometheus)");
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics {}: {said}", path.display());
+    let out = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(input)
+        .output()
+        .expect("run promtool (apt-get install prometheus)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics {}: {said}",
+        path.display()
+    );
 }
 
 /// A real node_exporter reading textfiles from `dir`, on a free loopback port.
@@ -84,19 +107,29 @@ pub struct NodeExporter {
 
 impl NodeExporter {
     pub fn start(textfile_dir: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new("prometheus-node-exporter")
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--collector.disable-defaults")
             .arg("--collector.textfile")
-            .arg(format!("--collector.textfile.directory={}", textfile_dir.display()))
+            .arg(format!(
+                "--collector.textfile.directory={}",
+                textfile_dir.display()
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start prometheus-node-exporter (apt-get install prometheus-node-exporter)");
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "node_exporter did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "node_exporter did not listen on {port}"
+            );
             sleep(Duration::from_millis(50));
         }
         Self { child, port }
@@ -109,7 +142,10 @@ impl NodeExporter {
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
         let (head, body) = resp.split_once("\r\n\r\n").expect("http response");
-        assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
         body.to_owned()
     }
 }

@@ -19,13 +19,19 @@ fn split_endpoint(s: &str) -> Option<(String, u16)> {
     let (addr, port) = s.rsplit_once(':')?;
     let addr = addr.trim_start_matches('[').trim_end_matches(']');
     let addr = addr.split('%').next()?.to_owned();
-    let addr = addr.strip_prefix("::ffff:").map(str::to_owned).unwrap_or(addr);
+    let addr = addr
+        .strip_prefix("::ffff:")
+        .map(str::to_owned)
+        .unwrap_or(addr);
     Some((addr, port.parse().ok()?))
 }
 
 /// tcp_info of every TCP socket (any state) with one of `ports` as local or remote port.
 pub fn tcp_info(ports: &[u16]) -> HashMap<SockKey, TcpInfo> {
-    let out = Command::new("ss").args(["-tinHa"]).output().expect("run ss");
+    let out = Command::new("ss")
+        .args(["-tinHa"])
+        .output()
+        .expect("run ss");
     assert!(out.status.success(), "ss failed");
     let text = String::from_utf8_lossy(&out.stdout);
     let mut result = HashMap::new();
@@ -35,7 +41,9 @@ pub fn tcp_info(ports: &[u16]) -> HashMap<SockKey, TcpInfo> {
             let f: Vec<&str> = line.split_whitespace().collect();
             current = None;
             if f.len() >= 5 {
-                if let (Some((la, lp)), Some((ra, rp))) = (split_endpoint(f[3]), split_endpoint(f[4])) {
+                if let (Some((la, lp)), Some((ra, rp))) =
+                    (split_endpoint(f[3]), split_endpoint(f[4]))
+                {
                     if ports.contains(&lp) || ports.contains(&rp) {
                         current = Some((la, lp, ra, rp));
                     }
@@ -46,7 +54,9 @@ pub fn tcp_info(ports: &[u16]) -> HashMap<SockKey, TcpInfo> {
         let Some(key) = current.clone() else { continue };
         let mut info = TcpInfo::default();
         for tok in line.split_whitespace() {
-            let Some((k, v)) = tok.split_once(':') else { continue };
+            let Some((k, v)) = tok.split_once(':') else {
+                continue;
+            };
             let num = |v: &str| v.parse::<u64>().unwrap_or(0);
             match k {
                 "bytes_acked" => info.bytes_acked = num(v),
@@ -64,9 +74,21 @@ pub fn tcp_info(ports: &[u16]) -> HashMap<SockKey, TcpInfo> {
 
 /// The same fields from one `dump --json` element.
 pub fn from_dump(v: &serde_json::Value) -> (SockKey, TcpInfo) {
-    let s = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("dump field {k} missing in {v}")).to_owned();
-    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("dump field {k} missing in {v}"));
-    let key = (s("local_addr"), n("local_port") as u16, s("remote_addr"), n("remote_port") as u16);
+    let s = |k: &str| {
+        v[k].as_str()
+            .unwrap_or_else(|| panic!("dump field {k} missing in {v}"))
+            .to_owned()
+    };
+    let n = |k: &str| {
+        v[k].as_u64()
+            .unwrap_or_else(|| panic!("dump field {k} missing in {v}"))
+    };
+    let key = (
+        s("local_addr"),
+        n("local_port") as u16,
+        s("remote_addr"),
+        n("remote_port") as u16,
+    );
     let info = TcpInfo {
         bytes_acked: n("bytes_sent"),
         bytes_received: n("bytes_received"),

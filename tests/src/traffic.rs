@@ -21,7 +21,11 @@ impl Traffic {
         let mut child = env.take_child();
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Self { stdin, stdout, child }
+        Self {
+            stdin,
+            stdout,
+            child,
+        }
     }
 
     /// Starts the generator outside any test cgroup (where the test runs).
@@ -33,7 +37,11 @@ impl Traffic {
             .expect("spawn traffic");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Self { stdin, stdout, child }
+        Self {
+            stdin,
+            stdout,
+            child,
+        }
     }
 
     /// Sends one command and returns its JSON answer; panics on {"error"}.
@@ -41,8 +49,11 @@ impl Traffic {
         writeln!(self.stdin, "{line}").expect("write to traffic");
         self.stdin.flush().expect("flush");
         let mut answer = String::new();
-        self.stdout.read_line(&mut answer).expect("read from traffic");
-        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("traffic answered {answer:?} to {line:?}: {e}"));
+        self.stdout
+            .read_line(&mut answer)
+            .expect("read from traffic");
+        let v: serde_json::Value = serde_json::from_str(&answer)
+            .unwrap_or_else(|e| panic!("traffic answered {answer:?} to {line:?}: {e}"));
         assert!(v.get("error").is_none(), "traffic {line:?}: {v}");
         v
     }

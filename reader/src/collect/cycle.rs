@@ -53,7 +53,12 @@ pub fn counters_of(r: &ConnRecord) -> Counters {
     }
 }
 
-fn conn_state(r: &ConnRecord, prev: Option<&ConnState>, workload: String, service: String) -> ConnState {
+fn conn_state(
+    r: &ConnRecord,
+    prev: Option<&ConnState>,
+    workload: String,
+    service: String,
+) -> ConnState {
     let now = counters_of(r);
     ConnState {
         seq: prev.map_or(0, |p| p.seq),
@@ -85,11 +90,15 @@ pub fn group_key(direction: u32, name: &str) -> String {
 fn record(c: &ConnState, now: &Clock, event: &str, end_ns: u64) -> AccessRecord {
     let d = c.last.saturating_sub(c.reported);
     AccessRecord {
-        report_time: now.wall(now.boot_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        report_time: now
+            .wall(now.boot_ns)
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         event: event.into(),
         cookie: 0,
         seq: c.seq,
-        start_time: now.wall(c.start_ns).to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        start_time: now
+            .wall(c.start_ns)
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         duration_seconds: end_ns.saturating_sub(c.start_ns) as f64 / 1e9,
         direction: view::direction_name(c.direction).into(),
         local_address: c.local.clone(),
@@ -121,8 +130,16 @@ fn record(c: &ConnState, now: &Clock, event: &str, end_ns: u64) -> AccessRecord 
 }
 
 fn open(state: &mut State, c: &ConnState) {
-    state.workloads.entry(group_key(c.direction, &c.workload)).or_default().opened += 1;
-    state.services.entry(group_key(c.direction, &c.service)).or_default().opened += 1;
+    state
+        .workloads
+        .entry(group_key(c.direction, &c.workload))
+        .or_default()
+        .opened += 1;
+    state
+        .services
+        .entry(group_key(c.direction, &c.service))
+        .or_default()
+        .opened += 1;
 }
 
 fn close_totals(t: &mut GroupTotals, c: &ConnState) {
@@ -135,7 +152,10 @@ fn close_totals(t: &mut GroupTotals, c: &ConnState) {
 }
 
 pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
-    let mut out = Outcome { ring_commit: state.ring_applied, ..Default::default() };
+    let mut out = Outcome {
+        ring_commit: state.ring_applied,
+        ..Default::default()
+    };
     let now = inp.now;
 
     // 1. Closes: ring first, then closed records left in the map; one per cookie.
@@ -153,8 +173,12 @@ pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
         }
     }
     // 2. Live: in the map, not closed.
-    let live: BTreeMap<u64, &ConnRecord> =
-        inp.map.iter().filter(|r| !r.is_closed() && !closes.contains_key(&r.cookie)).map(|r| (r.cookie, r)).collect();
+    let live: BTreeMap<u64, &ConnRecord> = inp
+        .map
+        .iter()
+        .filter(|r| !r.is_closed() && !closes.contains_key(&r.cookie))
+        .map(|r| (r.cookie, r))
+        .collect();
 
     let mut prev_conns = std::mem::take(&mut state.conns);
     let mut closed_now: Vec<(u64, ConnState, bool)> = Vec::new(); // (cookie, state, had_record)
@@ -169,7 +193,11 @@ pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
         closed_now.push((*cookie, c, true));
     }
     // 3. Vanished: known last cycle, gone from the map, no close record.
-    let vanished: Vec<u64> = prev_conns.keys().filter(|k| !live.contains_key(k)).copied().collect();
+    let vanished: Vec<u64> = prev_conns
+        .keys()
+        .filter(|k| !live.contains_key(k))
+        .copied()
+        .collect();
     for cookie in vanished {
         if let Some(mut c) = prev_conns.remove(&cookie) {
             c.flags |= layout::F_CLOSED;
@@ -184,9 +212,25 @@ pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
 
     let mut final_series = Vec::new();
     for (cookie, mut c, had_record) in closed_now {
-        let end = if had_record { c.update_ns.max(c.start_ns) } else { now.boot_ns };
-        close_totals(state.workloads.entry(group_key(c.direction, &c.workload)).or_default(), &c);
-        close_totals(state.services.entry(group_key(c.direction, &c.service)).or_default(), &c);
+        let end = if had_record {
+            c.update_ns.max(c.start_ns)
+        } else {
+            now.boot_ns
+        };
+        close_totals(
+            state
+                .workloads
+                .entry(group_key(c.direction, &c.workload))
+                .or_default(),
+            &c,
+        );
+        close_totals(
+            state
+                .services
+                .entry(group_key(c.direction, &c.service))
+                .or_default(),
+            &c,
+        );
         let long = end.saturating_sub(c.start_ns) >= inp.long_threshold_ns;
         if long || inp.short_close_records {
             c.seq += 1;
@@ -222,18 +266,32 @@ pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
     }
 
     state.final_series = final_series;
-    state.recently_closed.retain(|_, t| now.boot_ns.saturating_sub(*t) < RECENTLY_CLOSED_NS);
+    state
+        .recently_closed
+        .retain(|_, t| now.boot_ns.saturating_sub(*t) < RECENTLY_CLOSED_NS);
     state.ring_applied = out.ring_commit;
     out
 }
 
 /// Exported counters of a group: closed totals plus its live connections.
-pub fn group_counters(state: &State, by_service: bool) -> BTreeMap<String, (GroupTotals, Counters, u64)> {
-    let groups = if by_service { &state.services } else { &state.workloads };
-    let mut out: BTreeMap<String, (GroupTotals, Counters, u64)> =
-        groups.iter().map(|(k, t)| (k.clone(), (*t, t.closed_counters, 0))).collect();
+pub fn group_counters(
+    state: &State,
+    by_service: bool,
+) -> BTreeMap<String, (GroupTotals, Counters, u64)> {
+    let groups = if by_service {
+        &state.services
+    } else {
+        &state.workloads
+    };
+    let mut out: BTreeMap<String, (GroupTotals, Counters, u64)> = groups
+        .iter()
+        .map(|(k, t)| (k.clone(), (*t, t.closed_counters, 0)))
+        .collect();
     for c in state.conns.values() {
-        let key = group_key(c.direction, if by_service { &c.service } else { &c.workload });
+        let key = group_key(
+            c.direction,
+            if by_service { &c.service } else { &c.workload },
+        );
         let e = out.entry(key).or_default();
         e.1.add(c.last);
         e.2 += 1;
@@ -278,13 +336,25 @@ mod tests {
         ("/app".into(), "127.0.0.1:80".into())
     }
 
-    fn cycle(state: &mut State, now_s: u64, map: Vec<ConnRecord>, ring: Vec<ConnRecord>) -> Outcome {
+    fn cycle(
+        state: &mut State,
+        now_s: u64,
+        map: Vec<ConnRecord>,
+        ring: Vec<ConnRecord>,
+    ) -> Outcome {
         let base = state.ring_applied;
-        let ring = ring.into_iter().enumerate().map(|(i, r)| (r, base + 192 * (i as u64 + 1))).collect();
+        let ring = ring
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (r, base + 192 * (i as u64 + 1)))
+            .collect();
         apply(
             state,
             Inputs {
-                now: Clock { boot_ns: now_s * S, wall_ns: 1_700_000_000 * S as i128 },
+                now: Clock {
+                    boot_ns: now_s * S,
+                    wall_ns: 1_700_000_000 * S as i128,
+                },
                 map,
                 ring,
                 long_threshold_ns: 5 * S,
@@ -295,7 +365,10 @@ mod tests {
     }
 
     fn sent_total(state: &State) -> u64 {
-        group_counters(state, false).values().map(|(_, c, _)| c.bytes_sent).sum()
+        group_counters(state, false)
+            .values()
+            .map(|(_, c, _)| c.bytes_sent)
+            .sum()
     }
 
     #[test]
@@ -303,27 +376,57 @@ mod tests {
         let mut st = State::default();
         let o = cycle(&mut st, 10, vec![rec(1, 1, 1000, 0)], vec![]);
         assert_eq!(o.records.len(), 1);
-        assert_eq!((o.records[0].event.as_str(), o.records[0].seq, o.records[0].bytes_sent_delta), ("periodic", 1, 1000));
+        assert_eq!(
+            (
+                o.records[0].event.as_str(),
+                o.records[0].seq,
+                o.records[0].bytes_sent_delta
+            ),
+            ("periodic", 1, 1000)
+        );
         assert_eq!(st.workloads["outbound|/app"].opened, 1);
         assert_eq!(sent_total(&st), 1000);
 
         let o = cycle(&mut st, 15, vec![rec(1, 1, 1500, 0)], vec![]);
-        assert_eq!((o.records[0].seq, o.records[0].bytes_sent, o.records[0].bytes_sent_delta), (2, 1500, 500));
+        assert_eq!(
+            (
+                o.records[0].seq,
+                o.records[0].bytes_sent,
+                o.records[0].bytes_sent_delta
+            ),
+            (2, 1500, 500)
+        );
         assert_eq!(sent_total(&st), 1500);
 
         // A stale kernel value never makes exports step back.
         let o = cycle(&mut st, 20, vec![rec(1, 1, 1400, 0)], vec![]);
-        assert_eq!((o.records[0].bytes_sent, o.records[0].bytes_sent_delta), (1500, 0));
+        assert_eq!(
+            (o.records[0].bytes_sent, o.records[0].bytes_sent_delta),
+            (1500, 0)
+        );
 
         let o = cycle(&mut st, 25, vec![], vec![closed(rec(1, 1, 1600, 0), 24)]);
         assert_eq!(o.records.len(), 1);
         let r = &o.records[0];
-        assert_eq!((r.event.as_str(), r.seq, r.bytes_sent, r.bytes_sent_delta, r.state.as_str()), ("close", 4, 1600, 100, "CLOSED"));
+        assert_eq!(
+            (
+                r.event.as_str(),
+                r.seq,
+                r.bytes_sent,
+                r.bytes_sent_delta,
+                r.state.as_str()
+            ),
+            ("close", 4, 1600, 100, "CLOSED")
+        );
         assert_eq!(sent_total(&st), 1600);
         let t = st.workloads["outbound|/app"];
         assert_eq!((t.opened, t.closed, t.failed), (1, 1, 0));
         assert!(st.conns.is_empty());
-        assert_eq!(st.final_series.len(), 1, "a closed long connection is exported once more");
+        assert_eq!(
+            st.final_series.len(),
+            1,
+            "a closed long connection is exported once more"
+        );
 
         // The same close again (replayed ring record) is not applied twice.
         let o = cycle(&mut st, 30, vec![], vec![closed(rec(1, 1, 1600, 0), 24)]);
@@ -338,7 +441,11 @@ mod tests {
         let mut st = State::default();
         // Seen only at close: opened and closed in one cycle.
         let o = cycle(&mut st, 10, vec![], vec![closed(rec(1, 9, 300, 0), 9)]);
-        assert_eq!(o.records.len(), 1, "short close record (switchable, on here)");
+        assert_eq!(
+            o.records.len(),
+            1,
+            "short close record (switchable, on here)"
+        );
         // A connect that never established.
         let mut f = closed(rec(2, 9, 0, 0), 9);
         f.flags = layout::F_CLOSED | layout::F_FAILED;
@@ -379,7 +486,12 @@ mod tests {
     #[test]
     fn ring_position_advances_to_the_last_record() {
         let mut st = State::default();
-        let o = cycle(&mut st, 10, vec![], vec![closed(rec(1, 9, 1, 0), 9), closed(rec(2, 9, 1, 0), 9)]);
+        let o = cycle(
+            &mut st,
+            10,
+            vec![],
+            vec![closed(rec(1, 9, 1, 0), 9), closed(rec(2, 9, 1, 0), 9)],
+        );
         assert_eq!(o.ring_commit, 384);
         assert_eq!(st.ring_applied, 384);
         let o = cycle(&mut st, 11, vec![], vec![]);

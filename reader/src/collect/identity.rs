@@ -29,8 +29,11 @@ pub fn service_of(r: &ConnRecord) -> String {
 /// Resolves every cgroup id in `records` not yet in `names` with one walk of
 /// the cgroup v2 tree; ids not found are named "cgroup:<id>".
 pub fn resolve_cgroups(names: &mut BTreeMap<u64, String>, records: &[ConnRecord]) {
-    let missing: std::collections::BTreeSet<u64> =
-        records.iter().map(|r| r.cgroup_id).filter(|id| !names.contains_key(id)).collect();
+    let missing: std::collections::BTreeSet<u64> = records
+        .iter()
+        .map(|r| r.cgroup_id)
+        .filter(|id| !names.contains_key(id))
+        .collect();
     if missing.is_empty() {
         return;
     }
@@ -80,7 +83,13 @@ mod tests {
     fn endpoints_are_canonical() {
         assert_eq!(endpoint("10.0.0.1".parse().unwrap(), 443), "10.0.0.1:443");
         assert_eq!(endpoint("::1".parse().unwrap(), 80), "[::1]:80");
-        assert_eq!(relative(Path::new("/sys/fs/cgroup"), Path::new("/sys/fs/cgroup")), "/");
-        assert_eq!(relative(Path::new("/sys/fs/cgroup"), Path::new("/sys/fs/cgroup/a/b")), "/a/b");
+        assert_eq!(
+            relative(Path::new("/sys/fs/cgroup"), Path::new("/sys/fs/cgroup")),
+            "/"
+        );
+        assert_eq!(
+            relative(Path::new("/sys/fs/cgroup"), Path::new("/sys/fs/cgroup/a/b")),
+            "/a/b"
+        );
     }
 }

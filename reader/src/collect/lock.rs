@@ -18,7 +18,12 @@ pub fn acquire(path: &Path, wait: Duration) -> io::Result<Option<File>> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open lock {}: {e}", path.display())))?;
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open lock {}: {e}", path.display()),
+            )
+        })?;
     let deadline = Instant::now() + wait;
     loop {
         // SAFETY: flock on a valid fd we own.
@@ -27,7 +32,10 @@ pub fn acquire(path: &Path, wait: Duration) -> io::Result<Option<File>> {
         }
         let err = io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(io::Error::new(err.kind(), format!("cannot lock {}: {err}", path.display())));
+            return Err(io::Error::new(
+                err.kind(),
+                format!("cannot lock {}: {err}", path.display()),
+            ));
         }
         if Instant::now() >= deadline {
             return Ok(None);

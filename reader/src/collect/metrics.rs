@@ -26,43 +26,120 @@ pub struct SelfStats {
 }
 
 fn fam(name: &str, help: &str, kind: Kind) -> Family {
-    Family { name: name.into(), help: help.into(), kind, samples: Vec::new() }
+    Family {
+        name: name.into(),
+        help: help.into(),
+        kind,
+        samples: Vec::new(),
+    }
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 type Pick = fn(&Counters) -> u64;
 const COUNTER_FIELDS: [(&str, &str, Pick); 6] = [
-    ("sent_bytes_total", "Bytes sent and acknowledged by the peer (tcp_info bytes_acked)", |c| c.bytes_sent),
-    ("received_bytes_total", "Bytes received (tcp_info bytes_received)", |c| c.bytes_received),
-    ("sent_packets_total", "Segments sent (tcp_info segs_out)", |c| c.packets_sent),
-    ("received_packets_total", "Segments received (tcp_info segs_in)", |c| c.packets_received),
-    ("retransmits_total", "Segments retransmitted (tcp_info total_retrans)", |c| c.retransmits),
-    ("lost_packets_total", "Segments the kernel marked lost (running total of tcp_sock.lost)", |c| c.lost_packets),
+    (
+        "sent_bytes_total",
+        "Bytes sent and acknowledged by the peer (tcp_info bytes_acked)",
+        |c| c.bytes_sent,
+    ),
+    (
+        "received_bytes_total",
+        "Bytes received (tcp_info bytes_received)",
+        |c| c.bytes_received,
+    ),
+    (
+        "sent_packets_total",
+        "Segments sent (tcp_info segs_out)",
+        |c| c.packets_sent,
+    ),
+    (
+        "received_packets_total",
+        "Segments received (tcp_info segs_in)",
+        |c| c.packets_received,
+    ),
+    (
+        "retransmits_total",
+        "Segments retransmitted (tcp_info total_retrans)",
+        |c| c.retransmits,
+    ),
+    (
+        "lost_packets_total",
+        "Segments the kernel marked lost (running total of tcp_sock.lost)",
+        |c| c.lost_packets,
+    ),
 ];
 
 fn group_families(state: &State, by_service: bool) -> Vec<Family> {
-    let (prefix, label) = if by_service { ("longconn_service", "service") } else { ("longconn_workload", "workload") };
-    let what = if by_service { "service (remote endpoint; local listening endpoint for inbound)" } else { "workload (cgroup)" };
-    let mut opened = fam(&format!("{prefix}_connections_opened_total"), &format!("TCP connections opened, per {what} and direction"), Kind::Counter);
-    let mut closed = fam(&format!("{prefix}_connections_closed_total"), &format!("Established TCP connections that closed, per {what} and direction"), Kind::Counter);
-    let mut failed = fam(&format!("{prefix}_connections_failed_total"), &format!("Connects that never established, per {what} and direction"), Kind::Counter);
-    let mut active = fam(&format!("{prefix}_active_connections"), &format!("Tracked live TCP connections, per {what} and direction"), Kind::Gauge);
+    let (prefix, label) = if by_service {
+        ("longconn_service", "service")
+    } else {
+        ("longconn_workload", "workload")
+    };
+    let what = if by_service {
+        "service (remote endpoint; local listening endpoint for inbound)"
+    } else {
+        "workload (cgroup)"
+    };
+    let mut opened = fam(
+        &format!("{prefix}_connections_opened_total"),
+        &format!("TCP connections opened, per {what} and direction"),
+        Kind::Counter,
+    );
+    let mut closed = fam(
+        &format!("{prefix}_connections_closed_total"),
+        &format!("Established TCP connections that closed, per {what} and direction"),
+        Kind::Counter,
+    );
+    let mut failed = fam(
+        &format!("{prefix}_connections_failed_total"),
+        &format!("Connects that never established, per {what} and direction"),
+        Kind::Counter,
+    );
+    let mut active = fam(
+        &format!("{prefix}_active_connections"),
+        &format!("Tracked live TCP connections, per {what} and direction"),
+        Kind::Gauge,
+    );
     let mut counters: Vec<Family> = COUNTER_FIELDS
         .iter()
-        .map(|(suffix, help, _)| fam(&format!("{prefix}_{suffix}"), &format!("{help}, per {what} and direction"), Kind::Counter))
+        .map(|(suffix, help, _)| {
+            fam(
+                &format!("{prefix}_{suffix}"),
+                &format!("{help}, per {what} and direction"),
+                Kind::Counter,
+            )
+        })
         .collect();
     for (key, (totals, sum, live)) in group_counters(state, by_service) {
         let (direction, name) = key.split_once('|').unwrap_or(("unknown", key.as_str()));
         let l = labels(&[(label, name), ("direction", direction)]);
-        opened.samples.push(Sample { labels: l.clone(), value: totals.opened as f64 });
-        closed.samples.push(Sample { labels: l.clone(), value: totals.closed as f64 });
-        failed.samples.push(Sample { labels: l.clone(), value: totals.failed as f64 });
-        active.samples.push(Sample { labels: l.clone(), value: live as f64 });
+        opened.samples.push(Sample {
+            labels: l.clone(),
+            value: totals.opened as f64,
+        });
+        closed.samples.push(Sample {
+            labels: l.clone(),
+            value: totals.closed as f64,
+        });
+        failed.samples.push(Sample {
+            labels: l.clone(),
+            value: totals.failed as f64,
+        });
+        active.samples.push(Sample {
+            labels: l.clone(),
+            value: live as f64,
+        });
         for (f, (_, _, pick)) in counters.iter_mut().zip(COUNTER_FIELDS.iter()) {
-            f.samples.push(Sample { labels: l.clone(), value: pick(&sum) as f64 });
+            f.samples.push(Sample {
+                labels: l.clone(),
+                value: pick(&sum) as f64,
+            });
         }
     }
     let mut out = vec![opened, closed, failed, active];
@@ -83,7 +160,13 @@ fn conn_labels(c: &ConnState) -> Vec<(String, String)> {
 }
 
 /// Per long connection, busiest first, capped; returns the families and how many were omitted.
-fn connection_families(state: &State, long_threshold_ns: u64, now_boot: u64, cap: usize, boot_to_unix: f64) -> (Vec<Family>, usize) {
+fn connection_families(
+    state: &State,
+    long_threshold_ns: u64,
+    now_boot: u64,
+    cap: usize,
+    boot_to_unix: f64,
+) -> (Vec<Family>, usize) {
     let mut candidates: Vec<&ConnState> = state
         .conns
         .values()
@@ -105,34 +188,78 @@ fn connection_families(state: &State, long_threshold_ns: u64, now_boot: u64, cap
 
     let mut counters: Vec<Family> = COUNTER_FIELDS
         .iter()
-        .map(|(suffix, help, _)| fam(&format!("longconn_connection_{suffix}"), &format!("{help}, per long connection"), Kind::Counter))
+        .map(|(suffix, help, _)| {
+            fam(
+                &format!("longconn_connection_{suffix}"),
+                &format!("{help}, per long connection"),
+                Kind::Counter,
+            )
+        })
         .collect();
-    let mut srtt = fam("longconn_connection_srtt_seconds", "Smoothed round-trip time, per long connection", Kind::Gauge);
-    let mut min_rtt = fam("longconn_connection_min_rtt_seconds", "Minimum round-trip time seen, per long connection", Kind::Gauge);
-    let mut start = fam("longconn_connection_start_time_seconds", "When the connection was opened (Unix seconds), per long connection", Kind::Gauge);
+    let mut srtt = fam(
+        "longconn_connection_srtt_seconds",
+        "Smoothed round-trip time, per long connection",
+        Kind::Gauge,
+    );
+    let mut min_rtt = fam(
+        "longconn_connection_min_rtt_seconds",
+        "Minimum round-trip time seen, per long connection",
+        Kind::Gauge,
+    );
+    let mut start = fam(
+        "longconn_connection_start_time_seconds",
+        "When the connection was opened (Unix seconds), per long connection",
+        Kind::Gauge,
+    );
     for (c, l) in chosen {
         for (f, (_, _, pick)) in counters.iter_mut().zip(COUNTER_FIELDS.iter()) {
-            f.samples.push(Sample { labels: l.clone(), value: pick(&c.last) as f64 });
+            f.samples.push(Sample {
+                labels: l.clone(),
+                value: pick(&c.last) as f64,
+            });
         }
-        srtt.samples.push(Sample { labels: l.clone(), value: f64::from(c.srtt_us) / 1e6 });
-        min_rtt.samples.push(Sample { labels: l.clone(), value: f64::from(c.min_rtt_us) / 1e6 });
-        start.samples.push(Sample { labels: l, value: ((boot_to_unix + c.start_ns as f64 / 1e9) * 1e3).round() / 1e3 });
+        srtt.samples.push(Sample {
+            labels: l.clone(),
+            value: f64::from(c.srtt_us) / 1e6,
+        });
+        min_rtt.samples.push(Sample {
+            labels: l.clone(),
+            value: f64::from(c.min_rtt_us) / 1e6,
+        });
+        start.samples.push(Sample {
+            labels: l,
+            value: ((boot_to_unix + c.start_ns as f64 / 1e9) * 1e3).round() / 1e3,
+        });
     }
     counters.extend([srtt, min_rtt, start]);
     (counters, omitted)
 }
 
-pub fn families(state: &State, stats: &SelfStats, long_threshold_ns: u64, now_boot: u64) -> Vec<Family> {
+pub fn families(
+    state: &State,
+    stats: &SelfStats,
+    long_threshold_ns: u64,
+    now_boot: u64,
+) -> Vec<Family> {
     let boot_to_unix = stats.now_unix - now_boot as f64 / 1e9;
     let mut out = group_families(state, false);
     out.extend(group_families(state, true));
-    let (conns, omitted) = connection_families(state, long_threshold_ns, now_boot, stats.max_connection_series, boot_to_unix);
+    let (conns, omitted) = connection_families(
+        state,
+        long_threshold_ns,
+        now_boot,
+        stats.max_connection_series,
+        boot_to_unix,
+    );
     out.extend(conns);
     let one = |name: &str, help: &str, kind: Kind, value: f64| Family {
         name: name.into(),
         help: help.into(),
         kind,
-        samples: vec![Sample { labels: Vec::new(), value }],
+        samples: vec![Sample {
+            labels: Vec::new(),
+            value,
+        }],
     };
     out.extend([
         one("longconn_reader_last_success_timestamp_seconds", "When the last collect cycle finished writing (Unix seconds)", Kind::Gauge, stats.now_unix),
@@ -152,7 +279,14 @@ pub fn families(state: &State, stats: &SelfStats, long_threshold_ns: u64, now_bo
 /// For tests and `dump`: the value of one sample by family and labels.
 #[allow(dead_code)]
 pub fn lookup(families: &[Family], name: &str, want: &BTreeMap<&str, &str>) -> Option<f64> {
-    families.iter().find(|f| f.name == name)?.samples.iter().find_map(|s| {
-        want.iter().all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v)).then_some(s.value)
-    })
+    families
+        .iter()
+        .find(|f| f.name == name)?
+        .samples
+        .iter()
+        .find_map(|s| {
+            want.iter()
+                .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+                .then_some(s.value)
+        })
 }

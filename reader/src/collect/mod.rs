@@ -101,31 +101,64 @@ struct Dirs {
 
 impl Dirs {
     fn from(a: &CollectArgs) -> Self {
-        let pick = |o: &Option<PathBuf>, d: &str| o.clone().or_else(|| a.out_dir.clone()).unwrap_or_else(|| PathBuf::from(d));
-        Self { textfile: pick(&a.textfile_dir, DEFAULT_TEXTFILE_DIR), log: pick(&a.log_dir, DEFAULT_LOG_DIR), state: pick(&a.state_dir, DEFAULT_STATE_DIR) }
+        let pick = |o: &Option<PathBuf>, d: &str| {
+            o.clone()
+                .or_else(|| a.out_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(d))
+        };
+        Self {
+            textfile: pick(&a.textfile_dir, DEFAULT_TEXTFILE_DIR),
+            log: pick(&a.log_dir, DEFAULT_LOG_DIR),
+            state: pick(&a.state_dir, DEFAULT_STATE_DIR),
+        }
     }
 }
 
 fn make_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(mode).create(dir).with_context(|| format!("cannot create {}", dir.display()))
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
 }
 
 fn logs(dirs: &Dirs, a: &CollectArgs) -> anyhow::Result<Vec<(String, AppendLog)>> {
     let mut out = Vec::new();
-    for fmt in a.access_log.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for fmt in a
+        .access_log
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let (file, header) = match fmt {
             "csv" => (CSV_FILE, access::csv_header()),
             "jsonl" => (JSONL_FILE, Vec::new()),
             "none" => continue,
-            other => anyhow::bail!("--access-log {other:?}: expected csv, jsonl, csv,jsonl or none"),
+            other => {
+                anyhow::bail!("--access-log {other:?}: expected csv, jsonl, csv,jsonl or none")
+            }
         };
-        out.push((file.to_owned(), AppendLog { path: dirs.log.join(file), max_bytes: a.log_max_bytes, keep: a.log_keep, header, mode: 0o640 }));
+        out.push((
+            file.to_owned(),
+            AppendLog {
+                path: dirs.log.join(file),
+                max_bytes: a.log_max_bytes,
+                keep: a.log_keep,
+                header,
+                mode: 0o640,
+            },
+        ));
     }
     Ok(out)
 }
 
 fn new_state() -> State {
-    State { version: state::STATE_VERSION, boot_id: state::boot_id(), created_unix: chrono::Utc::now().timestamp(), ..Default::default() }
+    State {
+        version: state::STATE_VERSION,
+        boot_id: state::boot_id(),
+        created_unix: chrono::Utc::now().timestamp(),
+        ..Default::default()
+    }
 }
 
 pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
@@ -137,7 +170,11 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     make_dir(&dirs.textfile, 0o755)?;
     let lock_path = dirs.state.join("collect.lock");
     let Some(_lock) = lock::acquire(&lock_path, a.lock_wait)? else {
-        eprintln!("longconn-reader: another collect still holds {} after {:?}; skipping this cycle", lock_path.display(), a.lock_wait);
+        eprintln!(
+            "longconn-reader: another collect still holds {} after {:?}; skipping this cycle",
+            lock_path.display(),
+            a.lock_wait
+        );
         return Ok(ExitCode::SUCCESS);
     };
 
@@ -189,7 +226,10 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     let ring_only: Vec<ConnRecord> = ring_records.iter().map(|(r, _)| *r).collect();
     identity::resolve_cgroups(&mut cgroup_names, &ring_only);
     let names = |r: &ConnRecord| {
-        let w = cgroup_names.get(&r.cgroup_id).cloned().unwrap_or_else(|| format!("cgroup:{}", r.cgroup_id));
+        let w = cgroup_names
+            .get(&r.cgroup_id)
+            .cloned()
+            .unwrap_or_else(|| format!("cgroup:{}", r.cgroup_id));
         (w, identity::service_of(r))
     };
     let tracked = map.len() as u64;
@@ -207,7 +247,12 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     state.cgroup_names = cgroup_names;
 
     // Commit point: from here the records live in the state file.
-    let pending = Pending { records: outcome.records, log_len: state.log_len.clone(), ring_commit: outcome.ring_commit, map_deletes: outcome.map_deletes };
+    let pending = Pending {
+        records: outcome.records,
+        log_len: state.log_len.clone(),
+        ring_commit: outcome.ring_commit,
+        map_deletes: outcome.map_deletes,
+    };
     state.pending = Some(pending.clone());
     state::save(&state_path, &state, 0o600)?;
     state.pending = None;
@@ -223,32 +268,54 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         map_full_drops: counters.map_full + counters.map_error,
         max_connection_series: a.max_connection_series,
     };
-    let families = metrics::families(&state, &stats, a.long_threshold.as_nanos() as u64, clock.boot_ns);
+    let families = metrics::families(
+        &state,
+        &stats,
+        a.long_threshold.as_nanos() as u64,
+        clock.boot_ns,
+    );
     let prom = dirs.textfile.join(PROM_FILE);
-    atomic::write_atomic(&prom, promtext::encode(&families).as_bytes(), 0o644).with_context(|| format!("cannot write {}", prom.display()))?;
+    atomic::write_atomic(&prom, promtext::encode(&families).as_bytes(), 0o644)
+        .with_context(|| format!("cannot write {}", prom.display()))?;
     state::save(&state_path, &state, 0o600)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Releases the kernel side of a committed cycle and writes its records.
 /// Idempotent: safe to run again for the same `pending` after a crash.
-fn finish(state: &mut State, pins: &Pins, logs: &[(String, AppendLog)], p: &Pending, same_generation: bool) -> anyhow::Result<()> {
+fn finish(
+    state: &mut State,
+    pins: &Pins,
+    logs: &[(String, AppendLog)],
+    p: &Pending,
+    same_generation: bool,
+) -> anyhow::Result<()> {
     if same_generation {
-        pins.ring()?.commit(p.ring_commit).with_context(|| format!("cannot release ring buffer {}", pins.dir.display()))?;
+        pins.ring()?
+            .commit(p.ring_commit)
+            .with_context(|| format!("cannot release ring buffer {}", pins.dir.display()))?;
         for cookie in &p.map_deletes {
             pins.remove(*cookie)?;
         }
     }
     if p.records.is_empty() {
         for (file, _) in logs {
-            state.log_len.insert(file.clone(), p.log_len.get(file).copied().unwrap_or(0));
+            state
+                .log_len
+                .insert(file.clone(), p.log_len.get(file).copied().unwrap_or(0));
         }
         return Ok(());
     }
     for (file, log) in logs {
-        let body = if file == CSV_FILE { access::encode_csv(&p.records) } else { access::encode_jsonl(&p.records) };
+        let body = if file == CSV_FILE {
+            access::encode_csv(&p.records)
+        } else {
+            access::encode_jsonl(&p.records)
+        };
         let before = p.log_len.get(file).copied().unwrap_or(0);
-        let after = log.append(before, &body).with_context(|| format!("cannot append to {}", log.path.display()))?;
+        let after = log
+            .append(before, &body)
+            .with_context(|| format!("cannot append to {}", log.path.display()))?;
         state.log_len.insert(file.clone(), after);
     }
     Ok(())

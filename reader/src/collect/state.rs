@@ -147,15 +147,28 @@ pub fn load(path: &Path) -> io::Result<LoadOutcome> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LoadOutcome::Fresh),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", path.display()),
+            ))
+        }
     };
     let problem = match serde_json::from_slice::<State>(&bytes) {
         Ok(s) if s.version == STATE_VERSION => return Ok(LoadOutcome::Loaded(Box::new(s))),
         Ok(s) => format!("state version {} (expected {STATE_VERSION})", s.version),
         Err(e) => format!("not a longconn state file ({e})"),
     };
-    let aside = path.with_extension(format!("bad-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
-    fs::rename(path, &aside).map_err(|e| io::Error::new(e.kind(), format!("cannot move bad state {} aside: {e}", path.display())))?;
+    let aside = path.with_extension(format!(
+        "bad-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    fs::rename(path, &aside).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot move bad state {} aside: {e}", path.display()),
+        )
+    })?;
     Ok(LoadOutcome::SetAside(aside, problem))
 }
 
@@ -165,5 +178,7 @@ pub fn save(path: &Path, state: &State, mode: u32) -> io::Result<()> {
 }
 
 pub fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_owned()).unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }

@@ -52,7 +52,9 @@ fn send(from: &mut TcpStream, to: &TcpStream, n: u64) -> std::io::Result<()> {
         from.write_all(&chunk[..k])?;
         left -= k as u64;
     }
-    handle.join().map_err(|_| std::io::Error::other("reader thread panicked"))?
+    handle
+        .join()
+        .map_err(|_| std::io::Error::other("reader thread panicked"))?
 }
 
 fn loopback(family: &str, addr: Option<&str>) -> String {
@@ -64,7 +66,11 @@ fn loopback(family: &str, addr: Option<&str>) -> String {
 }
 
 fn bind(addr: &str) -> std::io::Result<TcpListener> {
-    if addr.contains(':') { TcpListener::bind(format!("[{addr}]:0")) } else { TcpListener::bind(format!("{addr}:0")) }
+    if addr.contains(':') {
+        TcpListener::bind(format!("[{addr}]:0"))
+    } else {
+        TcpListener::bind(format!("{addr}:0"))
+    }
 }
 
 fn run(line: &str, pairs: &mut HashMap<String, Pair>) -> Result<Option<String>, String> {
@@ -78,8 +84,18 @@ fn run(line: &str, pairs: &mut HashMap<String, Pair>) -> Result<Option<String>, 
             let client = TcpStream::connect(listener.local_addr().map_err(e)?).map_err(e)?;
             let (server, _) = listener.accept().map_err(e)?;
             let client_port = client.local_addr().map_err(e)?.port();
-            pairs.insert(name.to_string(), Pair { client, server, c2s: 0, s2c: 0 });
-            Ok(Some(format!(r#"{{"name":"{name}","client_port":{client_port},"server_port":{port},"addr":"{addr}"}}"#)))
+            pairs.insert(
+                name.to_string(),
+                Pair {
+                    client,
+                    server,
+                    c2s: 0,
+                    s2c: 0,
+                },
+            );
+            Ok(Some(format!(
+                r#"{{"name":"{name}","client_port":{client_port},"server_port":{port},"addr":"{addr}"}}"#
+            )))
         }
         ["send", name, dir, n] => {
             let n: u64 = n.parse().map_err(|_| format!("bad byte count {n}"))?;
@@ -97,7 +113,9 @@ fn run(line: &str, pairs: &mut HashMap<String, Pair>) -> Result<Option<String>, 
                 }
                 other => return Err(format!("bad direction {other}")),
             };
-            Ok(Some(format!(r#"{{"name":"{name}","dir":"{dir}","bytes":{n},"total":{total}}}"#)))
+            Ok(Some(format!(
+                r#"{{"name":"{name}","dir":"{dir}","bytes":{n},"total":{total}}}"#
+            )))
         }
         ["close", name] => {
             let p = pairs.remove(*name).ok_or(format!("no pair {name}"))?;
@@ -109,7 +127,11 @@ fn run(line: &str, pairs: &mut HashMap<String, Pair>) -> Result<Option<String>, 
         }
         ["fail", port, rest @ ..] => {
             let addr = loopback("4", rest.first().copied());
-            let target = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
+            let target = if addr.contains(':') {
+                format!("[{addr}]:{port}")
+            } else {
+                format!("{addr}:{port}")
+            };
             let failed = TcpStream::connect(&target).is_err();
             Ok(Some(format!(r#"{{"failed":{failed},"port":{port}}}"#)))
         }
@@ -124,7 +146,10 @@ fn run(line: &str, pairs: &mut HashMap<String, Pair>) -> Result<Option<String>, 
                 send(&mut c, &s, 1000).map_err(e)?;
                 send(&mut s, &c, 1000).map_err(e)?;
             }
-            Ok(Some(format!(r#"{{"churn":{n},"bytes_each_way":1000,"port":{}}}"#, target.port())))
+            Ok(Some(format!(
+                r#"{{"churn":{n},"bytes_each_way":1000,"port":{}}}"#,
+                target.port()
+            )))
         }
         ["exit"] => Ok(None),
         _ => Err(format!("unknown command: {line}")),
