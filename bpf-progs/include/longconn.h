@@ -9,7 +9,7 @@
 #ifndef LONGCONN_H
 #define LONGCONN_H
 
-#define LONGCONN_LAYOUT_VERSION 1
+#define LONGCONN_LAYOUT_VERSION 2
 #define LONGCONN_META_MAGIC 0x6c636f6e6e6d6574ULL /* "lconnmet" */
 
 /* longconn_conn.direction */
@@ -54,7 +54,7 @@ struct longconn_conn {
 	__u32 remote_addr[4]; /* network order; IPv4 in [0] */
 	__u32 srtt_us;    /* smoothed RTT, microseconds (already shifted) */
 	__u32 min_rtt_us; /* windowed minimum RTT, microseconds */
-	__u32 pid;        /* tgid that called connect(); 0 when unknown */
+	__u32 pid;        /* tgid that called connect() (outbound) or listen() (inbound); 0 if unknown */
 	__u32 family;     /* AF_INET or AF_INET6 */
 	__u32 local_port;  /* host order */
 	__u32 remote_port; /* host order */
@@ -62,7 +62,20 @@ struct longconn_conn {
 	__u32 direction; /* LONGCONN_DIR_* */
 	__u32 flags;     /* LONGCONN_F_* */
 	__u32 _pad;
-	char comm[16]; /* task comm that called connect(); empty when unknown */
+	char comm[16]; /* comm of that task; empty when unknown */
+};
+
+/* Key and value of `listen_owners`: who called listen() on a port, per netns. */
+struct longconn_listen_key {
+	__u64 netns_cookie;
+	__u32 port; /* host order */
+	__u32 _pad;
+};
+
+struct longconn_owner {
+	__u32 pid;
+	__u32 _pad;
+	char comm[16];
 };
 
 /* Single value of the `longconn_meta` array, written by longconn-pin after load. */

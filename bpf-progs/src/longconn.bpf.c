@@ -44,6 +44,15 @@ struct {
 	__uint(max_entries, 4 << 20);
 } longconn_closed SEC(".maps");
 
+/* Owner of each listening port, recorded in listen() (process context) and
+ * copied into the records of connections accepted on it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct longconn_listen_key);
+	__type(value, struct longconn_owner);
+	__uint(max_entries, 16384);
+} longconn_listen_owners SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
@@ -139,7 +148,14 @@ static __always_inline void track(struct bpf_sock_ops *skops, struct tcp_sock *t
 		c.pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(c.comm, sizeof(c.comm));
 	} else {
+		struct longconn_listen_key lk = { .netns_cookie = c.netns_cookie, .port = c.local_port };
+		struct longconn_owner *o = bpf_map_lookup_elem(&longconn_listen_owners, &lk);
+
 		c.flags = LONGCONN_F_ESTABLISHED;
+		if (o) {
+			c.pid = o->pid;
+			__builtin_memcpy(c.comm, o->comm, sizeof(c.comm));
+		}
 	}
 
 	err = bpf_map_update_elem(&map_of_tcp_conns, &cookie, &c, BPF_NOEXIST);
@@ -155,6 +171,22 @@ static __always_inline void track(struct bpf_sock_ops *skops, struct tcp_sock *t
 		count(LONGCONN_CTR_TRACKED);
 	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG |
 						 BPF_SOCK_OPS_RETRANS_CB_FLAG);
+}
+
+/* listen(): remember who owns the port (runs in the caller's context). */
+static __always_inline void record_listener(struct tcp_sock *tp)
+{
+	struct sock_common *skc = &tp->inet_conn.icsk_inet.sk.__sk_common;
+	struct longconn_listen_key lk = {};
+	struct longconn_owner o = {};
+	struct net *net = skc->skc_net.net;
+
+	lk.port = skc->skc_num;
+	if (net)
+		lk.netns_cookie = net->net_cookie;
+	o.pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(o.comm, sizeof(o.comm));
+	bpf_map_update_elem(&longconn_listen_owners, &lk, &o, BPF_ANY);
 }
 
 /* TCP_CLOSE: hand the final record to user space and forget the socket. */
@@ -192,6 +224,9 @@ int longconn_sockops(struct bpf_sock_ops *skops)
 	cookie = bpf_get_socket_cookie(skops);
 
 	switch (op) {
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		record_listener(tp);
+		return 1;
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		track(skops, tp, cookie, LONGCONN_DIR_OUTBOUND);
 		return 1;

@@ -6,7 +6,10 @@
 
 use std::{collections::HashMap, mem::offset_of};
 
-use longconn_common::{ConnRecord, Meta};
+use longconn_common::{
+    layout::{ListenKey, Owner},
+    ConnRecord, Meta,
+};
 
 /// struct name -> (size, member name -> bit offset), from raw BTF.
 fn btf_structs(btf: &[u8]) -> HashMap<String, (u32, HashMap<String, u32>)> {

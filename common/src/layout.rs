@@ -6,7 +6,7 @@
 //! maps and the ring buffer are decoded with a length check, never transmuted.
 
 /// Bumped on any change to a record below; pinned in `meta` and checked by readers.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// `Meta::magic`: "lconnmet".
 pub const META_MAGIC: u64 = 0x6c63_6f6e_6e6d_6574;
 
@@ -60,6 +60,24 @@ pub struct ConnRecord {
     pub state: u32,
     pub direction: u32,
     pub flags: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
+/// `struct longconn_listen_key`: key of the (unpinned) `longconn_listen_owners` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenKey {
+    pub netns_cookie: u64,
+    pub port: u32,
+    pub _pad: u32,
+}
+
+/// `struct longconn_owner`: who called listen() on a port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
     pub _pad: u32,
     pub comm: [u8; 16],
 }

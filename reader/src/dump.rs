@@ -7,7 +7,7 @@ use std::{io::Write, path::Path, process::ExitCode, time::Duration};
 
 use longconn_common::{pinned::Access, units, ConnRecord, Pins};
 
-use crate::{clock::Clock, human, view::ConnView};
+use crate::{clock::Clock, human, identity, servicemap::ServiceMap, view::ConnView};
 
 #[derive(Debug, clap::Args)]
 pub struct DumpArgs {
@@ -22,6 +22,19 @@ pub struct DumpArgs {
     /// Only connections with this local or remote port.
     #[arg(long, value_name = "PORT")]
     port: Option<u16>,
+
+    /// Only connections whose workload (cgroup path, container id or pod uid)
+    /// contains this text.
+    #[arg(long, value_name = "TEXT")]
+    workload: Option<String>,
+
+    /// Only connections whose service contains this text.
+    #[arg(long, value_name = "TEXT")]
+    service: Option<String>,
+
+    /// Service map to name remote endpoints (same format as `collect --services`).
+    #[arg(long, value_name = "FILE")]
+    services: Option<std::path::PathBuf>,
 
     /// Show close records waiting for the next `collect` instead of live
     /// connections (read without consuming them).
@@ -58,7 +71,20 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
         age_ok && port_ok
     });
     records.sort_by_key(|r| std::cmp::Reverse(r.bytes_sent + r.bytes_received));
-    let views: Vec<ConnView> = records.iter().map(|r| ConnView::new(r, &clock)).collect();
+    let services = match &args.services {
+        Some(path) => ServiceMap::load(path).map_err(anyhow::Error::msg)?.0,
+        None => ServiceMap::default(),
+    };
+    let mut cgroup_names = std::collections::BTreeMap::new();
+    identity::resolve_cgroups(&mut cgroup_names, &records);
+    let views: Vec<ConnView> = records
+        .iter()
+        .map(|r| ConnView::new(r, &clock, identity::identify(r, &cgroup_names, &services)))
+        .filter(|v| {
+            args.workload.as_ref().is_none_or(|w| v.workload.contains(w.as_str()) || v.container_id.contains(w.as_str()) || v.pod_uid.contains(w.as_str()))
+                && args.service.as_ref().is_none_or(|s| v.service.contains(s.as_str()))
+        })
+        .collect();
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -79,7 +105,7 @@ fn write_table(out: &mut impl Write, views: &[ConnView]) -> std::io::Result<()> 
             format!("{addr}:{port}")
         }
     };
-    let rows: Vec<[String; 11]> = views
+    let rows: Vec<[String; 13]> = views
         .iter()
         .map(|v| {
             [
@@ -110,6 +136,8 @@ fn write_table(out: &mut impl Write, views: &[ConnView]) -> std::io::Result<()> 
                 } else {
                     format!("{}/{}", v.comm, v.pid)
                 },
+                v.workload.clone(),
+                v.service.clone(),
             ]
         })
         .collect();
@@ -125,6 +153,8 @@ fn write_table(out: &mut impl Write, views: &[ConnView]) -> std::io::Result<()> 
         "RETR/LOST",
         "SRTT/MIN",
         "PROCESS",
+        "WORKLOAD",
+        "SERVICE",
     ];
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {

@@ -7,6 +7,8 @@ mod collect;
 mod dump;
 mod exit;
 mod human;
+mod identity;
+mod servicemap;
 mod output;
 mod view;
 

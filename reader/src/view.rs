@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use longconn_common::{layout, ConnRecord};
 
-use crate::clock::Clock;
+use crate::{clock::Clock, identity::Identity};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnView {
@@ -34,6 +34,11 @@ pub struct ConnView {
     pub comm: String,
     pub cgroup_id: u64,
     pub netns_cookie: u64,
+    pub workload: String,
+    pub container_id: String,
+    pub pod_uid: String,
+    pub service: String,
+    pub service_namespace: String,
 }
 
 pub fn direction_name(d: u32) -> &'static str {
@@ -45,7 +50,7 @@ pub fn direction_name(d: u32) -> &'static str {
 }
 
 impl ConnView {
-    pub fn new(r: &ConnRecord, clock: &Clock) -> Self {
+    pub fn new(r: &ConnRecord, clock: &Clock, id: Identity) -> Self {
         let end = if r.is_closed() {
             r.update_ns
         } else {
@@ -79,6 +84,11 @@ impl ConnView {
             comm: r.comm(),
             cgroup_id: r.cgroup_id,
             netns_cookie: r.netns_cookie,
+            workload: id.workload,
+            container_id: id.container_id,
+            pod_uid: id.pod_uid,
+            service: id.service,
+            service_namespace: id.service_namespace,
         }
     }
 }

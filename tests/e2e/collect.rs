@@ -276,17 +276,19 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut killed = 0;
     let mut prev: Option<Series> = None;
-    // Kill instants are spread over a whole cycle: measure one first.
+    // Kill instants are spread over a whole cycle; the cycle's length is
+    // learned from the runs that finished before their kill.
     let t = Instant::now();
     run_collect(&env, &[]);
-    let cycle_us = (t.elapsed().as_micros() as u64).max(1000);
+    let mut cycle_us = (t.elapsed().as_micros() as u64).max(1000);
     for i in 0..60 {
         gen.cmd("churn 4");
         churned += 4;
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_micros(seed % (cycle_us + cycle_us / 4));
+        let delay = Duration::from_micros(seed % cycle_us);
+        let started = Instant::now();
         let mut child = env
             .reader_cmd()
             .arg("collect")
@@ -301,6 +303,8 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
         let st = child.wait().unwrap();
         if st.code().is_none() {
             killed += 1;
+        } else {
+            cycle_us = ((cycle_us + started.elapsed().as_micros() as u64) / 2).max(1000);
         }
         // Occasionally two readers at once: one waits or skips, neither corrupts.
         if i % 15 == 7 {

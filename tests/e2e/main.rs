@@ -4,3 +4,4 @@
 mod collect;
 mod errors;
 mod foundation;
+mod identity;

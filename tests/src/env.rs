@@ -151,14 +151,21 @@ impl TestEnv {
     }
 
     /// Spawns `cmd` inside this test's cgroup (it joins before exec).
-    pub fn spawn_in_cgroup(&mut self, mut cmd: Command) -> &mut Child {
-        let procs = std::ffi::CString::new(
-            self.cgroup
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .expect("path");
+    pub fn spawn_in_cgroup(&mut self, cmd: Command) -> &mut Child {
+        let cg = self.cgroup.clone();
+        self.spawn_in(&cg, cmd)
+    }
+
+    /// A child cgroup of this test's cgroup (removed with it).
+    pub fn child_cgroup(&self, name: &str) -> PathBuf {
+        let p = self.cgroup.join(name);
+        fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        p
+    }
+
+    /// Spawns `cmd` inside cgroup `cg` (it joins before exec).
+    pub fn spawn_in(&mut self, cg: &Path, mut cmd: Command) -> &mut Child {
+        let procs = std::ffi::CString::new(cg.join("cgroup.procs").into_os_string().into_encoded_bytes()).expect("path");
         // SAFETY: the closure runs between fork and exec and only calls
         // async-signal-safe functions (open, write, close) on memory prepared
         // before the fork.
@@ -203,22 +210,22 @@ impl Drop for TestEnv {
         if self.pin_dir.exists() {
             let _ = self.pin_cmd().arg("detach").output();
         }
-        // Processes may take a moment to leave the cgroup after exiting.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.cgroup.exists()
-            && fs::remove_dir(&self.cgroup).is_err()
-            && Instant::now() < deadline
-        {
-            if let Ok(procs) = fs::read_to_string(self.cgroup.join("cgroup.procs")) {
-                for pid in procs
-                    .split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok())
-                {
-                    // SAFETY: kill on a pid that is in our own test cgroup.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Child cgroups first; processes may take a moment to leave after exiting.
+        let mut dirs = vec![self.cgroup.clone()];
+        if let Ok(entries) = fs::read_dir(&self.cgroup) {
+            dirs.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
+        for dir in dirs.iter().rev() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while dir.exists() && fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+                if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+                    for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                        // SAFETY: kill on a pid that is in our own test cgroup.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
                 }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

@@ -28,6 +28,16 @@ impl Traffic {
         }
     }
 
+    /// Starts the generator inside cgroup `cg` (a child of `env`'s).
+    pub fn start_in_cgroup(env: &mut TestEnv, cg: &std::path::Path) -> Self {
+        let cmd = Command::new(crate::env::bin("longconn-traffic"));
+        env.spawn_in(cg, cmd);
+        let mut child = env.take_child();
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Self { stdin, stdout, child }
+    }
+
     /// Starts the generator outside any test cgroup (where the test runs).
     pub fn start_outside() -> Self {
         let mut child = Command::new(crate::env::bin("longconn-traffic"))

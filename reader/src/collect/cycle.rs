@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use longconn_common::{layout, ConnRecord};
 
 use super::state::{ConnState, Counters, GroupTotals, State};
-use crate::{clock::Clock, output::access::AccessRecord, view};
+use crate::{clock::Clock, identity::Identity, output::access::AccessRecord, view};
 
 /// Closed cookies are remembered this long (boot-time ns) to drop duplicates.
 const RECENTLY_CLOSED_NS: u64 = 15 * 60 * 1_000_000_000;
@@ -29,8 +29,8 @@ pub struct Inputs<'a> {
     pub long_threshold_ns: u64,
     /// Emit a close record for connections shorter than the threshold too.
     pub short_close_records: bool,
-    /// (workload, service) of a record.
-    pub names: &'a dyn Fn(&ConnRecord) -> (String, String),
+    /// Identity and (workload, service) group keys of a record.
+    pub names: &'a dyn Fn(&ConnRecord) -> (Identity, String, String),
 }
 
 #[derive(Debug, Default)]
@@ -56,8 +56,7 @@ pub fn counters_of(r: &ConnRecord) -> Counters {
 fn conn_state(
     r: &ConnRecord,
     prev: Option<&ConnState>,
-    workload: String,
-    service: String,
+    (id, wkey, skey): (Identity, String, String),
 ) -> ConnState {
     let now = counters_of(r);
     ConnState {
@@ -75,11 +74,10 @@ fn conn_state(
         flags: r.flags,
         srtt_us: r.srtt_us,
         min_rtt_us: r.min_rtt_us,
-        pid: r.pid,
-        comm: r.comm(),
         cgroup_id: r.cgroup_id,
-        workload,
-        service,
+        id,
+        wkey,
+        skey,
     }
 }
 
@@ -121,23 +119,27 @@ fn record(c: &ConnState, now: &Clock, event: &str, end_ns: u64) -> AccessRecord 
         lost_packets_delta: d.lost_packets,
         srtt_us: c.srtt_us,
         min_rtt_us: c.min_rtt_us,
-        workload: c.workload.clone(),
-        service: c.service.clone(),
-        pid: c.pid,
-        comm: c.comm.clone(),
+        workload: c.id.workload.clone(),
+        service: c.id.service.clone(),
+        pid: c.id.pid,
+        comm: c.id.comm.clone(),
         cgroup_id: c.cgroup_id,
+        container_id: c.id.container_id.clone(),
+        pod_uid: c.id.pod_uid.clone(),
+        netns_cookie: c.id.netns_cookie,
+        service_namespace: c.id.service_namespace.clone(),
     }
 }
 
 fn open(state: &mut State, c: &ConnState) {
     state
         .workloads
-        .entry(group_key(c.direction, &c.workload))
+        .entry(group_key(c.direction, &c.wkey))
         .or_default()
         .opened += 1;
     state
         .services
-        .entry(group_key(c.direction, &c.service))
+        .entry(group_key(c.direction, &c.skey))
         .or_default()
         .opened += 1;
 }
@@ -184,9 +186,12 @@ pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
     let mut closed_now: Vec<(u64, ConnState, bool)> = Vec::new(); // (cookie, state, had_record)
 
     for (cookie, r) in &closes {
-        let (w, s) = (inp.names)(r);
         let prev = prev_conns.remove(cookie);
-        let c = conn_state(r, prev.as_ref(), w, s);
+        let named = match &prev {
+            Some(p) => (p.id.clone(), p.wkey.clone(), p.skey.clone()),
+            None => (inp.names)(r),
+        };
+        let c = conn_state(r, prev.as_ref(), named);
         if prev.is_none() {
             open(state, &c);
         }
@@ -220,14 +225,14 @@ pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
         close_totals(
             state
                 .workloads
-                .entry(group_key(c.direction, &c.workload))
+                .entry(group_key(c.direction, &c.wkey))
                 .or_default(),
             &c,
         );
         close_totals(
             state
                 .services
-                .entry(group_key(c.direction, &c.service))
+                .entry(group_key(c.direction, &c.skey))
                 .or_default(),
             &c,
         );
@@ -247,11 +252,11 @@ pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
     // 4. Live connections: open new ones, periodic record for long ones.
     for (cookie, r) in &live {
         let prev = prev_conns.remove(cookie);
-        let (w, s) = match &prev {
-            Some(p) => (p.workload.clone(), p.service.clone()),
+        let named = match &prev {
+            Some(p) => (p.id.clone(), p.wkey.clone(), p.skey.clone()),
             None => (inp.names)(r),
         };
-        let mut c = conn_state(r, prev.as_ref(), w, s);
+        let mut c = conn_state(r, prev.as_ref(), named);
         if prev.is_none() {
             open(state, &c);
         }
@@ -290,7 +295,7 @@ pub fn group_counters(
     for c in state.conns.values() {
         let key = group_key(
             c.direction,
-            if by_service { &c.service } else { &c.workload },
+            if by_service { &c.skey } else { &c.wkey },
         );
         let e = out.entry(key).or_default();
         e.1.add(c.last);
@@ -332,8 +337,9 @@ mod tests {
         r
     }
 
-    fn names(_: &ConnRecord) -> (String, String) {
-        ("/app".into(), "127.0.0.1:80".into())
+    fn names(_: &ConnRecord) -> (Identity, String, String) {
+        let id = Identity { workload: "/app".into(), service: "127.0.0.1:80".into(), ..Default::default() };
+        (id, "/app".into(), "127.0.0.1:80".into())
     }
 
     fn cycle(

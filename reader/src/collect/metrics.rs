@@ -10,6 +10,7 @@ use super::{
     state::{ConnState, Counters, State},
 };
 use crate::{
+    identity::KEY_SEP,
     output::promtext::{Family, Kind, Sample},
     view,
 };
@@ -76,11 +77,8 @@ const COUNTER_FIELDS: [(&str, &str, Pick); 6] = [
 ];
 
 fn group_families(state: &State, by_service: bool) -> Vec<Family> {
-    let (prefix, label) = if by_service {
-        ("longconn_service", "service")
-    } else {
-        ("longconn_workload", "workload")
-    };
+    let prefix = if by_service { "longconn_service" } else { "longconn_workload" };
+    let label_names = if by_service { &state.service_labels } else { &state.workload_labels };
     let what = if by_service {
         "service (remote endpoint; local listening endpoint for inbound)"
     } else {
@@ -117,8 +115,10 @@ fn group_families(state: &State, by_service: bool) -> Vec<Family> {
         })
         .collect();
     for (key, (totals, sum, live)) in group_counters(state, by_service) {
-        let (direction, name) = key.split_once('|').unwrap_or(("unknown", key.as_str()));
-        let l = labels(&[(label, name), ("direction", direction)]);
+        let (direction, values) = key.split_once('|').unwrap_or(("unknown", key.as_str()));
+        let mut l: Vec<(String, String)> =
+            label_names.iter().cloned().zip(values.split(KEY_SEP).map(str::to_owned)).collect();
+        l.push(("direction".into(), direction.into()));
         opened.samples.push(Sample {
             labels: l.clone(),
             value: totals.opened as f64,
@@ -154,8 +154,8 @@ fn conn_labels(c: &ConnState) -> Vec<(String, String)> {
         ("local_port", &c.local_port.to_string()),
         ("remote_address", &c.remote),
         ("remote_port", &c.remote_port.to_string()),
-        ("workload", &c.workload),
-        ("service", &c.service),
+        ("workload", &c.id.workload),
+        ("service", &c.id.service),
     ])
 }
 
@@ -271,7 +271,7 @@ pub fn families(
         one("longconn_map_full_drops_total", "Connections not tracked because map_of_tcp_conns was full or the insert failed", Kind::Counter, stats.map_full_drops as f64),
         one("longconn_closes_without_record_total", "Connections that disappeared without a close record (accounted from their last live values)", Kind::Counter, state.closes_without_record as f64),
         one("longconn_malformed_records_total", "Map or ring-buffer records of the wrong size, skipped", Kind::Counter, state.malformed_records as f64),
-        one("longconn_connection_series_omitted", "Long connections not exported per connection because of --max-connection-series", Kind::Gauge, omitted as f64),
+        one("longconn_reader_connection_series_omitted", "Long connections not exported per connection because of --max-connection-series", Kind::Gauge, omitted as f64),
     ]);
     out
 }

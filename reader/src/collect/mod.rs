@@ -7,7 +7,6 @@
 //! in the state replays them idempotently before doing anything else.
 
 mod cycle;
-mod identity;
 mod lock;
 mod metrics;
 mod state;
@@ -26,6 +25,8 @@ use longconn_common::{pinned::Access, units, ConnRecord, Pins};
 use self::state::{LoadOutcome, Pending, State};
 use crate::{
     clock::Clock,
+    identity,
+    servicemap::ServiceMap,
     output::{access, applog::AppendLog, atomic, promtext},
 };
 
@@ -84,9 +85,24 @@ pub struct CollectArgs {
     log_keep: usize,
 
     /// Export at most this many per-connection series (busiest first); the rest
-    /// are counted in longconn_connection_series_omitted.
+    /// are counted in longconn_reader_connection_series_omitted.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     max_connection_series: usize,
+
+    /// Service map (CSV: cidr,ports,name,namespace; first match wins), reread
+    /// every cycle. A bad file is reported (file:line) and the last good map
+    /// stays in force. Names apply to connections first seen after a change.
+    #[arg(long, value_name = "FILE")]
+    services: Option<PathBuf>,
+
+    /// Labels of the workload families: workload (cgroup path), container_id,
+    /// pod_uid, comm, netns. Each adds series: see README, "Labels and cardinality".
+    #[arg(long, default_value = "workload", value_name = "LIST", value_parser = identity::parse_workload_labels)]
+    workload_labels: identity::LabelList,
+
+    /// Labels of the service families: service, service_namespace.
+    #[arg(long, default_value = "service", value_name = "LIST", value_parser = identity::parse_service_labels)]
+    service_labels: identity::LabelList,
 
     /// How long to wait for an overlapping collect before skipping this cycle.
     #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = duration_arg)]
@@ -187,6 +203,35 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
             new_state()
         }
     };
+    let mut partial_failure = false;
+    if state.workload_labels != a.workload_labels.0 || state.service_labels != a.service_labels.0 {
+        if !state.workload_labels.is_empty() {
+            eprintln!("longconn-reader: group labels changed to workload [{}], service [{}]: group totals restart (a counter reset)", a.workload_labels.0.join(","), a.service_labels.0.join(","));
+        }
+        state.workloads.clear();
+        state.services.clear();
+        state.workload_labels = a.workload_labels.0.clone();
+        state.service_labels = a.service_labels.0.clone();
+        for c in state.conns.values_mut() {
+            c.wkey = c.id.key(&a.workload_labels.0);
+            c.skey = c.id.key(&a.service_labels.0);
+        }
+    }
+    let services = match &a.services {
+        None => ServiceMap::default(),
+        Some(path) => match ServiceMap::load(path) {
+            Ok((map, text)) => {
+                state.services_text = Some(text);
+                map
+            }
+            Err(e) => {
+                partial_failure = true;
+                let kept = state.services_text.as_deref().and_then(|t| ServiceMap::parse(t, "last good map").ok());
+                eprintln!("longconn-reader: {e}; {}", if kept.is_some() { "keeping the last good service map" } else { "no earlier good map: services stay address:port" });
+                kept.unwrap_or_default()
+            }
+        },
+    };
     let pins = Pins::open(pin_dir, Access::ReadWrite)?;
     let generation_changed = state.pin_generation != pins.meta.pinned_at_ns;
 
@@ -222,15 +267,11 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     state.malformed_records += bad_map + bad_ring;
 
     let mut cgroup_names = std::mem::take(&mut state.cgroup_names);
-    identity::resolve_cgroups(&mut cgroup_names, &map);
-    let ring_only: Vec<ConnRecord> = ring_records.iter().map(|(r, _)| *r).collect();
-    identity::resolve_cgroups(&mut cgroup_names, &ring_only);
+    identity::resolve_cgroups(&mut cgroup_names, map.iter().chain(ring_records.iter().map(|(r, _)| r)));
     let names = |r: &ConnRecord| {
-        let w = cgroup_names
-            .get(&r.cgroup_id)
-            .cloned()
-            .unwrap_or_else(|| format!("cgroup:{}", r.cgroup_id));
-        (w, identity::service_of(r))
+        let id = identity::identify(r, &cgroup_names, &services);
+        let (w, s) = (id.key(&a.workload_labels.0), id.key(&a.service_labels.0));
+        (id, w, s)
     };
     let tracked = map.len() as u64;
     let outcome = cycle::apply(
@@ -278,7 +319,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     atomic::write_atomic(&prom, promtext::encode(&families).as_bytes(), 0o644)
         .with_context(|| format!("cannot write {}", prom.display()))?;
     state::save(&state_path, &state, 0o600)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(if partial_failure { ExitCode::from(crate::exit::FAILURE) } else { ExitCode::SUCCESS })
 }
 
 /// Releases the kernel side of a committed cycle and writes its records.

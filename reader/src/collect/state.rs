@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, fs, io, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use crate::output::access::AccessRecord;
+use crate::{identity::Identity, output::access::AccessRecord};
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -85,11 +85,12 @@ pub struct ConnState {
     pub flags: u32,
     pub srtt_us: u32,
     pub min_rtt_us: u32,
-    pub pid: u32,
-    pub comm: String,
     pub cgroup_id: u64,
-    pub workload: String,
-    pub service: String,
+    /// Full identity, fixed at first sight (the access log carries all of it).
+    pub id: Identity,
+    /// Group keys (selected label values) this connection counts under.
+    pub wkey: String,
+    pub skey: String,
 }
 
 /// A cycle's outputs, committed to the state before the kernel side is
@@ -116,10 +117,14 @@ pub struct State {
     pub conns: BTreeMap<u64, ConnState>,
     /// Cookie -> CLOCK_BOOTTIME ns when its close was applied (duplicate guard).
     pub recently_closed: BTreeMap<u64, u64>,
-    /// "direction|workload" -> totals.
+    /// "direction|label values" -> totals, for the labels in `workload_labels`.
     pub workloads: BTreeMap<String, GroupTotals>,
-    /// "direction|service" -> totals.
+    /// "direction|label values" -> totals, for the labels in `service_labels`.
     pub services: BTreeMap<String, GroupTotals>,
+    pub workload_labels: Vec<String>,
+    pub service_labels: Vec<String>,
+    /// The last service map that parsed, kept in force when the file goes bad.
+    pub services_text: Option<String>,
     /// cgroup id -> path, remembered after the cgroup is gone.
     pub cgroup_names: BTreeMap<u64, String>,
     /// Connections that closed in the last cycle: exported once more.

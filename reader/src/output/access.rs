@@ -52,10 +52,18 @@ pub struct AccessRecord {
     pub pid: u32,
     pub comm: String,
     pub cgroup_id: u64,
+    /// Container id parsed from the cgroup path (docker, containerd, cri-o, podman); empty if none.
+    pub container_id: String,
+    /// Kubernetes pod uid parsed from the cgroup path; empty if none.
+    pub pod_uid: String,
+    /// Network namespace cookie of the socket.
+    pub netns_cookie: u64,
+    /// Namespace of the service-map rule that named `service`; empty if none.
+    pub service_namespace: String,
 }
 
 /// CSV column names, in order.
-pub const CSV_COLUMNS: [&str; 32] = [
+pub const CSV_COLUMNS: [&str; 36] = [
     "report_time",
     "event",
     "cookie",
@@ -88,6 +96,10 @@ pub const CSV_COLUMNS: [&str; 32] = [
     "pid",
     "comm",
     "cgroup_id",
+    "container_id",
+    "pod_uid",
+    "netns_cookie",
+    "service_namespace",
 ];
 
 /// The CSV header row, ending in "\n".
@@ -175,6 +187,10 @@ mod tests {
             pid: 4242,
             comm: comm.into(),
             cgroup_id: 77,
+            container_id: "c0ffee".into(),
+            pod_uid: "".into(),
+            netns_cookie: 3,
+            service_namespace: "db".into(),
         }
     }
 
@@ -186,7 +202,7 @@ mod tests {
 local_address,local_port,remote_address,remote_port,state,failed,bytes_sent,bytes_received,\
 packets_sent,packets_received,retransmits,lost_packets,bytes_sent_delta,bytes_received_delta,\
 packets_sent_delta,packets_received_delta,retransmits_delta,lost_packets_delta,srtt_us,\
-min_rtt_us,workload,service,pid,comm,cgroup_id\n";
+min_rtt_us,workload,service,pid,comm,cgroup_id,container_id,pod_uid,netns_cookie,service_namespace\n";
         assert_eq!(String::from_utf8(csv_header()).unwrap(), want);
 
         // The header serde would write for the struct is the same.
@@ -204,7 +220,7 @@ min_rtt_us,workload,service,pid,comm,cgroup_id\n";
         let rows = encode_csv(&[record(NASTY, 1)]);
         let want = "2026-11-25T17:41:25.572859Z,periodic,4294967297,1,2026-11-25T16:00:00.000001Z,\
 6085.572858,outbound,2001:db8::1,43210,10.0.0.2,443,ESTAB,false,18446744073709551615,2,3,4,5,6,\
-7,8,9,10,11,12,250,4294967295,default/web,,4242,\"a,b \"\"q\"\"\nline2\",77\n";
+7,8,9,10,11,12,250,4294967295,default/web,,4242,\"a,b \"\"q\"\"\nline2\",77,c0ffee,,3,db\n";
         assert_eq!(String::from_utf8(rows).unwrap(), want);
     }
 
@@ -235,7 +251,7 @@ min_rtt_us,workload,service,pid,comm,cgroup_id\n";
         let first = text.lines().next().unwrap();
         assert!(first.starts_with(r#"{"report_time":"2026-11-25T17:41:25.572859Z","event":"periodic","cookie":4294967297,"#), "{first}");
         assert!(
-            first.ends_with(r#""comm":"a,b \"q\"\nline2","cgroup_id":77}"#),
+            first.ends_with(r#""cgroup_id":77,"container_id":"c0ffee","pod_uid":"","netns_cookie":3,"service_namespace":"db"}"#),
             "{first}"
         );
         assert_eq!(encode_jsonl(&[]), b"");

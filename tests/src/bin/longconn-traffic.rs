@@ -11,6 +11,8 @@
 //!   fail PORT [ADDR]       connect to a closed port -> {"failed":true,"port"}
 //!   churn N [ADDR]         open, send 1000 bytes each way, close, N times
 //!                          -> {"churn":N,"bytes_each_way":1000}
+//!   listen 4|6 [ADDR]      a listener that accepts in the background and
+//!                          reads each connection until EOF -> {"port":P}
 //!   exit
 //! Any error is printed as {"error": "..."} and the process exits 1.
 
@@ -150,6 +152,21 @@ fn run(line: &str, pairs: &mut HashMap<String, Pair>) -> Result<Option<String>, 
                 r#"{{"churn":{n},"bytes_each_way":1000,"port":{}}}"#,
                 target.port()
             )))
+        }
+        ["listen", family, rest @ ..] => {
+            let addr = loopback(family, rest.first().copied());
+            let listener = bind(&addr).map_err(e)?;
+            let port = listener.local_addr().map_err(e)?.port();
+            thread::spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    thread::spawn(move || {
+                        let mut conn = conn;
+                        let mut buf = [0u8; 65536];
+                        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                    });
+                }
+            });
+            Ok(Some(format!(r#"{{"port":{port},"addr":"{addr}"}}"#)))
         }
         ["exit"] => Ok(None),
         _ => Err(format!("unknown command: {line}")),

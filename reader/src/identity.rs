@@ -1,0 +1,235 @@
+//! Who a connection belongs to (workload) and whom it talks to (service).
+//!
+//! Workload: the socket's cgroup v2 path relative to the cgroup v2 mount ("/"
+//! for the root), the container id and Kubernetes pod uid parsed from it, the
+//! process the kernel recorded (connect() caller, or listen() caller for
+//! inbound), and the network namespace. Cgroup ids are resolved once and kept
+//! in the reader's state, so a connection whose cgroup is gone still reports
+//! the name it had.
+//! Service: a `--services` rule's name when one matches; otherwise
+//! outbound -> remote address:port, inbound -> local (listening) address:port.
+//! Addresses have one canonical text form (IPv4-mapped IPv6 shown as IPv4,
+//! IPv6 in brackets when a port follows).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    net::IpAddr,
+    path::Path,
+};
+
+use longconn_common::{layout, mounts, ConnRecord};
+
+use crate::servicemap::ServiceMap;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    pub workload: String,
+    pub container_id: String,
+    pub pod_uid: String,
+    pub comm: String,
+    pub pid: u32,
+    pub netns_cookie: u64,
+    pub service: String,
+    pub service_namespace: String,
+}
+
+pub fn endpoint(ip: IpAddr, port: u32) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+/// The far end for outbound, the listening end for inbound.
+fn service_endpoint(r: &ConnRecord) -> (IpAddr, u32) {
+    if r.direction == layout::DIR_INBOUND {
+        (r.local_ip(), r.local_port)
+    } else {
+        (r.remote_ip(), r.remote_port)
+    }
+}
+
+/// (container id, pod uid) from the common cgroup layouts:
+/// systemd driver `…/docker-<id>.scope`, `cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `libpod-<id>.scope`, `kubepods-…-pod<uid_with_underscores>.slice`;
+/// cgroupfs driver `/docker/<id>`, `/kubepods/burstable/pod<uid>/<id>`, `/libpod_parent/libpod-<id>`.
+pub fn parse_container(path: &str) -> (String, String) {
+    let mut container = String::new();
+    let mut pod = String::new();
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        let base = seg.strip_suffix(".scope").or_else(|| seg.strip_suffix(".slice")).unwrap_or(seg);
+        let id = ["docker-", "cri-containerd-", "crio-", "libpod-", "containerd-"]
+            .iter()
+            .find_map(|p| base.strip_prefix(p))
+            .unwrap_or(base);
+        if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            container = id.to_owned();
+            continue;
+        }
+        let pod_part = base.rsplit_once("-pod").map(|(_, u)| u).or_else(|| base.strip_prefix("pod"));
+        if let Some(uid) = pod_part {
+            let uid = uid.replace('_', "-");
+            if uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                pod = uid;
+            }
+        }
+    }
+    (container, pod)
+}
+
+/// Resolves every cgroup id in `records` not yet in `names` with one walk of
+/// the cgroup v2 tree; ids not found are named "cgroup:<id>".
+pub fn resolve_cgroups<'a>(names: &mut BTreeMap<u64, String>, records: impl IntoIterator<Item = &'a ConnRecord>) {
+    let missing: BTreeSet<u64> = records.into_iter().map(|r| r.cgroup_id).filter(|id| !names.contains_key(id)).collect();
+    if missing.is_empty() {
+        return;
+    }
+    let mut left = missing;
+    if let Ok(root) = mounts::cgroup2_root() {
+        let mut queue = VecDeque::from([root.clone()]);
+        while let Some(dir) = queue.pop_front() {
+            if left.is_empty() {
+                break;
+            }
+            if let Ok(id) = mounts::cgroup_id(&dir) {
+                if left.remove(&id) {
+                    names.insert(id, relative(&root, &dir));
+                }
+            }
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        queue.push_back(e.path());
+                    }
+                }
+            }
+        }
+    }
+    for id in left {
+        names.insert(id, format!("cgroup:{id}"));
+    }
+}
+
+fn relative(root: &Path, dir: &Path) -> String {
+    match dir.strip_prefix(root) {
+        Ok(rel) if rel.as_os_str().is_empty() => "/".into(),
+        Ok(rel) => format!("/{}", rel.display()),
+        Err(_) => dir.display().to_string(),
+    }
+}
+
+/// The full identity of a record, given resolved cgroup names and a service map.
+pub fn identify(r: &ConnRecord, cgroup_names: &BTreeMap<u64, String>, services: &ServiceMap) -> Identity {
+    let workload = cgroup_names.get(&r.cgroup_id).cloned().unwrap_or_else(|| format!("cgroup:{}", r.cgroup_id));
+    let (container_id, pod_uid) = parse_container(&workload);
+    let (ip, port) = service_endpoint(r);
+    let (service, service_namespace) = match services.lookup(ip, port as u16) {
+        Some(rule) => (rule.name.clone(), rule.namespace.clone()),
+        None => (endpoint(ip, port), String::new()),
+    };
+    Identity { workload, container_id, pod_uid, comm: r.comm(), pid: r.pid, netns_cookie: r.netns_cookie, service, service_namespace }
+}
+
+/// Labels that can name a workload group, with the cardinality each adds.
+pub const WORKLOAD_LABELS: &[(&str, &str)] = &[
+    ("workload", "one series per cgroup with TCP traffic"),
+    ("container_id", "one per container (empty outside containers)"),
+    ("pod_uid", "one per Kubernetes pod (empty outside pods)"),
+    ("comm", "one per process name that connected or listened"),
+    ("netns", "one per network namespace"),
+];
+
+/// Labels that can name a service group.
+pub const SERVICE_LABELS: &[(&str, &str)] = &[
+    ("service", "one per remote endpoint (outbound) or listening endpoint (inbound), or per --services name"),
+    ("service_namespace", "one per --services namespace"),
+];
+
+/// A validated comma list of label names (one clap value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelList(pub Vec<String>);
+
+pub fn parse_workload_labels(s: &str) -> Result<LabelList, String> {
+    parse_labels(s, WORKLOAD_LABELS).map(LabelList)
+}
+
+pub fn parse_service_labels(s: &str) -> Result<LabelList, String> {
+    parse_labels(s, SERVICE_LABELS).map(LabelList)
+}
+
+/// Parses a comma list of label names against `allowed`.
+pub fn parse_labels(s: &str, allowed: &[(&str, &str)]) -> Result<Vec<String>, String> {
+    let labels: Vec<String> = s.split(',').map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
+    if labels.is_empty() {
+        return Err("empty label list".into());
+    }
+    for l in &labels {
+        if !allowed.iter().any(|(a, _)| a == l) {
+            let names: Vec<&str> = allowed.iter().map(|(a, _)| *a).collect();
+            return Err(format!("unknown label {l:?}; expected a comma list of {}", names.join(", ")));
+        }
+    }
+    Ok(labels)
+}
+
+/// Separates label values inside a group key.
+pub const KEY_SEP: char = '\u{1f}';
+
+impl Identity {
+    /// The group key for the selected labels (values joined by KEY_SEP).
+    pub fn key(&self, labels: &[String]) -> String {
+        labels.iter().map(|l| self.label(l)).collect::<Vec<_>>().join(&KEY_SEP.to_string())
+    }
+
+    pub fn label(&self, name: &str) -> String {
+        match name {
+            "workload" => self.workload.clone(),
+            "container_id" => self.container_id.clone(),
+            "pod_uid" => self.pod_uid.clone(),
+            "comm" => self.comm.clone(),
+            "netns" => self.netns_cookie.to_string(),
+            "service" => self.service.clone(),
+            "service_namespace" => self.service_namespace.clone(),
+            _ => String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_canonical() {
+        assert_eq!(endpoint("10.0.0.1".parse().unwrap(), 443), "10.0.0.1:443");
+        assert_eq!(endpoint("::1".parse().unwrap(), 80), "[::1]:80");
+        assert_eq!(relative(Path::new("/sys/fs/cgroup"), Path::new("/sys/fs/cgroup")), "/");
+        assert_eq!(relative(Path::new("/sys/fs/cgroup"), Path::new("/sys/fs/cgroup/a/b")), "/a/b");
+    }
+
+    #[test]
+    fn containers_and_pods_from_common_layouts() {
+        let id = "3f4e1c2d9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d";
+        let uid = "6c3b0e6e-2c47-4a5e-9a4f-0d2b6f3c1a77";
+        let uid_ = uid.replace('-', "_");
+        for (path, want_c, want_p) in [
+            (format!("/system.slice/docker-{id}.scope"), id, ""),
+            (format!("/docker/{id}"), id, ""),
+            (format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{id}.scope"), id, uid),
+            (format!("/kubepods/burstable/pod{uid}/{id}"), id, uid),
+            (format!("/kubepods.slice/kubepods-pod{uid_}.slice/crio-{id}.scope"), id, uid),
+            (format!("/machine.slice/libpod-{id}.scope/container"), id, ""),
+            (format!("/libpod_parent/libpod-{id}"), id, ""),
+            ("/system.slice/nginx.service".to_owned(), "", ""),
+            ("/".to_owned(), "", ""),
+        ] {
+            assert_eq!(parse_container(&path), (want_c.to_owned(), want_p.to_owned()), "{path}");
+        }
+    }
+
+    #[test]
+    fn label_lists() {
+        assert_eq!(parse_labels("workload,comm", WORKLOAD_LABELS).unwrap(), vec!["workload", "comm"]);
+        assert!(parse_labels("workload,port", WORKLOAD_LABELS).unwrap_err().contains("\"port\""));
+    }
+}

@@ -1,0 +1,167 @@
+//! `--services FILE`: names for remote endpoints ("postgres-primary" instead
+//! of 10.0.3.7:5432), so metrics speak the operator's language.
+//!
+//! Format: CSV lines `cidr,ports,name,namespace`; `#` starts a comment.
+//! `cidr` is an address with an optional /prefix, or `*` for any; `ports` is
+//! one port, a range `8000-8999`, or `*`; `namespace` may be empty. The first
+//! matching line wins. A file with any bad line is rejected whole, with
+//! `file:line: what is wrong`, so a half-written file is never applied.
+
+use std::{net::IpAddr, path::Path};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    net: Option<(IpAddr, u8)>,
+    ports: (u16, u16),
+    pub name: String,
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceMap {
+    rules: Vec<Rule>,
+}
+
+fn parse_cidr(s: &str) -> Result<Option<(IpAddr, u8)>, String> {
+    if s == "*" {
+        return Ok(None);
+    }
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| format!("address {addr:?}: expected an IPv4 or IPv6 address, a CIDR like 10.0.0.0/8, or *"))?;
+    let ip = canonical(ip);
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l.parse::<u8>().ok().filter(|&l| l <= max).ok_or_else(|| format!("prefix length {l:?}: expected 0 to {max}"))?,
+    };
+    Ok(Some((ip, len)))
+}
+
+fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    if s == "*" {
+        return Ok((0, u16::MAX));
+    }
+    let bad = || format!("ports {s:?}: expected a port (5432), a range (8000-8999) or *");
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b): (u16, u16) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    if a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// IPv4-mapped IPv6 becomes IPv4, so rules and sockets compare in one form.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn in_net(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+impl ServiceMap {
+    /// Parses the whole text; the error names `origin:line`.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
+        let mut rules = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let at = |what: String| format!("{origin}:{}: {what}", i + 1);
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            if f.len() != 4 {
+                return Err(at(format!("{} fields in {line:?}: expected cidr,ports,name,namespace", f.len())));
+            }
+            if f[2].is_empty() {
+                return Err(at("empty service name".into()));
+            }
+            rules.push(Rule {
+                net: parse_cidr(f[0]).map_err(at)?,
+                ports: parse_ports(f[1]).map_err(at)?,
+                name: f[2].to_owned(),
+                namespace: f[3].to_owned(),
+            });
+        }
+        Ok(Self { rules })
+    }
+
+    pub fn load(path: &Path) -> Result<(Self, String), String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read service map: {e}", path.display()))?;
+        let map = Self::parse(&text, &path.display().to_string())?;
+        Ok((map, text))
+    }
+
+    /// The first rule matching `ip:port`.
+    pub fn lookup(&self, ip: IpAddr, port: u16) -> Option<&Rule> {
+        let ip = canonical(ip);
+        self.rules.iter().find(|r| {
+            port >= r.ports.0 && port <= r.ports.1 && r.net.is_none_or(|(net, len)| in_net(ip, net, len))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAP: &str = "\
+# cidr,ports,name,namespace
+10.0.0.0/8, 5432, postgres-primary, db
+127.0.0.1, 8000-8999, local-web,
+::1/128, 80, v6-web, dev   # trailing comment
+*, 53, dns, infra
+";
+
+    #[test]
+    fn first_match_wins_with_cidr_ranges_and_wildcards() {
+        let m = ServiceMap::parse(MAP, "svc.csv").unwrap();
+        let name = |ip: &str, port| m.lookup(ip.parse().unwrap(), port).map(|r| r.name.as_str());
+        for (ip, port, want) in [
+            ("10.1.2.3", 5432, Some("postgres-primary")),
+            ("10.1.2.3", 5433, None),
+            ("11.0.0.1", 5432, None),
+            ("127.0.0.1", 8000, Some("local-web")),
+            ("127.0.0.1", 8999, Some("local-web")),
+            ("127.0.0.1", 9000, None),
+            ("::ffff:127.0.0.1", 8080, Some("local-web")),
+            ("::1", 80, Some("v6-web")),
+            ("::2", 80, None),
+            ("192.168.1.1", 53, Some("dns")),
+        ] {
+            assert_eq!(name(ip, port), want, "{ip}:{port}");
+        }
+        assert_eq!(m.lookup("10.0.0.1".parse().unwrap(), 5432).unwrap().namespace, "db");
+    }
+
+    #[test]
+    fn bad_lines_name_file_and_line() {
+        for (text, want) in [
+            ("10.0.0.0/8,5432,pg\n", "svc.csv:1: 3 fields"),
+            ("# ok\n10.0.0.0/33,1,a,\n", "svc.csv:2: prefix length \"33\""),
+            ("10.0.0.x,1,a,\n", "svc.csv:1: address \"10.0.0.x\""),
+            ("*,9-1,a,\n", "svc.csv:1: ports \"9-1\""),
+            ("*,http,a,\n", "svc.csv:1: ports \"http\""),
+            ("*,1,,\n", "svc.csv:1: empty service name"),
+        ] {
+            let e = ServiceMap::parse(text, "svc.csv").unwrap_err();
+            assert!(e.starts_with(want), "{e} should start with {want}");
+        }
+    }
+}
