@@ -57,9 +57,13 @@ fn conn_state(
     r: &ConnRecord,
     prev: Option<&ConnState>,
     (id, wkey, skey): (Identity, String, String),
+    clock: &Clock,
 ) -> ConnState {
     let now = counters_of(r);
     ConnState {
+        // Wall-clock start fixed at first sight: a clock set back later does
+        // not rewrite when the connection started.
+        start_unix_ns: prev.map_or_else(|| clock.wall(r.start_ns).timestamp_nanos_opt().unwrap_or(0), |p| p.start_unix_ns),
         seq: prev.map_or(0, |p| p.seq),
         last: prev.map_or(now, |p| p.last.max(now)),
         reported: prev.map_or(Counters::default(), |p| p.reported),
@@ -94,8 +98,7 @@ fn record(c: &ConnState, now: &Clock, event: &str, end_ns: u64) -> AccessRecord 
         event: event.into(),
         cookie: 0,
         seq: c.seq,
-        start_time: now
-            .wall(c.start_ns)
+        start_time: chrono::DateTime::from_timestamp_nanos(c.start_unix_ns)
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         duration_seconds: end_ns.saturating_sub(c.start_ns) as f64 / 1e9,
         direction: view::direction_name(c.direction).into(),
@@ -191,7 +194,7 @@ pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
             Some(p) => (p.id.clone(), p.wkey.clone(), p.skey.clone()),
             None => (inp.names)(r),
         };
-        let c = conn_state(r, prev.as_ref(), named);
+        let c = conn_state(r, prev.as_ref(), named, &now);
         if prev.is_none() {
             open(state, &c);
         }
@@ -256,7 +259,7 @@ pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
             Some(p) => (p.id.clone(), p.wkey.clone(), p.skey.clone()),
             None => (inp.names)(r),
         };
-        let mut c = conn_state(r, prev.as_ref(), named);
+        let mut c = conn_state(r, prev.as_ref(), named, &now);
         if prev.is_none() {
             open(state, &c);
         }
@@ -487,6 +490,30 @@ mod tests {
         assert_eq!(st.workloads["outbound|/app"].opened, 1);
         assert_eq!(sent_total(&st), 120);
         assert!(st.conns.is_empty());
+    }
+
+    #[test]
+    fn wall_clock_set_back_keeps_start_time_and_durations_sane() {
+        let mut st = State::default();
+        let rec1 = |now_s: u64, wall_s: i128, st: &mut State| {
+            apply(
+                st,
+                Inputs {
+                    now: Clock { boot_ns: now_s * S, wall_ns: wall_s * S as i128 },
+                    map: vec![rec(1, 1, 100, 0)],
+                    ring: vec![],
+                    long_threshold_ns: 5 * S,
+                    short_close_records: true,
+                    names: &names,
+                },
+            )
+        };
+        let a = rec1(10, 1_700_000_010, &mut st);
+        // The wall clock is set back one hour between cycles.
+        let b = rec1(15, 1_700_000_015 - 3600, &mut st);
+        assert_eq!(a.records[0].start_time, b.records[0].start_time, "start time is not rewritten");
+        assert_eq!(a.records[0].start_time, "2023-11-14T22:13:21.000000Z");
+        assert_eq!((a.records[0].duration_seconds, b.records[0].duration_seconds), (9.0, 14.0), "durations from CLOCK_BOOTTIME");
     }
 
     #[test]

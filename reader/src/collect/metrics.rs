@@ -165,7 +165,6 @@ fn connection_families(
     long_threshold_ns: u64,
     now_boot: u64,
     cap: usize,
-    boot_to_unix: f64,
 ) -> (Vec<Family>, usize) {
     let mut candidates: Vec<&ConnState> = state
         .conns
@@ -228,7 +227,7 @@ fn connection_families(
         });
         start.samples.push(Sample {
             labels: l,
-            value: ((boot_to_unix + c.start_ns as f64 / 1e9) * 1e3).round() / 1e3,
+            value: (c.start_unix_ns as f64 / 1e6).round() / 1e3,
         });
     }
     counters.extend([srtt, min_rtt, start]);
@@ -241,7 +240,6 @@ pub fn families(
     long_threshold_ns: u64,
     now_boot: u64,
 ) -> Vec<Family> {
-    let boot_to_unix = stats.now_unix - now_boot as f64 / 1e9;
     let mut out = group_families(state, false);
     out.extend(group_families(state, true));
     let (conns, omitted) = connection_families(
@@ -249,7 +247,6 @@ pub fn families(
         long_threshold_ns,
         now_boot,
         stats.max_connection_series,
-        boot_to_unix,
     );
     out.extend(conns);
     let one = |name: &str, help: &str, kind: Kind, value: f64| Family {

@@ -75,6 +75,8 @@ pub struct ConnState {
     /// Counters at the last access record (deltas are measured from here).
     pub reported: Counters,
     pub start_ns: u64,
+    /// Wall-clock start (Unix ns), fixed when first seen.
+    pub start_unix_ns: i64,
     pub update_ns: u64,
     pub direction: u32,
     pub local: String,
