@@ -9,7 +9,7 @@ LONGCONN_PACKAGES=(
   nftables iperf3              # tests and benchmarks: loss injection, load
   prometheus-node-exporter     # tests: a real textfile-collector scrape
   prometheus                   # promtool check metrics
-  python3 python3-protobuf     # tests: OTLP/JSON parsed by the protobuf schema
+  python3 python3-venv         # tests: OTLP/JSON checked with the official schema (PyPI opentelemetry-proto)
   systemd                      # systemd-analyze verify on the units
 )
 

@@ -5,3 +5,4 @@ mod collect;
 mod errors;
 mod foundation;
 mod identity;
+mod otlp;

@@ -27,7 +27,7 @@ use crate::{
     clock::Clock,
     identity,
     servicemap::ServiceMap,
-    output::{access, applog::AppendLog, atomic, promtext},
+    output::{access, applog::AppendLog, atomic, otlp, promtext},
 };
 
 pub const DEFAULT_TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
@@ -37,6 +37,8 @@ pub const PROM_FILE: &str = "longconn.prom";
 pub const CSV_FILE: &str = "access.csv";
 pub const JSONL_FILE: &str = "access.jsonl";
 pub const STATE_FILE: &str = "state.json";
+pub const OTLP_METRICS_FILE: &str = "otlp-metrics.jsonl";
+pub const OTLP_LOGS_FILE: &str = "otlp-logs.jsonl";
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
     units::parse_duration(s).map_err(|e| e.to_string())
@@ -72,6 +74,11 @@ pub struct CollectArgs {
     #[arg(long, default_value = "csv,jsonl", value_name = "LIST")]
     access_log: String,
 
+    /// OpenTelemetry files to write (OTLP/JSON, one line per cycle, for the
+    /// Collector's otlpjsonfile receiver): metrics, logs, both (metrics,logs) or none.
+    #[arg(long, default_value = "metrics,logs", value_name = "LIST")]
+    otlp: String,
+
     /// Skip the close record of connections shorter than --long-threshold.
     #[arg(long)]
     no_short_close_records: bool,
@@ -103,6 +110,11 @@ pub struct CollectArgs {
     /// Labels of the service families: service, service_namespace.
     #[arg(long, default_value = "service", value_name = "LIST", value_parser = identity::parse_service_labels)]
     service_labels: identity::LabelList,
+
+    /// Group that owns the output files (mode 0640), so e.g. node_exporter can
+    /// read longconn.prom [default: prometheus if that group exists].
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
 
     /// How long to wait for an overlapping collect before skipping this cycle.
     #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = duration_arg)]
@@ -138,32 +150,28 @@ fn make_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", dir.display()))
 }
 
-fn logs(dirs: &Dirs, a: &CollectArgs) -> anyhow::Result<Vec<(String, AppendLog)>> {
+/// The append-only files this run writes (access logs, OTLP lines), by name.
+fn files(dirs: &Dirs, a: &CollectArgs) -> anyhow::Result<Vec<(String, AppendLog)>> {
     let mut out = Vec::new();
-    for fmt in a
-        .access_log
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        let (file, header) = match fmt {
-            "csv" => (CSV_FILE, access::csv_header()),
-            "jsonl" => (JSONL_FILE, Vec::new()),
-            "none" => continue,
-            other => {
-                anyhow::bail!("--access-log {other:?}: expected csv, jsonl, csv,jsonl or none")
-            }
-        };
-        out.push((
-            file.to_owned(),
-            AppendLog {
-                path: dirs.log.join(file),
-                max_bytes: a.log_max_bytes,
-                keep: a.log_keep,
-                header,
-                mode: 0o640,
-            },
-        ));
+    let mut add = |file: &str, header: Vec<u8>| {
+        let log = AppendLog { path: dirs.log.join(file), max_bytes: a.log_max_bytes, keep: a.log_keep, header, mode: 0o640 };
+        out.push((file.to_owned(), log));
+    };
+    for fmt in a.access_log.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match fmt {
+            "csv" => add(CSV_FILE, access::csv_header()),
+            "jsonl" => add(JSONL_FILE, Vec::new()),
+            "none" => {}
+            other => anyhow::bail!("--access-log {other:?}: expected csv, jsonl, csv,jsonl or none"),
+        }
+    }
+    for kind in a.otlp.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match kind {
+            "metrics" => add(OTLP_METRICS_FILE, Vec::new()),
+            "logs" => add(OTLP_LOGS_FILE, Vec::new()),
+            "none" => {}
+            other => anyhow::bail!("--otlp {other:?}: expected metrics, logs, metrics,logs or none"),
+        }
     }
     Ok(out)
 }
@@ -179,8 +187,15 @@ fn new_state() -> State {
 
 pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
+    let group = match &a.group {
+        Some(g) => Some(longconn_common::groups::gid_of(g).ok_or_else(|| anyhow::anyhow!("--group {g}: no such group in /etc/group"))?),
+        None => longconn_common::groups::gid_of("prometheus"),
+    };
+    if let Some(gid) = group {
+        let _ = crate::output::OUTPUT_GID.set(gid);
+    }
     let dirs = Dirs::from(a);
-    let logs = logs(&dirs, a)?;
+    let files = files(&dirs, a)?;
     make_dir(&dirs.state, 0o700)?;
     make_dir(&dirs.log, 0o750)?;
     make_dir(&dirs.textfile, 0o755)?;
@@ -237,7 +252,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
 
     // Replay a cycle that was committed but not fully written out.
     if let Some(p) = state.pending.take() {
-        finish(&mut state, &pins, &logs, &p, !generation_changed)?;
+        finish(&mut state, &pins, &files, &dirs, &p, !generation_changed)?;
         state::save(&state_path, &state, 0o600)?;
     }
     if generation_changed {
@@ -287,18 +302,8 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     );
     state.cgroup_names = cgroup_names;
 
-    // Commit point: from here the records live in the state file.
-    let pending = Pending {
-        records: outcome.records,
-        log_len: state.log_len.clone(),
-        ring_commit: outcome.ring_commit,
-        map_deletes: outcome.map_deletes,
-    };
-    state.pending = Some(pending.clone());
-    state::save(&state_path, &state, 0o600)?;
-    state.pending = None;
-    finish(&mut state, &pins, &logs, &pending, true)?;
-
+    // Everything this cycle writes is computed now, so that a replay after a
+    // crash writes the very same bytes.
     let counters = pins.counters()?;
     let stats = metrics::SelfStats {
         now_unix: chrono::Utc::now().timestamp_micros() as f64 / 1e6,
@@ -309,17 +314,49 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         map_full_drops: counters.map_full + counters.map_error,
         max_connection_series: a.max_connection_series,
     };
-    let families = metrics::families(
-        &state,
-        &stats,
-        a.long_threshold.as_nanos() as u64,
-        clock.boot_ns,
-    );
-    let prom = dirs.textfile.join(PROM_FILE);
-    atomic::write_atomic(&prom, promtext::encode(&families).as_bytes(), 0o644)
-        .with_context(|| format!("cannot write {}", prom.display()))?;
+    let families = metrics::families(&state, &stats, a.long_threshold.as_nanos() as u64, clock.boot_ns);
+    let now_ns = u64::try_from(clock.wall_ns).unwrap_or(0);
+    let resource = otlp::Resource { host_name: host_name() };
+    let otlp_metrics = (files.iter().any(|(f, _)| f == OTLP_METRICS_FILE))
+        .then(|| otlp::metrics_request(&families, &resource, (state.created_unix.max(0) as u64) * 1_000_000_000, now_ns));
+    let otlp_logs = if files.iter().any(|(f, _)| f == OTLP_LOGS_FILE) {
+        otlp::logs_request(&outcome.records, &resource, now_ns)
+    } else {
+        None
+    };
+
+    // Commit point: from here the cycle's outputs live in the state file.
+    let pending = Pending {
+        records: outcome.records,
+        log_len: state.log_len.clone(),
+        ring_commit: outcome.ring_commit,
+        map_deletes: outcome.map_deletes,
+        prom: promtext::encode(&families),
+        otlp_metrics,
+        otlp_logs,
+    };
+    state.pending = Some(pending.clone());
+    state::save(&state_path, &state, 0o600)?;
+    state.pending = None;
+    finish(&mut state, &pins, &files, &dirs, &pending, true)?;
     state::save(&state_path, &state, 0o600)?;
     Ok(if partial_failure { ExitCode::from(crate::exit::FAILURE) } else { ExitCode::SUCCESS })
+}
+
+fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+}
+
+/// The bytes a committed cycle appends to one of the append-only files.
+fn body_for(file: &str, p: &Pending) -> Vec<u8> {
+    let line = |l: &Option<String>| l.as_ref().map(|l| format!("{l}\n").into_bytes()).unwrap_or_default();
+    match file {
+        CSV_FILE => access::encode_csv(&p.records),
+        JSONL_FILE => access::encode_jsonl(&p.records),
+        OTLP_METRICS_FILE => line(&p.otlp_metrics),
+        OTLP_LOGS_FILE => line(&p.otlp_logs),
+        _ => Vec::new(),
+    }
 }
 
 /// Releases the kernel side of a committed cycle and writes its records.
@@ -327,7 +364,8 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
 fn finish(
     state: &mut State,
     pins: &Pins,
-    logs: &[(String, AppendLog)],
+    files: &[(String, AppendLog)],
+    dirs: &Dirs,
     p: &Pending,
     same_generation: bool,
 ) -> anyhow::Result<()> {
@@ -339,25 +377,19 @@ fn finish(
             pins.remove(*cookie)?;
         }
     }
-    if p.records.is_empty() {
-        for (file, _) in logs {
-            state
-                .log_len
-                .insert(file.clone(), p.log_len.get(file).copied().unwrap_or(0));
-        }
-        return Ok(());
-    }
-    for (file, log) in logs {
-        let body = if file == CSV_FILE {
-            access::encode_csv(&p.records)
-        } else {
-            access::encode_jsonl(&p.records)
-        };
+    for (file, log) in files {
         let before = p.log_len.get(file).copied().unwrap_or(0);
-        let after = log
-            .append(before, &body)
-            .with_context(|| format!("cannot append to {}", log.path.display()))?;
+        let body = body_for(file, p);
+        let after = if body.is_empty() {
+            before
+        } else {
+            log.append(before, &body).with_context(|| format!("cannot append to {}", log.path.display()))?
+        };
         state.log_len.insert(file.clone(), after);
+    }
+    if !p.prom.is_empty() {
+        let prom = dirs.textfile.join(PROM_FILE);
+        atomic::write_atomic(&prom, p.prom.as_bytes(), 0o640).with_context(|| format!("cannot write {}", prom.display()))?;
     }
     Ok(())
 }

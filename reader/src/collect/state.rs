@@ -106,6 +106,11 @@ pub struct Pending {
     pub ring_commit: u64,
     /// Closed records the kernel left in the map, to delete.
     pub map_deletes: Vec<u64>,
+    /// longconn.prom as computed for this cycle.
+    pub prom: String,
+    /// This cycle's OTLP/JSON lines (without newline), when enabled.
+    pub otlp_metrics: Option<String>,
+    pub otlp_logs: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -151,31 +156,27 @@ pub enum LoadOutcome {
 }
 
 pub fn load(path: &Path) -> io::Result<LoadOutcome> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    // Never follow a symlink planted in the state directory.
+    let mut bytes = Vec::new();
+    let read = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes));
+    let problem = match read {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LoadOutcome::Fresh),
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("cannot read {}: {e}", path.display()),
-            ))
-        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => "a symlink, not a file".to_owned(),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))),
+        Ok(_) => match serde_json::from_slice::<State>(&bytes) {
+            Ok(s) if s.version == STATE_VERSION => return Ok(LoadOutcome::Loaded(Box::new(s))),
+            Ok(s) => format!("state version {} (expected {STATE_VERSION})", s.version),
+            Err(e) => format!("not a longconn state file ({e})"),
+        },
     };
-    let problem = match serde_json::from_slice::<State>(&bytes) {
-        Ok(s) if s.version == STATE_VERSION => return Ok(LoadOutcome::Loaded(Box::new(s))),
-        Ok(s) => format!("state version {} (expected {STATE_VERSION})", s.version),
-        Err(e) => format!("not a longconn state file ({e})"),
-    };
-    let aside = path.with_extension(format!(
-        "bad-{}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-    ));
-    fs::rename(path, &aside).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot move bad state {} aside: {e}", path.display()),
-        )
-    })?;
+    let aside = path.with_extension(format!("bad-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
+    fs::rename(path, &aside)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot move bad state {} aside: {e}", path.display())))?;
     Ok(LoadOutcome::SetAside(aside, problem))
 }
 

@@ -96,6 +96,7 @@ impl AppendLog {
             .mode(self.mode)
             .open(&self.path)
             .and_then(|f| {
+                super::apply_group(&f)?;
                 f.set_permissions(Permissions::from_mode(self.mode))
                     .map(|()| f)
             })

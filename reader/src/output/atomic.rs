@@ -103,7 +103,8 @@ fn create_temp(
 
 /// Sets the exact mode, writes everything and fsyncs.
 fn fill(mut file: &File, tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    file.set_permissions(Permissions::from_mode(mode))
+    super::apply_group(file)
+        .and_then(|()| file.set_permissions(Permissions::from_mode(mode)))
         .and_then(|()| file.write_all(bytes))
         .and_then(|()| file.sync_all())
         .map_err(with_path(tmp))
