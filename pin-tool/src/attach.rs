@@ -59,6 +59,11 @@ pub struct AttachArgs {
     /// list of tcp-probe, rcv-space, egress, ingress.
     #[arg(long, default_value = "default", value_name = "LIST", value_parser = hooks::parse)]
     hooks: u32,
+
+    /// Let members of GROUP read the maps (for a reader running without root,
+    /// with CAP_BPF): pin dir 0750, maps 0660. Default: root only (0700/0600).
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
 }
 
 /// A program attached and turned into a link, waiting to be pinned.
@@ -87,6 +92,15 @@ pub fn run(pin_dir: &Path, args: &AttachArgs) -> anyhow::Result<ExitCode> {
     if args.max_connections == 0 {
         return Err(coded(BAD_INPUT, "--max-connections 0: must be at least 1"));
     }
+    let gid = match &args.group {
+        Some(g) => Some(longconn_common::groups::gid_of(g).ok_or_else(|| {
+            coded(
+                BAD_INPUT,
+                format!("--group {g}: no such group in /etc/group"),
+            )
+        })?),
+        None => None,
+    };
     let cgroup = resolve_cgroup(args.cgroup.as_deref())?;
     let parent = prepare_bpffs(pin_dir)?;
     let _lock = lock_dir(&parent)?;
@@ -111,9 +125,18 @@ pub fn run(pin_dir: &Path, args: &AttachArgs) -> anyhow::Result<ExitCode> {
     let mut ebpf = load(args)?;
     let attached = attach_all(&mut ebpf, &cgroup, args.hooks)?;
     write_meta(&mut ebpf, &cgroup, args.hooks)?;
+    // Attached: from here only pinning, chown and chmod remain.
+    if let Err(e) = caps::retain_only(&[
+        caps::CAP_BPF,
+        caps::CAP_CHOWN,
+        caps::CAP_FOWNER,
+        caps::CAP_DAC_OVERRIDE,
+    ]) {
+        eprintln!("longconn-pin: note: could not drop capabilities after attaching: {e}");
+    }
 
     let staging = parent.join(format!("{STAGING_PREFIX}{}", std::process::id()));
-    if let Err(err) = pin_all(&ebpf, attached, &staging).and_then(|()| {
+    if let Err(err) = pin_all(&ebpf, attached, &staging, gid).and_then(|()| {
         fs::rename(&staging, pin_dir)
             .with_context(|| format!("cannot move {} to {}", staging.display(), pin_dir.display()))
     }) {
@@ -469,7 +492,29 @@ fn write_meta(ebpf: &mut Ebpf, cgroup: &Path, hooks_mask: u32) -> anyhow::Result
     Ok(())
 }
 
-fn pin_all(ebpf: &Ebpf, attached: Vec<Attached>, staging: &Path) -> anyhow::Result<()> {
+/// Who may read the pins: root only (dir 0700, pins 0600), or with `--group`
+/// also that group (dir 0750, maps 0660: the reader needs write access to
+/// release ring-buffer records; links stay 0600).
+fn set_owner(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<()> {
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("cannot chgrp {}", path.display()))?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+fn pin_all(
+    ebpf: &Ebpf,
+    attached: Vec<Attached>,
+    staging: &Path,
+    gid: Option<u32>,
+) -> anyhow::Result<()> {
+    let (dir_mode, map_mode) = if gid.is_some() {
+        (0o750, 0o660)
+    } else {
+        (0o700, 0o600)
+    };
     fs::create_dir(staging).with_context(|| format!("cannot create {}", staging.display()))?;
     fs::create_dir(staging.join(pins::LINKS))
         .with_context(|| format!("cannot create {}/links", staging.display()))?;
@@ -480,18 +525,15 @@ fn pin_all(ebpf: &Ebpf, attached: Vec<Attached>, staging: &Path) -> anyhow::Resu
         let path = staging.join(pin_name);
         map.pin(&path)
             .with_context(|| format!("cannot pin map {obj_name} at {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot chmod {}", path.display()))?;
+        set_owner(&path, map_mode, gid)?;
     }
     for a in attached {
         let path = pins::link_path(staging, a.name);
         a.link
             .pin(&path)
             .with_context(|| format!("cannot pin link {} at {}", a.name, path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot chmod {}", path.display()))?;
+        set_owner(&path, 0o600, None)?;
     }
-    fs::set_permissions(staging.join(pins::LINKS), fs::Permissions::from_mode(0o700))?;
-    fs::set_permissions(staging, fs::Permissions::from_mode(0o700))?;
-    Ok(())
+    set_owner(&staging.join(pins::LINKS), 0o700, None)?;
+    set_owner(staging, dir_mode, gid)
 }
