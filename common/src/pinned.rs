@@ -24,7 +24,7 @@ pub enum PinnedError {
     NotPinned { dir: PathBuf },
     #[error("{dir} is not on a mounted bpf filesystem: mount it (`mount -t bpf bpf /sys/fs/bpf`) and run `longconn-pin`")]
     NoBpffs { dir: PathBuf },
-    #[error("permission denied opening {path}: run as root, or as a user with CAP_BPF and read access to the pins (see README, \"Running the reader without root\")")]
+    #[error("permission denied opening {path}: run as root, or as a member of the group given to `longconn-pin --group` (some older kernels also require CAP_BPF; see README, \"Running the reader without root\")")]
     Permission { path: PathBuf },
     #[error("{path} was pinned by another longconn layout ({found}); this binary reads layout {expected}: run `longconn-pin detach --pin-dir {dir}` then `longconn-pin --pin-dir {dir}` with this version", dir = .path.parent().map(|p| p.display().to_string()).unwrap_or_default())]
     Layout {

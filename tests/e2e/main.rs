@@ -3,6 +3,7 @@
 
 mod collect;
 mod errors;
+mod faults;
 mod foundation;
 mod identity;
 mod otlp;
