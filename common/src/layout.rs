@@ -293,4 +293,20 @@ mod tests {
         }
         assert_eq!(ip_of(AF_INET6, &words).to_string(), "::1");
     }
+
+    #[test]
+    fn a_million_generated_records_decode_or_are_rejected_by_length() {
+        let mut g = crate::testgen::Gen::new(2);
+        let valid = [0u8; ConnRecord::SIZE];
+        for _ in 0..crate::testgen::CASES {
+            let b = g.bytes(&[&valid, &valid[..100]]);
+            match ConnRecord::decode(&b) {
+                Some(r) => {
+                    assert_eq!(b.len(), ConnRecord::SIZE);
+                    let _ = (r.comm(), r.local_ip(), r.remote_ip(), tcp_state_name(r.state));
+                }
+                None => assert_ne!(b.len(), ConnRecord::SIZE),
+            }
+        }
+    }
 }

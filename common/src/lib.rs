@@ -11,6 +11,7 @@ pub mod pinned;
 pub mod pins;
 pub mod ring;
 pub mod sys;
+pub mod testgen;
 pub mod units;
 
 pub use layout::{ConnRecord, Counters, Meta};

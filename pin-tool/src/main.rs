@@ -72,3 +72,38 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    //! The pin tool's command line and --hooks parser, fed a million inputs.
+
+    use clap::Parser;
+    use longconn_common::testgen::{Gen, CASES};
+
+    use super::{hooks, Cli};
+
+    #[test]
+    fn command_lines_and_hook_lists() {
+        let mut g = Gen::new(7);
+        let words = [
+            "detach", "status", "--pin-dir", "--cgroup", "--max-connections", "--ringbuf-bytes", "--hooks", "--group", "default",
+            "tcp-probe,egress", "4MiB", "131072", "/sys/fs/bpf/x", "-1", "x",
+        ];
+        for i in 0..CASES {
+            let mut argv = vec!["longconn-pin".to_owned()];
+            for _ in 0..g.below(5) {
+                argv.push(if g.below(3) == 0 { g.text(&words) } else { words[g.below(words.len())].to_owned() });
+            }
+            if let Err(e) = Cli::try_parse_from(&argv) {
+                if i % 64 == 0 {
+                    let _ = e.render().to_string();
+                }
+            }
+            let h = g.text(&["default", "egress,tcp-probe", "cgroup-skb", "none"]);
+            if let Err(e) = hooks::parse(&h) {
+                assert!(e.contains(&format!("{:?}", h.split(',').map(str::trim).find(|p| !hooks::NAMES.iter().any(|(n, _)| n == p)).unwrap_or(""))), "{e}");
+                assert_eq!(e.lines().count(), 1);
+            }
+        }
+    }
+}

@@ -75,3 +75,90 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
                 .is_some_and(|e| e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
     })
 }
+
+#[cfg(test)]
+mod robustness {
+    //! Every parser of the reader, fed a million generated inputs: no panic,
+    //! and each rejection is one line that names the bad value.
+
+    use clap::Parser;
+    use longconn_common::testgen::{Gen, CASES};
+
+    use super::Cli;
+    use crate::{identity, servicemap::ServiceMap};
+
+    #[test]
+    fn command_lines() {
+        let mut g = Gen::new(3);
+        let words = [
+            "collect", "dump", "--json", "--min-age", "--port", "--out-dir", "--long-threshold", "--log-max-bytes", "--log-keep",
+            "--access-log", "--otlp", "--services", "--workload-labels", "--service-labels", "--group", "--pin-dir", "--closed",
+            "--max-connection-series", "--lock-wait", "5s", "4MiB", "csv,jsonl", "none", "workload,comm", "service", "-1", "x",
+        ];
+        for i in 0..CASES {
+            let n = g.below(6);
+            let mut argv = vec!["longconn-reader".to_owned()];
+            for _ in 0..n {
+                argv.push(if g.below(3) == 0 { g.text(&words) } else { words[g.below(words.len())].to_owned() });
+            }
+            if let Err(e) = Cli::try_parse_from(&argv) {
+                if i % 64 == 0 {
+                    let _ = e.render().to_string();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn service_maps() {
+        let mut g = Gen::new(4);
+        let seeds = ["10.0.0.0/8,5432,pg,db\n", "::1/128,80-90,web,\n", "*,*,any,ns\n# c\n", "127.0.0.1,1,a,b\n10.0.0.0/33,1,x,\n"];
+        for _ in 0..CASES {
+            let text = g.text(&seeds);
+            match ServiceMap::parse(&text, "svc.csv") {
+                Ok(m) => {
+                    let _ = m.lookup("10.1.2.3".parse().unwrap(), 5432);
+                    let _ = m.lookup("::1".parse().unwrap(), 80);
+                }
+                Err(e) => {
+                    assert!(e.starts_with("svc.csv:"), "names file:line: {e}");
+                    assert_eq!(e.lines().count(), 1, "one line: {e:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn labels_and_cgroup_paths() {
+        let mut g = Gen::new(5);
+        let id = "3f4e1c2d9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d";
+        let path = format!("/kubepods.slice/kubepods-burstable-pod6c3b0e6e_2c47_4a5e_9a4f_0d2b6f3c1a77.slice/cri-containerd-{id}.scope");
+        for _ in 0..CASES {
+            let s = g.text(&["workload,comm", "service", "pod_uid,netns"]);
+            if let Err(e) = identity::parse_labels(&s, identity::WORKLOAD_LABELS) {
+                assert_eq!(e.lines().count().max(1), 1, "{e:?}");
+            }
+            let p = g.text(&[&path, "/docker/abc", "/"]);
+            let (c, pod) = identity::parse_container(&p);
+            assert!(c.is_empty() || c.len() == 64);
+            assert!(pod.is_empty() || pod.len() == 36);
+        }
+    }
+
+    #[test]
+    fn state_files() {
+        let mut g = Gen::new(6);
+        let good = serde_json::to_vec(&crate::collect::test_state()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        // Decoding is what matters; the file round trip is exercised on a sample.
+        for i in 0..CASES / 10 {
+            let b = g.bytes(&[&good]);
+            let _ = serde_json::from_slice::<crate::collect::StateForTests>(&b);
+            if i % 10_000 == 0 {
+                std::fs::write(&path, &b).unwrap();
+                let _ = crate::collect::load_state_for_tests(&path);
+            }
+        }
+    }
+}

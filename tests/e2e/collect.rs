@@ -281,9 +281,12 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
     let t = Instant::now();
     run_collect(&env, &[]);
     let mut cycle_us = (t.elapsed().as_micros() as u64).max(1000);
-    for i in 0..60 {
-        gen.cmd("churn 4");
-        churned += 4;
+    let cycles: usize = std::env::var("LONGCONN_KILL_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    for i in 0..cycles {
+        if i % 5 == 0 {
+            gen.cmd("churn 4");
+            churned += 4;
+        }
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
@@ -307,7 +310,7 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
             cycle_us = ((cycle_us + started.elapsed().as_micros() as u64) / 2).max(1000);
         }
         // Occasionally two readers at once: one waits or skips, neither corrupts.
-        if i % 15 == 7 {
+        if i % 97 == 7 {
             let a = env
                 .reader_cmd()
                 .arg("collect")
@@ -328,7 +331,9 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
         }
         let p = env.out_dir().join("longconn.prom");
         if p.exists() {
-            prom::promtool_check(&p);
+            if i % 100 == 0 {
+                prom::promtool_check(&p);
+            }
             let now = prom::parse(&std::fs::read_to_string(&p).unwrap());
             if let Some(pr) = &prev {
                 assert_monotonic(pr, &now, i);
@@ -381,7 +386,7 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
     );
     let dup: Vec<_> = closes.iter().filter(|(_, &n)| n != 1).collect();
     assert!(dup.is_empty(), "closes logged more than once: {dup:?}");
-    eprintln!("sigkill: {killed} of 60 collect runs killed within a {cycle_us} us cycle; {churned} connections reconciled");
+    eprintln!("sigkill: {killed} of {cycles} collect runs killed within a {cycle_us} us cycle; {churned} connections reconciled");
 }
 
 #[test]

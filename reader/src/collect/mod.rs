@@ -11,6 +11,23 @@ mod lock;
 mod metrics;
 mod state;
 
+#[cfg(test)]
+pub use state::State as StateForTests;
+
+/// A populated state, for the property tests.
+#[cfg(test)]
+pub fn test_state() -> State {
+    let mut s = new_state();
+    s.conns.insert(7, state::ConnState { seq: 3, local: "127.0.0.1".into(), ..Default::default() });
+    s.workloads.insert("outbound|/a".into(), state::GroupTotals::default());
+    s
+}
+
+#[cfg(test)]
+pub fn load_state_for_tests(p: &Path) -> std::io::Result<()> {
+    state::load(p).map(|_| ())
+}
+
 use std::{
     fs,
     os::unix::fs::DirBuilderExt,
