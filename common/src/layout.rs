@@ -303,7 +303,12 @@ mod tests {
             match ConnRecord::decode(&b) {
                 Some(r) => {
                     assert_eq!(b.len(), ConnRecord::SIZE);
-                    let _ = (r.comm(), r.local_ip(), r.remote_ip(), tcp_state_name(r.state));
+                    let _ = (
+                        r.comm(),
+                        r.local_ip(),
+                        r.remote_ip(),
+                        tcp_state_name(r.state),
+                    );
                 }
                 None => assert_ne!(b.len(), ConnRecord::SIZE),
             }

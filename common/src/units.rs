@@ -113,8 +113,19 @@ mod tests {
     fn a_million_generated_inputs_never_panic_and_errors_name_the_value() {
         let mut g = crate::testgen::Gen::new(1);
         for _ in 0..crate::testgen::CASES {
-            let s = g.text(&["4MiB", "512k", "5s", "250ms", "1h", "18446744073709551615", "2m"]);
-            for e in [parse_size(&s).err(), parse_duration(&s).map(|_| 0).err()].into_iter().flatten() {
+            let s = g.text(&[
+                "4MiB",
+                "512k",
+                "5s",
+                "250ms",
+                "1h",
+                "18446744073709551615",
+                "2m",
+            ]);
+            for e in [parse_size(&s).err(), parse_duration(&s).map(|_| 0).err()]
+                .into_iter()
+                .flatten()
+            {
                 let msg = e.to_string();
                 assert!(msg.contains(&format!("{s:?}")), "{msg}");
                 assert_eq!(msg.lines().count().max(1), 1, "one line: {msg}");

@@ -86,13 +86,30 @@ mod robustness {
     fn command_lines_and_hook_lists() {
         let mut g = Gen::new(7);
         let words = [
-            "detach", "status", "--pin-dir", "--cgroup", "--max-connections", "--ringbuf-bytes", "--hooks", "--group", "default",
-            "tcp-probe,egress", "4MiB", "131072", "/sys/fs/bpf/x", "-1", "x",
+            "detach",
+            "status",
+            "--pin-dir",
+            "--cgroup",
+            "--max-connections",
+            "--ringbuf-bytes",
+            "--hooks",
+            "--group",
+            "default",
+            "tcp-probe,egress",
+            "4MiB",
+            "131072",
+            "/sys/fs/bpf/x",
+            "-1",
+            "x",
         ];
         for i in 0..CASES {
             let mut argv = vec!["longconn-pin".to_owned()];
             for _ in 0..g.below(5) {
-                argv.push(if g.below(3) == 0 { g.text(&words) } else { words[g.below(words.len())].to_owned() });
+                argv.push(if g.below(3) == 0 {
+                    g.text(&words)
+                } else {
+                    words[g.below(words.len())].to_owned()
+                });
             }
             if let Err(e) = Cli::try_parse_from(&argv) {
                 if i % 64 == 0 {
@@ -101,7 +118,16 @@ mod robustness {
             }
             let h = g.text(&["default", "egress,tcp-probe", "cgroup-skb", "none"]);
             if let Err(e) = hooks::parse(&h) {
-                assert!(e.contains(&format!("{:?}", h.split(',').map(str::trim).find(|p| !hooks::NAMES.iter().any(|(n, _)| n == p)).unwrap_or(""))), "{e}");
+                assert!(
+                    e.contains(&format!(
+                        "{:?}",
+                        h.split(',')
+                            .map(str::trim)
+                            .find(|p| !hooks::NAMES.iter().any(|(n, _)| n == p))
+                            .unwrap_or("")
+                    )),
+                    "{e}"
+                );
                 assert_eq!(e.lines().count(), 1);
             }
         }

@@ -81,8 +81,14 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|r| ConnView::new(r, &clock, identity::identify(r, &cgroup_names, &services)))
         .filter(|v| {
-            args.workload.as_ref().is_none_or(|w| v.workload.contains(w.as_str()) || v.container_id.contains(w.as_str()) || v.pod_uid.contains(w.as_str()))
-                && args.service.as_ref().is_none_or(|s| v.service.contains(s.as_str()))
+            args.workload.as_ref().is_none_or(|w| {
+                v.workload.contains(w.as_str())
+                    || v.container_id.contains(w.as_str())
+                    || v.pod_uid.contains(w.as_str())
+            }) && args
+                .service
+                .as_ref()
+                .is_none_or(|s| v.service.contains(s.as_str()))
         })
         .collect();
 

@@ -57,16 +57,28 @@ pub fn parse_container(path: &str) -> (String, String) {
     let mut container = String::new();
     let mut pod = String::new();
     for seg in path.split('/').filter(|s| !s.is_empty()) {
-        let base = seg.strip_suffix(".scope").or_else(|| seg.strip_suffix(".slice")).unwrap_or(seg);
-        let id = ["docker-", "cri-containerd-", "crio-", "libpod-", "containerd-"]
-            .iter()
-            .find_map(|p| base.strip_prefix(p))
-            .unwrap_or(base);
+        let base = seg
+            .strip_suffix(".scope")
+            .or_else(|| seg.strip_suffix(".slice"))
+            .unwrap_or(seg);
+        let id = [
+            "docker-",
+            "cri-containerd-",
+            "crio-",
+            "libpod-",
+            "containerd-",
+        ]
+        .iter()
+        .find_map(|p| base.strip_prefix(p))
+        .unwrap_or(base);
         if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
             container = id.to_owned();
             continue;
         }
-        let pod_part = base.rsplit_once("-pod").map(|(_, u)| u).or_else(|| base.strip_prefix("pod"));
+        let pod_part = base
+            .rsplit_once("-pod")
+            .map(|(_, u)| u)
+            .or_else(|| base.strip_prefix("pod"));
         if let Some(uid) = pod_part {
             let uid = uid.replace('_', "-");
             if uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
@@ -79,8 +91,15 @@ pub fn parse_container(path: &str) -> (String, String) {
 
 /// Resolves every cgroup id in `records` not yet in `names` with one walk of
 /// the cgroup v2 tree; ids not found are named "cgroup:<id>".
-pub fn resolve_cgroups<'a>(names: &mut BTreeMap<u64, String>, records: impl IntoIterator<Item = &'a ConnRecord>) {
-    let missing: BTreeSet<u64> = records.into_iter().map(|r| r.cgroup_id).filter(|id| !names.contains_key(id)).collect();
+pub fn resolve_cgroups<'a>(
+    names: &mut BTreeMap<u64, String>,
+    records: impl IntoIterator<Item = &'a ConnRecord>,
+) {
+    let missing: BTreeSet<u64> = records
+        .into_iter()
+        .map(|r| r.cgroup_id)
+        .filter(|id| !names.contains_key(id))
+        .collect();
     if missing.is_empty() {
         return;
     }
@@ -119,21 +138,40 @@ fn relative(root: &Path, dir: &Path) -> String {
 }
 
 /// The full identity of a record, given resolved cgroup names and a service map.
-pub fn identify(r: &ConnRecord, cgroup_names: &BTreeMap<u64, String>, services: &ServiceMap) -> Identity {
-    let workload = cgroup_names.get(&r.cgroup_id).cloned().unwrap_or_else(|| format!("cgroup:{}", r.cgroup_id));
+pub fn identify(
+    r: &ConnRecord,
+    cgroup_names: &BTreeMap<u64, String>,
+    services: &ServiceMap,
+) -> Identity {
+    let workload = cgroup_names
+        .get(&r.cgroup_id)
+        .cloned()
+        .unwrap_or_else(|| format!("cgroup:{}", r.cgroup_id));
     let (container_id, pod_uid) = parse_container(&workload);
     let (ip, port) = service_endpoint(r);
     let (service, service_namespace) = match services.lookup(ip, port as u16) {
         Some(rule) => (rule.name.clone(), rule.namespace.clone()),
         None => (endpoint(ip, port), String::new()),
     };
-    Identity { workload, container_id, pod_uid, comm: r.comm(), pid: r.pid, netns_cookie: r.netns_cookie, service, service_namespace }
+    Identity {
+        workload,
+        container_id,
+        pod_uid,
+        comm: r.comm(),
+        pid: r.pid,
+        netns_cookie: r.netns_cookie,
+        service,
+        service_namespace,
+    }
 }
 
 /// Labels that can name a workload group, with the cardinality each adds.
 pub const WORKLOAD_LABELS: &[(&str, &str)] = &[
     ("workload", "one series per cgroup with TCP traffic"),
-    ("container_id", "one per container (empty outside containers)"),
+    (
+        "container_id",
+        "one per container (empty outside containers)",
+    ),
     ("pod_uid", "one per Kubernetes pod (empty outside pods)"),
     ("comm", "one per process name that connected or listened"),
     ("netns", "one per network namespace"),
@@ -159,14 +197,21 @@ pub fn parse_service_labels(s: &str) -> Result<LabelList, String> {
 
 /// Parses a comma list of label names against `allowed`.
 pub fn parse_labels(s: &str, allowed: &[(&str, &str)]) -> Result<Vec<String>, String> {
-    let labels: Vec<String> = s.split(',').map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
+    let labels: Vec<String> = s
+        .split(',')
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
     if labels.is_empty() {
         return Err("empty label list".into());
     }
     for l in &labels {
         if !allowed.iter().any(|(a, _)| a == l) {
             let names: Vec<&str> = allowed.iter().map(|(a, _)| *a).collect();
-            return Err(format!("unknown label {l:?}; expected a comma list of {}", names.join(", ")));
+            return Err(format!(
+                "unknown label {l:?}; expected a comma list of {}",
+                names.join(", ")
+            ));
         }
     }
     Ok(labels)
@@ -178,7 +223,11 @@ pub const KEY_SEP: char = '\u{1f}';
 impl Identity {
     /// The group key for the selected labels (values joined by KEY_SEP).
     pub fn key(&self, labels: &[String]) -> String {
-        labels.iter().map(|l| self.label(l)).collect::<Vec<_>>().join(&KEY_SEP.to_string())
+        labels
+            .iter()
+            .map(|l| self.label(l))
+            .collect::<Vec<_>>()
+            .join(&KEY_SEP.to_string())
     }
 
     pub fn label(&self, name: &str) -> String {
@@ -203,8 +252,14 @@ mod tests {
     fn endpoints_are_canonical() {
         assert_eq!(endpoint("10.0.0.1".parse().unwrap(), 443), "10.0.0.1:443");
         assert_eq!(endpoint("::1".parse().unwrap(), 80), "[::1]:80");
-        assert_eq!(relative(Path::new("/sys/fs/cgroup"), Path::new("/sys/fs/cgroup")), "/");
-        assert_eq!(relative(Path::new("/sys/fs/cgroup"), Path::new("/sys/fs/cgroup/a/b")), "/a/b");
+        assert_eq!(
+            relative(Path::new("/sys/fs/cgroup"), Path::new("/sys/fs/cgroup")),
+            "/"
+        );
+        assert_eq!(
+            relative(Path::new("/sys/fs/cgroup"), Path::new("/sys/fs/cgroup/a/b")),
+            "/a/b"
+        );
     }
 
     #[test]
@@ -229,7 +284,12 @@ mod tests {
 
     #[test]
     fn label_lists() {
-        assert_eq!(parse_labels("workload,comm", WORKLOAD_LABELS).unwrap(), vec!["workload", "comm"]);
-        assert!(parse_labels("workload,port", WORKLOAD_LABELS).unwrap_err().contains("\"port\""));
+        assert_eq!(
+            parse_labels("workload,comm", WORKLOAD_LABELS).unwrap(),
+            vec!["workload", "comm"]
+        );
+        assert!(parse_labels("workload,port", WORKLOAD_LABELS)
+            .unwrap_err()
+            .contains("\"port\""));
     }
 }

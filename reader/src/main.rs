@@ -8,8 +8,8 @@ mod dump;
 mod exit;
 mod human;
 mod identity;
-mod servicemap;
 mod output;
+mod servicemap;
 mod view;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -91,15 +91,43 @@ mod robustness {
     fn command_lines() {
         let mut g = Gen::new(3);
         let words = [
-            "collect", "dump", "--json", "--min-age", "--port", "--out-dir", "--long-threshold", "--log-max-bytes", "--log-keep",
-            "--access-log", "--otlp", "--services", "--workload-labels", "--service-labels", "--group", "--pin-dir", "--closed",
-            "--max-connection-series", "--lock-wait", "5s", "4MiB", "csv,jsonl", "none", "workload,comm", "service", "-1", "x",
+            "collect",
+            "dump",
+            "--json",
+            "--min-age",
+            "--port",
+            "--out-dir",
+            "--long-threshold",
+            "--log-max-bytes",
+            "--log-keep",
+            "--access-log",
+            "--otlp",
+            "--services",
+            "--workload-labels",
+            "--service-labels",
+            "--group",
+            "--pin-dir",
+            "--closed",
+            "--max-connection-series",
+            "--lock-wait",
+            "5s",
+            "4MiB",
+            "csv,jsonl",
+            "none",
+            "workload,comm",
+            "service",
+            "-1",
+            "x",
         ];
         for i in 0..CASES {
             let n = g.below(6);
             let mut argv = vec!["longconn-reader".to_owned()];
             for _ in 0..n {
-                argv.push(if g.below(3) == 0 { g.text(&words) } else { words[g.below(words.len())].to_owned() });
+                argv.push(if g.below(3) == 0 {
+                    g.text(&words)
+                } else {
+                    words[g.below(words.len())].to_owned()
+                });
             }
             if let Err(e) = Cli::try_parse_from(&argv) {
                 if i % 64 == 0 {
@@ -112,7 +140,12 @@ mod robustness {
     #[test]
     fn service_maps() {
         let mut g = Gen::new(4);
-        let seeds = ["10.0.0.0/8,5432,pg,db\n", "::1/128,80-90,web,\n", "*,*,any,ns\n# c\n", "127.0.0.1,1,a,b\n10.0.0.0/33,1,x,\n"];
+        let seeds = [
+            "10.0.0.0/8,5432,pg,db\n",
+            "::1/128,80-90,web,\n",
+            "*,*,any,ns\n# c\n",
+            "127.0.0.1,1,a,b\n10.0.0.0/33,1,x,\n",
+        ];
         for _ in 0..CASES {
             let text = g.text(&seeds);
             match ServiceMap::parse(&text, "svc.csv") {

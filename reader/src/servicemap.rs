@@ -30,12 +30,18 @@ fn parse_cidr(s: &str) -> Result<Option<(IpAddr, u8)>, String> {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),
     };
-    let ip: IpAddr = addr.parse().map_err(|_| format!("address {addr:?}: expected an IPv4 or IPv6 address, a CIDR like 10.0.0.0/8, or *"))?;
+    let ip: IpAddr = addr.parse().map_err(|_| {
+        format!("address {addr:?}: expected an IPv4 or IPv6 address, a CIDR like 10.0.0.0/8, or *")
+    })?;
     let ip = canonical(ip);
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len = match len {
         None => max,
-        Some(l) => l.parse::<u8>().ok().filter(|&l| l <= max).ok_or_else(|| format!("prefix length {l:?}: expected 0 to {max}"))?,
+        Some(l) => l
+            .parse::<u8>()
+            .ok()
+            .filter(|&l| l <= max)
+            .ok_or_else(|| format!("prefix length {l:?}: expected 0 to {max}"))?,
     };
     Ok(Some((ip, len)))
 }
@@ -46,7 +52,10 @@ fn parse_ports(s: &str) -> Result<(u16, u16), String> {
     }
     let bad = || format!("ports {s:?}: expected a port (5432), a range (8000-8999) or *");
     let (a, b) = s.split_once('-').unwrap_or((s, s));
-    let (a, b): (u16, u16) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
     if a > b {
         return Err(bad());
     }
@@ -64,11 +73,19 @@ fn canonical(ip: IpAddr) -> IpAddr {
 fn in_net(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
             u32::from(a) & mask == u32::from(n) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
             u128::from(a) & mask == u128::from(n) & mask
         }
         _ => false,
@@ -87,7 +104,10 @@ impl ServiceMap {
             let at = |what: String| format!("{origin}:{}: {what}", i + 1);
             let f: Vec<&str> = line.split(',').map(str::trim).collect();
             if f.len() != 4 {
-                return Err(at(format!("{} fields in {line:?}: expected cidr,ports,name,namespace", f.len())));
+                return Err(at(format!(
+                    "{} fields in {line:?}: expected cidr,ports,name,namespace",
+                    f.len()
+                )));
             }
             if f[2].is_empty() {
                 return Err(at("empty service name".into()));
@@ -103,7 +123,8 @@ impl ServiceMap {
     }
 
     pub fn load(path: &Path) -> Result<(Self, String), String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read service map: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read service map: {e}", path.display()))?;
         let map = Self::parse(&text, &path.display().to_string())?;
         Ok((map, text))
     }
@@ -112,7 +133,9 @@ impl ServiceMap {
     pub fn lookup(&self, ip: IpAddr, port: u16) -> Option<&Rule> {
         let ip = canonical(ip);
         self.rules.iter().find(|r| {
-            port >= r.ports.0 && port <= r.ports.1 && r.net.is_none_or(|(net, len)| in_net(ip, net, len))
+            port >= r.ports.0
+                && port <= r.ports.1
+                && r.net.is_none_or(|(net, len)| in_net(ip, net, len))
         })
     }
 }
@@ -147,14 +170,22 @@ mod tests {
         ] {
             assert_eq!(name(ip, port), want, "{ip}:{port}");
         }
-        assert_eq!(m.lookup("10.0.0.1".parse().unwrap(), 5432).unwrap().namespace, "db");
+        assert_eq!(
+            m.lookup("10.0.0.1".parse().unwrap(), 5432)
+                .unwrap()
+                .namespace,
+            "db"
+        );
     }
 
     #[test]
     fn bad_lines_name_file_and_line() {
         for (text, want) in [
             ("10.0.0.0/8,5432,pg\n", "svc.csv:1: 3 fields"),
-            ("# ok\n10.0.0.0/33,1,a,\n", "svc.csv:2: prefix length \"33\""),
+            (
+                "# ok\n10.0.0.0/33,1,a,\n",
+                "svc.csv:2: prefix length \"33\"",
+            ),
             ("10.0.0.x,1,a,\n", "svc.csv:1: address \"10.0.0.x\""),
             ("*,9-1,a,\n", "svc.csv:1: ports \"9-1\""),
             ("*,http,a,\n", "svc.csv:1: ports \"http\""),

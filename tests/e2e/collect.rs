@@ -281,7 +281,10 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
     let t = Instant::now();
     run_collect(&env, &[]);
     let mut cycle_us = (t.elapsed().as_micros() as u64).max(1000);
-    let cycles: usize = std::env::var("LONGCONN_KILL_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let cycles: usize = std::env::var("LONGCONN_KILL_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     for i in 0..cycles {
         if i % 5 == 0 {
             gen.cmd("churn 4");

@@ -23,7 +23,10 @@ fn closes_by_cookie(dir: &Path) -> BTreeMap<String, u32> {
         }
         let mut r = csv::Reader::from_path(e.path()).unwrap();
         let h = r.headers().unwrap().clone();
-        let (ev, ck) = (h.iter().position(|x| x == "event").unwrap(), h.iter().position(|x| x == "cookie").unwrap());
+        let (ev, ck) = (
+            h.iter().position(|x| x == "event").unwrap(),
+            h.iter().position(|x| x == "cookie").unwrap(),
+        );
         for row in r.records() {
             let row = row.unwrap();
             if &row[ev] == "close" {
@@ -40,19 +43,48 @@ fn series(env: &TestEnv, dir: &Path) -> prom::Series {
 }
 
 fn collect_into(env: &TestEnv, dir: &Path, extra: &[&str]) -> (std::process::ExitStatus, String) {
-    let out = env.reader_cmd().arg("collect").arg("--out-dir").arg(dir).args(extra).output().unwrap();
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = env
+        .reader_cmd()
+        .arg("collect")
+        .arg("--out-dir")
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn assert_reconciled(s: &prom::Series, wl: &str, churned: u64) {
     for dir in ["outbound", "inbound"] {
-        let v = |n: &str| prom::value(s, n, &[("workload", wl), ("direction", dir)]).unwrap_or_else(|| panic!("{n} {dir}"));
-        assert_eq!(v("longconn_workload_connections_opened_total"), churned as f64, "{dir} opened");
-        assert_eq!(v("longconn_workload_connections_closed_total"), churned as f64, "{dir} closed");
+        let v = |n: &str| {
+            prom::value(s, n, &[("workload", wl), ("direction", dir)])
+                .unwrap_or_else(|| panic!("{n} {dir}"))
+        };
+        assert_eq!(
+            v("longconn_workload_connections_opened_total"),
+            churned as f64,
+            "{dir} opened"
+        );
+        assert_eq!(
+            v("longconn_workload_connections_closed_total"),
+            churned as f64,
+            "{dir} closed"
+        );
     }
     let v = |n: &str, d: &str| prom::value(s, n, &[("workload", wl), ("direction", d)]).unwrap();
-    assert_eq!(v("longconn_workload_sent_bytes_total", "outbound"), (churned * 1002) as f64, "client bytes to the byte");
-    assert_eq!(v("longconn_workload_received_bytes_total", "inbound"), (churned * 1001) as f64, "server bytes to the byte");
+    assert_eq!(
+        v("longconn_workload_sent_bytes_total", "outbound"),
+        (churned * 1002) as f64,
+        "client bytes to the byte"
+    );
+    assert_eq!(
+        v("longconn_workload_received_bytes_total", "inbound"),
+        (churned * 1001) as f64,
+        "server bytes to the byte"
+    );
 }
 
 /// A small tmpfs, unmounted on drop.
@@ -61,7 +93,11 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn new(at: PathBuf, size: &str) -> Self {
         fs::create_dir_all(&at).unwrap();
-        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&at).status().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .unwrap();
         assert!(st.success(), "mount tmpfs");
         Self(at)
     }
@@ -89,18 +125,38 @@ fn full_output_filesystem_consumes_nothing_until_space_frees() {
     assert!(st.success(), "{err}");
     // Fill the filesystem.
     let filler = small.0.join("filler");
-    let _ = Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", filler.display())).args(["bs=4k", "count=100000"]).stderr(Stdio::null()).status();
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", filler.display()))
+        .args(["bs=4k", "count=100000"])
+        .stderr(Stdio::null())
+        .status();
     gen.cmd("churn 30");
     for _ in 0..3 {
         let (st, err) = collect_into(&env, &out, &[]);
-        assert_eq!(st.code(), Some(1), "collect on a full filesystem must fail: {err}");
-        assert_eq!(err.lines().count(), 1, "one clear error line per cycle: {err}");
+        assert_eq!(
+            st.code(),
+            Some(1),
+            "collect on a full filesystem must fail: {err}"
+        );
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "one clear error line per cycle: {err}"
+        );
         assert!(err.contains("No space left on device"), "{err}");
-        assert!(err.contains(&small.0.display().to_string()), "the error names the path: {err}");
+        assert!(
+            err.contains(&small.0.display().to_string()),
+            "the error names the path: {err}"
+        );
     }
     // Nothing was released: the 60 close records still wait in the ring.
     let pending = env.dump_json(&["--closed"]);
-    assert!(pending.len() >= 60, "close records were consumed without being written: {} left", pending.len());
+    assert!(
+        pending.len() >= 60,
+        "close records were consumed without being written: {} left",
+        pending.len()
+    );
     fs::remove_file(&filler).unwrap();
     let (st, err) = collect_into(&env, &out, &[]);
     assert!(st.success(), "recovers once space frees: {err}");
@@ -123,12 +179,18 @@ fn ring_buffer_overflow_loses_no_close() {
     gen.cmd("churn 200");
     sleep(Duration::from_millis(200));
     let status = String::from_utf8(env.pin_cmd().arg("status").output().unwrap().stdout).unwrap();
-    assert!(status.contains("closed awaiting the reader"), "status shows closes kept in the map: {status}");
+    assert!(
+        status.contains("closed awaiting the reader"),
+        "status shows closes kept in the map: {status}"
+    );
     let (st, err) = env.collect(&[]);
     assert!(st.success(), "{err}");
     let s = series(&env, &env.out_dir());
     let drops = prom::value(&s, "longconn_ringbuf_drops_total", &[]).unwrap();
-    assert!(drops > 100.0, "the burst overflowed the 4 KiB ring: {drops} drops");
+    assert!(
+        drops > 100.0,
+        "the burst overflowed the 4 KiB ring: {drops} drops"
+    );
     assert_reconciled(&s, &wl, 200);
     let closes = closes_by_cookie(&env.out_dir());
     assert_eq!(closes.len(), 400);
@@ -137,7 +199,10 @@ fn ring_buffer_overflow_loses_no_close() {
     let (st, _) = env.collect(&[]);
     assert!(st.success());
     assert_reconciled(&series(&env, &env.out_dir()), &wl, 200);
-    assert!(env.dump_json(&["--closed"]).is_empty(), "closed records left behind");
+    assert!(
+        env.dump_json(&["--closed"]).is_empty(),
+        "closed records left behind"
+    );
 }
 
 #[test]
@@ -157,15 +222,27 @@ fn full_map_counts_untracked_connections_and_spares_existing_ones() {
     sleep(Duration::from_millis(200));
     let status = String::from_utf8(env.pin_cmd().arg("status").output().unwrap().stdout).unwrap();
     assert!(status.contains("6 tracked of 6"), "{status}");
-    assert!(status.contains("not tracked because map_of_tcp_conns was full"), "{status}");
+    assert!(
+        status.contains("not tracked because map_of_tcp_conns was full"),
+        "{status}"
+    );
     let (st, err) = env.collect(&[]);
     assert!(st.success(), "{err}");
     let s = series(&env, &env.out_dir());
-    assert_eq!(prom::value(&s, "longconn_map_full_drops_total", &[]), Some(4.0));
-    assert_eq!(prom::value(&s, "longconn_tracked_connections", &[]), Some(6.0));
+    assert_eq!(
+        prom::value(&s, "longconn_map_full_drops_total", &[]),
+        Some(4.0)
+    );
+    assert_eq!(
+        prom::value(&s, "longconn_tracked_connections", &[]),
+        Some(6.0)
+    );
     let live = env.dump_json(&[]);
     assert_eq!(live.len(), 6);
-    assert!(live.iter().any(|c| c["bytes_sent"] == 100_001), "existing connection still counted");
+    assert!(
+        live.iter().any(|c| c["bytes_sent"] == 100_001),
+        "existing connection still counted"
+    );
 }
 
 #[test]
@@ -175,28 +252,66 @@ fn pin_killed_half_way_leaves_no_half_attached_state() {
     }
     let env = TestEnv::new("pinkill");
     let attached = |cg: &Path| -> usize {
-        let out = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(cg).output().unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0)
+        let out = Command::new("bpftool")
+            .args(["-j", "cgroup", "show"])
+            .arg(cg)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0)
     };
     let mut seed = 12345u64;
     for _ in 0..12 {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let mut child = env.pin_cmd().arg("--cgroup").arg(&env.cgroup).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut child = env
+            .pin_cmd()
+            .arg("--cgroup")
+            .arg(&env.cgroup)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         sleep(Duration::from_micros((seed >> 33) % 150_000));
         let _ = child.kill();
         let _ = child.wait();
         sleep(Duration::from_millis(50));
-        let complete = env.pin_dir.join("meta").exists() && env.pin_dir.join("links/sockops").exists();
+        let complete =
+            env.pin_dir.join("meta").exists() && env.pin_dir.join("links/sockops").exists();
         let n = attached(&env.cgroup);
-        assert!((complete && n == 2) || (!env.pin_dir.exists() && n == 0), "half state after a kill: pin dir {} complete={complete}, {n} programs attached", env.pin_dir.display());
+        assert!(
+            (complete && n == 2) || (!env.pin_dir.exists() && n == 0),
+            "half state after a kill: pin dir {} complete={complete}, {n} programs attached",
+            env.pin_dir.display()
+        );
         let out = env.pin_cmd().arg("detach").output().unwrap();
         assert!(out.status.success());
     }
     // Staging dirs of killed runs are cleaned by the next run.
     env.pin(&[]);
     let parent = env.pin_dir.parent().unwrap();
-    let stale: Vec<_> = fs::read_dir(parent).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("longconn-staging-")).collect();
-    assert!(stale.iter().all(|e| Path::new(&format!("/proc/{}", e.file_name().to_string_lossy().trim_start_matches("longconn-staging-"))).exists()), "stale staging dirs left: {stale:?}");
+    let stale: Vec<_> = fs::read_dir(parent)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("longconn-staging-")
+        })
+        .collect();
+    assert!(
+        stale.iter().all(|e| Path::new(&format!(
+            "/proc/{}",
+            e.file_name()
+                .to_string_lossy()
+                .trim_start_matches("longconn-staging-")
+        ))
+        .exists()),
+        "stale staging dirs left: {stale:?}"
+    );
     assert_eq!(attached(&env.cgroup), 2);
 }
 
@@ -213,17 +328,30 @@ fn reader_survives_detach_repin_and_an_empty_pin_dir() {
     let (st, err) = env.collect(&[]);
     assert!(st.success(), "{err}");
     // A reader running while detach happens: either succeeds or fails cleanly.
-    let reader = env.reader_cmd().arg("collect").arg("--out-dir").arg(env.out_dir()).stderr(Stdio::piped()).spawn().unwrap();
+    let reader = env
+        .reader_cmd()
+        .arg("collect")
+        .arg("--out-dir")
+        .arg(env.out_dir())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let d = env.pin_cmd().arg("detach").output().unwrap();
     assert!(d.status.success());
     let r = reader.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&r.stderr);
-    assert!(r.status.success() || err.lines().count() == 1, "reader during detach: {err}");
+    assert!(
+        r.status.success() || err.lines().count() == 1,
+        "reader during detach: {err}"
+    );
     // After a reboot the pin dir is empty: a clear message, then pin works.
     fs::create_dir(&env.pin_dir).unwrap();
     let (st, err) = env.collect(&[]);
     assert_eq!(st.code(), Some(6), "{err}");
-    assert!(err.contains("no longconn pins in") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("no longconn pins in") && err.lines().count() == 1,
+        "{err}"
+    );
     env.pin(&[]);
     gen.cmd("churn 5");
     let (st, err) = env.collect(&[]);
@@ -246,31 +374,67 @@ fn bad_state_files_are_set_aside_and_reported_once() {
     let good = fs::read(&state).unwrap();
     let outside = env.path("not-ours.json");
     fs::write(&outside, b"precious").unwrap();
-    let start_of = |env: &TestEnv| prom::value(&series(env, &env.out_dir()), "longconn_reader_state_start_time_seconds", &[]).unwrap();
+    let start_of = |env: &TestEnv| {
+        prom::value(
+            &series(env, &env.out_dir()),
+            "longconn_reader_state_start_time_seconds",
+            &[],
+        )
+        .unwrap()
+    };
     let mut last_start = start_of(&env);
     for (what, corrupt) in [
-        ("truncated", Box::new(|| fs::write(&state, &good[..good.len() / 2]).unwrap()) as Box<dyn Fn()>),
-        ("garbage", Box::new(|| fs::write(&state, b"\x00\xffnot json").unwrap())),
-        ("foreign", Box::new(|| fs::write(&state, br#"{"hello":"world"}"#).unwrap())),
-        ("symlink", Box::new(|| {
-            fs::remove_file(&state).unwrap();
-            symlink(&outside, &state).unwrap();
-        })),
+        (
+            "truncated",
+            Box::new(|| fs::write(&state, &good[..good.len() / 2]).unwrap()) as Box<dyn Fn()>,
+        ),
+        (
+            "garbage",
+            Box::new(|| fs::write(&state, b"\x00\xffnot json").unwrap()),
+        ),
+        (
+            "foreign",
+            Box::new(|| fs::write(&state, br#"{"hello":"world"}"#).unwrap()),
+        ),
+        (
+            "symlink",
+            Box::new(|| {
+                fs::remove_file(&state).unwrap();
+                symlink(&outside, &state).unwrap();
+            }),
+        ),
     ] {
         sleep(Duration::from_millis(1100)); // a new start time is visible in whole seconds
         corrupt();
         let (st, err) = env.collect(&[]);
         assert!(st.success(), "{what}: {err}");
         assert_eq!(err.lines().count(), 1, "{what}: reported once: {err}");
-        assert!(err.contains("unusable") && err.contains("counter reset"), "{what}: {err}");
+        assert!(
+            err.contains("unusable") && err.contains("counter reset"),
+            "{what}: {err}"
+        );
         let (st, err) = env.collect(&[]);
-        assert!(st.success() && err.is_empty(), "{what}: reported only once: {err}");
+        assert!(
+            st.success() && err.is_empty(),
+            "{what}: reported only once: {err}"
+        );
         let start = start_of(&env);
-        assert!(start > last_start, "{what}: the reset is visible as a new state start time");
+        assert!(
+            start > last_start,
+            "{what}: the reset is visible as a new state start time"
+        );
         last_start = start;
     }
-    assert_eq!(fs::read(&outside).unwrap(), b"precious", "a planted symlink was followed");
-    let aside = fs::read_dir(env.out_dir()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("state.bad-")).count();
+    assert_eq!(
+        fs::read(&outside).unwrap(),
+        b"precious",
+        "a planted symlink was followed"
+    );
+    let aside = fs::read_dir(env.out_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("state.bad-"))
+        .count();
     assert_eq!(aside, 4, "each bad state kept aside for inspection");
 }
 
@@ -283,14 +447,26 @@ fn outputs_have_safe_modes_and_symlinks_are_never_followed() {
     env.pin(&[]);
     let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&env.pin_dir), 0o700);
-    for f in ["map_of_tcp_conns", "closed_conns", "counters", "meta", "links/sockops"] {
+    for f in [
+        "map_of_tcp_conns",
+        "closed_conns",
+        "counters",
+        "meta",
+        "links/sockops",
+    ] {
         assert_eq!(mode(&env.pin_dir.join(f)), 0o600, "{f}");
     }
     let mut gen = Traffic::start_in(&mut env);
     gen.cmd("churn 3");
     let (st, err) = env.collect(&[]);
     assert!(st.success(), "{err}");
-    for (f, m) in [("longconn.prom", 0o640), ("access.csv", 0o640), ("access.jsonl", 0o640), ("otlp-metrics.jsonl", 0o640), ("state.json", 0o600)] {
+    for (f, m) in [
+        ("longconn.prom", 0o640),
+        ("access.csv", 0o640),
+        ("access.jsonl", 0o640),
+        ("otlp-metrics.jsonl", 0o640),
+        ("state.json", 0o600),
+    ] {
         assert_eq!(mode(&env.out_dir().join(f)), m, "{f}");
     }
     // Symlinks planted in the output directory are replaced or refused, never followed.
@@ -302,9 +478,17 @@ fn outputs_have_safe_modes_and_symlinks_are_never_followed() {
     symlink(&victim, env.out_dir().join("access.csv")).unwrap();
     gen.cmd("churn 3");
     let (st, err) = env.collect(&[]);
-    assert_eq!(st.code(), Some(1), "appending through a symlink is refused: {err}");
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "appending through a symlink is refused: {err}"
+    );
     assert!(err.contains("access.csv"), "{err}");
-    assert_eq!(fs::read(&victim).unwrap(), b"keep", "symlink target untouched");
+    assert_eq!(
+        fs::read(&victim).unwrap(),
+        b"keep",
+        "symlink target untouched"
+    );
 }
 
 #[test]
@@ -325,19 +509,57 @@ fn reader_runs_without_root_with_group_access_to_the_pins() {
     // (BPF_OBJ_GET is checked against the pin's mode); no capability at all.
     let as_reader = |gid: u32, args: &[&str]| {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups", "--inh-caps=-all"]);
-        c.arg("--").arg(longconn_tests::env::bin("longconn-reader")).arg("--pin-dir").arg(&env.pin_dir).args(args);
+        c.args([
+            "--reuid=65534",
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "--inh-caps=-all",
+        ]);
+        c.arg("--")
+            .arg(longconn_tests::env::bin("longconn-reader"))
+            .arg("--pin-dir")
+            .arg(&env.pin_dir)
+            .args(args);
         c.output().unwrap()
     };
     let o = as_reader(65534, &["dump", "--json"]);
-    assert!(o.status.success(), "dump as uid 65534 in the pins' group: {}", String::from_utf8_lossy(&o.stderr));
-    let o = as_reader(65534, &["collect", "--out-dir", out.to_str().unwrap(), "--group", "65534"]);
-    assert!(o.status.success(), "collect as uid 65534 in the pins' group: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "dump as uid 65534 in the pins' group: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = as_reader(
+        65534,
+        &[
+            "collect",
+            "--out-dir",
+            out.to_str().unwrap(),
+            "--group",
+            "65534",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "collect as uid 65534 in the pins' group: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let s = prom::parse(&fs::read_to_string(out.join("longconn.prom")).unwrap());
-    assert_eq!(prom::value(&s, "longconn_workload_connections_closed_total", &[("workload", &env.workload()), ("direction", "outbound")]), Some(4.0));
+    assert_eq!(
+        prom::value(
+            &s,
+            "longconn_workload_connections_closed_total",
+            &[("workload", &env.workload()), ("direction", "outbound")]
+        ),
+        Some(4.0)
+    );
     // Not in the group: one line saying what is missing.
     let o = as_reader(4242, &["dump"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(4), "{err}");
-    assert!(err.contains("permission denied") && err.contains("longconn-pin --group") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("permission denied")
+            && err.contains("longconn-pin --group")
+            && err.lines().count() == 1,
+        "{err}"
+    );
 }

@@ -7,3 +7,4 @@ mod faults;
 mod foundation;
 mod identity;
 mod otlp;
+mod soak;

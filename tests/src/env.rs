@@ -165,7 +165,12 @@ impl TestEnv {
 
     /// Spawns `cmd` inside cgroup `cg` (it joins before exec).
     pub fn spawn_in(&mut self, cg: &Path, mut cmd: Command) -> &mut Child {
-        let procs = std::ffi::CString::new(cg.join("cgroup.procs").into_os_string().into_encoded_bytes()).expect("path");
+        let procs = std::ffi::CString::new(
+            cg.join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .expect("path");
         // SAFETY: the closure runs between fork and exec and only calls
         // async-signal-safe functions (open, write, close) on memory prepared
         // before the fork.
@@ -213,13 +218,21 @@ impl Drop for TestEnv {
         // Child cgroups first; processes may take a moment to leave after exiting.
         let mut dirs = vec![self.cgroup.clone()];
         if let Ok(entries) = fs::read_dir(&self.cgroup) {
-            dirs.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
         }
         for dir in dirs.iter().rev() {
             let deadline = Instant::now() + Duration::from_secs(5);
             while dir.exists() && fs::remove_dir(dir).is_err() && Instant::now() < deadline {
                 if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-                    for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                    for pid in procs
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok())
+                    {
                         // SAFETY: kill on a pid that is in our own test cgroup.
                         unsafe { libc::kill(pid, libc::SIGKILL) };
                     }

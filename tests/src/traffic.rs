@@ -35,7 +35,11 @@ impl Traffic {
         let mut child = env.take_child();
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Self { stdin, stdout, child }
+        Self {
+            stdin,
+            stdout,
+            child,
+        }
     }
 
     /// Starts the generator outside any test cgroup (where the test runs).

@@ -63,7 +63,10 @@ fn conn_state(
     ConnState {
         // Wall-clock start fixed at first sight: a clock set back later does
         // not rewrite when the connection started.
-        start_unix_ns: prev.map_or_else(|| clock.wall(r.start_ns).timestamp_nanos_opt().unwrap_or(0), |p| p.start_unix_ns),
+        start_unix_ns: prev.map_or_else(
+            || clock.wall(r.start_ns).timestamp_nanos_opt().unwrap_or(0),
+            |p| p.start_unix_ns,
+        ),
         seq: prev.map_or(0, |p| p.seq),
         last: prev.map_or(now, |p| p.last.max(now)),
         reported: prev.map_or(Counters::default(), |p| p.reported),
@@ -296,10 +299,7 @@ pub fn group_counters(
         .map(|(k, t)| (k.clone(), (*t, t.closed_counters, 0)))
         .collect();
     for c in state.conns.values() {
-        let key = group_key(
-            c.direction,
-            if by_service { &c.skey } else { &c.wkey },
-        );
+        let key = group_key(c.direction, if by_service { &c.skey } else { &c.wkey });
         let e = out.entry(key).or_default();
         e.1.add(c.last);
         e.2 += 1;
@@ -341,7 +341,11 @@ mod tests {
     }
 
     fn names(_: &ConnRecord) -> (Identity, String, String) {
-        let id = Identity { workload: "/app".into(), service: "127.0.0.1:80".into(), ..Default::default() };
+        let id = Identity {
+            workload: "/app".into(),
+            service: "127.0.0.1:80".into(),
+            ..Default::default()
+        };
         (id, "/app".into(), "127.0.0.1:80".into())
     }
 
@@ -499,7 +503,10 @@ mod tests {
             apply(
                 st,
                 Inputs {
-                    now: Clock { boot_ns: now_s * S, wall_ns: wall_s * S as i128 },
+                    now: Clock {
+                        boot_ns: now_s * S,
+                        wall_ns: wall_s * S as i128,
+                    },
                     map: vec![rec(1, 1, 100, 0)],
                     ring: vec![],
                     long_threshold_ns: 5 * S,
@@ -511,9 +518,16 @@ mod tests {
         let a = rec1(10, 1_700_000_010, &mut st);
         // The wall clock is set back one hour between cycles.
         let b = rec1(15, 1_700_000_015 - 3600, &mut st);
-        assert_eq!(a.records[0].start_time, b.records[0].start_time, "start time is not rewritten");
+        assert_eq!(
+            a.records[0].start_time, b.records[0].start_time,
+            "start time is not rewritten"
+        );
         assert_eq!(a.records[0].start_time, "2023-11-14T22:13:21.000000Z");
-        assert_eq!((a.records[0].duration_seconds, b.records[0].duration_seconds), (9.0, 14.0), "durations from CLOCK_BOOTTIME");
+        assert_eq!(
+            (a.records[0].duration_seconds, b.records[0].duration_seconds),
+            (9.0, 14.0),
+            "durations from CLOCK_BOOTTIME"
+        );
     }
 
     #[test]

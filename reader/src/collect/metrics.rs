@@ -77,8 +77,16 @@ const COUNTER_FIELDS: [(&str, &str, Pick); 6] = [
 ];
 
 fn group_families(state: &State, by_service: bool) -> Vec<Family> {
-    let prefix = if by_service { "longconn_service" } else { "longconn_workload" };
-    let label_names = if by_service { &state.service_labels } else { &state.workload_labels };
+    let prefix = if by_service {
+        "longconn_service"
+    } else {
+        "longconn_workload"
+    };
+    let label_names = if by_service {
+        &state.service_labels
+    } else {
+        &state.workload_labels
+    };
     let what = if by_service {
         "service (remote endpoint; local listening endpoint for inbound)"
     } else {
@@ -116,8 +124,11 @@ fn group_families(state: &State, by_service: bool) -> Vec<Family> {
         .collect();
     for (key, (totals, sum, live)) in group_counters(state, by_service) {
         let (direction, values) = key.split_once('|').unwrap_or(("unknown", key.as_str()));
-        let mut l: Vec<(String, String)> =
-            label_names.iter().cloned().zip(values.split(KEY_SEP).map(str::to_owned)).collect();
+        let mut l: Vec<(String, String)> = label_names
+            .iter()
+            .cloned()
+            .zip(values.split(KEY_SEP).map(str::to_owned))
+            .collect();
         l.push(("direction".into(), direction.into()));
         opened.samples.push(Sample {
             labels: l.clone(),

@@ -18,8 +18,16 @@ pub use state::State as StateForTests;
 #[cfg(test)]
 pub fn test_state() -> State {
     let mut s = new_state();
-    s.conns.insert(7, state::ConnState { seq: 3, local: "127.0.0.1".into(), ..Default::default() });
-    s.workloads.insert("outbound|/a".into(), state::GroupTotals::default());
+    s.conns.insert(
+        7,
+        state::ConnState {
+            seq: 3,
+            local: "127.0.0.1".into(),
+            ..Default::default()
+        },
+    );
+    s.workloads
+        .insert("outbound|/a".into(), state::GroupTotals::default());
     s
 }
 
@@ -29,6 +37,7 @@ pub fn load_state_for_tests(p: &Path) -> std::io::Result<()> {
 }
 
 use std::{
+    collections::BTreeMap,
     fs,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
@@ -39,12 +48,12 @@ use std::{
 use anyhow::Context as _;
 use longconn_common::{pinned::Access, units, ConnRecord, Pins};
 
-use self::state::{LoadOutcome, Pending, State};
+use self::state::{LoadOutcome, State};
 use crate::{
     clock::Clock,
     identity,
-    servicemap::ServiceMap,
     output::{access, applog::AppendLog, atomic, otlp, promtext},
+    servicemap::ServiceMap,
 };
 
 pub const DEFAULT_TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
@@ -171,15 +180,28 @@ fn make_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
 fn files(dirs: &Dirs, a: &CollectArgs) -> anyhow::Result<Vec<(String, AppendLog)>> {
     let mut out = Vec::new();
     let mut add = |file: &str, header: Vec<u8>| {
-        let log = AppendLog { path: dirs.log.join(file), max_bytes: a.log_max_bytes, keep: a.log_keep, header, mode: 0o640 };
+        let log = AppendLog {
+            path: dirs.log.join(file),
+            max_bytes: a.log_max_bytes,
+            keep: a.log_keep,
+            header,
+            mode: 0o640,
+        };
         out.push((file.to_owned(), log));
     };
-    for fmt in a.access_log.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for fmt in a
+        .access_log
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         match fmt {
             "csv" => add(CSV_FILE, access::csv_header()),
             "jsonl" => add(JSONL_FILE, Vec::new()),
             "none" => {}
-            other => anyhow::bail!("--access-log {other:?}: expected csv, jsonl, csv,jsonl or none"),
+            other => {
+                anyhow::bail!("--access-log {other:?}: expected csv, jsonl, csv,jsonl or none")
+            }
         }
     }
     for kind in a.otlp.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -187,7 +209,9 @@ fn files(dirs: &Dirs, a: &CollectArgs) -> anyhow::Result<Vec<(String, AppendLog)
             "metrics" => add(OTLP_METRICS_FILE, Vec::new()),
             "logs" => add(OTLP_LOGS_FILE, Vec::new()),
             "none" => {}
-            other => anyhow::bail!("--otlp {other:?}: expected metrics, logs, metrics,logs or none"),
+            other => {
+                anyhow::bail!("--otlp {other:?}: expected metrics, logs, metrics,logs or none")
+            }
         }
     }
     Ok(out)
@@ -205,7 +229,10 @@ fn new_state() -> State {
 pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let group = match &a.group {
-        Some(g) => Some(longconn_common::groups::gid_of(g).ok_or_else(|| anyhow::anyhow!("--group {g}: no such group in /etc/group"))?),
+        Some(g) => Some(
+            longconn_common::groups::gid_of(g)
+                .ok_or_else(|| anyhow::anyhow!("--group {g}: no such group in /etc/group"))?,
+        ),
         None => longconn_common::groups::gid_of("prometheus"),
     };
     if let Some(gid) = group {
@@ -258,8 +285,18 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => {
                 partial_failure = true;
-                let kept = state.services_text.as_deref().and_then(|t| ServiceMap::parse(t, "last good map").ok());
-                eprintln!("longconn-reader: {e}; {}", if kept.is_some() { "keeping the last good service map" } else { "no earlier good map: services stay address:port" });
+                let kept = state
+                    .services_text
+                    .as_deref()
+                    .and_then(|t| ServiceMap::parse(t, "last good map").ok());
+                eprintln!(
+                    "longconn-reader: {e}; {}",
+                    if kept.is_some() {
+                        "keeping the last good service map"
+                    } else {
+                        "no earlier good map: services stay address:port"
+                    }
+                );
                 kept.unwrap_or_default()
             }
         },
@@ -267,11 +304,6 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     let pins = Pins::open(pin_dir, Access::ReadWrite)?;
     let generation_changed = state.pin_generation != pins.meta.pinned_at_ns;
 
-    // Replay a cycle that was committed but not fully written out.
-    if let Some(p) = state.pending.take() {
-        finish(&mut state, &pins, &files, &dirs, &p, !generation_changed)?;
-        state::save(&state_path, &state, 0o600)?;
-    }
     if generation_changed {
         state.pin_generation = pins.meta.pinned_at_ns;
         state.ring_applied = 0;
@@ -299,13 +331,16 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     state.malformed_records += bad_map + bad_ring;
 
     let mut cgroup_names = std::mem::take(&mut state.cgroup_names);
-    identity::resolve_cgroups(&mut cgroup_names, map.iter().chain(ring_records.iter().map(|(r, _)| r)));
+    identity::resolve_cgroups(
+        &mut cgroup_names,
+        map.iter().chain(ring_records.iter().map(|(r, _)| r)),
+    );
     let names = |r: &ConnRecord| {
         let id = identity::identify(r, &cgroup_names, &services);
         let (w, s) = (id.key(&a.workload_labels.0), id.key(&a.service_labels.0));
         (id, w, s)
     };
-    let tracked = map.len() as u64;
+    let tracked = map.iter().filter(|r| !r.is_closed()).count() as u64;
     let outcome = cycle::apply(
         &mut state,
         cycle::Inputs {
@@ -319,8 +354,6 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     );
     state.cgroup_names = cgroup_names;
 
-    // Everything this cycle writes is computed now, so that a replay after a
-    // crash writes the very same bytes.
     let counters = pins.counters()?;
     let stats = metrics::SelfStats {
         now_unix: chrono::Utc::now().timestamp_micros() as f64 / 1e6,
@@ -331,82 +364,106 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         map_full_drops: counters.map_full + counters.map_error,
         max_connection_series: a.max_connection_series,
     };
-    let families = metrics::families(&state, &stats, a.long_threshold.as_nanos() as u64, clock.boot_ns);
-    let now_ns = u64::try_from(clock.wall_ns).unwrap_or(0);
-    let resource = otlp::Resource { host_name: host_name() };
-    let otlp_metrics = (files.iter().any(|(f, _)| f == OTLP_METRICS_FILE))
-        .then(|| otlp::metrics_request(&families, &resource, (state.created_unix.max(0) as u64) * 1_000_000_000, now_ns));
-    let otlp_logs = if files.iter().any(|(f, _)| f == OTLP_LOGS_FILE) {
-        otlp::logs_request(&outcome.records, &resource, now_ns)
-    } else {
-        None
+    let families = metrics::families(
+        &state,
+        &stats,
+        a.long_threshold.as_nanos() as u64,
+        clock.boot_ns,
+    );
+    let out = CycleOutput {
+        records: &outcome.records,
+        families: &families,
+        now_ns: u64::try_from(clock.wall_ns).unwrap_or(0),
+        group_start_ns: (state.created_unix.max(0) as u64) * 1_000_000_000,
     };
 
-    // Commit point: from here the cycle's outputs live in the state file.
-    let pending = Pending {
-        records: outcome.records,
-        log_len: state.log_len.clone(),
-        ring_commit: outcome.ring_commit,
-        map_deletes: outcome.map_deletes,
-        prom: promtext::encode(&families),
-        otlp_metrics,
-        otlp_logs,
-    };
-    state.pending = Some(pending.clone());
+    // 1. Append this cycle's records past each file's committed length (a
+    //    killed run's uncommitted tail is cut first).
+    let mut written = BTreeMap::new();
+    for (file, log) in &files {
+        let committed = state.log_len.get(file).copied().unwrap_or(0);
+        let len = log
+            .write_uncommitted(committed, &out.body(file))
+            .with_context(|| format!("cannot append to {}", log.path.display()))?;
+        written.insert(file.clone(), len);
+    }
+    // 2. Commit point: totals, applied ring position and file lengths at once.
+    state.log_len = written;
     state::save(&state_path, &state, 0o600)?;
-    state.pending = None;
-    finish(&mut state, &pins, &files, &dirs, &pending, true)?;
-    state::save(&state_path, &state, 0o600)?;
-    Ok(if partial_failure { ExitCode::from(crate::exit::FAILURE) } else { ExitCode::SUCCESS })
+    // 3. Only now release the kernel side: a run killed before this re-reads
+    //    the same records and skips them by the committed ring position.
+    pins.ring()?
+        .commit(outcome.ring_commit)
+        .with_context(|| format!("cannot release ring buffer {}", pins.dir.display()))?;
+    for cookie in &outcome.map_deletes {
+        pins.remove(*cookie)?;
+    }
+    let prom = dirs.textfile.join(PROM_FILE);
+    atomic::write_atomic(&prom, promtext::encode(&families).as_bytes(), 0o640)
+        .with_context(|| format!("cannot write {}", prom.display()))?;
+    // 4. Rotate full files (only committed bytes move) and record it.
+    let mut rotated = false;
+    for (file, log) in &files {
+        let len = state.log_len.get(file).copied().unwrap_or(0);
+        let after = log
+            .rotate_if_full(len)
+            .with_context(|| format!("cannot rotate {}", log.path.display()))?;
+        rotated |= after != len;
+        state.log_len.insert(file.clone(), after);
+    }
+    if rotated {
+        state::save(&state_path, &state, 0o600)?;
+    }
+    Ok(if partial_failure {
+        ExitCode::from(crate::exit::FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn host_name() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }
 
-/// The bytes a committed cycle appends to one of the append-only files.
-fn body_for(file: &str, p: &Pending) -> Vec<u8> {
-    let line = |l: &Option<String>| l.as_ref().map(|l| format!("{l}\n").into_bytes()).unwrap_or_default();
-    match file {
-        CSV_FILE => access::encode_csv(&p.records),
-        JSONL_FILE => access::encode_jsonl(&p.records),
-        OTLP_METRICS_FILE => line(&p.otlp_metrics),
-        OTLP_LOGS_FILE => line(&p.otlp_logs),
-        _ => Vec::new(),
-    }
+/// OTLP log requests hold at most this many records, so a burst of closes
+/// gives several bounded lines rather than one huge one.
+const OTLP_LOGS_PER_LINE: usize = 1000;
+
+/// What one cycle writes, encoded per file on demand.
+struct CycleOutput<'a> {
+    records: &'a [access::AccessRecord],
+    families: &'a [promtext::Family],
+    now_ns: u64,
+    group_start_ns: u64,
 }
 
-/// Releases the kernel side of a committed cycle and writes its records.
-/// Idempotent: safe to run again for the same `pending` after a crash.
-fn finish(
-    state: &mut State,
-    pins: &Pins,
-    files: &[(String, AppendLog)],
-    dirs: &Dirs,
-    p: &Pending,
-    same_generation: bool,
-) -> anyhow::Result<()> {
-    if same_generation {
-        pins.ring()?
-            .commit(p.ring_commit)
-            .with_context(|| format!("cannot release ring buffer {}", pins.dir.display()))?;
-        for cookie in &p.map_deletes {
-            pins.remove(*cookie)?;
+impl CycleOutput<'_> {
+    fn body(&self, file: &str) -> Vec<u8> {
+        let resource = || otlp::Resource {
+            host_name: host_name(),
+        };
+        match file {
+            CSV_FILE => access::encode_csv(self.records),
+            JSONL_FILE => access::encode_jsonl(self.records),
+            OTLP_METRICS_FILE => format!(
+                "{}\n",
+                otlp::metrics_request(self.families, &resource(), self.group_start_ns, self.now_ns)
+            )
+            .into_bytes(),
+            OTLP_LOGS_FILE => {
+                let res = resource();
+                let mut out = Vec::new();
+                for chunk in self.records.chunks(OTLP_LOGS_PER_LINE) {
+                    if let Some(line) = otlp::logs_request(chunk, &res, self.now_ns) {
+                        out.extend_from_slice(line.as_bytes());
+                        out.push(b'\n');
+                    }
+                }
+                out
+            }
+            _ => Vec::new(),
         }
     }
-    for (file, log) in files {
-        let before = p.log_len.get(file).copied().unwrap_or(0);
-        let body = body_for(file, p);
-        let after = if body.is_empty() {
-            before
-        } else {
-            log.append(before, &body).with_context(|| format!("cannot append to {}", log.path.display()))?
-        };
-        state.log_len.insert(file.clone(), after);
-    }
-    if !p.prom.is_empty() {
-        let prom = dirs.textfile.join(PROM_FILE);
-        atomic::write_atomic(&prom, p.prom.as_bytes(), 0o640).with_context(|| format!("cannot write {}", prom.display()))?;
-    }
-    Ok(())
 }

@@ -3,15 +3,15 @@
 //! It holds what makes exported counters monotonic (totals of closed
 //! connections, last counters of live ones) and what makes every close
 //! counted exactly once (the ring-buffer position already applied, recently
-//! closed cookies, and the records of a cycle not yet fully written out).
+//! closed cookies, and the committed length of every append-only file).
 
 use std::{collections::BTreeMap, fs, io, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{identity::Identity, output::access::AccessRecord};
+use crate::identity::Identity;
 
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// Cumulative counters of one connection (or a sum of them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,24 +95,6 @@ pub struct ConnState {
     pub skey: String,
 }
 
-/// A cycle's outputs, committed to the state before the kernel side is
-/// released and replayed if the reader dies before writing them.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Pending {
-    pub records: Vec<AccessRecord>,
-    /// Committed lengths of the access logs before these records.
-    pub log_len: BTreeMap<String, u64>,
-    /// Ring-buffer position to release once the state is durable.
-    pub ring_commit: u64,
-    /// Closed records the kernel left in the map, to delete.
-    pub map_deletes: Vec<u64>,
-    /// longconn.prom as computed for this cycle.
-    pub prom: String,
-    /// This cycle's OTLP/JSON lines (without newline), when enabled.
-    pub otlp_metrics: Option<String>,
-    pub otlp_logs: Option<String>,
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
@@ -138,9 +120,8 @@ pub struct State {
     pub final_series: Vec<ConnState>,
     pub closes_without_record: u64,
     pub malformed_records: u64,
-    /// Committed length of each access log (by file name).
+    /// Committed length of each append-only file (by file name).
     pub log_len: BTreeMap<String, u64>,
-    pub pending: Option<Pending>,
     /// Unix seconds when this state started (a new start = a counter reset).
     pub created_unix: i64,
 }
@@ -167,16 +148,28 @@ pub fn load(path: &Path) -> io::Result<LoadOutcome> {
     let problem = match read {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LoadOutcome::Fresh),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => "a symlink, not a file".to_owned(),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", path.display()),
+            ))
+        }
         Ok(_) => match serde_json::from_slice::<State>(&bytes) {
             Ok(s) if s.version == STATE_VERSION => return Ok(LoadOutcome::Loaded(Box::new(s))),
             Ok(s) => format!("state version {} (expected {STATE_VERSION})", s.version),
             Err(e) => format!("not a longconn state file ({e})"),
         },
     };
-    let aside = path.with_extension(format!("bad-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
-    fs::rename(path, &aside)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot move bad state {} aside: {e}", path.display())))?;
+    let aside = path.with_extension(format!(
+        "bad-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+    ));
+    fs::rename(path, &aside).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot move bad state {} aside: {e}", path.display()),
+        )
+    })?;
     Ok(LoadOutcome::SetAside(aside, problem))
 }
 

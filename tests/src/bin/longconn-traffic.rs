@@ -11,6 +11,10 @@
 //!   fail PORT [ADDR]       connect to a closed port -> {"failed":true,"port"}
 //!   churn N [ADDR]         open, send 1000 bytes each way, close, N times
 //!                          -> {"churn":N,"bytes_each_way":1000}
+//!   pairs PREFIX N 4|6     N pairs named PREFIX0..PREFIX<N-1> on one listener
+//!                          -> {"pairs":N}
+//!   pump PREFIX N          send N bytes c2s on every pair named PREFIX*
+//!                          -> {"pumped":pairs,"bytes":N}
 //!   listen 4|6 [ADDR]      a listener that accepts in the background and
 //!                          reads each connection until EOF -> {"port":P}
 //!   exit
@@ -152,6 +156,37 @@ fn run(line: &str, pairs: &mut HashMap<String, Pair>) -> Result<Option<String>, 
                 r#"{{"churn":{n},"bytes_each_way":1000,"port":{}}}"#,
                 target.port()
             )))
+        }
+        ["pairs", prefix, n, family] => {
+            let n: usize = n.parse().map_err(|_| format!("bad count {n}"))?;
+            let listener = bind(&loopback(family, None)).map_err(e)?;
+            let target = listener.local_addr().map_err(e)?;
+            for i in 0..n {
+                let client = TcpStream::connect(target).map_err(e)?;
+                let (server, _) = listener.accept().map_err(e)?;
+                pairs.insert(
+                    format!("{prefix}{i}"),
+                    Pair {
+                        client,
+                        server,
+                        c2s: 0,
+                        s2c: 0,
+                    },
+                );
+            }
+            Ok(Some(format!(r#"{{"pairs":{n},"port":{}}}"#, target.port())))
+        }
+        ["pump", prefix, n] => {
+            let n: u64 = n.parse().map_err(|_| format!("bad byte count {n}"))?;
+            let mut count = 0;
+            for (name, p) in pairs.iter_mut() {
+                if name.starts_with(prefix) {
+                    send(&mut p.client, &p.server, n).map_err(e)?;
+                    p.c2s += n;
+                    count += 1;
+                }
+            }
+            Ok(Some(format!(r#"{{"pumped":{count},"bytes":{n}}}"#)))
         }
         ["listen", family, rest @ ..] => {
             let addr = loopback(family, rest.first().copied());
