@@ -502,6 +502,7 @@ fn record_attributes(r: &AccessRecord) -> Vec<KeyValue> {
 /// The serde-driven form the direct one must equal (tests only).
 #[cfg(test)]
 fn record_attributes_via_serde(r: &AccessRecord) -> Vec<KeyValue> {
+    use super::access::CSV_COLUMNS;
     let mut fields = match serde_json::to_value(r) {
         Ok(serde_json::Value::Object(fields)) => fields,
         // A struct of plain fields always serializes to an object.
@@ -596,6 +597,7 @@ pub fn logs_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::access::CSV_COLUMNS;
 
     #[test]
     fn direct_attributes_equal_the_serde_form() {
