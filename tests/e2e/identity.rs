@@ -113,7 +113,7 @@ fn service_map_names_destinations_and_bad_files_keep_the_last_good_map() {
     let mut gen = Traffic::start_in(&mut env);
     let p4 = gen.cmd("pair web 4");
     let p6 = gen.cmd("pair api 6");
-    let (port4, port6) = (
+    let (port4, _port6) = (
         p4["server_port"].as_u64().unwrap(),
         p6["server_port"].as_u64().unwrap(),
     );

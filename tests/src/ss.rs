@@ -28,10 +28,16 @@ fn split_endpoint(s: &str) -> Option<(String, u16)> {
 
 /// tcp_info of every TCP socket (any state) with one of `ports` as local or remote port.
 pub fn tcp_info(ports: &[u16]) -> HashMap<SockKey, TcpInfo> {
-    let out = Command::new("ss")
-        .args(["-tinHa"])
-        .output()
-        .expect("run ss");
+    tcp_info_in(None, ports)
+}
+
+/// The same, inside network namespace `netns` (`ip netns exec`).
+pub fn tcp_info_in(netns: Option<&str>, ports: &[u16]) -> HashMap<SockKey, TcpInfo> {
+    let out = match netns {
+        Some(ns) => Command::new("ip").args(["netns", "exec", ns, "ss", "-tinHa"]).output(),
+        None => Command::new("ss").args(["-tinHa"]).output(),
+    }
+    .expect("run ss");
     assert!(out.status.success(), "ss failed");
     let text = String::from_utf8_lossy(&out.stdout);
     let mut result = HashMap::new();

@@ -28,6 +28,13 @@ impl Traffic {
         }
     }
 
+    /// Drives an already spawned generator (stdin and stdout piped).
+    pub fn from_child(mut child: Child) -> Self {
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Self { stdin, stdout, child }
+    }
+
     /// Starts the generator inside cgroup `cg` (a child of `env`'s).
     pub fn start_in_cgroup(env: &mut TestEnv, cg: &std::path::Path) -> Self {
         let cmd = Command::new(crate::env::bin("longconn-traffic"));
