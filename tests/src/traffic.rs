@@ -16,16 +16,24 @@ pub struct Traffic {
 impl Traffic {
     /// Starts the generator inside `env`'s cgroup.
     pub fn start_in(env: &mut TestEnv) -> Self {
-        let cmd = Command::new(crate::env::bin("longconn-traffic"));
-        env.spawn_in_cgroup(cmd);
-        let mut child = env.take_child();
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Self {
-            stdin,
-            stdout,
-            child,
-        }
+        let cg = env.cgroup.clone();
+        Self::start_in_cgroup(env, &cg)
+    }
+
+    /// Starts the generator inside cgroup `cg` (`env`'s or a child of it).
+    pub fn start_in_cgroup(env: &mut TestEnv, cg: &std::path::Path) -> Self {
+        env.spawn_in(cg, Command::new(crate::env::bin("longconn-traffic")));
+        Self::from_child(env.take_child())
+    }
+
+    /// Starts the generator outside any test cgroup (where the test runs).
+    pub fn start_outside() -> Self {
+        let child = Command::new(crate::env::bin("longconn-traffic"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn traffic");
+        Self::from_child(child)
     }
 
     /// Drives an already spawned generator (stdin and stdout piped).
@@ -33,36 +41,6 @@ impl Traffic {
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         Self { stdin, stdout, child }
-    }
-
-    /// Starts the generator inside cgroup `cg` (a child of `env`'s).
-    pub fn start_in_cgroup(env: &mut TestEnv, cg: &std::path::Path) -> Self {
-        let cmd = Command::new(crate::env::bin("longconn-traffic"));
-        env.spawn_in(cg, cmd);
-        let mut child = env.take_child();
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Self {
-            stdin,
-            stdout,
-            child,
-        }
-    }
-
-    /// Starts the generator outside any test cgroup (where the test runs).
-    pub fn start_outside() -> Self {
-        let mut child = Command::new(crate::env::bin("longconn-traffic"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn traffic");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Self {
-            stdin,
-            stdout,
-            child,
-        }
     }
 
     /// Sends one command and returns its JSON answer; panics on {"error"}.
