@@ -6,8 +6,6 @@
 //! holding a newline is quoted, so one record may span several lines. Each
 //! encoding ends every record with '\n', as `AppendLog` expects.
 
-use std::io;
-
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -110,16 +108,304 @@ pub fn csv_header() -> Vec<u8> {
 }
 
 /// CSV rows, no header, each ending in "\n".
+///
+/// Written by hand, byte for byte as the csv crate's default writer (which
+/// `encode_csv_reference` uses) writes the serde form of each record.
 pub fn encode_csv(records: &[AccessRecord]) -> Vec<u8> {
-    infallible(try_encode_csv(records))
+    let mut out = Vec::with_capacity(estimate(records, CSV_FIXED));
+    for record in records {
+        csv_row(&mut out, record);
+    }
+    out
 }
 
 /// One compact JSON object per record, each followed by '\n'.
+///
+/// Written by hand, byte for byte as serde_json (which
+/// `encode_jsonl_reference` uses) writes each record.
 pub fn encode_jsonl(records: &[AccessRecord]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(estimate(records, JSONL_FIXED));
+    for record in records {
+        jsonl_line(&mut out, record);
+    }
+    out
+}
+
+/// Bytes of a record outside its strings, numbers at typical lengths.
+const CSV_FIXED: usize = 170;
+const JSONL_FIXED: usize = 720;
+
+/// Roughly the encoded size of `records`: a fixed part per record plus its
+/// strings (escaping may add more; the buffer then grows).
+pub(crate) fn estimate(records: &[AccessRecord], fixed: usize) -> usize {
+    records.iter().map(|r| fixed + text_len(r)).sum()
+}
+
+/// The length of a record's string fields.
+pub(crate) fn text_len(r: &AccessRecord) -> usize {
+    r.report_time.len()
+        + r.event.len()
+        + r.start_time.len()
+        + r.direction.len()
+        + r.local_address.len()
+        + r.remote_address.len()
+        + r.state.len()
+        + r.workload.len()
+        + r.service.len()
+        + r.comm.len()
+        + r.container_id.len()
+        + r.pod_uid.len()
+        + r.service_namespace.len()
+}
+
+fn csv_row(out: &mut Vec<u8>, r: &AccessRecord) {
+    use super::jsonw::{csv_f64, csv_field, u64 as int};
+    // Every field by name, so a field added to the struct does not compile
+    // until it is written here too (in CSV_COLUMNS order).
+    let AccessRecord {
+        report_time,
+        event,
+        cookie,
+        seq,
+        start_time,
+        duration_seconds,
+        direction,
+        local_address,
+        local_port,
+        remote_address,
+        remote_port,
+        state,
+        failed,
+        bytes_sent,
+        bytes_received,
+        packets_sent,
+        packets_received,
+        retransmits,
+        lost_packets,
+        bytes_sent_delta,
+        bytes_received_delta,
+        packets_sent_delta,
+        packets_received_delta,
+        retransmits_delta,
+        lost_packets_delta,
+        srtt_us,
+        min_rtt_us,
+        workload,
+        service,
+        pid,
+        comm,
+        cgroup_id,
+        container_id,
+        pod_uid,
+        netns_cookie,
+        service_namespace,
+    } = r;
+    let sep = |out: &mut Vec<u8>| out.push(b',');
+    csv_field(out, report_time);
+    sep(out);
+    csv_field(out, event);
+    sep(out);
+    int(out, *cookie);
+    sep(out);
+    int(out, *seq);
+    sep(out);
+    csv_field(out, start_time);
+    sep(out);
+    csv_f64(out, *duration_seconds);
+    sep(out);
+    csv_field(out, direction);
+    sep(out);
+    csv_field(out, local_address);
+    sep(out);
+    int(out, (*local_port).into());
+    sep(out);
+    csv_field(out, remote_address);
+    sep(out);
+    int(out, (*remote_port).into());
+    sep(out);
+    csv_field(out, state);
+    sep(out);
+    out.extend_from_slice(if *failed { b"true," } else { b"false," });
+    for v in [
+        bytes_sent,
+        bytes_received,
+        packets_sent,
+        packets_received,
+        retransmits,
+        lost_packets,
+        bytes_sent_delta,
+        bytes_received_delta,
+        packets_sent_delta,
+        packets_received_delta,
+        retransmits_delta,
+        lost_packets_delta,
+    ] {
+        int(out, *v);
+        sep(out);
+    }
+    int(out, (*srtt_us).into());
+    sep(out);
+    int(out, (*min_rtt_us).into());
+    sep(out);
+    csv_field(out, workload);
+    sep(out);
+    csv_field(out, service);
+    sep(out);
+    int(out, (*pid).into());
+    sep(out);
+    csv_field(out, comm);
+    sep(out);
+    int(out, *cgroup_id);
+    sep(out);
+    csv_field(out, container_id);
+    sep(out);
+    csv_field(out, pod_uid);
+    sep(out);
+    int(out, *netns_cookie);
+    sep(out);
+    csv_field(out, service_namespace);
+    out.push(b'\n');
+}
+
+fn jsonl_line(out: &mut Vec<u8>, r: &AccessRecord) {
+    use super::jsonw::{f64 as float, str_contents as text, u64 as int};
+    // Every field by name, so a field added to the struct does not compile
+    // until it is written here too (in declaration order, serde's).
+    let AccessRecord {
+        report_time,
+        event,
+        cookie,
+        seq,
+        start_time,
+        duration_seconds,
+        direction,
+        local_address,
+        local_port,
+        remote_address,
+        remote_port,
+        state,
+        failed,
+        bytes_sent,
+        bytes_received,
+        packets_sent,
+        packets_received,
+        retransmits,
+        lost_packets,
+        bytes_sent_delta,
+        bytes_received_delta,
+        packets_sent_delta,
+        packets_received_delta,
+        retransmits_delta,
+        lost_packets_delta,
+        srtt_us,
+        min_rtt_us,
+        workload,
+        service,
+        pid,
+        comm,
+        cgroup_id,
+        container_id,
+        pod_uid,
+        netns_cookie,
+        service_namespace,
+    } = r;
+    // Each key literal holds the punctuation up to the value: `"` opens a
+    // string value, the previous string's closing `"` leads the next key.
+    let raw = |out: &mut Vec<u8>, s: &str| out.extend_from_slice(s.as_bytes());
+    raw(out, r#"{"report_time":""#);
+    text(out, report_time);
+    raw(out, r#"","event":""#);
+    text(out, event);
+    raw(out, r#"","cookie":"#);
+    int(out, *cookie);
+    raw(out, r#","seq":"#);
+    int(out, *seq);
+    raw(out, r#","start_time":""#);
+    text(out, start_time);
+    raw(out, r#"","duration_seconds":"#);
+    float(out, *duration_seconds);
+    raw(out, r#","direction":""#);
+    text(out, direction);
+    raw(out, r#"","local_address":""#);
+    text(out, local_address);
+    raw(out, r#"","local_port":"#);
+    int(out, (*local_port).into());
+    raw(out, r#","remote_address":""#);
+    text(out, remote_address);
+    raw(out, r#"","remote_port":"#);
+    int(out, (*remote_port).into());
+    raw(out, r#","state":""#);
+    text(out, state);
+    raw(
+        out,
+        if *failed {
+            r#"","failed":true,"bytes_sent":"#
+        } else {
+            r#"","failed":false,"bytes_sent":"#
+        },
+    );
+    int(out, *bytes_sent);
+    raw(out, r#","bytes_received":"#);
+    int(out, *bytes_received);
+    raw(out, r#","packets_sent":"#);
+    int(out, *packets_sent);
+    raw(out, r#","packets_received":"#);
+    int(out, *packets_received);
+    raw(out, r#","retransmits":"#);
+    int(out, *retransmits);
+    raw(out, r#","lost_packets":"#);
+    int(out, *lost_packets);
+    raw(out, r#","bytes_sent_delta":"#);
+    int(out, *bytes_sent_delta);
+    raw(out, r#","bytes_received_delta":"#);
+    int(out, *bytes_received_delta);
+    raw(out, r#","packets_sent_delta":"#);
+    int(out, *packets_sent_delta);
+    raw(out, r#","packets_received_delta":"#);
+    int(out, *packets_received_delta);
+    raw(out, r#","retransmits_delta":"#);
+    int(out, *retransmits_delta);
+    raw(out, r#","lost_packets_delta":"#);
+    int(out, *lost_packets_delta);
+    raw(out, r#","srtt_us":"#);
+    int(out, (*srtt_us).into());
+    raw(out, r#","min_rtt_us":"#);
+    int(out, (*min_rtt_us).into());
+    raw(out, r#","workload":""#);
+    text(out, workload);
+    raw(out, r#"","service":""#);
+    text(out, service);
+    raw(out, r#"","pid":"#);
+    int(out, (*pid).into());
+    raw(out, r#","comm":""#);
+    text(out, comm);
+    raw(out, r#"","cgroup_id":"#);
+    int(out, *cgroup_id);
+    raw(out, r#","container_id":""#);
+    text(out, container_id);
+    raw(out, r#"","pod_uid":""#);
+    text(out, pod_uid);
+    raw(out, r#"","netns_cookie":"#);
+    int(out, *netns_cookie);
+    raw(out, r#","service_namespace":""#);
+    text(out, service_namespace);
+    raw(out, "\"}\n");
+}
+
+/// The serde-driven CSV encoder the hand-written one must equal (tests only).
+#[cfg(test)]
+pub(crate) fn encode_csv_reference(records: &[AccessRecord]) -> Vec<u8> {
+    infallible(try_encode_csv(records))
+}
+
+/// The serde-driven JSON Lines encoder the hand-written one must equal.
+#[cfg(test)]
+pub(crate) fn encode_jsonl_reference(records: &[AccessRecord]) -> Vec<u8> {
     infallible(try_encode_jsonl(records))
 }
 
-fn try_encode_csv(records: &[AccessRecord]) -> io::Result<Vec<u8>> {
+#[cfg(test)]
+fn try_encode_csv(records: &[AccessRecord]) -> std::io::Result<Vec<u8>> {
     let mut writer = csv::WriterBuilder::new()
         .has_headers(false)
         .from_writer(Vec::new());
@@ -129,7 +415,8 @@ fn try_encode_csv(records: &[AccessRecord]) -> io::Result<Vec<u8>> {
     writer.into_inner().map_err(|e| e.into_error())
 }
 
-fn try_encode_jsonl(records: &[AccessRecord]) -> io::Result<Vec<u8>> {
+#[cfg(test)]
+fn try_encode_jsonl(records: &[AccessRecord]) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     for record in records {
         serde_json::to_writer(&mut out, record)?;
@@ -142,10 +429,200 @@ fn try_encode_jsonl(records: &[AccessRecord]) -> io::Result<Vec<u8>> {
 /// f64 into a Vec: serde_json and csv have no error for any of these values
 /// (serde_json writes a non-finite f64 as null), and writing to a Vec cannot
 /// fail. An error here is a bug in this module, not a runtime condition.
-fn infallible(encoded: io::Result<Vec<u8>>) -> Vec<u8> {
+#[cfg(test)]
+fn infallible(encoded: std::io::Result<Vec<u8>>) -> Vec<u8> {
     match encoded {
         Ok(bytes) => bytes,
         Err(e) => unreachable!("encoding a flat AccessRecord failed: {e}"),
+    }
+}
+
+/// Records for the property tests and benchmarks of the encoders.
+#[cfg(test)]
+pub(crate) mod testdata {
+    use super::AccessRecord;
+    use longconn_common::testgen::Gen;
+
+    /// Text with quotes, commas, newlines, controls, non-ASCII, or empty.
+    fn text(g: &mut Gen) -> String {
+        const SEEDS: &[&str] = &[
+            "2026-11-25T17:41:25.572859Z",
+            "2026-11-25T18:41:25.5+01:00",
+            "periodic",
+            "close",
+            "10.0.0.1",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+            "ESTAB",
+            "a,b \"q\"\nline2",
+            "x\r\ny\t\u{8}\u{c}\u{1}\u{1f}\u{7f}\\",
+            "é€😀",
+            "",
+            "system.slice/db.service",
+        ];
+        match g.below(10) {
+            0 => String::new(),
+            1 => SEEDS[g.below(SEEDS.len())].to_owned(),
+            _ => g.text(SEEDS),
+        }
+    }
+
+    fn uint(g: &mut Gen) -> u64 {
+        match g.below(8) {
+            0 => 0,
+            1 => u64::MAX,
+            2 => i64::MAX as u64,
+            3 => i64::MAX as u64 + 1,
+            4 | 5 => g.next() >> g.below(64),
+            _ => g.next(),
+        }
+    }
+
+    fn float(g: &mut Gen) -> f64 {
+        const EDGES: &[f64] = &[
+            0.0,
+            -0.0,
+            1.5,
+            2.0,
+            8.0,
+            1e-7,
+            1e21,
+            1e16,
+            1e17,
+            0.05,
+            0.25,
+            0.15,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MAX,
+            5e-324,
+            6085.572858,
+        ];
+        match g.below(4) {
+            0 => EDGES[g.below(EDGES.len())],
+            1 => f64::from_bits(g.next()),
+            2 => (g.next() >> g.below(64)) as f64 / 1e9,
+            _ => (g.next() % 100_000) as f64 / 1000.0,
+        }
+    }
+
+    /// A record with every kind of awkward value.
+    pub fn generated(g: &mut Gen) -> AccessRecord {
+        AccessRecord {
+            report_time: text(g),
+            event: text(g),
+            cookie: uint(g),
+            seq: uint(g),
+            start_time: text(g),
+            duration_seconds: float(g),
+            direction: text(g),
+            local_address: text(g),
+            local_port: uint(g) as u16,
+            remote_address: text(g),
+            remote_port: uint(g) as u16,
+            state: text(g),
+            failed: g.below(2) == 0,
+            bytes_sent: uint(g),
+            bytes_received: uint(g),
+            packets_sent: uint(g),
+            packets_received: uint(g),
+            retransmits: uint(g),
+            lost_packets: uint(g),
+            bytes_sent_delta: uint(g),
+            bytes_received_delta: uint(g),
+            packets_sent_delta: uint(g),
+            packets_received_delta: uint(g),
+            retransmits_delta: uint(g),
+            lost_packets_delta: uint(g),
+            srtt_us: uint(g) as u32,
+            min_rtt_us: uint(g) as u32,
+            workload: text(g),
+            service: text(g),
+            pid: uint(g) as u32,
+            comm: text(g),
+            cgroup_id: uint(g),
+            container_id: text(g),
+            pod_uid: text(g),
+            netns_cookie: uint(g),
+            service_namespace: text(g),
+        }
+    }
+
+    /// A record like one of a real cycle: the cycle's report time, plain
+    /// names, IPv4 and IPv6 peers, counters of every size.
+    pub fn realistic(i: u64) -> AccessRecord {
+        let v6 = i.is_multiple_of(4);
+        let address = |n: u64| {
+            if v6 {
+                format!("2001:db8:{:x}::{:x}", n % 7, n % 65_536)
+            } else {
+                format!("10.{}.{}.{}", n % 7, (n / 256) % 256, n % 256)
+            }
+        };
+        let bytes = i.wrapping_mul(2_654_435_761) % 50_000_000_000;
+        AccessRecord {
+            report_time: "2026-11-25T17:41:25.572859Z".into(),
+            event: if i.is_multiple_of(10) {
+                "close"
+            } else {
+                "periodic"
+            }
+            .into(),
+            cookie: 0x1_0000_0000 + i * 7919,
+            seq: i % 700 + 1,
+            start_time: format!(
+                "2026-11-25T{:02}:{:02}:{:02}.{:06}Z",
+                (i / 3600) % 17,
+                (i / 60) % 60,
+                i % 60,
+                (i * 7919) % 1_000_000
+            ),
+            duration_seconds: (i.wrapping_mul(1_234_567_891) % 86_400_000_000_000) as f64 / 1e9,
+            direction: if i.is_multiple_of(3) {
+                "inbound"
+            } else {
+                "outbound"
+            }
+            .into(),
+            local_address: address(i),
+            local_port: (32_768 + i % 28_000) as u16,
+            remote_address: address(i / 3 + 11),
+            remote_port: [443, 5432, 6379, 8080][(i % 4) as usize],
+            state: "ESTAB".into(),
+            failed: false,
+            bytes_sent: bytes,
+            bytes_received: bytes / 3,
+            packets_sent: bytes / 1400,
+            packets_received: bytes / 4200,
+            retransmits: i % 17,
+            lost_packets: i % 5,
+            bytes_sent_delta: bytes % 1_000_000,
+            bytes_received_delta: bytes % 300_000,
+            packets_sent_delta: bytes % 1000,
+            packets_received_delta: bytes % 300,
+            retransmits_delta: i % 2,
+            lost_packets_delta: 0,
+            srtt_us: (85 + i % 20_000) as u32,
+            min_rtt_us: (12 + i % 100) as u32,
+            workload: format!("system.slice/app{}.service", i % 40),
+            service: if i.is_multiple_of(2) { "postgres" } else { "" }.into(),
+            pid: (1000 + i % 30_000) as u32,
+            comm: ["nginx", "postgres", "java", "curl"][(i % 4) as usize].into(),
+            cgroup_id: 10_000 + i % 40,
+            container_id: if i.is_multiple_of(2) {
+                format!("{:064x}", i % 40 * 0x9e37_79b9_7f4a_7c15)
+            } else {
+                String::new()
+            },
+            pod_uid: if i.is_multiple_of(2) {
+                format!("5f3c0d2e-1b2a-4c3d-9e8f-{:012x}", i % 40)
+            } else {
+                String::new()
+            },
+            netns_cookie: 4096 + i % 3,
+            service_namespace: if i.is_multiple_of(2) { "db" } else { "" }.into(),
+        }
     }
 }
 
@@ -255,5 +732,49 @@ min_rtt_us,workload,service,pid,comm,cgroup_id,container_id,pod_uid,netns_cookie
             "{first}"
         );
         assert_eq!(encode_jsonl(&[]), b"");
+    }
+
+    /// The hand-written encoders equal the serde ones byte for byte, for
+    /// records with every awkward value, one at a time and in batches.
+    #[test]
+    fn encoders_equal_the_serde_reference() {
+        let mut g = longconn_common::testgen::Gen::new(23);
+        let mut records = vec![record(NASTY, 1), record("", 2), AccessRecord::default()];
+        records.extend((0..100_000).map(|_| testdata::generated(&mut g)));
+        records.extend((0..1000).map(testdata::realistic));
+        for r in &records {
+            let one = std::slice::from_ref(r);
+            assert_eq!(
+                String::from_utf8_lossy(&encode_csv(one)),
+                String::from_utf8_lossy(&encode_csv_reference(one)),
+                "{r:?}"
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&encode_jsonl(one)),
+                String::from_utf8_lossy(&encode_jsonl_reference(one)),
+                "{r:?}"
+            );
+        }
+        for batch in records.chunks(997) {
+            assert_eq!(encode_csv(batch), encode_csv_reference(batch));
+            assert_eq!(encode_jsonl(batch), encode_jsonl_reference(batch));
+        }
+    }
+
+    /// The size estimate of realistic records is near the encoded size, so
+    /// the buffer is allocated once and not much too large.
+    #[test]
+    fn size_estimate_is_close() {
+        let records: Vec<AccessRecord> = (0..1000).map(testdata::realistic).collect();
+        for (fixed, len) in [
+            (CSV_FIXED, encode_csv(&records).len()),
+            (JSONL_FIXED, encode_jsonl(&records).len()),
+        ] {
+            let estimate = estimate(&records, fixed);
+            assert!(
+                estimate >= len && estimate < len + len / 5,
+                "{estimate} for {len}"
+            );
+        }
     }
 }

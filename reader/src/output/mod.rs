@@ -4,6 +4,7 @@
 pub mod access;
 pub mod applog;
 pub mod atomic;
+pub mod jsonw;
 pub mod otlp;
 pub mod promtext;
 
