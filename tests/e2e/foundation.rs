@@ -249,15 +249,25 @@ struct Netns(String);
 
 impl Netns {
     fn new(name: &str) -> Self {
-        let st = Command::new("ip").args(["netns", "add", name]).status().unwrap();
+        let st = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .unwrap();
         assert!(st.success(), "ip netns add {name}");
-        let st = Command::new("ip").args(["netns", "exec", name, "ip", "link", "set", "lo", "up"]).status().unwrap();
+        let st = Command::new("ip")
+            .args(["netns", "exec", name, "ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
         assert!(st.success());
         Self(name.into())
     }
 
     fn run(&self, args: &[&str]) {
-        let st = Command::new("ip").args(["netns", "exec", &self.0]).args(args).status().unwrap();
+        let st = Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .status()
+            .unwrap();
         assert!(st.success(), "{args:?} in {}", self.0);
     }
 }
@@ -278,7 +288,8 @@ fn retransmits_under_real_loss_equal_tcp_info() {
     let ns = Netns::new(&format!("lcloss{}", std::process::id()));
     // The generator runs in the test cgroup and in the private netns.
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.0]).arg(longconn_tests::env::bin("longconn-traffic"));
+    cmd.args(["netns", "exec", &ns.0])
+        .arg(longconn_tests::env::bin("longconn-traffic"));
     env.spawn_in_cgroup(cmd);
     let mut gen = Traffic::from_child(env.take_child());
     let p = gen.cmd("pair lossy 4");
@@ -286,8 +297,33 @@ fn retransmits_under_real_loss_equal_tcp_info() {
     // Drop 1 in 25 segments arriving for the server (input hook: a real loss
     // that TCP detects and repairs, not a local send failure).
     ns.run(&["nft", "add", "table", "inet", "lcloss"]);
-    ns.run(&["nft", "add", "chain", "inet", "lcloss", "input", "{ type filter hook input priority 0 ; }"]);
-    ns.run(&["nft", "add", "rule", "inet", "lcloss", "input", "tcp", "dport", &server.to_string(), "numgen", "random", "mod", &std::env::var("LONGCONN_LOSS_MOD").unwrap_or_else(|_| "25".into()), "==", "0", "drop"]);
+    ns.run(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "lcloss",
+        "input",
+        "{ type filter hook input priority 0 ; }",
+    ]);
+    ns.run(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "lcloss",
+        "input",
+        "tcp",
+        "dport",
+        &server.to_string(),
+        "numgen",
+        "random",
+        "mod",
+        &std::env::var("LONGCONN_LOSS_MOD").unwrap_or_else(|_| "25".into()),
+        "==",
+        "0",
+        "drop",
+    ]);
     for _ in 0..8 {
         gen.cmd("send lossy c2s 1048576");
     }
@@ -309,11 +345,22 @@ fn retransmits_under_real_loss_equal_tcp_info() {
                 eprintln!("under loss: dump == ss  {}:{} -> {}:{}  bytes_acked {} bytes_received {} segs_out {} segs_in {} retrans {}", k.0, k.1, k.2, k.3, i.bytes_acked, i.bytes_received, i.segs_out, i.segs_in, i.total_retrans);
             }
             let c = dump.iter().find(|v| v["direction"] == "outbound").unwrap();
-            assert_eq!(c["bytes_sent"].as_u64(), Some(8 * 1_048_576 + 1), "every byte the generator wrote, acked once");
+            assert_eq!(
+                c["bytes_sent"].as_u64(),
+                Some(8 * 1_048_576 + 1),
+                "every byte the generator wrote, acked once"
+            );
             assert!(c["bytes_retrans"].as_u64().unwrap() > 0);
             let srv = dump.iter().find(|v| v["direction"] == "inbound").unwrap();
-            assert_eq!(srv["bytes_received"].as_u64(), Some(8 * 1_048_576), "the receiver got every byte once");
-            assert!(c["lost_packets"].as_u64().unwrap() > 0, "losses counted as a running total: {c}");
+            assert_eq!(
+                srv["bytes_received"].as_u64(),
+                Some(8 * 1_048_576),
+                "the receiver got every byte once"
+            );
+            assert!(
+                c["lost_packets"].as_u64().unwrap() > 0,
+                "losses counted as a running total: {c}"
+            );
             return;
         }
         last = format!("dump: {ours:#?}\nss: {kernel:#?}");

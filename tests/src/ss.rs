@@ -34,7 +34,9 @@ pub fn tcp_info(ports: &[u16]) -> HashMap<SockKey, TcpInfo> {
 /// The same, inside network namespace `netns` (`ip netns exec`).
 pub fn tcp_info_in(netns: Option<&str>, ports: &[u16]) -> HashMap<SockKey, TcpInfo> {
     let out = match netns {
-        Some(ns) => Command::new("ip").args(["netns", "exec", ns, "ss", "-tinHa"]).output(),
+        Some(ns) => Command::new("ip")
+            .args(["netns", "exec", ns, "ss", "-tinHa"])
+            .output(),
         None => Command::new("ss").args(["-tinHa"]).output(),
     }
     .expect("run ss");

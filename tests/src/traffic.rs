@@ -40,7 +40,11 @@ impl Traffic {
     pub fn from_child(mut child: Child) -> Self {
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Self { stdin, stdout, child }
+        Self {
+            stdin,
+            stdout,
+            child,
+        }
     }
 
     /// Sends one command and returns its JSON answer; panics on {"error"}.

@@ -184,17 +184,27 @@ fn connection_families(
         .chain(state.final_series.iter())
         .collect();
     candidates.sort_by_key(|c| std::cmp::Reverse(c.last.bytes_sent + c.last.bytes_received));
-    // Live connections come first among equals; a label set is exported once.
+    // Live connections come first among equals (stable sort); a label set is
+    // exported once. Keys borrow from the state: no allocation per candidate,
+    // and labels are built only for the series that make the cap.
     let mut seen = HashSet::new();
-    let mut chosen = Vec::new();
-    for c in candidates {
-        let l = conn_labels(c);
-        if seen.insert(l.clone()) {
-            chosen.push((c, l));
-        }
-    }
-    let omitted = chosen.len().saturating_sub(cap);
-    chosen.truncate(cap);
+    candidates.retain(|c| {
+        seen.insert((
+            c.direction,
+            &c.local,
+            c.local_port,
+            &c.remote,
+            c.remote_port,
+            &c.id.workload,
+            &c.id.service,
+        ))
+    });
+    let omitted = candidates.len().saturating_sub(cap);
+    candidates.truncate(cap);
+    let chosen: Vec<(&ConnState, Vec<(String, String)>)> = candidates
+        .into_iter()
+        .map(|c| (c, conn_labels(c)))
+        .collect();
 
     let mut counters: Vec<Family> = COUNTER_FIELDS
         .iter()
