@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Hold PAIRS real, idle, established TCP connections on loopback.
+
+    conngen.py ADDR PAIRS
+
+Listens on ADDR (a 127.0.0.x address) at a free port, opens PAIRS client
+connections to it and accepts them, sends 100 bytes each way on every pair,
+prints {"ready": PAIRS, "addr": ..., "port": ...} and holds everything open
+until stdin reaches EOF (or SIGTERM). It then closes with SO_LINGER 0 (RST),
+so tearing down 100 000 sockets leaves no TIME_WAIT behind. Each process
+raises its open-file limit to the hard limit; keep PAIRS <= (limit - 16) / 2.
+"""
+
+import json
+import resource
+import signal
+import socket
+import struct
+import sys
+
+
+def main():
+    addr, pairs = sys.argv[1], int(sys.argv[2])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if 2 * pairs + 16 > hard:
+        sys.exit(f"conngen: {pairs} pairs need {2 * pairs + 16} files, limit is {hard}")
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lst.bind((addr, 0))
+    lst.listen(4096)
+    port = lst.getsockname()[1]
+    socks = []
+    linger = struct.pack("ii", 1, 0)
+
+    def close_all(*_):
+        for s in socks:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                s.close()
+            except OSError:
+                pass
+        socks.clear()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, close_all)
+    payload_c, payload_s = b"c" * 100, b"s" * 100
+    backlog = []
+    for _ in range(pairs):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        socks.append(c)
+        c.connect((addr, port))
+        s, _ = lst.accept()
+        socks.append(s)
+        c.sendall(payload_c)
+        s.sendall(payload_s)
+        backlog.append((c, s))
+    # Read what the peer sent, so receive queues are empty like on an idle service.
+    for c, s in backlog:
+        s.recv(100, socket.MSG_WAITALL)
+        c.recv(100, socket.MSG_WAITALL)
+    backlog.clear()
+    print(json.dumps({"ready": pairs, "addr": addr, "port": port}), flush=True)
+    try:
+        sys.stdin.read()
+    except KeyboardInterrupt:
+        pass
+    close_all()
+
+
+if __name__ == "__main__":
+    main()
