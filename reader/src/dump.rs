@@ -92,14 +92,15 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
 
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // Stdout is line-buffered: without this, one write(2) per JSON line.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if args.json {
         serde_json::to_writer_pretty(&mut out, &views)?;
         writeln!(out)?;
     } else {
         write_table(&mut out, &views)?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 

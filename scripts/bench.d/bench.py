@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (  # noqa: E402
     HERE, RUN, WORK, Cgroup, Iperf, Pin, binary, churn_rate, cleanup_all, cgroup2_root,
@@ -488,7 +489,8 @@ Both ends are tracked, so N pairs = 2N map entries. Once every connection is
 older than the 5 s long-connection threshold: one warm-up `collect` (the first
 cycle, which creates the state), then {a.reps} rounds of `longconn-reader collect
 --out-dir D --log-max-bytes 64GiB` (all outputs: access.csv, access.jsonl,
-longconn.prom, state.json), `longconn-reader dump --json >/dev/null`, `ss -tinH
+longconn.prom, state.json, otlp-metrics.jsonl, otlp-logs.jsonl),
+`longconn-reader dump --json >/dev/null`, `ss -tinH
 >/dev/null` (every TCP socket on the host, the same sockets plus a few others).
 Wall time and the process's own peak RSS (`wait4` rusage), median (min–max).
 Ratio = collect / ss of the same round; target ≤ 0.5.
@@ -502,7 +504,7 @@ start well in the past; outbound to 200 services, inbound on 8 local ports) in
 {s['fill_s'] if s else 0} s; then the first `collect --max-connection-series 1000`
 (which creates the state), one more `collect` (a steady-state cycle) and one
 `dump --json`: timed once each, not {a.reps} times, because one cycle at this
-size takes minutes on this machine.
+size takes from tens of seconds to minutes here.
 
 {table(["map entries", "first collect", "steady-state collect ms", "collect MiB", "dump ms", "dump MiB"], srows)}
 
