@@ -41,6 +41,19 @@ pub enum PinnedError {
     },
 }
 
+impl PinnedError {
+    /// The exit code both binaries give this error (their `--help` lists them):
+    /// 6 not pinned / other layout, 4 no permission, 3 no bpffs, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::NotPinned { .. } | Self::Layout { .. } => 6,
+            Self::Permission { .. } => 4,
+            Self::NoBpffs { .. } => 3,
+            Self::Io { .. } | Self::Map { .. } => 1,
+        }
+    }
+}
+
 /// How the maps are opened: `ReadOnly` is enough for `dump` and `status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {

@@ -31,12 +31,7 @@ pub fn code_of(err: &anyhow::Error) -> ExitCode {
             return ExitCode::from(c.code);
         }
         if let Some(p) = cause.downcast_ref::<PinnedError>() {
-            return ExitCode::from(match p {
-                PinnedError::NotPinned { .. } | PinnedError::Layout { .. } => NOT_CONFIGURED,
-                PinnedError::Permission { .. } => NO_PERMISSION,
-                PinnedError::NoBpffs { .. } => NO_FEATURE,
-                _ => FAILURE,
-            });
+            return ExitCode::from(p.exit_code());
         }
     }
     ExitCode::from(FAILURE)

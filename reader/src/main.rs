@@ -22,6 +22,7 @@ Exit status (for systemd and scripts):
   0  done
   1  failed; the message says what and where
   2  bad command line
+  3  no bpf filesystem mounted where the pins should be
   4  insufficient privileges to open the pins
   6  nothing pinned at --pin-dir, or pinned by another layout version
 
