@@ -9,7 +9,7 @@
 #ifndef LONGCONN_H
 #define LONGCONN_H
 
-#define LONGCONN_LAYOUT_VERSION 2
+#define LONGCONN_LAYOUT_VERSION 3
 #define LONGCONN_META_MAGIC 0x6c636f6e6e6d6574ULL /* "lconnmet" */
 
 /* longconn_conn.direction */
@@ -27,6 +27,8 @@
 #define LONGCONN_HOOK_RCV_SPACE 0x2 /* tracepoint tcp:tcp_rcv_space_adjust (application reads) */
 #define LONGCONN_HOOK_EGRESS 0x4    /* cgroup_skb/egress (every transmitted segment) */
 #define LONGCONN_HOOK_INGRESS 0x8   /* cgroup_skb/ingress (every received segment, pre-TCP) */
+#define LONGCONN_HOOK_ACK 0x10      /* sockops RTT and RETRANS callbacks (every ACK, retransmit) */
+#define LONGCONN_HOOK_SOCKHASH 0x20 /* established sockets in longconn_socks: read-time refresh */
 
 /* Index of each kernel-side counter in the per-CPU `longconn_counters` array. */
 #define LONGCONN_CTR_RINGBUF_FULL 0   /* close records that did not fit the ring buffer */
@@ -34,6 +36,7 @@
 #define LONGCONN_CTR_MAP_ERROR 2      /* connections not tracked: other insert error */
 #define LONGCONN_CTR_CLOSE_UNTRACKED 3 /* TCP_CLOSE seen for a socket with no entry */
 #define LONGCONN_CTR_TRACKED 4        /* connections inserted into the map */
+#define LONGCONN_CTR_SOCKS_ERROR 5    /* established sockets the refresh cannot reach (sockhash insert failed) */
 #define LONGCONN_CTR_MAX 8
 
 /* Value of map_of_tcp_conns (key: __u64 socket cookie) and of each ring-buffer record. */

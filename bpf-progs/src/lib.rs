@@ -12,4 +12,5 @@ pub mod programs {
     pub const INGRESS: &str = "longconn_ingress";
     pub const TCP_PROBE: &str = "longconn_tcp_probe";
     pub const RCV_SPACE: &str = "longconn_rcv_space";
+    pub const REFRESH: &str = "longconn_refresh";
 }

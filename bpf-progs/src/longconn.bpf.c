@@ -5,14 +5,22 @@
  * and hand the final record of every closed connection to user space.
  *
  * Tracking starts in sockops (connect or passive establish, on the attached
- * cgroup v2 subtree). Freshness comes from hooks that run *after* the kernel
- * has updated the counters they copy:
- *   - sockops RTT/RETRANS/STATE callbacks (ACK processed, retransmit sent,
- *     state changed);
+ * cgroup v2 subtree), which also tags the socket in the sk_storage map
+ * `longconn_tracked`. Freshness comes from reading, not from the data path:
+ * the iterator `longconn_refresh` (pinned as `refresh_conns`) walks every
+ * tagged socket and copies its tcp_sock counters into its record when a reader
+ * opens and reads it — the same fields `ss -tin` reads, at the moment of the
+ * read. So the default attaches nothing per segment: only sockops callbacks at
+ * connect, establish and state changes (the close record is taken at
+ * TCP_CLOSE, from final counters).
+ *
+ * Optional per-segment hooks (`--hooks`) keep the map itself fresh between
+ * reads, for consumers that read map_of_tcp_conns directly:
+ *   - sockops RTT/RETRANS callbacks (ACK processed, retransmit sent);
  *   - cgroup_skb egress (a segment was built: segs_out, and every receive-side
  *     counter the ACK reports, are current);
  *   - tcp:tcp_probe (a segment arrived: segs_in already counts it).
- * Hot-path hooks do one map lookup and leave when the socket is not tracked.
+ * They do one map lookup and leave when the socket is not tracked.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -29,7 +37,7 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Set by longconn-pin at load time (EbpfLoader::set_global). */
-const volatile __u32 hooks = LONGCONN_HOOK_TCP_PROBE | LONGCONN_HOOK_EGRESS;
+const volatile __u32 hooks = LONGCONN_HOOK_SOCKHASH;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -38,6 +46,16 @@ struct {
 	__uint(max_entries, 131072);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } map_of_tcp_conns SEC(".maps");
+
+/* Every tracked established socket by cookie: how `longconn_refresh` reaches
+ * the socket of a record (from any network namespace). The kernel removes a
+ * socket from it when the socket closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(max_entries, 131072);
+} longconn_socks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -131,7 +149,8 @@ static __always_inline void fill_identity(struct longconn_conn *c, struct tcp_so
 }
 
 /* First sight of a connection (connect() or passive establish): insert its record. */
-static __always_inline void track(struct bpf_sock_ops *skops, struct tcp_sock *tp, __u64 cookie,
+/* Returns whether the connection is tracked (inserted now or before). */
+static __always_inline bool track(struct bpf_sock_ops *skops, struct tcp_sock *tp, __u64 cookie,
 				  __u32 direction)
 {
 	struct longconn_conn c = {};
@@ -161,16 +180,28 @@ static __always_inline void track(struct bpf_sock_ops *skops, struct tcp_sock *t
 	err = bpf_map_update_elem(&map_of_tcp_conns, &cookie, &c, BPF_NOEXIST);
 	if (err == -E2BIG) {
 		count(LONGCONN_CTR_MAP_FULL);
-		return;
+		return false;
 	}
 	if (err && err != -EEXIST) {
 		count(LONGCONN_CTR_MAP_ERROR);
-		return;
+		return false;
 	}
 	if (!err)
 		count(LONGCONN_CTR_TRACKED);
-	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG |
-						 BPF_SOCK_OPS_RETRANS_CB_FLAG);
+	bpf_sock_ops_cb_flags_set(skops, (hooks & LONGCONN_HOOK_ACK)
+						 ? BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG |
+							   BPF_SOCK_OPS_RETRANS_CB_FLAG
+						 : BPF_SOCK_OPS_STATE_CB_FLAG);
+	return true;
+}
+
+/* Established and tracked: let `longconn_refresh` reach the socket by cookie. */
+static __always_inline void add_sock(struct bpf_sock_ops *skops, __u64 cookie)
+{
+	if (!(hooks & LONGCONN_HOOK_SOCKHASH))
+		return;
+	if (bpf_sock_hash_update(skops, &longconn_socks, &cookie, BPF_ANY))
+		count(LONGCONN_CTR_SOCKS_ERROR);
 }
 
 /* listen(): remember who owns the port (runs in the caller's context). */
@@ -196,7 +227,8 @@ static __always_inline void close_conn(struct longconn_conn *c, __u64 cookie)
 	c->flags |= LONGCONN_F_CLOSED;
 	if (!(c->flags & LONGCONN_F_ESTABLISHED))
 		c->flags |= LONGCONN_F_FAILED;
-	if (bpf_ringbuf_output(&longconn_closed, c, sizeof(*c), 0)) {
+	/* No wakeup: readers poll the ring every cycle, nobody sleeps on it. */
+	if (bpf_ringbuf_output(&longconn_closed, c, sizeof(*c), BPF_RB_NO_WAKEUP)) {
 		/* Keep the final record in the map: the reader reaps it there. */
 		c->flags |= LONGCONN_F_RINGBUF_MISS;
 		count(LONGCONN_CTR_RINGBUF_FULL);
@@ -214,6 +246,19 @@ int longconn_sockops(struct bpf_sock_ops *skops)
 	__u32 op = skops->op;
 	__u64 cookie;
 
+	/* Most callbacks are not ours (timeouts, window, ECN): leave before any work. */
+	switch (op) {
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_RTT_CB:
+	case BPF_SOCK_OPS_RETRANS_CB:
+	case BPF_SOCK_OPS_STATE_CB:
+		break;
+	default:
+		return 1;
+	}
 	if (skops->family != AF_INET && skops->family != AF_INET6)
 		return 1;
 	if (!sk)
@@ -231,14 +276,8 @@ int longconn_sockops(struct bpf_sock_ops *skops)
 		track(skops, tp, cookie, LONGCONN_DIR_OUTBOUND);
 		return 1;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		track(skops, tp, cookie, LONGCONN_DIR_INBOUND);
-		return 1;
-	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-	case BPF_SOCK_OPS_RTT_CB:
-	case BPF_SOCK_OPS_RETRANS_CB:
-	case BPF_SOCK_OPS_STATE_CB:
-		break;
-	default:
+		if (track(skops, tp, cookie, LONGCONN_DIR_INBOUND))
+			add_sock(skops, cookie);
 		return 1;
 	}
 
@@ -252,6 +291,7 @@ int longconn_sockops(struct bpf_sock_ops *skops)
 	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
 		c->flags |= LONGCONN_F_ESTABLISHED;
 		c->state = BPF_TCP_ESTABLISHED;
+		add_sock(skops, cookie);
 	} else if (op == BPF_SOCK_OPS_STATE_CB) {
 		/* args[1] is the new state; sk_state still holds the old one. */
 		c->state = skops->args[1];
@@ -350,4 +390,38 @@ int longconn_rcv_space(struct trace_event_raw_tcp_event_sk *ctx)
 	c->packets_received = widen32(c->packets_received, BPF_CORE_READ(tp, segs_in));
 	c->update_ns = bpf_ktime_get_boot_ns();
 	return 0;
+}
+
+/* bpf_for_each_map_elem callback: refresh one record from its socket, if it has one. */
+static long refresh_one(void *map, __u64 *cookie, struct longconn_conn *c, void *ctx)
+{
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+
+	if (c->flags & LONGCONN_F_CLOSED)
+		return 0;
+	sk = bpf_map_lookup_elem(&longconn_socks, cookie);
+	if (!sk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp)
+		refresh(c, tp);
+	bpf_sk_release(sk);
+	(*(__u64 *)ctx)++;
+	return 0;
+}
+
+/*
+ * Run by a reader (BPF_PROG_TEST_RUN on the pinned program, any packet) just
+ * before it reads map_of_tcp_conns: copy every tracked socket's counters into
+ * its record, now. This is what makes the default exact without any
+ * per-segment hook. Returns how many records were refreshed.
+ */
+SEC("classifier")
+int longconn_refresh(struct __sk_buff *skb)
+{
+	__u64 n = 0;
+
+	bpf_for_each_map_elem(&map_of_tcp_conns, refresh_one, &n, 0);
+	return (int)(n & 0x7fffffff);
 }

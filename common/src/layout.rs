@@ -6,7 +6,7 @@
 //! maps and the ring buffer are decoded with a length check, never transmuted.
 
 /// Bumped on any change to a record below; pinned in `meta` and checked by readers.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// `Meta::magic`: "lconnmet".
 pub const META_MAGIC: u64 = 0x6c63_6f6e_6e6d_6574;
 
@@ -22,12 +22,15 @@ pub const HOOK_TCP_PROBE: u32 = 0x1;
 pub const HOOK_RCV_SPACE: u32 = 0x2;
 pub const HOOK_EGRESS: u32 = 0x4;
 pub const HOOK_INGRESS: u32 = 0x8;
+pub const HOOK_ACK: u32 = 0x10;
+pub const HOOK_SOCKHASH: u32 = 0x20;
 
 pub const CTR_RINGBUF_FULL: u32 = 0;
 pub const CTR_MAP_FULL: u32 = 1;
 pub const CTR_MAP_ERROR: u32 = 2;
 pub const CTR_CLOSE_UNTRACKED: u32 = 3;
 pub const CTR_TRACKED: u32 = 4;
+pub const CTR_SOCKS_ERROR: u32 = 5;
 pub const CTR_MAX: u32 = 8;
 
 pub const AF_INET: u32 = 2;
@@ -110,6 +113,8 @@ pub struct Counters {
     pub map_error: u64,
     pub close_untracked: u64,
     pub tracked: u64,
+    /// Established sockets the read-time refresh cannot reach (sockhash insert failed).
+    pub socks_error: u64,
 }
 
 impl Counters {
@@ -121,6 +126,7 @@ impl Counters {
             map_error: at(CTR_MAP_ERROR),
             close_untracked: at(CTR_CLOSE_UNTRACKED),
             tracked: at(CTR_TRACKED),
+            socks_error: at(CTR_SOCKS_ERROR),
         }
     }
 }

@@ -180,9 +180,41 @@ impl Pins {
         self.dir.join(name)
     }
 
-    /// Every live record (and closed ones whose ring-buffer write failed), batched.
-    /// Records of the wrong size are counted in the second value and skipped.
+    /// Copies every tracked socket's counters into its record, now: runs the
+    /// pinned `refresh_conns` program once (BPF_PROG_TEST_RUN), which walks
+    /// map_of_tcp_conns and reads each socket it can still reach. Returns how
+    /// many records it refreshed.
+    pub fn refresh(&self) -> Result<u32, PinnedError> {
+        let path = self.path(pins::REFRESH);
+        let fd = match open_fd(&path, Access::ReadWrite) {
+            Err(PinnedError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Err(PinnedError::Layout {
+                    path: path.clone(),
+                    found: "no refresh program".into(),
+                    expected: format!("layout {} with {}", layout::LAYOUT_VERSION, pins::REFRESH),
+                })
+            }
+            other => other?,
+        };
+        sys::prog_run(fd.as_fd()).map_err(|source| match source.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                PinnedError::Permission { path: path.clone() }
+            }
+            _ => PinnedError::Io { path, source },
+        })
+    }
+
+    /// Every live record (and closed ones whose ring-buffer write failed),
+    /// refreshed from the sockets first, then read in batches. Records of the
+    /// wrong size are counted in the second value and skipped.
     pub fn connections(&self) -> Result<(Vec<ConnRecord>, u64), PinnedError> {
+        self.refresh()?;
+        self.connections_unrefreshed()
+    }
+
+    /// The map as the kernel hooks left it, without running the refresh
+    /// iterator (for comparing `--hooks` presets; `dump --no-refresh`).
+    pub fn connections_unrefreshed(&self) -> Result<(Vec<ConnRecord>, u64), PinnedError> {
         let mut out = Vec::new();
         let mut bad = 0u64;
         sys::lookup_batch(

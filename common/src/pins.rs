@@ -12,6 +12,8 @@ pub const CLOSED: &str = "closed_conns";
 pub const COUNTERS: &str = "counters";
 /// Layout version and pin generation (array of one `Meta`).
 pub const META: &str = "meta";
+/// Iterator link: reading it refreshes every live record from its socket.
+pub const REFRESH: &str = "refresh_conns";
 /// Directory of pinned bpf_links, one per attached program.
 pub const LINKS: &str = "links";
 

@@ -1,5 +1,6 @@
-//! The few bpf(2) commands aya 0.14 has no API for: opening a pin read-only
-//! and batched map lookups (7x faster than per-key iteration at 100k entries).
+//! The few bpf(2) commands aya 0.14 has no API for: opening a pin read-only,
+//! batched map lookups (7x faster than per-key iteration at 100k entries), and
+//! running a pinned program once (aya loads programs but cannot test-run them).
 
 use std::{
     ffi::CString,
@@ -12,6 +13,7 @@ use std::{
 };
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 pub const BPF_F_RDONLY: u32 = 1 << 3;
@@ -46,6 +48,42 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     } else {
         Ok(rc)
     }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// BPF_PROG_TEST_RUN of a program that ignores its packet; returns its return value.
+pub fn prog_run(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    // An Ethernet header's worth of zeros: the least a tc program accepts.
+    let packet = [0u8; 64];
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: packet.len() as u32,
+        data_in: packet.as_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(attr.retval)
 }
 
 /// BPF_OBJ_GET with file flags (0 or BPF_F_RDONLY).

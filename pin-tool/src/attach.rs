@@ -17,7 +17,8 @@ use anyhow::Context as _;
 use aya::{
     maps::{Array, MapData},
     programs::{
-        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SockOps, TracePoint,
+        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SchedClassifier, SockOps,
+        TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -55,9 +56,15 @@ pub struct AttachArgs {
     #[arg(long, default_value = "8MiB", value_name = "SIZE", value_parser = |s: &str| units::parse_size(s).map_err(|e| e.to_string()))]
     ringbuf_bytes: u64,
 
-    /// Freshness hooks: `default` (tcp-probe,egress), `tracepoints`
-    /// (tcp-probe,rcv-space), `cgroup-skb` (ingress,egress), `none`, or a comma
-    /// list of tcp-probe, rcv-space, egress, ingress.
+    /// How records are kept fresh. `default` (sockhash): nothing runs per
+    /// segment; established sockets are kept in a sockhash and readers copy
+    /// their counters at read time, exactly as `ss -tin` sees them. Per-segment
+    /// presets keep map_of_tcp_conns itself fresh between reads (for tools
+    /// reading the map directly) at a cost on every segment: `live`
+    /// (tcp-probe,egress,ack), `tracepoints` (tcp-probe,rcv-space,ack),
+    /// `cgroup-skb` (ingress,egress,ack), `sockops` (ack). `none`: sockops at
+    /// connect, establish and state changes only (counters lag). Or a comma list of sockhash,
+    /// tcp-probe, rcv-space, egress, ingress, ack.
     #[arg(long, default_value = "default", value_name = "LIST", value_parser = hooks::parse)]
     hooks: u32,
 
@@ -125,6 +132,7 @@ pub fn run(pin_dir: &Path, args: &AttachArgs) -> anyhow::Result<ExitCode> {
 
     let mut ebpf = load(args)?;
     let attached = attach_all(&mut ebpf, &cgroup, args.hooks)?;
+    load_refresh(&mut ebpf)?;
     write_meta(&mut ebpf, &cgroup, args.hooks)?;
     // Attached: from here only pinning, chown and chmod remain.
     if let Err(e) = caps::retain_only(&[
@@ -137,7 +145,7 @@ pub fn run(pin_dir: &Path, args: &AttachArgs) -> anyhow::Result<ExitCode> {
     }
 
     let staging = parent.join(format!("{STAGING_PREFIX}{}", std::process::id()));
-    if let Err(err) = pin_all(&ebpf, attached, &staging, gid).and_then(|()| {
+    if let Err(err) = pin_all(&mut ebpf, attached, &staging, gid).and_then(|()| {
         fs::rename(&staging, pin_dir)
             .with_context(|| format!("cannot move {} to {}", staging.display(), pin_dir.display()))
     }) {
@@ -261,6 +269,9 @@ pub fn remove_pins(dir: &Path) -> (usize, usize, Vec<PathBuf>) {
             links += 1;
         }
     }
+    if fs::remove_file(dir.join(pins::REFRESH)).is_ok() {
+        links += 1;
+    }
     let _ = fs::remove_dir(dir.join(pins::LINKS));
     for (_, name) in pins::MAPS {
         if fs::remove_file(dir.join(name)).is_ok() {
@@ -314,10 +325,13 @@ fn already_pinned(
         Err(e @ PinnedError::Layout { .. }) => return Err(coded(NOT_CONFIGURED, e.to_string())),
         Err(e) => return Err(e.into()),
     };
-    let missing: Vec<_> = expected_links(meta.hooks)
+    let mut missing: Vec<_> = expected_links(meta.hooks)
         .into_iter()
         .filter(|l| !pins::link_path(pin_dir, l).exists())
         .collect();
+    if !pin_dir.join(pins::REFRESH).exists() {
+        missing.push(pins::REFRESH);
+    }
     if !missing.is_empty() {
         return Err(coded(FAILURE, format!("{} is pinned but links {} are missing; run `longconn-pin detach --pin-dir {}` and pin again", pin_dir.display(), missing.join(", "), pin_dir.display())));
     }
@@ -341,6 +355,7 @@ fn already_pinned(
 fn load(args: &AttachArgs) -> anyhow::Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries("map_of_tcp_conns", args.max_connections)
+        .map_max_entries("longconn_socks", args.max_connections)
         .map_max_entries("longconn_closed", args.ringbuf_bytes as u32)
         .override_global("hooks", &args.hooks, true)
         .load(longconn_bpf::OBJECT)
@@ -450,6 +465,13 @@ fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, hooks_mask: u32) -> anyhow::Result
     Ok(out)
 }
 
+/// The refresh program: loaded here, pinned as `refresh_conns` beside the
+/// maps (readers run it with BPF_PROG_TEST_RUN before reading the map).
+fn load_refresh(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let p: &mut SchedClassifier = program(ebpf, prog::REFRESH)?;
+    p.load().map_err(|e| prog_error(prog::REFRESH, "load", e))
+}
+
 fn link_name(program: &str) -> &'static str {
     LINK_NAMES
         .iter()
@@ -506,7 +528,7 @@ fn set_owner(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<()> {
 }
 
 fn pin_all(
-    ebpf: &Ebpf,
+    ebpf: &mut Ebpf,
     attached: Vec<Attached>,
     staging: &Path,
     gid: Option<u32>,
@@ -528,6 +550,12 @@ fn pin_all(
             .with_context(|| format!("cannot pin map {obj_name} at {}", path.display()))?;
         set_owner(&path, map_mode, gid)?;
     }
+    let path = staging.join(pins::REFRESH);
+    let refresh: &mut SchedClassifier = program(ebpf, prog::REFRESH)?;
+    refresh
+        .pin(&path)
+        .with_context(|| format!("cannot pin program {} at {}", prog::REFRESH, path.display()))?;
+    set_owner(&path, map_mode, gid)?;
     for a in attached {
         let path = pins::link_path(staging, a.name);
         a.link

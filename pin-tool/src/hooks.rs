@@ -1,19 +1,31 @@
-//! `--hooks`: which freshness hooks to attach, by name or preset.
+//! `--hooks`: how records are kept fresh, by name or preset.
+//!
+//! `sockhash` (the default) costs nothing per segment: established sockets are
+//! kept in a sockhash and readers copy their counters at read time (the
+//! `refresh_conns` program). The per-segment hooks instead keep
+//! `map_of_tcp_conns` itself fresh between reads, for consumers that read the
+//! map directly, at a cost on every segment.
 
-use longconn_common::layout::{HOOK_EGRESS, HOOK_INGRESS, HOOK_RCV_SPACE, HOOK_TCP_PROBE};
+use longconn_common::layout::{
+    HOOK_ACK, HOOK_EGRESS, HOOK_INGRESS, HOOK_RCV_SPACE, HOOK_SOCKHASH, HOOK_TCP_PROBE,
+};
 
 pub const NAMES: &[(&str, u32)] = &[
     ("tcp-probe", HOOK_TCP_PROBE),
     ("rcv-space", HOOK_RCV_SPACE),
     ("egress", HOOK_EGRESS),
     ("ingress", HOOK_INGRESS),
+    ("ack", HOOK_ACK),
+    ("sockhash", HOOK_SOCKHASH),
 ];
 
 pub const PRESETS: &[(&str, u32)] = &[
-    ("default", HOOK_TCP_PROBE | HOOK_EGRESS),
-    ("tracepoints", HOOK_TCP_PROBE | HOOK_RCV_SPACE),
-    ("cgroup-skb", HOOK_INGRESS | HOOK_EGRESS),
+    ("default", HOOK_SOCKHASH),
     ("none", 0),
+    ("live", HOOK_TCP_PROBE | HOOK_EGRESS | HOOK_ACK),
+    ("tracepoints", HOOK_TCP_PROBE | HOOK_RCV_SPACE | HOOK_ACK),
+    ("cgroup-skb", HOOK_INGRESS | HOOK_EGRESS | HOOK_ACK),
+    ("sockops", HOOK_ACK),
 ];
 
 /// Parses "default", a preset, or a comma list of hook names.
@@ -56,7 +68,10 @@ mod tests {
 
     #[test]
     fn presets_and_lists() {
-        assert_eq!(parse("default"), Ok(HOOK_TCP_PROBE | HOOK_EGRESS));
+        assert_eq!(parse("default"), Ok(HOOK_SOCKHASH));
+        assert_eq!(parse("none"), Ok(0));
+        assert_eq!(parse("live"), Ok(HOOK_TCP_PROBE | HOOK_EGRESS | HOOK_ACK));
+        assert_eq!(parse("ack"), Ok(HOOK_ACK));
         assert_eq!(parse("egress,tcp-probe"), Ok(HOOK_TCP_PROBE | HOOK_EGRESS));
         assert!(parse("egress,bogus").unwrap_err().contains("\"bogus\""));
         assert_eq!(describe(HOOK_EGRESS | HOOK_RCV_SPACE), "rcv-space,egress");

@@ -24,9 +24,26 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
     );
     println!("pinned at:    {pinned_at}");
     println!("cgroup:       {cgroup}");
-    println!("hooks:        sockops + {}", hooks::describe(m.hooks));
+    println!(
+        "hooks:        sockops{}",
+        if m.hooks == 0 {
+            String::new()
+        } else {
+            format!(" + {}", hooks::describe(m.hooks))
+        }
+    );
 
-    let mut healthy = true;
+    let refresh = pin_dir.join(pins::REFRESH).exists();
+    let mut healthy = refresh;
+    println!(
+        "link:         {:<24} {}",
+        pins::REFRESH,
+        if refresh {
+            "pinned (program run by readers)"
+        } else {
+            "MISSING"
+        }
+    );
     for link in attach::expected_links(m.hooks) {
         let present = pins::link_path(pin_dir, link).exists();
         healthy &= present;
@@ -70,8 +87,8 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
         100.0 * used as f64 / ring.size() as f64
     );
     let c = p.counters()?;
-    println!("counters:     tracked {} | not tracked, map full {} | map errors {} | close records kept in map (ring full) {} | closes of untracked sockets {}",
-        c.tracked, c.map_full, c.map_error, c.ringbuf_full, c.close_untracked);
+    println!("counters:     tracked {} | not tracked, map full {} | map errors {} | close records kept in map (ring full) {} | closes of untracked sockets {} | not in sockhash (refreshed only at state changes) {}",
+        c.tracked, c.map_full, c.map_error, c.ringbuf_full, c.close_untracked, c.socks_error);
     if c.map_full > 0 {
         println!("warning:      {} connections were not tracked because map_of_tcp_conns was full; pin again with a larger --max-connections", c.map_full);
     }

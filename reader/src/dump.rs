@@ -40,12 +40,22 @@ pub struct DumpArgs {
     /// connections (read without consuming them).
     #[arg(long)]
     closed: bool,
+
+    /// Show map_of_tcp_conns as the kernel hooks left it, without first
+    /// copying each socket's counters (diagnostic: with the default `--hooks`
+    /// the map is refreshed only at read time, so this shows older values).
+    #[arg(long)]
+    no_refresh: bool,
 }
 
 pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
     let pins = Pins::open(pin_dir, Access::ReadOnly)?;
     let clock = Clock::now();
-    let (records, bad) = pins.connections()?;
+    let (records, bad) = if args.no_refresh {
+        pins.connections_unrefreshed()?
+    } else {
+        pins.connections()?
+    };
     let mut records: Vec<ConnRecord> = if args.closed {
         let ring = pins.ring()?;
         let mut v: Vec<ConnRecord> = ring

@@ -135,8 +135,8 @@ fn pin_twice_is_harmless_and_detach_is_idempotent() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         v.as_array().map(Vec::len),
-        Some(2),
-        "exactly one sockops and one egress attached: {v}"
+        Some(1),
+        "exactly one sockops attached (the default adds no per-segment hook): {v}"
     );
     let status = env.pin_cmd().arg("status").output().unwrap();
     assert!(status.status.success());

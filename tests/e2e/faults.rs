@@ -279,11 +279,12 @@ fn pin_killed_half_way_leaves_no_half_attached_state() {
         let _ = child.kill();
         let _ = child.wait();
         sleep(Duration::from_millis(50));
-        let complete =
-            env.pin_dir.join("meta").exists() && env.pin_dir.join("links/sockops").exists();
+        let complete = env.pin_dir.join("meta").exists()
+            && env.pin_dir.join("links/sockops").exists()
+            && env.pin_dir.join("refresh_conns").exists();
         let n = attached(&env.cgroup);
         assert!(
-            (complete && n == 2) || (!env.pin_dir.exists() && n == 0),
+            (complete && n == 1) || (!env.pin_dir.exists() && n == 0),
             "half state after a kill: pin dir {} complete={complete}, {n} programs attached",
             env.pin_dir.display()
         );
@@ -312,7 +313,7 @@ fn pin_killed_half_way_leaves_no_half_attached_state() {
         .exists()),
         "stale staging dirs left: {stale:?}"
     );
-    assert_eq!(attached(&env.cgroup), 2);
+    assert_eq!(attached(&env.cgroup), 1);
 }
 
 #[test]
