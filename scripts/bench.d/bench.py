@@ -22,7 +22,7 @@ from benchlib import (  # noqa: E402
 )
 
 SECTIONS = ["datapath", "churn", "progcost", "reader", "output", "hooks"]
-PRESETS = ["default", "tracepoints", "cgroup-skb"]
+PRESETS = ["default", "live", "tracepoints", "cgroup-skb"]
 PER_SEGMENT = {"longconn_egress", "longconn_tcp_probe", "longconn_ingress"}
 RESULTS = {}
 CMD = os.environ.get("LCBENCH_CMD", "scripts/bench")
@@ -623,7 +623,7 @@ def exactness_once(pin, cg):
 
 
 def hooks(a):
-    presets = PRESETS + ["none"]
+    presets = PRESETS + ["sockops", "none"]
     cg = Cgroup("hooks")
     ex = {p: {"match": 0, "total": 0, "diffs": {}} for p in presets}
     for rep in range(a.reps):
