@@ -102,7 +102,7 @@ static __always_inline __u64 widen32(__u64 total, __u32 now)
 }
 
 /* Copy every counter from a BTF-typed tcp_sock (direct loads, no helper calls). */
-static __always_inline void refresh(struct longconn_conn *c, struct tcp_sock *tp)
+static __always_inline void copy_counters(struct longconn_conn *c, struct tcp_sock *tp)
 {
 	c->bytes_sent = tp->bytes_acked;
 	c->bytes_received = tp->bytes_received;
@@ -113,6 +113,11 @@ static __always_inline void refresh(struct longconn_conn *c, struct tcp_sock *tp
 	c->bytes_retrans = tp->bytes_retrans;
 	c->srtt_us = tp->srtt_us >> 3;
 	c->min_rtt_us = tp->rtt_min.s[0].v;
+}
+
+static __always_inline void refresh(struct longconn_conn *c, struct tcp_sock *tp)
+{
+	copy_counters(c, tp);
 	c->update_ns = bpf_ktime_get_boot_ns();
 }
 
@@ -392,36 +397,53 @@ int longconn_rcv_space(struct trace_event_raw_tcp_event_sk *ctx)
 	return 0;
 }
 
+/* What one run of `longconn_refresh` does: records with cookie % nshards == shard. */
+struct refresh_run {
+	__u64 refreshed;
+	__u64 now;
+	__u32 shard;
+	__u32 nshards;
+};
+
 /* bpf_for_each_map_elem callback: refresh one record from its socket, if it has one. */
-static long refresh_one(void *map, __u64 *cookie, struct longconn_conn *c, void *ctx)
+static long refresh_one(void *map, __u64 *cookie, struct longconn_conn *c, struct refresh_run *run)
 {
 	struct bpf_sock *sk;
 	struct tcp_sock *tp;
 
-	if (c->flags & LONGCONN_F_CLOSED)
+	if (run->nshards > 1 && *cookie % run->nshards != run->shard)
 		return 0;
+	/* A closed record (kept in the map: ring buffer full) has left the sockhash. */
 	sk = bpf_map_lookup_elem(&longconn_socks, cookie);
 	if (!sk)
 		return 0;
 	tp = bpf_skc_to_tcp_sock(sk);
-	if (tp)
-		refresh(c, tp);
+	if (tp) {
+		copy_counters(c, tp);
+		c->update_ns = run->now;
+	}
 	bpf_sk_release(sk);
-	(*(__u64 *)ctx)++;
+	run->refreshed++;
 	return 0;
 }
 
 /*
- * Run by a reader (BPF_PROG_TEST_RUN on the pinned program, any packet) just
- * before it reads map_of_tcp_conns: copy every tracked socket's counters into
- * its record, now. This is what makes the default exact without any
- * per-segment hook. Returns how many records were refreshed.
+ * Run by a reader (BPF_PROG_TEST_RUN on the pinned program) just before it
+ * reads map_of_tcp_conns: copy every tracked socket's counters into its
+ * record, now. This is what makes the default exact without any per-segment
+ * hook. skb->cb[0] and cb[1] select a shard (cookie % cb[1] == cb[0]) so that
+ * readers can split the work across CPUs; cb[1] = 0 means everything.
+ * Returns how many records were refreshed.
  */
 SEC("classifier")
 int longconn_refresh(struct __sk_buff *skb)
 {
-	__u64 n = 0;
+	struct refresh_run run = {
+		.now = bpf_ktime_get_boot_ns(),
+		.shard = skb->cb[0],
+		.nshards = skb->cb[1],
+	};
 
-	bpf_for_each_map_elem(&map_of_tcp_conns, refresh_one, &n, 0);
-	return (int)(n & 0x7fffffff);
+	bpf_for_each_map_elem(&map_of_tcp_conns, refresh_one, &run, 0);
+	return (int)(run.refreshed & 0x7fffffff);
 }

@@ -54,6 +54,9 @@ impl PinnedError {
     }
 }
 
+/// Most threads (CPUs) one refresh uses.
+pub const REFRESH_THREADS: usize = 4;
+
 /// How the maps are opened: `ReadOnly` is enough for `dump` and `status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -181,10 +184,12 @@ impl Pins {
     }
 
     /// Copies every tracked socket's counters into its record, now: runs the
-    /// pinned `refresh_conns` program once (BPF_PROG_TEST_RUN), which walks
-    /// map_of_tcp_conns and reads each socket it can still reach. Returns how
-    /// many records it refreshed.
-    pub fn refresh(&self) -> Result<u32, PinnedError> {
+    /// pinned `refresh_conns` program (BPF_PROG_TEST_RUN), which walks
+    /// map_of_tcp_conns and reads each socket it can still reach — one shard
+    /// of the records per thread, on up to `REFRESH_THREADS` CPUs (a run is
+    /// not preemptible; shards keep each run short and the wall time low).
+    /// Returns how many records it refreshed.
+    pub fn refresh(&self) -> Result<u64, PinnedError> {
         let path = self.path(pins::REFRESH);
         let fd = match open_fd(&path, Access::ReadWrite) {
             Err(PinnedError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -196,12 +201,38 @@ impl Pins {
             }
             other => other?,
         };
-        sys::prog_run(fd.as_fd()).map_err(|source| match source.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => {
-                PinnedError::Permission { path: path.clone() }
-            }
-            _ => PinnedError::Io { path, source },
-        })
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, REFRESH_THREADS) as u32;
+        let run = |shard: u32| sys::prog_run(fd.as_fd(), &[shard, threads]);
+        let results: Vec<io::Result<u32>> = if threads == 1 {
+            vec![run(0)]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (1..threads).map(|i| s.spawn(move || run(i))).collect();
+                let mut out = vec![run(0)];
+                out.extend(handles.into_iter().map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("refresh thread panicked")))
+                }));
+                out
+            })
+        };
+        let mut refreshed = 0u64;
+        for r in results {
+            let n = r.map_err(|source| match source.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::EACCES) => {
+                    PinnedError::Permission { path: path.clone() }
+                }
+                _ => PinnedError::Io {
+                    path: path.clone(),
+                    source,
+                },
+            })?;
+            refreshed += u64::from(n);
+        }
+        Ok(refreshed)
     }
 
     /// Every live record (and closed ones whose ring-buffer write failed),

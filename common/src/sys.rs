@@ -71,15 +71,31 @@ struct TestRunAttr {
     _pad: u32,
 }
 
-/// BPF_PROG_TEST_RUN of a program that ignores its packet; returns its return value.
-pub fn prog_run(prog: BorrowedFd<'_>) -> io::Result<u32> {
-    // An Ethernet header's worth of zeros: the least a tc program accepts.
+/// `struct __sk_buff` up to the end of `cb[5]`: the part of a tc program's
+/// context a test run may set (everything else here must stay zero).
+#[repr(C)]
+#[derive(Default)]
+struct SkBuffCtx {
+    _before_cb: [u32; 12],
+    cb: [u32; 5],
+}
+
+/// BPF_PROG_TEST_RUN of a tc program that ignores its packet, with
+/// `skb->cb[..args.len()]` set to `args`; returns the program's return value.
+pub fn prog_run(prog: BorrowedFd<'_>, args: &[u32]) -> io::Result<u32> {
+    // A zeroed Ethernet frame: the least a tc program accepts.
     let packet = [0u8; 64];
+    let mut ctx = SkBuffCtx::default();
+    for (slot, a) in ctx.cb.iter_mut().zip(args) {
+        *slot = *a;
+    }
     let mut attr = TestRunAttr {
         prog_fd: prog.as_raw_fd() as u32,
         data_size_in: packet.len() as u32,
         data_in: packet.as_ptr() as u64,
         repeat: 1,
+        ctx_size_in: std::mem::size_of::<SkBuffCtx>() as u32,
+        ctx_in: &ctx as *const SkBuffCtx as u64,
         ..Default::default()
     };
     bpf(BPF_PROG_TEST_RUN, &mut attr)?;
