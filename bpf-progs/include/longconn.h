@@ -43,7 +43,7 @@
 struct longconn_conn {
 	__u64 cookie;
 	__u64 start_ns;  /* CLOCK_BOOTTIME when first seen (connect or passive establish) */
-	__u64 update_ns; /* CLOCK_BOOTTIME of the last refresh */
+	__u64 update_ns; /* CLOCK_BOOTTIME of the last sockops event or read-time refresh (per-segment hooks skip the clock) */
 	__u64 bytes_sent;     /* tcp_sock.bytes_acked */
 	__u64 bytes_received; /* tcp_sock.bytes_received */
 	__u64 packets_sent;     /* tcp_sock.segs_out, widened to 64 bits */

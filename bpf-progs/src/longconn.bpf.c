@@ -327,7 +327,7 @@ int longconn_egress(struct __sk_buff *skb)
 		return 1;
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (tp)
-		refresh(c, tp);
+		copy_counters(c, tp);
 	return 1;
 }
 
@@ -353,7 +353,7 @@ int longconn_ingress(struct __sk_buff *skb)
 		return 1;
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (tp)
-		refresh(c, tp);
+		copy_counters(c, tp);
 	return 1;
 }
 
@@ -373,7 +373,6 @@ int longconn_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 		return 0;
 	tp = (struct tcp_sock *)ctx->skaddr;
 	c->packets_received = widen32(c->packets_received, BPF_CORE_READ(tp, segs_in));
-	c->update_ns = bpf_ktime_get_boot_ns();
 	return 0;
 }
 
@@ -393,7 +392,6 @@ int longconn_rcv_space(struct trace_event_raw_tcp_event_sk *ctx)
 	tp = (struct tcp_sock *)ctx->skaddr;
 	c->bytes_received = BPF_CORE_READ(tp, bytes_received);
 	c->packets_received = widen32(c->packets_received, BPF_CORE_READ(tp, segs_in));
-	c->update_ns = bpf_ktime_get_boot_ns();
 	return 0;
 }
 
