@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use super::{
     cycle::group_counters,
-    state::{ConnState, Counters, State},
+    state::{ConnState, Counters, State, Strings},
 };
 use crate::{
     identity::KEY_SEP,
@@ -158,15 +158,15 @@ fn group_families(state: &State, by_service: bool) -> Vec<Family> {
     out
 }
 
-fn conn_labels(c: &ConnState) -> Vec<(String, String)> {
+fn conn_labels(c: &ConnState, strings: &Strings) -> Vec<(String, String)> {
     labels(&[
         ("direction", view::direction_name(c.direction)),
-        ("local_address", &c.local),
+        ("local_address", &c.local_ip().to_string()),
         ("local_port", &c.local_port.to_string()),
-        ("remote_address", &c.remote),
+        ("remote_address", &c.remote_ip().to_string()),
         ("remote_port", &c.remote_port.to_string()),
-        ("workload", &c.id.workload),
-        ("service", &c.id.service),
+        ("workload", strings.get(c.id.workload)),
+        ("service", strings.get(c.id.service)),
     ])
 }
 
@@ -183,7 +183,9 @@ fn connection_families(
         .filter(|c| now_boot.saturating_sub(c.start_ns) >= long_threshold_ns)
         .chain(state.final_series.iter())
         .collect();
-    candidates.sort_by_key(|c| std::cmp::Reverse(c.last.bytes_sent + c.last.bytes_received));
+    candidates.sort_by_key(|c| {
+        std::cmp::Reverse(c.last.bytes_sent.saturating_add(c.last.bytes_received))
+    });
     // Live connections come first among equals (stable sort); a label set is
     // exported once. Keys borrow from the state: no allocation per candidate,
     // and labels are built only for the series that make the cap.
@@ -191,19 +193,19 @@ fn connection_families(
     candidates.retain(|c| {
         seen.insert((
             c.direction,
-            &c.local,
+            c.local,
             c.local_port,
-            &c.remote,
+            c.remote,
             c.remote_port,
-            &c.id.workload,
-            &c.id.service,
+            c.id.workload,
+            c.id.service,
         ))
     });
     let omitted = candidates.len().saturating_sub(cap);
     candidates.truncate(cap);
     let chosen: Vec<(&ConnState, Vec<(String, String)>)> = candidates
         .into_iter()
-        .map(|c| (c, conn_labels(c)))
+        .map(|c| (c, conn_labels(c, &state.strings)))
         .collect();
 
     let mut counters: Vec<Family> = COUNTER_FIELDS

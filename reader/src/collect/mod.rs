@@ -11,24 +11,35 @@ mod lock;
 mod metrics;
 mod state;
 
+/// A populated state, encoded, for the property tests.
 #[cfg(test)]
-pub use state::State as StateForTests;
-
-/// A populated state, for the property tests.
-#[cfg(test)]
-pub fn test_state() -> State {
+pub fn test_state_bytes() -> Vec<u8> {
     let mut s = new_state();
+    let w = s.strings.intern("/a");
     s.conns.insert(
         7,
         state::ConnState {
             seq: 3,
-            local: "127.0.0.1".into(),
+            local: state::addr_bytes(
+                "127.0.0.1"
+                    .parse()
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+            ),
+            wkey: w,
             ..Default::default()
         },
     );
-    s.workloads
-        .insert("outbound|/a".into(), state::GroupTotals::default());
-    s
+    s.workloads.insert(
+        (longconn_common::layout::DIR_OUTBOUND, w),
+        state::GroupTotals::default(),
+    );
+    state::encode(&s)
+}
+
+/// Decodes state bytes (property tests: must never panic).
+#[cfg(test)]
+pub fn decode_state_for_tests(b: &[u8]) -> bool {
+    state::decode(b).is_ok()
 }
 
 #[cfg(test)]
@@ -52,7 +63,11 @@ use self::state::{LoadOutcome, State};
 use crate::{
     clock::Clock,
     identity,
-    output::{access, applog::AppendLog, atomic, otlp, promtext},
+    output::{
+        access,
+        applog::{AppendLog, Tail},
+        atomic, otlp, promtext,
+    },
     servicemap::ServiceMap,
 };
 
@@ -62,7 +77,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/longconn";
 pub const PROM_FILE: &str = "longconn.prom";
 pub const CSV_FILE: &str = "access.csv";
 pub const JSONL_FILE: &str = "access.jsonl";
-pub const STATE_FILE: &str = "state.json";
+pub const STATE_FILE: &str = "state.bin";
 pub const OTLP_METRICS_FILE: &str = "otlp-metrics.jsonl";
 pub const OTLP_LOGS_FILE: &str = "otlp-logs.jsonl";
 
@@ -77,7 +92,7 @@ fn size_arg(s: &str) -> Result<u64, String> {
 #[derive(Debug, clap::Args)]
 pub struct CollectArgs {
     /// Put every output and the state under DIR (access.csv, access.jsonl,
-    /// longconn.prom, state.json); the --*-dir options below override parts.
+    /// longconn.prom, state.bin); the --*-dir options below override parts.
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
 
@@ -271,9 +286,11 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         state.services.clear();
         state.workload_labels = a.workload_labels.0.clone();
         state.service_labels = a.service_labels.0.clone();
+        let strings = &mut state.strings;
         for c in state.conns.values_mut() {
-            c.wkey = c.id.key(&a.workload_labels.0);
-            c.skey = c.id.key(&a.service_labels.0);
+            let id = c.id.identity(strings);
+            c.wkey = strings.intern(&id.key(&a.workload_labels.0));
+            c.skey = strings.intern(&id.key(&a.service_labels.0));
         }
     }
     let services = match &a.services {
@@ -341,6 +358,15 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         (id, w, s)
     };
     let tracked = map.iter().filter(|r| !r.is_closed()).count() as u64;
+    let resource = otlp::Resource {
+        host_name: host_name(),
+    };
+    let now_ns = u64::try_from(clock.wall_ns).unwrap_or(0);
+
+    // 1. Append this cycle's records past each file's committed length (a
+    //    killed run's uncommitted tail is cut first), streamed as the cycle
+    //    makes them.
+    let mut sink = RecordSink::new(&files, &state.log_len, &resource, now_ns);
     let outcome = cycle::apply(
         &mut state,
         cycle::Inputs {
@@ -351,7 +377,9 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
             short_close_records: !a.no_short_close_records,
             names: &names,
         },
+        &mut |r| sink.push(r),
     );
+    let mut written = sink.finish()?;
     state.cgroup_names = cgroup_names;
 
     let counters = pins.counters()?;
@@ -370,26 +398,23 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         a.long_threshold.as_nanos() as u64,
         clock.boot_ns,
     );
-    let out = CycleOutput {
-        records: &outcome.records,
-        families: &families,
-        now_ns: u64::try_from(clock.wall_ns).unwrap_or(0),
-        group_start_ns: (state.created_unix.max(0) as u64) * 1_000_000_000,
-    };
-
-    // 1. Append this cycle's records past each file's committed length (a
-    //    killed run's uncommitted tail is cut first).
-    let mut written = BTreeMap::new();
-    for (file, log) in &files {
+    if let Some((file, log)) = files.iter().find(|(f, _)| f == OTLP_METRICS_FILE) {
         let committed = state.log_len.get(file).copied().unwrap_or(0);
-        let len = log
-            .write_uncommitted(committed, &out.body(file))
+        let group_start_ns = (state.created_unix.max(0) as u64) * 1_000_000_000;
+        let line = otlp::metrics_request(&families, &resource, group_start_ns, now_ns);
+        let mut tail = log.tail(committed);
+        tail.buf().extend_from_slice(line.as_bytes());
+        tail.buf().push(b'\n');
+        let len = tail
+            .finish()
             .with_context(|| format!("cannot append to {}", log.path.display()))?;
         written.insert(file.clone(), len);
     }
     // 2. Commit point: totals, applied ring position and file lengths at once.
     state.log_len = written;
+    state.compact_strings();
     state::save(&state_path, &state, 0o600)?;
+    remove_legacy_state(&state_path)?;
     // 3. Only now release the kernel side: a run killed before this re-reads
     //    the same records and skips them by the committed ring position.
     pins.ring()?
@@ -421,6 +446,17 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Removes a migrated v2 `state.json` once the binary state is saved.
+fn remove_legacy_state(state_path: &Path) -> anyhow::Result<()> {
+    let legacy = state::legacy_path(state_path);
+    match fs::remove_file(&legacy) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove migrated {}", legacy.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn host_name() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -431,39 +467,90 @@ fn host_name() -> String {
 /// gives several bounded lines rather than one huge one.
 const OTLP_LOGS_PER_LINE: usize = 1000;
 
-/// What one cycle writes, encoded per file on demand.
-struct CycleOutput<'a> {
-    records: &'a [access::AccessRecord],
-    families: &'a [promtext::Family],
-    now_ns: u64,
-    group_start_ns: u64,
+/// The access records of one cycle, encoded into every append-only file as
+/// they are made (one record in memory at a time).
+struct RecordSink<'a> {
+    csv: Option<(&'a str, Tail<'a>)>,
+    jsonl: Option<(&'a str, Tail<'a>)>,
+    logs: Option<(&'a str, Tail<'a>, otlp::LogsWriter<'a>)>,
+    /// The first write error; later records are dropped (the cycle fails).
+    error: Option<anyhow::Error>,
 }
 
-impl CycleOutput<'_> {
-    fn body(&self, file: &str) -> Vec<u8> {
-        let resource = || otlp::Resource {
-            host_name: host_name(),
+impl<'a> RecordSink<'a> {
+    fn new(
+        files: &'a [(String, AppendLog)],
+        committed: &BTreeMap<String, u64>,
+        resource: &'a otlp::Resource,
+        now_ns: u64,
+    ) -> Self {
+        let mut sink = Self {
+            csv: None,
+            jsonl: None,
+            logs: None,
+            error: None,
         };
-        match file {
-            CSV_FILE => access::encode_csv(self.records),
-            JSONL_FILE => access::encode_jsonl(self.records),
-            OTLP_METRICS_FILE => format!(
-                "{}\n",
-                otlp::metrics_request(self.families, &resource(), self.group_start_ns, self.now_ns)
-            )
-            .into_bytes(),
-            OTLP_LOGS_FILE => {
-                let res = resource();
-                let mut out = Vec::new();
-                for chunk in self.records.chunks(OTLP_LOGS_PER_LINE) {
-                    if let Some(line) = otlp::logs_request(chunk, &res, self.now_ns) {
-                        out.extend_from_slice(line.as_bytes());
-                        out.push(b'\n');
-                    }
+        for (file, log) in files {
+            let tail = log.tail(committed.get(file).copied().unwrap_or(0));
+            match file.as_str() {
+                CSV_FILE => sink.csv = Some((file, tail)),
+                JSONL_FILE => sink.jsonl = Some((file, tail)),
+                OTLP_LOGS_FILE => {
+                    let w = otlp::LogsWriter::new(resource, now_ns, OTLP_LOGS_PER_LINE);
+                    sink.logs = Some((file, tail, w));
                 }
-                out
+                _ => {}
             }
-            _ => Vec::new(),
         }
+        sink
+    }
+
+    fn push(&mut self, r: &access::AccessRecord) {
+        if self.error.is_some() {
+            return;
+        }
+        let mut result = Ok(());
+        if let Some((_, t)) = &mut self.csv {
+            access::csv_row(t.buf(), r);
+            result = result.and_then(|()| t.flush_if_full());
+        }
+        if let Some((_, t)) = &mut self.jsonl {
+            access::jsonl_line(t.buf(), r);
+            result = result.and_then(|()| t.flush_if_full());
+        }
+        if let Some((_, t, w)) = &mut self.logs {
+            w.push(t.buf(), r);
+            result = result.and_then(|()| t.flush_if_full());
+        }
+        if let Err(e) = result {
+            self.error = Some(anyhow::Error::new(e).context("cannot append an access record"));
+        }
+    }
+
+    /// Makes everything durable; returns the new (uncommitted) length of
+    /// each file written.
+    fn finish(self) -> anyhow::Result<BTreeMap<String, u64>> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let mut out = BTreeMap::new();
+        let mut done = |file: &str, t: Tail<'_>| -> anyhow::Result<()> {
+            let len = t
+                .finish()
+                .with_context(|| format!("cannot append to {file}"))?;
+            out.insert(file.to_owned(), len);
+            Ok(())
+        };
+        if let Some((f, t)) = self.csv {
+            done(f, t)?;
+        }
+        if let Some((f, t)) = self.jsonl {
+            done(f, t)?;
+        }
+        if let Some((f, mut t, mut w)) = self.logs {
+            w.finish(t.buf());
+            done(f, t)?;
+        }
+        Ok(out)
     }
 }

@@ -111,6 +111,7 @@ pub fn csv_header() -> Vec<u8> {
 ///
 /// Written by hand, byte for byte as the csv crate's default writer (which
 /// `encode_csv_reference` uses) writes the serde form of each record.
+#[cfg(test)]
 pub fn encode_csv(records: &[AccessRecord]) -> Vec<u8> {
     let mut out = Vec::with_capacity(estimate(records, CSV_FIXED));
     for record in records {
@@ -123,6 +124,7 @@ pub fn encode_csv(records: &[AccessRecord]) -> Vec<u8> {
 ///
 /// Written by hand, byte for byte as serde_json (which
 /// `encode_jsonl_reference` uses) writes each record.
+#[cfg(test)]
 pub fn encode_jsonl(records: &[AccessRecord]) -> Vec<u8> {
     let mut out = Vec::with_capacity(estimate(records, JSONL_FIXED));
     for record in records {
@@ -132,16 +134,20 @@ pub fn encode_jsonl(records: &[AccessRecord]) -> Vec<u8> {
 }
 
 /// Bytes of a record outside its strings, numbers at typical lengths.
+#[cfg(test)]
 const CSV_FIXED: usize = 170;
+#[cfg(test)]
 const JSONL_FIXED: usize = 720;
 
 /// Roughly the encoded size of `records`: a fixed part per record plus its
 /// strings (escaping may add more; the buffer then grows).
+#[cfg(test)]
 pub(crate) fn estimate(records: &[AccessRecord], fixed: usize) -> usize {
     records.iter().map(|r| fixed + text_len(r)).sum()
 }
 
 /// The length of a record's string fields.
+#[cfg(test)]
 pub(crate) fn text_len(r: &AccessRecord) -> usize {
     r.report_time.len()
         + r.event.len()
@@ -158,7 +164,7 @@ pub(crate) fn text_len(r: &AccessRecord) -> usize {
         + r.service_namespace.len()
 }
 
-fn csv_row(out: &mut Vec<u8>, r: &AccessRecord) {
+pub(crate) fn csv_row(out: &mut Vec<u8>, r: &AccessRecord) {
     use super::jsonw::{csv_f64, csv_field, u64 as int};
     // Every field by name, so a field added to the struct does not compile
     // until it is written here too (in CSV_COLUMNS order).
@@ -267,7 +273,7 @@ fn csv_row(out: &mut Vec<u8>, r: &AccessRecord) {
     out.push(b'\n');
 }
 
-fn jsonl_line(out: &mut Vec<u8>, r: &AccessRecord) {
+pub(crate) fn jsonl_line(out: &mut Vec<u8>, r: &AccessRecord) {
     use super::jsonw::{f64 as float, str_contents as text, u64 as int};
     // Every field by name, so a field added to the struct does not compile
     // until it is written here too (in declaration order, serde's).

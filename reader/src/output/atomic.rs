@@ -48,6 +48,16 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// Atomically replaces `path` with `bytes`, file mode `mode` (not masked by umask).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_with(path, mode, |w| w.write_all(bytes))
+}
+
+/// Like `write_atomic`, with the content streamed by `fill` through a
+/// buffered writer (no copy of the whole content in memory).
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let name = path.file_name().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -56,7 +66,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     })?;
     let dir = parent_dir(path);
     let (tmp, file) = create_temp(dir, name, mode, &COUNTER)?;
-    let written = fill(&file, &tmp, bytes, mode);
+    let written = fill_file(&file, &tmp, mode, fill);
     drop(file);
     if let Err(e) = written.and_then(|()| fs::rename(&tmp, path).map_err(with_path(path))) {
         let _ = fs::remove_file(&tmp);
@@ -102,10 +112,19 @@ fn create_temp(
 }
 
 /// Sets the exact mode, writes everything and fsyncs.
-fn fill(mut file: &File, tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+fn fill_file(
+    file: &File,
+    tmp: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     super::apply_group(file)
         .and_then(|()| file.set_permissions(Permissions::from_mode(mode)))
-        .and_then(|()| file.write_all(bytes))
+        .and_then(|()| {
+            let mut w = io::BufWriter::with_capacity(1 << 18, file);
+            fill(&mut w)?;
+            w.flush()
+        })
         .and_then(|()| file.sync_all())
         .map_err(with_path(tmp))
 }
