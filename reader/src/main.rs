@@ -42,6 +42,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 enum Command {
     /// Run one cycle: drain close records, read live connections, write the
     /// access logs, longconn.prom (node_exporter textfile) and state; then exit.

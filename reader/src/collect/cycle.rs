@@ -15,7 +15,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use longconn_common::{layout, ConnRecord};
 
 use super::state::{
-    addr_bytes, ConnState, Counters, GroupKey, GroupTotals, IdSyms, State, Strings,
+    addr_bytes, merge_sorted, ConnState, Conns, Counters, GroupKey, GroupTotals, IdSyms, State,
+    Strings,
 };
 use crate::{clock::Clock, identity::Identity, output::access::AccessRecord, view};
 
@@ -126,6 +127,31 @@ pub fn rfc3339_micros(out: &mut String, t: i64) {
     );
 }
 
+/// `ip` as its `Display` text into `out` (cleared first); IPv4 without
+/// the formatting machinery (two addresses per record, every record).
+pub fn address(out: &mut String, ip: std::net::IpAddr) {
+    out.clear();
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if o >= 100 {
+                    out.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    out.push(char::from(b'0' + o / 10 % 10));
+                }
+                out.push(char::from(b'0' + o % 10));
+            }
+        }
+        v6 => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Fills the reusable `rec` (no allocation once its strings have grown)
 /// with connection `c`'s record for this cycle.
 #[allow(clippy::too_many_arguments)]
@@ -150,11 +176,9 @@ fn record(
     rfc3339_micros(&mut rec.start_time, c.start_unix_ns);
     rec.duration_seconds = end_ns.saturating_sub(c.start_ns) as f64 / 1e9;
     set(&mut rec.direction, view::direction_name(c.direction));
-    rec.local_address.clear();
-    let _ = write!(rec.local_address, "{}", c.local_ip());
+    address(&mut rec.local_address, c.local_ip());
     rec.local_port = c.local_port;
-    rec.remote_address.clear();
-    let _ = write!(rec.remote_address, "{}", c.remote_ip());
+    address(&mut rec.remote_address, c.remote_ip());
     rec.remote_port = c.remote_port;
     set(&mut rec.state, layout::tcp_state_name(c.state));
     rec.failed = c.flags & layout::F_FAILED != 0;
@@ -257,37 +281,51 @@ pub fn apply(
     map.sort_unstable_by_key(|r| r.cookie);
     let live = map;
 
-    let mut prev_conns = std::mem::take(&mut state.conns);
+    // Last cycle's connections, sorted by cookie, updated in place; a slot
+    // is `gone` once its connection closed or vanished.
+    let mut prev = std::mem::take(&mut state.conns).into_vec();
+    let mut gone = vec![false; prev.len()];
     let mut closed_now: Vec<(u64, ConnState, bool)> = Vec::new(); // (cookie, state, had_record)
 
     for (cookie, r) in &closes {
-        let prev = prev_conns.remove(cookie);
-        let named = match &prev {
+        let p = match prev.binary_search_by_key(cookie, |(k, _)| *k) {
+            Ok(i) if !gone[i] => {
+                gone[i] = true;
+                Some(prev[i].1)
+            }
+            _ => None,
+        };
+        let named = match &p {
             Some(p) => (p.id, p.wkey, p.skey),
             None => name(state, &inp, r),
         };
-        let c = conn_state(r, prev.as_ref(), named, &now);
-        if prev.is_none() {
+        let c = conn_state(r, p.as_ref(), named, &now);
+        if p.is_none() {
             open(state, &c);
         }
         closed_now.push((*cookie, c, true));
     }
     // 3. Vanished: known last cycle, gone from the map, no close record.
-    let vanished: Vec<u64> = prev_conns
-        .keys()
-        .filter(|k| live.binary_search_by_key(*k, |r| r.cookie).is_err())
-        .copied()
-        .collect();
-    for cookie in vanished {
-        if let Some(mut c) = prev_conns.remove(&cookie) {
-            c.flags |= layout::F_CLOSED;
-            if c.flags & layout::F_ESTABLISHED == 0 {
-                c.flags |= layout::F_FAILED;
-            }
-            c.state = 7; // TCP_CLOSE
-            state.closes_without_record += 1;
-            closed_now.push((cookie, c, false));
+    let mut j = 0;
+    for (i, (cookie, c)) in prev.iter().enumerate() {
+        if gone[i] {
+            continue;
         }
+        while j < live.len() && live[j].cookie < *cookie {
+            j += 1;
+        }
+        if j < live.len() && live[j].cookie == *cookie {
+            continue;
+        }
+        gone[i] = true;
+        let mut c = *c;
+        c.flags |= layout::F_CLOSED;
+        if c.flags & layout::F_ESTABLISHED == 0 {
+            c.flags |= layout::F_FAILED;
+        }
+        c.state = 7; // TCP_CLOSE
+        state.closes_without_record += 1;
+        closed_now.push((*cookie, c, false));
     }
 
     let mut final_series = Vec::new();
@@ -324,23 +362,30 @@ pub fn apply(
     }
 
     // 4. Live connections: open new ones, periodic record for long ones.
-    //    Every connection left in `prev_conns` is live: merge by cookie.
-    let mut prev_iter = prev_conns.into_iter().peekable();
+    //    Every slot not gone is live: merge by cookie, update in place.
+    let slot = |prev: &[(u64, ConnState)], i: &mut usize, cookie: u64| {
+        while *i < prev.len() && prev[*i].0 < cookie {
+            *i += 1;
+        }
+        (*i < prev.len() && prev[*i].0 == cookie).then_some(*i)
+    };
+    let mut i = 0;
+    let new_count = live
+        .iter()
+        .filter(|r| slot(&prev, &mut i, r.cookie).is_none_or(|k| gone[k]))
+        .count();
+    let mut added = Vec::with_capacity(new_count);
+    let mut i = 0;
     for r in &live {
         let cookie = r.cookie;
-        while prev_iter.peek().is_some_and(|(k, _)| *k < cookie) {
-            prev_iter.next();
-        }
-        let prev = match prev_iter.peek() {
-            Some((k, _)) if *k == cookie => prev_iter.next().map(|(_, p)| p),
-            _ => None,
-        };
-        let named = match &prev {
+        let at = slot(&prev, &mut i, cookie).filter(|k| !gone[*k]);
+        let p = at.map(|k| prev[k].1);
+        let named = match &p {
             Some(p) => (p.id, p.wkey, p.skey),
             None => name(state, &inp, r),
         };
-        let mut c = conn_state(r, prev.as_ref(), named, &now);
-        if prev.is_none() {
+        let mut c = conn_state(r, p.as_ref(), named, &now);
+        if p.is_none() {
             open(state, &c);
         }
         if now.boot_ns.saturating_sub(c.start_ns) >= inp.long_threshold_ns {
@@ -358,8 +403,18 @@ pub fn apply(
             out.records += 1;
             c.reported = c.last;
         }
-        state.conns.insert(cookie, c);
+        match at {
+            Some(k) => prev[k].1 = c,
+            None => added.push((cookie, c)),
+        }
     }
+    let mut k = 0;
+    prev.retain(|_| {
+        k += 1;
+        !gone[k - 1]
+    });
+    merge_sorted(&mut prev, added);
+    state.conns = Conns::from_sorted(prev);
 
     state.final_series = final_series;
     state
@@ -657,6 +712,31 @@ mod tests {
             let want = chrono::DateTime::from_timestamp_nanos(t)
                 .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             assert_eq!(got, want, "{t}");
+        }
+    }
+
+    #[test]
+    fn addresses_equal_display() {
+        let mut g = longconn_common::testgen::Gen::new(3);
+        let mut got = String::new();
+        for _ in 0..100_000 {
+            let n = g.next();
+            let ip = if n % 5 == 0 {
+                std::net::IpAddr::from([
+                    n as u16,
+                    0,
+                    (n >> 16) as u16,
+                    0,
+                    0,
+                    0,
+                    (n >> 32) as u16,
+                    1,
+                ])
+            } else {
+                std::net::IpAddr::from((n as u32).to_be_bytes())
+            };
+            address(&mut got, ip);
+            assert_eq!(got, ip.to_string());
         }
     }
 

@@ -270,8 +270,8 @@ pub fn write(w: &mut dyn Write, s: &State) -> io::Result<()> {
         e.put(&conn_bytes(0, c))?;
     }
     e.count(s.conns.len())?;
-    for (cookie, c) in &s.conns {
-        e.put(&conn_bytes(*cookie, c))?;
+    for (cookie, c) in s.conns.iter() {
+        e.put(&conn_bytes(cookie, c))?;
     }
     e.finish()
 }
@@ -602,15 +602,16 @@ fn decode_body(r: &mut dyn Read, len: u64) -> Result<State, String> {
     for _ in 0..n {
         s.final_series.push(d.conn(names)?.1);
     }
-    let mut prev = None;
-    for _ in 0..d.count(CONN as u64)? {
+    let n = d.count(CONN as u64)?;
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
         let (cookie, c) = d.conn(names)?;
-        if prev.is_some_and(|p| p >= cookie) {
+        if conns.last().is_some_and(|(p, _)| *p >= cookie) {
             return Err("connections out of order".to_owned());
         }
-        prev = Some(cookie);
-        s.conns.insert(cookie, c);
+        conns.push((cookie, c));
     }
+    s.conns = super::Conns::from_sorted(conns);
     if d.left != 0 {
         return Err(format!("{} unexpected bytes after the body", d.left));
     }

@@ -102,11 +102,12 @@ fn convert(bytes: &[u8]) -> Result<State, String> {
             skey: strings.intern(&c.skey),
         })
     };
-    let conns = v
-        .conns
-        .iter()
-        .map(|(k, c)| conn(c).map(|c| (*k, c)))
-        .collect::<Result<_, _>>()?;
+    let conns = super::Conns::from_sorted(
+        v.conns
+            .iter()
+            .map(|(k, c)| conn(c).map(|c| (*k, c)))
+            .collect::<Result<_, _>>()?,
+    );
     let final_series = v
         .final_series
         .iter()

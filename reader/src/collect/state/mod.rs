@@ -14,7 +14,10 @@
 //! migrated once by `legacy`.
 
 mod codec;
+mod conns;
 mod legacy;
+
+pub use conns::{merge_sorted, Conns};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -271,7 +274,7 @@ pub struct State {
     pub ring_applied: u64,
     /// Every name the connections and groups below refer to.
     pub strings: Strings,
-    pub conns: BTreeMap<u64, ConnState>,
+    pub conns: Conns,
     /// Cookie -> CLOCK_BOOTTIME ns when its close was applied (duplicate guard).
     pub recently_closed: BTreeMap<u64, u64>,
     /// (direction, label values) -> totals, for the labels in `workload_labels`.
@@ -365,23 +368,23 @@ pub fn legacy_path(path: &Path) -> PathBuf {
 /// Loads the state at `path`; without one, migrates a v2 `state.json`
 /// beside it (the caller removes that once the new state is saved).
 pub fn load(path: &Path) -> io::Result<LoadOutcome> {
-    match read_nofollow(path, |f| codec::read(f))? {
+    match read_nofollow(path, codec::read)? {
         Read::Missing => {}
         Read::Problem(p) => return set_aside(path, p),
-        Read::Ok(s) => return Ok(LoadOutcome::Loaded(Box::new(s))),
+        Read::Ok(s) => return Ok(LoadOutcome::Loaded(s)),
     }
     let old = legacy_path(path);
-    match read_nofollow(&old, |f| legacy::read(f))? {
+    match read_nofollow(&old, legacy::read)? {
         Read::Missing => Ok(LoadOutcome::Fresh),
         Read::Problem(p) => set_aside(&old, format!("{}: {p}", legacy::FILE_NAME)),
-        Read::Ok(s) => Ok(LoadOutcome::Loaded(Box::new(s))),
+        Read::Ok(s) => Ok(LoadOutcome::Loaded(s)),
     }
 }
 
 enum Read {
     Missing,
     Problem(String),
-    Ok(State),
+    Ok(Box<State>),
 }
 
 /// Opens `path` without following a symlink and decodes it with `f`.
@@ -420,7 +423,7 @@ fn read_nofollow(
         }
     }
     match f(&mut file) {
-        Ok(Ok(s)) => Ok(Read::Ok(s)),
+        Ok(Ok(s)) => Ok(Read::Ok(Box::new(s))),
         Ok(Err(p)) => Ok(Read::Problem(p)),
         Err(e) => Err(io::Error::new(
             e.kind(),
