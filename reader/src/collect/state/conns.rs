@@ -82,6 +82,11 @@ pub fn merge_sorted(v: &mut Vec<(u64, ConnState)>, add: Vec<(u64, ConnState)>) {
     if add.is_empty() {
         return;
     }
+    if v.is_empty() {
+        // The first cycle: no copy of a vector of every connection.
+        *v = add;
+        return;
+    }
     if v.last().is_none_or(|(k, _)| *k < add[0].0) {
         v.reserve_exact(add.len());
         v.extend(add);
