@@ -9,6 +9,7 @@
 mod cycle;
 mod lock;
 mod metrics;
+mod sink;
 mod state;
 
 /// A populated state, encoded, for the property tests.
@@ -48,7 +49,6 @@ pub fn load_state_for_tests(p: &Path) -> std::io::Result<()> {
 }
 
 use std::{
-    collections::BTreeMap,
     fs,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
@@ -63,11 +63,7 @@ use self::state::{LoadOutcome, State};
 use crate::{
     clock::Clock,
     identity,
-    output::{
-        access,
-        applog::{AppendLog, Tail},
-        atomic, otlp, promtext,
-    },
+    output::{access, applog::AppendLog, atomic, otlp, promtext},
     servicemap::ServiceMap,
 };
 
@@ -366,20 +362,34 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     // 1. Append this cycle's records past each file's committed length (a
     //    killed run's uncommitted tail is cut first), streamed as the cycle
     //    makes them.
-    let mut sink = RecordSink::new(&files, &state.log_len, &resource, now_ns);
-    let outcome = cycle::apply(
-        &mut state,
-        cycle::Inputs {
-            now: clock,
-            map,
-            ring: ring_records,
-            long_threshold_ns: a.long_threshold.as_nanos() as u64,
-            short_close_records: !a.no_short_close_records,
-            names: &names,
+    let sink_names = sink::Names {
+        csv: CSV_FILE,
+        jsonl: JSONL_FILE,
+        otlp_logs: OTLP_LOGS_FILE,
+    };
+    let committed = state.log_len.clone();
+    let (outcome, mut written) = sink::with_sink(
+        &files,
+        &sink_names,
+        &committed,
+        &resource,
+        now_ns,
+        OTLP_LOGS_PER_LINE,
+        |emit| {
+            cycle::apply(
+                &mut state,
+                cycle::Inputs {
+                    now: clock,
+                    map,
+                    ring: ring_records,
+                    long_threshold_ns: a.long_threshold.as_nanos() as u64,
+                    short_close_records: !a.no_short_close_records,
+                    names: &names,
+                },
+                emit,
+            )
         },
-        &mut |r| sink.push(r),
-    );
-    let mut written = sink.finish()?;
+    )?;
     state.cgroup_names = cgroup_names;
 
     let counters = pins.counters()?;
@@ -466,91 +476,3 @@ fn host_name() -> String {
 /// OTLP log requests hold at most this many records, so a burst of closes
 /// gives several bounded lines rather than one huge one.
 const OTLP_LOGS_PER_LINE: usize = 1000;
-
-/// The access records of one cycle, encoded into every append-only file as
-/// they are made (one record in memory at a time).
-struct RecordSink<'a> {
-    csv: Option<(&'a str, Tail<'a>)>,
-    jsonl: Option<(&'a str, Tail<'a>)>,
-    logs: Option<(&'a str, Tail<'a>, otlp::LogsWriter<'a>)>,
-    /// The first write error; later records are dropped (the cycle fails).
-    error: Option<anyhow::Error>,
-}
-
-impl<'a> RecordSink<'a> {
-    fn new(
-        files: &'a [(String, AppendLog)],
-        committed: &BTreeMap<String, u64>,
-        resource: &'a otlp::Resource,
-        now_ns: u64,
-    ) -> Self {
-        let mut sink = Self {
-            csv: None,
-            jsonl: None,
-            logs: None,
-            error: None,
-        };
-        for (file, log) in files {
-            let tail = log.tail(committed.get(file).copied().unwrap_or(0));
-            match file.as_str() {
-                CSV_FILE => sink.csv = Some((file, tail)),
-                JSONL_FILE => sink.jsonl = Some((file, tail)),
-                OTLP_LOGS_FILE => {
-                    let w = otlp::LogsWriter::new(resource, now_ns, OTLP_LOGS_PER_LINE);
-                    sink.logs = Some((file, tail, w));
-                }
-                _ => {}
-            }
-        }
-        sink
-    }
-
-    fn push(&mut self, r: &access::AccessRecord) {
-        if self.error.is_some() {
-            return;
-        }
-        let mut result = Ok(());
-        if let Some((_, t)) = &mut self.csv {
-            access::csv_row(t.buf(), r);
-            result = result.and_then(|()| t.flush_if_full());
-        }
-        if let Some((_, t)) = &mut self.jsonl {
-            access::jsonl_line(t.buf(), r);
-            result = result.and_then(|()| t.flush_if_full());
-        }
-        if let Some((_, t, w)) = &mut self.logs {
-            w.push(t.buf(), r);
-            result = result.and_then(|()| t.flush_if_full());
-        }
-        if let Err(e) = result {
-            self.error = Some(anyhow::Error::new(e).context("cannot append an access record"));
-        }
-    }
-
-    /// Makes everything durable; returns the new (uncommitted) length of
-    /// each file written.
-    fn finish(self) -> anyhow::Result<BTreeMap<String, u64>> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
-        let mut out = BTreeMap::new();
-        let mut done = |file: &str, t: Tail<'_>| -> anyhow::Result<()> {
-            let len = t
-                .finish()
-                .with_context(|| format!("cannot append to {file}"))?;
-            out.insert(file.to_owned(), len);
-            Ok(())
-        };
-        if let Some((f, t)) = self.csv {
-            done(f, t)?;
-        }
-        if let Some((f, t)) = self.jsonl {
-            done(f, t)?;
-        }
-        if let Some((f, mut t, mut w)) = self.logs {
-            w.finish(t.buf());
-            done(f, t)?;
-        }
-        Ok(out)
-    }
-}
