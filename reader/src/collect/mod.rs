@@ -341,6 +341,10 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .collect();
+    // The records are copied out: unmap the ring (both halves of its double
+    // mapping are resident, 2x --ringbuf-bytes) for the memory-heavy part of
+    // the cycle; it is mapped again to release what was applied.
+    drop(ring);
     state.malformed_records += bad_map + bad_ring;
 
     let mut cgroup_names = std::mem::take(&mut state.cgroup_names);
