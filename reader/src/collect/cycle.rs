@@ -10,13 +10,12 @@
 //!   seen), and at close its contribution moves from "live" to the closed
 //!   totals with final counters >= the last live ones, so group sums never dip.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{collections::BTreeMap, fmt::Write as _, io};
 
 use longconn_common::{layout, ConnRecord};
 
 use super::state::{
-    addr_bytes, merge_sorted, ConnState, Conns, Counters, GroupKey, GroupTotals, IdSyms, State,
-    Strings,
+    addr_bytes, ConnState, Counters, GroupKey, GroupTotals, IdSyms, Prev, State, Strings,
 };
 use crate::{clock::Clock, identity::Identity, output::access::AccessRecord, view};
 
@@ -34,6 +33,9 @@ pub struct Inputs<'a> {
     pub short_close_records: bool,
     /// Identity and (workload, service) group keys of a record.
     pub names: &'a dyn Fn(&ConnRecord) -> (Identity, String, String),
+    /// New (workload, service) label selections: every previous connection's
+    /// group keys are recomputed.
+    pub relabel: Option<(&'a [String], &'a [String])>,
 }
 
 #[derive(Debug, Default)]
@@ -242,13 +244,17 @@ fn name(state: &mut State, inp: &Inputs<'_>, r: &ConnRecord) -> Named {
     )
 }
 
-/// Applies one cycle to `state`, handing each access record to `emit` as it
-/// is made (closes first, then live connections, each by cookie).
+/// Applies one cycle to `state`, given last cycle's connections `prev`:
+/// hands each access record to `emit` as it is made (closes first, then
+/// live connections, each by cookie) and each live connection's new state
+/// to `keep`, in cookie order. `state.conns` is not used.
 pub fn apply(
     state: &mut State,
     mut inp: Inputs<'_>,
+    prev: &Prev,
+    keep: &mut dyn FnMut(u64, &ConnState) -> io::Result<()>,
     emit: &mut dyn FnMut(&AccessRecord),
-) -> Outcome {
+) -> io::Result<Outcome> {
     let mut out = Outcome {
         ring_commit: state.ring_applied,
         ..Default::default()
@@ -281,20 +287,30 @@ pub fn apply(
     map.sort_unstable_by_key(|r| r.cookie);
     let live = map;
 
-    // Last cycle's connections, sorted by cookie, updated in place; a slot
-    // is `gone` once its connection closed or vanished.
-    let mut prev = std::mem::take(&mut state.conns).into_vec();
-    let mut gone = vec![false; prev.len()];
+    // Pass 1 over last cycle's connections (cookie order): the previous
+    // state of each closing one, and those that vanished.
+    let mut close_prev: BTreeMap<u64, ConnState> = BTreeMap::new();
+    let mut vanished: Vec<(u64, ConnState)> = Vec::new();
+    let mut j = 0;
+    for item in prev.scan() {
+        let (cookie, mut c) = item?;
+        relabel(state, &inp, &mut c);
+        if closes.contains_key(&cookie) {
+            close_prev.insert(cookie, c);
+            continue;
+        }
+        while j < live.len() && live[j].cookie < cookie {
+            j += 1;
+        }
+        if j < live.len() && live[j].cookie == cookie {
+            continue;
+        }
+        vanished.push((cookie, c));
+    }
     let mut closed_now: Vec<(u64, ConnState, bool)> = Vec::new(); // (cookie, state, had_record)
 
     for (cookie, r) in &closes {
-        let p = match prev.binary_search_by_key(cookie, |(k, _)| *k) {
-            Ok(i) if !gone[i] => {
-                gone[i] = true;
-                Some(prev[i].1)
-            }
-            _ => None,
-        };
+        let p = close_prev.remove(cookie);
         let named = match &p {
             Some(p) => (p.id, p.wkey, p.skey),
             None => name(state, &inp, r),
@@ -306,26 +322,14 @@ pub fn apply(
         closed_now.push((*cookie, c, true));
     }
     // 3. Vanished: known last cycle, gone from the map, no close record.
-    let mut j = 0;
-    for (i, (cookie, c)) in prev.iter().enumerate() {
-        if gone[i] {
-            continue;
-        }
-        while j < live.len() && live[j].cookie < *cookie {
-            j += 1;
-        }
-        if j < live.len() && live[j].cookie == *cookie {
-            continue;
-        }
-        gone[i] = true;
-        let mut c = *c;
+    for (cookie, mut c) in vanished {
         c.flags |= layout::F_CLOSED;
         if c.flags & layout::F_ESTABLISHED == 0 {
             c.flags |= layout::F_FAILED;
         }
         c.state = 7; // TCP_CLOSE
         state.closes_without_record += 1;
-        closed_now.push((*cookie, c, false));
+        closed_now.push((cookie, c, false));
     }
 
     let mut final_series = Vec::new();
@@ -362,24 +366,21 @@ pub fn apply(
     }
 
     // 4. Live connections: open new ones, periodic record for long ones.
-    //    Every slot not gone is live: merge by cookie, update in place.
-    let slot = |prev: &[(u64, ConnState)], i: &mut usize, cookie: u64| {
-        while *i < prev.len() && prev[*i].0 < cookie {
-            *i += 1;
-        }
-        (*i < prev.len() && prev[*i].0 == cookie).then_some(*i)
-    };
-    let mut i = 0;
-    let new_count = live
-        .iter()
-        .filter(|r| slot(&prev, &mut i, r.cookie).is_none_or(|k| gone[k]))
-        .count();
-    let mut added = Vec::with_capacity(new_count);
-    let mut i = 0;
+    //    Pass 2 over last cycle's connections, merged by cookie; each live
+    //    connection goes to `keep` in cookie order.
+    let mut scan = prev.scan().peekable();
     for r in &live {
         let cookie = r.cookie;
-        let at = slot(&prev, &mut i, cookie).filter(|k| !gone[*k]);
-        let p = at.map(|k| prev[k].1);
+        let mut p = None;
+        while let Some(item) = scan.next_if(|i| i.as_ref().map_or(true, |(k, _)| *k <= cookie)) {
+            let (k, c) = item?;
+            if k == cookie {
+                p = Some(c);
+            }
+        }
+        if let Some(c) = &mut p {
+            relabel(state, &inp, c);
+        }
         let named = match &p {
             Some(p) => (p.id, p.wkey, p.skey),
             None => name(state, &inp, r),
@@ -403,47 +404,64 @@ pub fn apply(
             out.records += 1;
             c.reported = c.last;
         }
-        match at {
-            Some(k) => prev[k].1 = c,
-            None => added.push((cookie, c)),
-        }
+        keep(cookie, &c)?;
     }
-    let mut k = 0;
-    prev.retain(|_| {
-        k += 1;
-        !gone[k - 1]
-    });
-    merge_sorted(&mut prev, added);
-    state.conns = Conns::from_sorted(prev);
+    drop(scan);
 
     state.final_series = final_series;
     state
         .recently_closed
         .retain(|_, t| now.boot_ns.saturating_sub(*t) < RECENTLY_CLOSED_NS);
     state.ring_applied = out.ring_commit;
-    out
+    Ok(out)
+}
+
+/// Group keys of `c` for changed label selections (`Inputs::relabel`).
+fn relabel(state: &mut State, inp: &Inputs<'_>, c: &mut ConnState) {
+    if let Some((w, s)) = inp.relabel {
+        let id = c.id.identity(&state.strings);
+        c.wkey = state.strings.intern(&id.key(w));
+        c.skey = state.strings.intern(&id.key(s));
+    }
+}
+
+/// Live connections per group: their counters summed, and how many.
+#[derive(Debug, Default)]
+pub struct LiveSums {
+    pub workloads: BTreeMap<GroupKey, (Counters, u64)>,
+    pub services: BTreeMap<GroupKey, (Counters, u64)>,
+}
+
+impl LiveSums {
+    pub fn add(&mut self, c: &ConnState) {
+        for (groups, key) in [(&mut self.workloads, c.wkey), (&mut self.services, c.skey)] {
+            let e = groups.entry((c.direction, key)).or_default();
+            e.0.add(c.last);
+            e.1 += 1;
+        }
+    }
 }
 
 /// Exported counters of a group: closed totals plus its live connections,
 /// by group key text ("direction|label values").
 pub fn group_counters(
     state: &State,
+    live: &LiveSums,
     by_service: bool,
 ) -> BTreeMap<String, (GroupTotals, Counters, u64)> {
-    let groups = if by_service {
-        &state.services
+    let (groups, live) = if by_service {
+        (&state.services, &live.services)
     } else {
-        &state.workloads
+        (&state.workloads, &live.workloads)
     };
     let mut sums: BTreeMap<GroupKey, (GroupTotals, Counters, u64)> = groups
         .iter()
         .map(|(k, t)| (*k, (*t, t.closed_counters, 0)))
         .collect();
-    for c in state.conns.values() {
-        let key = (c.direction, if by_service { c.skey } else { c.wkey });
-        let e = sums.entry(key).or_default();
-        e.1.add(c.last);
-        e.2 += 1;
+    for (key, (counters, n)) in live {
+        let e = sums.entry(*key).or_default();
+        e.1.add(*counters);
+        e.2 += n;
     }
     sums.into_iter()
         .map(|((dir, key), v)| (group_key(dir, state.strings.get(key)), v))
@@ -453,6 +471,7 @@ pub fn group_counters(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collect::state::Conns;
 
     const S: u64 = 1_000_000_000;
 
@@ -499,9 +518,23 @@ mod tests {
         map_deletes: Vec<u64>,
     }
 
+    /// One cycle with the connections kept in `state.conns` between cycles.
     fn run(state: &mut State, inp: Inputs<'_>) -> Out {
         let mut records = Vec::new();
-        let o = apply(state, inp, &mut |r| records.push(r.clone()));
+        let prev = Prev::Mem(std::mem::take(&mut state.conns));
+        let mut kept = Vec::new();
+        let o = apply(
+            state,
+            inp,
+            &prev,
+            &mut |k, c| {
+                kept.push((k, *c));
+                Ok(())
+            },
+            &mut |r| records.push(r.clone()),
+        )
+        .unwrap();
+        state.conns = Conns::from_sorted(kept);
         assert_eq!(o.records, records.len() as u64);
         Out {
             records,
@@ -535,12 +568,17 @@ mod tests {
                 long_threshold_ns: 5 * S,
                 short_close_records: true,
                 names: &names,
+                relabel: None,
             },
         )
     }
 
     fn sent_total(state: &State) -> u64 {
-        group_counters(state, false)
+        let mut live = LiveSums::default();
+        for c in state.conns.values() {
+            live.add(c);
+        }
+        group_counters(state, &live, false)
             .values()
             .map(|(_, c, _)| c.bytes_sent)
             .sum()
@@ -674,6 +712,7 @@ mod tests {
                     long_threshold_ns: 5 * S,
                     short_close_records: true,
                     names: &names,
+                    relabel: None,
                 },
             )
         };

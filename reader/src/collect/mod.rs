@@ -59,7 +59,7 @@ use std::{
 use anyhow::Context as _;
 use longconn_common::{pinned::Access, units, ConnRecord, Pins};
 
-use self::state::{LoadOutcome, State};
+use self::state::{LoadOutcome, Prev, State};
 use crate::{
     clock::Clock,
     identity,
@@ -265,15 +265,17 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     };
 
     let state_path = dirs.state.join(STATE_FILE);
-    let mut state = match state::load(&state_path)? {
-        LoadOutcome::Loaded(s) if s.boot_id == state::boot_id() => *s,
-        LoadOutcome::Loaded(_) | LoadOutcome::Fresh => new_state(),
+    let no_conns = || Prev::Mem(state::Conns::default());
+    let (mut state, prev) = match state::load(&state_path)? {
+        LoadOutcome::Loaded(s, prev) if s.boot_id == state::boot_id() => (*s, prev),
+        LoadOutcome::Loaded(..) | LoadOutcome::Fresh => (new_state(), no_conns()),
         LoadOutcome::SetAside(aside, why) => {
             eprintln!("longconn-reader: {} was unusable ({why}); kept it as {} and started new totals (a counter reset)", state_path.display(), aside.display());
-            new_state()
+            (new_state(), no_conns())
         }
     };
     let mut partial_failure = false;
+    let mut relabel = false;
     if state.workload_labels != a.workload_labels.0 || state.service_labels != a.service_labels.0 {
         if !state.workload_labels.is_empty() {
             eprintln!("longconn-reader: group labels changed to workload [{}], service [{}]: group totals restart (a counter reset)", a.workload_labels.0.join(","), a.service_labels.0.join(","));
@@ -282,12 +284,8 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         state.services.clear();
         state.workload_labels = a.workload_labels.0.clone();
         state.service_labels = a.service_labels.0.clone();
-        let strings = &mut state.strings;
-        for c in state.conns.values_mut() {
-            let id = c.id.identity(strings);
-            c.wkey = strings.intern(&id.key(&a.workload_labels.0));
-            c.skey = strings.intern(&id.key(&a.service_labels.0));
-        }
+        // Every previous connection's group keys are recomputed as it is read.
+        relabel = true;
     }
     let services = match &a.services {
         None => ServiceMap::default(),
@@ -372,6 +370,13 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         otlp_logs: OTLP_LOGS_FILE,
     };
     let committed = state.log_len.clone();
+    // The new state is written as the cycle goes: its live connections first.
+    let mut saver = state::Saver::begin(&state_path, 0o600)?;
+    let mut live = metrics::Live::new(
+        a.max_connection_series,
+        a.long_threshold.as_nanos() as u64,
+        clock.boot_ns,
+    );
     let (outcome, mut written) = sink::with_sink(
         &files,
         &sink_names,
@@ -389,11 +394,20 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
                     long_threshold_ns: a.long_threshold.as_nanos() as u64,
                     short_close_records: !a.no_short_close_records,
                     names: &names,
+                    relabel: relabel.then_some((&a.workload_labels.0, &a.service_labels.0)),
+                },
+                &prev,
+                &mut |cookie, c| {
+                    live.add(c);
+                    saver.push(cookie, c)
                 },
                 emit,
             )
         },
     )?;
+    let outcome =
+        outcome.with_context(|| format!("cannot read or write {}", state_path.display()))?;
+    drop(prev);
     state.cgroup_names = cgroup_names;
 
     let counters = pins.counters()?;
@@ -404,14 +418,8 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         capacity: u64::from(pins.capacity()),
         ringbuf_drops: counters.ringbuf_full,
         map_full_drops: counters.map_full + counters.map_error,
-        max_connection_series: a.max_connection_series,
     };
-    let families = metrics::families(
-        &state,
-        &stats,
-        a.long_threshold.as_nanos() as u64,
-        clock.boot_ns,
-    );
+    let families = metrics::families(&state, live, &stats);
     if let Some((file, log)) = files.iter().find(|(f, _)| f == OTLP_METRICS_FILE) {
         let committed = state.log_len.get(file).copied().unwrap_or(0);
         let group_start_ns = (state.created_unix.max(0) as u64) * 1_000_000_000;
@@ -426,8 +434,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     }
     // 2. Commit point: totals, applied ring position and file lengths at once.
     state.log_len = written;
-    state.compact_strings();
-    state::save(&state_path, &state, 0o600)?;
+    saver.commit(&state)?;
     remove_legacy_state(&state_path)?;
     // 3. Only now release the kernel side: a run killed before this re-reads
     //    the same records and skips them by the committed ring position.
@@ -451,7 +458,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         state.log_len.insert(file.clone(), after);
     }
     if rotated {
-        state::save(&state_path, &state, 0o600)?;
+        state::resave(&state_path, &state, 0o600)?;
     }
     Ok(if partial_failure {
         ExitCode::from(crate::exit::FAILURE)

@@ -75,6 +75,27 @@ pub fn write_atomic_with(
     fsync_dir(dir)
 }
 
+/// A fresh temp file beside `path` (see `create_temp`) with exactly `mode`
+/// and the output group, for a caller that renames it over `path` itself.
+pub(crate) fn create_temp_for(path: &Path, mode: u32) -> io::Result<(PathBuf, File)> {
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a file path", path.display()),
+        )
+    })?;
+    let (tmp, file) = create_temp(parent_dir(path), name, mode, &COUNTER)?;
+    let set = super::apply_group(&file)
+        .and_then(|()| file.set_permissions(Permissions::from_mode(mode)))
+        .map_err(with_path(&tmp));
+    if let Err(e) = set {
+        drop(file);
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok((tmp, file))
+}
+
 /// `dir/.<name>.tmp-<pid>-<n>`.
 fn temp_path(dir: &Path, name: &OsStr, n: u64) -> PathBuf {
     let mut tmp_name = OsString::from(".");

@@ -1,36 +1,41 @@
-//! The binary state file: versioned header, body, checksummed trailer.
+//! The binary state file: versioned header, connection records, the rest,
+//! checksummed trailer.
 //!
 //! ```text
 //! header  16 B magic "longconn state\n\0", u32 format version, u32 0
-//! body    scalars, label lists, service map text, interned strings,
-//!         cgroup names, log lengths, group totals, recently closed cookies,
-//!         final series, then one fixed-size record per live connection
-//!         (sorted by cookie)
-//! trailer u64 body length, u64 checksum of the body, 8 B "LCSTEND\n"
+//! body    N fixed-size connection records, sorted by cookie; then the rest:
+//!         scalars, label lists, service map text, interned strings, cgroup
+//!         names, log lengths, group totals, recently closed cookies, final
+//!         series
+//! trailer u64 N, u64 body length, u64 checksum of the body, 8 B "LCSTEND\n"
 //! ```
 //!
 //! All integers little-endian; strings are a u32 length and UTF-8 bytes.
-//! Reading checks the magic, the version, the body length against the file
-//! size and the checksum before decoding a byte of the body, then every
-//! count, string and interned reference while decoding: a truncated,
-//! corrupt or foreign file is a described problem, never a panic or a
-//! misread. Writing streams the body through a fixed buffer (no copy of the
-//! whole state in memory).
+//! Connections come first so that a cycle can stream them: `Writer` writes
+//! each as the cycle makes it and the rest at the commit; `open` checks the
+//! frame, the checksum and every record, decodes the rest, and leaves the
+//! connections on disk for `PrevFile::scan` (read twice a cycle, in order,
+//! never all in memory). A truncated, corrupt or foreign file is a
+//! described problem, never a panic or a misread.
 
 use std::{
     collections::BTreeMap,
-    io::{self, Read, Seek, SeekFrom, Write},
+    fs::File,
+    io::{self, BufReader, Read, Write},
+    os::unix::fs::FileExt,
 };
 
-use super::{ConnState, Counters, GroupKey, GroupTotals, IdSyms, State, Strings};
+use super::{ConnState, Counters, GroupKey, GroupTotals, IdSyms, State, Strings, Sym};
 
 pub const FORMAT_VERSION: u32 = 3;
 const MAGIC: &[u8; 16] = b"longconn state\n\0";
 const END: &[u8; 8] = b"LCSTEND\n";
 const HEADER: usize = 24;
-const TRAILER: usize = 24;
+const TRAILER: usize = 32;
 /// Encoded size of one connection record (cookie included).
-const CONN: usize = 8 + 8 + 48 + 48 + 8 * 5 + 32 + 4 + 4 * 5 + 4 + 4 * 6 + 8;
+pub const CONN: usize = 8 + 8 + 48 + 48 + 8 * 5 + 32 + 4 + 4 * 5 + 4 + 4 * 6 + 8;
+/// A name table this large is compacted at load when most of it is unused.
+const COMPACT_AT: usize = 1024;
 
 /// A fast 64-bit checksum over 32-byte blocks in four lanes (detects
 /// truncation and corruption; not a defence against forgery, which needs
@@ -71,26 +76,63 @@ impl Hasher {
     }
 }
 
-/// Buffered, checksummed body writer.
-struct Enc<'a> {
-    w: &'a mut dyn Write,
-    buf: Vec<u8>,
-    hash: Hasher,
+/// `Hasher` over bytes in any chunks.
+struct StreamHash {
+    h: Hasher,
+    pending: Vec<u8>,
     total: u64,
+}
+
+impl StreamHash {
+    fn new() -> Self {
+        Self {
+            h: Hasher::new(),
+            pending: Vec::with_capacity(32),
+            total: 0,
+        }
+    }
+    fn update(&mut self, mut b: &[u8]) {
+        self.total += b.len() as u64;
+        if !self.pending.is_empty() {
+            let take = (32 - self.pending.len()).min(b.len());
+            self.pending.extend_from_slice(&b[..take]);
+            b = &b[take..];
+            if self.pending.len() < 32 {
+                return;
+            }
+            self.h.blocks(&self.pending);
+            self.pending.clear();
+        }
+        let whole = b.len() / 32 * 32;
+        self.h.blocks(&b[..whole]);
+        self.pending.extend_from_slice(&b[whole..]);
+    }
+    fn finish(self) -> u64 {
+        self.h.finish(&self.pending, self.total)
+    }
+}
+
+/// Buffered, checksummed body writer.
+struct Enc<W: Write> {
+    w: W,
+    buf: Vec<u8>,
+    hash: StreamHash,
 }
 
 const BUF: usize = 1 << 16;
 
-impl Enc<'_> {
+impl<W: Write> Enc<W> {
     fn put(&mut self, b: &[u8]) -> io::Result<()> {
         self.buf.extend_from_slice(b);
         if self.buf.len() >= BUF {
-            let whole = self.buf.len() / 32 * 32;
-            self.hash.blocks(&self.buf[..whole]);
-            self.w.write_all(&self.buf[..whole])?;
-            self.total += whole as u64;
-            self.buf.drain(..whole);
+            self.flush_buf()?;
         }
+        Ok(())
+    }
+    fn flush_buf(&mut self) -> io::Result<()> {
+        self.hash.update(&self.buf);
+        self.w.write_all(&self.buf)?;
+        self.buf.clear();
         Ok(())
     }
     fn u32(&mut self, v: u32) -> io::Result<()> {
@@ -107,18 +149,6 @@ impl Enc<'_> {
     }
     fn count(&mut self, n: usize) -> io::Result<()> {
         self.u64(n as u64)
-    }
-    fn finish(mut self) -> io::Result<()> {
-        let total = self.total + self.buf.len() as u64;
-        let whole = self.buf.len() / 32 * 32;
-        self.hash.blocks(&self.buf[..whole]);
-        let sum = self.hash.finish(&self.buf[whole..], total);
-        self.w.write_all(&self.buf)?;
-        let mut t = [0u8; TRAILER];
-        t[..8].copy_from_slice(&total.to_le_bytes());
-        t[8..16].copy_from_slice(&sum.to_le_bytes());
-        t[16..].copy_from_slice(END);
-        self.w.write_all(&t)
     }
 }
 
@@ -198,18 +228,70 @@ fn counters_of(a: [u64; 6]) -> Counters {
     }
 }
 
-/// Streams `state` as a complete state file (header, body, trailer).
-pub fn write(w: &mut dyn Write, s: &State) -> io::Result<()> {
-    let mut header = [0u8; HEADER];
-    header[..16].copy_from_slice(MAGIC);
-    header[16..20].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    w.write_all(&header)?;
-    let mut e = Enc {
-        w,
-        buf: Vec::with_capacity(BUF + CONN + 64),
-        hash: Hasher::new(),
-        total: 0,
-    };
+/// Writes a state file in one pass: the connections as a cycle makes them
+/// (in cookie order), then the rest at `finish`.
+pub struct Writer<W: Write> {
+    e: Enc<W>,
+    n: u64,
+    last: Option<u64>,
+}
+
+impl<W: Write> Writer<W> {
+    pub fn new(mut w: W) -> io::Result<Self> {
+        let mut header = [0u8; HEADER];
+        header[..16].copy_from_slice(MAGIC);
+        header[16..20].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        w.write_all(&header)?;
+        Ok(Self {
+            e: Enc {
+                w,
+                buf: Vec::with_capacity(BUF + CONN + 64),
+                hash: StreamHash::new(),
+            },
+            n: 0,
+            last: None,
+        })
+    }
+
+    /// Appends one connection; cookies must increase.
+    pub fn push(&mut self, cookie: u64, c: &ConnState) -> io::Result<()> {
+        self.push_raw(&conn_bytes(cookie, c))
+    }
+
+    fn push_raw(&mut self, rec: &[u8; CONN]) -> io::Result<()> {
+        let mut k = [0u8; 8];
+        k.copy_from_slice(&rec[..8]);
+        let cookie = u64::from_le_bytes(k);
+        if self.last.is_some_and(|l| l >= cookie) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "state connections out of cookie order",
+            ));
+        }
+        self.last = Some(cookie);
+        self.n += 1;
+        self.e.put(rec)
+    }
+
+    /// Writes the rest of `s` and the trailer; returns the writer, flushed.
+    pub fn finish(mut self, s: &State) -> io::Result<W> {
+        write_head(&mut self.e, s)?;
+        self.e.flush_buf()?;
+        let total = self.e.hash.total;
+        let sum = std::mem::replace(&mut self.e.hash, StreamHash::new()).finish();
+        let mut t = [0u8; TRAILER];
+        t[..8].copy_from_slice(&self.n.to_le_bytes());
+        t[8..16].copy_from_slice(&total.to_le_bytes());
+        t[16..24].copy_from_slice(&sum.to_le_bytes());
+        t[24..].copy_from_slice(END);
+        self.e.w.write_all(&t)?;
+        self.e.w.flush()?;
+        Ok(self.e.w)
+    }
+}
+
+/// Everything but the connections.
+fn write_head<W: Write>(e: &mut Enc<W>, s: &State) -> io::Result<()> {
     e.str(&s.boot_id)?;
     for v in [
         s.pin_generation,
@@ -269,83 +351,217 @@ pub fn write(w: &mut dyn Write, s: &State) -> io::Result<()> {
     for c in &s.final_series {
         e.put(&conn_bytes(0, c))?;
     }
-    e.count(s.conns.len())?;
-    for (cookie, c) in s.conns.iter() {
-        e.put(&conn_bytes(cookie, c))?;
-    }
-    e.finish()
+    Ok(())
 }
 
-/// The whole file in memory (tests, fuzzing).
+/// The whole file in memory, connections from `s.conns` (tests, fuzzing).
 #[cfg(test)]
 pub fn encode(s: &State) -> Vec<u8> {
-    let mut out = Vec::new();
-    match write(&mut out, s) {
-        Ok(()) => out,
+    let write = || -> io::Result<Vec<u8>> {
+        let mut w = Writer::new(Vec::new())?;
+        for (cookie, c) in s.conns.iter() {
+            w.push(cookie, c)?;
+        }
+        w.finish(s)
+    };
+    match write() {
+        Ok(v) => v,
         Err(e) => unreachable!("encoding into a Vec failed: {e}"),
     }
 }
 
-/// Decodes a whole file held in memory.
+/// Decodes a whole file held in memory, connections into `conns`.
 #[cfg(test)]
 pub fn decode(bytes: &[u8]) -> Result<State, String> {
-    let body_len = check_frame(bytes.len() as u64, &bytes[..bytes.len().min(HEADER)], {
-        let at = bytes.len().saturating_sub(TRAILER);
-        &bytes[at..]
-    })?;
-    let body = &bytes[HEADER..HEADER + body_len as usize];
-    let mut h = Hasher::new();
-    let whole = body.len() / 32 * 32;
-    h.blocks(&body[..whole]);
-    check_sum(
-        h.finish(&body[whole..], body_len),
-        &bytes[bytes.len() - TRAILER..],
+    let (n, body_len) = check_frame(
+        bytes.len() as u64,
+        &bytes[..bytes.len().min(HEADER)],
+        &bytes[bytes.len().saturating_sub(TRAILER)..],
     )?;
-    decode_body(&mut io::Cursor::new(body), body_len)
+    let body = &bytes[HEADER..HEADER + body_len as usize];
+    let mut h = StreamHash::new();
+    h.update(body);
+    check_sum(h.finish(), &bytes[bytes.len() - TRAILER..])?;
+    let conns_len = n as usize * CONN;
+    let mut s = decode_head(&mut &body[conns_len..], (body.len() - conns_len) as u64)?;
+    let mut conns = Vec::with_capacity(n as usize);
+    for rec in body[..conns_len].chunks_exact(CONN) {
+        let mut b = [0u8; CONN];
+        b.copy_from_slice(rec);
+        let (cookie, c) = conn_of(&b, s.strings.len())?;
+        if conns.last().is_some_and(|(p, _)| *p >= cookie) {
+            return Err("connections out of order".to_owned());
+        }
+        conns.push((cookie, c));
+    }
+    s.conns = super::Conns::from_sorted(conns);
+    Ok(s)
 }
 
-/// Reads and checks a state file: frame and checksum first, then decoding.
-/// Ok(Err(problem)) for a file that is not a usable state; Err for I/O.
-pub fn read(f: &mut std::fs::File) -> io::Result<Result<State, String>> {
-    let len = f.metadata()?.len();
-    let mut head = [0u8; HEADER];
-    let mut tail = [0u8; TRAILER];
-    let got = read_at_most(f, 0, &mut head)?;
-    let tail_at = len.saturating_sub(TRAILER as u64);
-    let got_tail = read_at_most(f, tail_at, &mut tail)?;
-    let body_len = match check_frame(len, &head[..got], &tail[..got_tail]) {
-        Ok(n) => n,
-        Err(p) => return Ok(Err(p)),
-    };
-    // Pass 1: the checksum, in large blocks.
-    f.seek(SeekFrom::Start(HEADER as u64))?;
-    let mut h = Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = body_len;
-    let mut last = Vec::new();
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        f.read_exact(&mut buf[..n])?;
-        let whole = n / 32 * 32;
-        h.blocks(&buf[..whole]);
-        left -= n as u64;
-        if whole != n {
-            // Only the final read is not a multiple of 32 (buf.len() is).
-            last = buf[whole..n].to_vec();
+/// A `Read` at a file offset, without moving the file's own position (so
+/// several scans of one file can exist).
+struct At<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// Last cycle's connections, left in the verified state file.
+pub struct PrevFile {
+    file: File,
+    n: u64,
+    /// Old name number -> new, when the name table was compacted at load.
+    remap: Option<Vec<Sym>>,
+}
+
+impl PrevFile {
+    /// The connections in cookie order.
+    pub fn scan(&self) -> Scan<'_> {
+        Scan {
+            r: BufReader::with_capacity(
+                1 << 16,
+                At {
+                    file: &self.file,
+                    at: HEADER as u64,
+                },
+            ),
+            left: self.n,
+            remap: self.remap.as_deref(),
         }
     }
-    drop(buf);
-    if let Err(p) = check_sum(h.finish(&last, body_len), &tail) {
-        return Ok(Err(p));
-    }
-    // Pass 2: decode, streamed.
-    f.seek(SeekFrom::Start(HEADER as u64))?;
-    let mut r = io::BufReader::with_capacity(1 << 16, f.take(body_len));
-    Ok(decode_body(&mut r, body_len))
 }
 
-fn read_at_most(f: &mut std::fs::File, at: u64, buf: &mut [u8]) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
+pub struct Scan<'a> {
+    r: BufReader<At<'a>>,
+    left: u64,
+    remap: Option<&'a [Sym]>,
+}
+
+impl Iterator for Scan<'_> {
+    type Item = io::Result<(u64, ConnState)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let mut b = [0u8; CONN];
+        if let Err(e) = self.r.read_exact(&mut b) {
+            self.left = 0;
+            return Some(Err(e));
+        }
+        // Checked by `open`; a file changed since is an I/O problem.
+        Some(match conn_of(&b, usize::MAX) {
+            Ok((cookie, mut c)) => {
+                if let Some(remap) = self.remap {
+                    for s in c.syms_mut() {
+                        *s = remap.get(*s as usize).copied().unwrap_or(0);
+                    }
+                }
+                Ok((cookie, c))
+            }
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        })
+    }
+}
+
+/// Opens a state file: frame, checksum, every connection record and the
+/// rest are checked; the rest is decoded, the connections left on disk.
+/// Ok(Err(problem)) for a file that is not a usable state; Err for I/O.
+pub fn open(file: File) -> io::Result<Result<(State, PrevFile), String>> {
+    let len = file.metadata()?.len();
+    let mut head = [0u8; HEADER];
+    let mut tail = [0u8; TRAILER];
+    let got = read_at_most(&file, 0, &mut head)?;
+    let got_tail = read_at_most(&file, len.saturating_sub(TRAILER as u64), &mut tail)?;
+    let (n, body_len) = match check_frame(len, &head[..got], &tail[..got_tail]) {
+        Ok(v) => v,
+        Err(p) => return Ok(Err(p)),
+    };
+    // 1. The checksum, in large blocks.
+    let mut h = StreamHash::new();
+    let mut r = At {
+        file: &file,
+        at: HEADER as u64,
+    }
+    .take(body_len);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+    }
+    drop(buf);
+    if h.total != body_len {
+        return Ok(Err("truncated while reading".to_owned()));
+    }
+    if let Err(p) = check_sum(h.finish(), &tail) {
+        return Ok(Err(p));
+    }
+    // 2. The rest.
+    let conns_len = n * CONN as u64;
+    let mut r = BufReader::with_capacity(
+        1 << 16,
+        At {
+            file: &file,
+            at: HEADER as u64 + conns_len,
+        }
+        .take(body_len - conns_len),
+    );
+    let mut s = match decode_head(&mut r, body_len - conns_len) {
+        Ok(s) => s,
+        Err(p) => return Ok(Err(p)),
+    };
+    // 3. Every connection record, and which names are still used.
+    let names = s.strings.len();
+    let mut used = vec![false; if names >= COMPACT_AT { names } else { 0 }];
+    let mut scan = PrevFile {
+        file,
+        n,
+        remap: None,
+    };
+    let mut last = None;
+    {
+        let mut r = BufReader::with_capacity(
+            1 << 16,
+            At {
+                file: &scan.file,
+                at: HEADER as u64,
+            },
+        );
+        for _ in 0..n {
+            let mut b = [0u8; CONN];
+            r.read_exact(&mut b)?;
+            let (cookie, mut c) = match conn_of(&b, names) {
+                Ok(v) => v,
+                Err(p) => return Ok(Err(p)),
+            };
+            if last.is_some_and(|l| l >= cookie) {
+                return Ok(Err("connections out of order".to_owned()));
+            }
+            last = Some(cookie);
+            for sym in c.syms_mut() {
+                if let Some(u) = used.get_mut(*sym as usize) {
+                    *u = true;
+                }
+            }
+        }
+    }
+    if !used.is_empty() {
+        scan.remap = s.compact_strings(used);
+    }
+    Ok(Ok((s, scan)))
+}
+
+fn read_at_most(f: &File, at: u64, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match f.read_at(&mut buf[got..], at + got as u64) {
@@ -358,8 +574,8 @@ fn read_at_most(f: &mut std::fs::File, at: u64, buf: &mut [u8]) -> io::Result<us
     Ok(got)
 }
 
-/// Checks magic, version and trailer; returns the body length.
-fn check_frame(len: u64, head: &[u8], tail: &[u8]) -> Result<u64, String> {
+/// Checks magic, version and trailer; returns (connections, body length).
+fn check_frame(len: u64, head: &[u8], tail: &[u8]) -> Result<(u64, u64), String> {
     if head.len() < 16 || &head[..16] != MAGIC {
         return Err("not a longconn state file".to_owned());
     }
@@ -372,24 +588,30 @@ fn check_frame(len: u64, head: &[u8], tail: &[u8]) -> Result<u64, String> {
             "state version {version} (expected {FORMAT_VERSION})"
         ));
     }
-    if len < (HEADER + TRAILER) as u64 || tail.len() < TRAILER || &tail[16..] != END {
+    if len < (HEADER + TRAILER) as u64 || tail.len() < TRAILER || &tail[24..] != END {
         return Err("truncated (no end marker)".to_owned());
     }
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&tail[..8]);
-    let body = u64::from_le_bytes(b);
+    let word = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&tail[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(b)
+    };
+    let (n, body) = (word(0), word(1));
     if body != len - (HEADER + TRAILER) as u64 {
         return Err(format!(
             "truncated or extended: body of {} bytes, trailer says {body}",
             len - (HEADER + TRAILER) as u64
         ));
     }
-    Ok(body)
+    if n.checked_mul(CONN as u64).is_none_or(|c| c > body) {
+        return Err(format!("{n} connections do not fit the file"));
+    }
+    Ok((n, body))
 }
 
 fn check_sum(got: u64, tail: &[u8]) -> Result<(), String> {
     let mut b = [0u8; 8];
-    b.copy_from_slice(&tail[8..16]);
+    b.copy_from_slice(&tail[16..24]);
     if u64::from_le_bytes(b) == got {
         Ok(())
     } else {
@@ -445,6 +667,14 @@ impl Dec<'_> {
     }
     fn conn(&mut self, strings: usize) -> R<(u64, ConnState)> {
         let b = self.bytes::<CONN>()?;
+        conn_of(&b, strings)
+    }
+}
+
+/// Decodes one connection record, checking its names against a table of
+/// `strings` entries.
+fn conn_of(b: &[u8; CONN], strings: usize) -> R<(u64, ConnState)> {
+    {
         let mut at = 0;
         let mut take = |n: usize| {
             let s = &b[at..at + n];
@@ -527,7 +757,7 @@ impl Dec<'_> {
     }
 }
 
-fn decode_body(r: &mut dyn Read, len: u64) -> Result<State, String> {
+fn decode_head(r: &mut dyn Read, len: u64) -> Result<State, String> {
     let mut d = Dec { r, left: len };
     let mut s = State {
         version: FORMAT_VERSION,
@@ -602,16 +832,6 @@ fn decode_body(r: &mut dyn Read, len: u64) -> Result<State, String> {
     for _ in 0..n {
         s.final_series.push(d.conn(names)?.1);
     }
-    let n = d.count(CONN as u64)?;
-    let mut conns = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (cookie, c) = d.conn(names)?;
-        if conns.last().is_some_and(|(p, _)| *p >= cookie) {
-            return Err("connections out of order".to_owned());
-        }
-        conns.push((cookie, c));
-    }
-    s.conns = super::Conns::from_sorted(conns);
     if d.left != 0 {
         return Err(format!("{} unexpected bytes after the body", d.left));
     }
@@ -694,9 +914,41 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("state.bin");
         std::fs::write(&p, &bytes).unwrap();
-        let mut f = std::fs::File::open(&p).unwrap();
-        assert_eq!(read(&mut f).unwrap().unwrap(), s);
+        let (mut head, prev) = open(std::fs::File::open(&p).unwrap()).unwrap().unwrap();
+        head.conns = super::super::Conns::from_sorted(prev.scan().map(Result::unwrap).collect());
+        assert_eq!(head, s);
         assert_eq!(decode(&encode(&State::default())).unwrap().strings.len(), 1);
+    }
+
+    /// A large name table mostly unused is compacted at load, consistently
+    /// in the connections, groups and final series.
+    #[test]
+    fn unused_names_are_dropped_at_load() {
+        let mut s = sample();
+        for i in 0..3000 {
+            s.strings.intern(&format!("gone-{i}"));
+        }
+        let want: Vec<_> = s
+            .conns
+            .iter()
+            .map(|(k, c)| (k, s.strings.get(c.id.service).to_owned()))
+            .collect();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.bin");
+        std::fs::write(&p, encode(&s)).unwrap();
+        let (head, prev) = open(std::fs::File::open(&p).unwrap()).unwrap().unwrap();
+        assert!(head.strings.len() < 10, "{}", head.strings.len());
+        let got: Vec<_> = prev
+            .scan()
+            .map(|r| {
+                let (k, c) = r.unwrap();
+                (k, head.strings.get(c.id.service).to_owned())
+            })
+            .collect();
+        assert_eq!(got, want);
+        let w = head.workloads.keys().next().unwrap().1;
+        assert_eq!(head.strings.get(w), "/app");
+        assert_eq!(head.strings.get(head.final_series[0].skey), "10.0.0.1:5432");
     }
 
     #[test]

@@ -1,8 +1,7 @@
 //! The live connections of the state: one flat vector sorted by cookie.
 //!
-//! A sorted `Vec` holds each connection in exactly its own size (a B-tree
-//! filled in key order leaves its nodes about half empty, doubling memory),
-//! is walked in cookie order by merges, and is updated in place by a cycle.
+//! Used where connections are held in memory: a migrated v2 state, tests.
+//! (A cycle streams them from and to the state file instead.)
 
 use super::ConnState;
 
@@ -17,14 +16,6 @@ impl Conns {
     pub fn from_sorted(v: Vec<(u64, ConnState)>) -> Self {
         debug_assert!(v.windows(2).all(|w| w[0].0 < w[1].0));
         Self { v }
-    }
-
-    pub fn into_vec(self) -> Vec<(u64, ConnState)> {
-        self.v
-    }
-
-    pub fn len(&self) -> usize {
-        self.v.len()
     }
 
     #[cfg(test)]
@@ -57,12 +48,9 @@ impl Conns {
         self.v.iter().map(|(k, c)| (*k, c))
     }
 
+    #[cfg(test)]
     pub fn values(&self) -> impl Iterator<Item = &ConnState> {
         self.v.iter().map(|(_, c)| c)
-    }
-
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut ConnState> {
-        self.v.iter_mut().map(|(_, c)| c)
     }
 }
 
@@ -76,38 +64,6 @@ impl std::ops::Index<&u64> for Conns {
     }
 }
 
-/// Merges `add` (sorted, cookies not in `v`) into sorted `v`, in place from
-/// the back: no second copy of `v`.
-pub fn merge_sorted(v: &mut Vec<(u64, ConnState)>, add: Vec<(u64, ConnState)>) {
-    if add.is_empty() {
-        return;
-    }
-    if v.is_empty() {
-        // The first cycle: no copy of a vector of every connection.
-        *v = add;
-        return;
-    }
-    if v.last().is_none_or(|(k, _)| *k < add[0].0) {
-        v.reserve_exact(add.len());
-        v.extend(add);
-        return;
-    }
-    let old_len = v.len();
-    v.reserve_exact(add.len());
-    v.extend_from_slice(&add);
-    let (mut i, mut j, mut out) = (old_len, add.len(), v.len());
-    while j > 0 {
-        out -= 1;
-        if i > 0 && v[i - 1].0 > add[j - 1].0 {
-            v[out] = v[i - 1];
-            i -= 1;
-        } else {
-            v[out] = add[j - 1];
-            j -= 1;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,21 +73,7 @@ mod tests {
     }
 
     #[test]
-    fn merges_keep_order() {
-        let e = |k| (k, ConnState::default());
-        for (a, b) in [
-            (vec![], vec![1, 2]),
-            (vec![1, 5, 9], vec![]),
-            (vec![1, 5, 9], vec![0, 2, 6, 10]),
-            (vec![4, 5], vec![1, 2]),
-            (vec![1, 2], vec![4, 5]),
-        ] {
-            let mut v: Vec<_> = a.iter().copied().map(e).collect();
-            merge_sorted(&mut v, b.iter().copied().map(e).collect());
-            let mut want = [a, b].concat();
-            want.sort_unstable();
-            assert_eq!(keys(&v), want);
-        }
+    fn inserts_keep_order() {
         let mut c = Conns::default();
         for k in [5u64, 1, 9, 5, 3] {
             c.insert(

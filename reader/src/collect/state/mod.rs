@@ -17,7 +17,7 @@ mod codec;
 mod conns;
 mod legacy;
 
-pub use conns::{merge_sorted, Conns};
+pub use conns::Conns;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -258,7 +258,7 @@ impl ConnState {
     pub fn remote_ip(&self) -> IpAddr {
         addr_ip(self.remote)
     }
-    fn syms_mut(&mut self) -> [&mut Sym; 8] {
+    pub(super) fn syms_mut(&mut self) -> [&mut Sym; 8] {
         let [a, b, c, d, e, f] = self.id.syms_mut();
         [a, b, c, d, e, f, &mut self.wkey, &mut self.skey]
     }
@@ -298,17 +298,21 @@ pub struct State {
 }
 
 impl State {
-    /// Drops strings nothing refers to any more (names of connections long
-    /// gone), renumbering the rest, once they are most of the table.
-    pub fn compact_strings(&mut self) {
-        let mut used = vec![false; self.strings.len()];
+    /// Drops the names `used` (indexed by name number, covering the whole
+    /// table) does not mark, nor the groups and final series refer to, once
+    /// they are most of the table; renumbers the rest in the groups and
+    /// final series here and returns old -> new for the connections.
+    pub fn compact_strings(&mut self, mut used: Vec<bool>) -> Option<Vec<Sym>> {
+        if used.len() != self.strings.len() {
+            return None;
+        }
         used[0] = true;
         let mut mark = |s: Sym| {
             if let Some(u) = used.get_mut(s as usize) {
                 *u = true;
             }
         };
-        for c in self.conns.values_mut().chain(self.final_series.iter_mut()) {
+        for c in &mut self.final_series {
             for s in c.syms_mut() {
                 mark(*s);
             }
@@ -317,23 +321,20 @@ impl State {
             mark(*s);
         }
         let live = used.iter().filter(|u| **u).count();
-        if live * 2 >= self.strings.len() || self.strings.len() < 1024 {
-            return;
+        if live * 2 >= self.strings.len() {
+            return None;
         }
         let mut remap = vec![0 as Sym; used.len()];
         let mut list = Vec::with_capacity(live);
-        for (i, s) in self.strings.list.drain(..).enumerate() {
+        for (i, s) in self.strings.list.iter().enumerate() {
             if used[i] {
                 remap[i] = list.len() as Sym;
-                list.push(s);
+                list.push(s.clone());
             }
         }
-        let Some(strings) = Strings::from_list(list) else {
-            return;
-        };
-        self.strings = strings;
+        self.strings = Strings::from_list(list)?;
         let fix = |s: &mut Sym| *s = remap.get(*s as usize).copied().unwrap_or(0);
-        for c in self.conns.values_mut().chain(self.final_series.iter_mut()) {
+        for c in &mut self.final_series {
             for s in c.syms_mut() {
                 fix(s);
             }
@@ -347,13 +348,41 @@ impl State {
                 })
                 .collect();
         }
+        Some(remap)
+    }
+}
+
+/// Last cycle's connections: in the state file (normally), or in memory
+/// (a migrated v2 state; tests).
+pub enum Prev {
+    Mem(Conns),
+    File(codec::PrevFile),
+}
+
+impl std::fmt::Debug for Prev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Prev::Mem(_) => "Prev::Mem",
+            Prev::File(_) => "Prev::File",
+        })
+    }
+}
+
+impl Prev {
+    /// The connections in cookie order.
+    pub fn scan(&self) -> Box<dyn Iterator<Item = io::Result<(u64, ConnState)>> + '_> {
+        match self {
+            Prev::Mem(c) => Box::new(c.iter().map(|(k, c)| Ok((k, *c)))),
+            Prev::File(f) => Box::new(f.scan()),
+        }
     }
 }
 
 /// Why a state file could not be used as it was.
 #[derive(Debug)]
 pub enum LoadOutcome {
-    Loaded(Box<State>),
+    /// The state (its `conns` empty) and last cycle's connections.
+    Loaded(Box<State>, Prev),
     /// No state yet: first run.
     Fresh,
     /// Unreadable, truncated or foreign: moved aside to this path.
@@ -368,36 +397,43 @@ pub fn legacy_path(path: &Path) -> PathBuf {
 /// Loads the state at `path`; without one, migrates a v2 `state.json`
 /// beside it (the caller removes that once the new state is saved).
 pub fn load(path: &Path) -> io::Result<LoadOutcome> {
-    match read_nofollow(path, codec::read)? {
+    match read_nofollow(path, |f| {
+        Ok(codec::open(f)?.map(|(s, p)| (Box::new(s), Prev::File(p))))
+    })? {
         Read::Missing => {}
         Read::Problem(p) => return set_aside(path, p),
-        Read::Ok(s) => return Ok(LoadOutcome::Loaded(s)),
+        Read::Ok((s, prev)) => return Ok(LoadOutcome::Loaded(s, prev)),
     }
     let old = legacy_path(path);
-    match read_nofollow(&old, legacy::read)? {
+    match read_nofollow(&old, |mut f| {
+        Ok(legacy::read(&mut f)?.map(|mut s| {
+            let conns = std::mem::take(&mut s.conns);
+            (Box::new(s), Prev::Mem(conns))
+        }))
+    })? {
         Read::Missing => Ok(LoadOutcome::Fresh),
         Read::Problem(p) => set_aside(&old, format!("{}: {p}", legacy::FILE_NAME)),
-        Read::Ok(s) => Ok(LoadOutcome::Loaded(s)),
+        Read::Ok((s, prev)) => Ok(LoadOutcome::Loaded(s, prev)),
     }
 }
 
-enum Read {
+enum Read<T> {
     Missing,
     Problem(String),
-    Ok(Box<State>),
+    Ok(T),
 }
 
 /// Opens `path` without following a symlink and decodes it with `f`.
-fn read_nofollow(
+fn read_nofollow<T>(
     path: &Path,
-    f: impl FnOnce(&mut fs::File) -> io::Result<Result<State, String>>,
-) -> io::Result<Read> {
+    f: impl FnOnce(fs::File) -> io::Result<Result<T, String>>,
+) -> io::Result<Read<T>> {
     use std::os::unix::fs::OpenOptionsExt;
     let opened = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path);
-    let mut file = match opened {
+    let file = match opened {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Read::Missing),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Ok(Read::Problem("a symlink, not a file".to_owned()))
@@ -422,8 +458,8 @@ fn read_nofollow(
             ))
         }
     }
-    match f(&mut file) {
-        Ok(Ok(s)) => Ok(Read::Ok(Box::new(s))),
+    match f(file) {
+        Ok(Ok(s)) => Ok(Read::Ok(s)),
         Ok(Err(p)) => Ok(Read::Problem(p)),
         Err(e) => Err(io::Error::new(
             e.kind(),
@@ -446,13 +482,197 @@ fn set_aside(path: &Path, problem: String) -> io::Result<LoadOutcome> {
     Ok(LoadOutcome::SetAside(aside, problem))
 }
 
-/// Writes the state atomically (temp file + rename), streamed, with `mode`.
-pub fn save(path: &Path, state: &State, mode: u32) -> io::Result<()> {
-    crate::output::atomic::write_atomic_with(path, mode, |w| codec::write(w, state))
+/// A new state file being written: the connections as the cycle makes
+/// them, the rest and the atomic rename at `commit` (the commit point).
+/// Dropped uncommitted, it removes its temp file.
+pub struct Saver {
+    path: PathBuf,
+    tmp: PathBuf,
+    w: Option<codec::Writer<io::BufWriter<fs::File>>>,
+}
+
+impl Saver {
+    /// Starts `path`'s replacement: a fresh temp file in the same directory
+    /// (O_EXCL, O_NOFOLLOW), mode `mode`.
+    pub fn begin(path: &Path, mode: u32) -> io::Result<Self> {
+        let (tmp, file) = crate::output::atomic::create_temp_for(path, mode)?;
+        let w = codec::Writer::new(io::BufWriter::with_capacity(1 << 18, file))
+            .map_err(crate::output::atomic::with_path(&tmp));
+        let mut saver = Self {
+            path: path.to_owned(),
+            tmp,
+            w: None,
+        };
+        saver.w = Some(w?);
+        Ok(saver)
+    }
+
+    /// Appends one live connection (cookies increasing).
+    pub fn push(&mut self, cookie: u64, c: &ConnState) -> io::Result<()> {
+        match &mut self.w {
+            Some(w) => w
+                .push(cookie, c)
+                .map_err(crate::output::atomic::with_path(&self.tmp)),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the rest of `s`, makes the file durable and renames it over
+    /// the state: from here on, this cycle happened.
+    pub fn commit(mut self, s: &State) -> io::Result<()> {
+        let Some(w) = self.w.take() else {
+            return Ok(());
+        };
+        let ctx = crate::output::atomic::with_path(&self.tmp);
+        let file = w
+            .finish(s)
+            .and_then(|b| b.into_inner().map_err(|e| e.into_error()))
+            .map_err(ctx)?;
+        file.sync_all()
+            .map_err(crate::output::atomic::with_path(&self.tmp))?;
+        drop(file);
+        fs::rename(&self.tmp, &self.path).map_err(crate::output::atomic::with_path(&self.path))?;
+        crate::output::atomic::fsync_dir(crate::output::atomic::parent_dir(&self.path))
+    }
+}
+
+impl Drop for Saver {
+    fn drop(&mut self) {
+        if self.w.is_some() || fs::symlink_metadata(&self.tmp).is_ok() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Rewrites the committed state at `path` with `s`, connections copied
+/// from the file itself (after a rotation changed only the rest).
+pub fn resave(path: &Path, s: &State, mode: u32) -> io::Result<()> {
+    let prev = match read_nofollow(path, codec::open)? {
+        Read::Ok((_, prev)) => prev,
+        Read::Missing | Read::Problem(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: the state just written is unreadable", path.display()),
+            ))
+        }
+    };
+    let mut saver = Saver::begin(path, mode)?;
+    for item in prev.scan() {
+        let (cookie, c) = item?;
+        saver.push(cookie, &c)?;
+    }
+    saver.commit(s)
 }
 
 pub fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(seq: u64) -> ConnState {
+        ConnState {
+            seq,
+            local: addr_bytes("10.0.0.1".parse().unwrap_or(IpAddr::from([0u8; 4]))),
+            ..Default::default()
+        }
+    }
+
+    fn loaded(path: &Path) -> (State, Vec<(u64, ConnState)>) {
+        match load(path).unwrap() {
+            LoadOutcome::Loaded(s, prev) => {
+                let conns = prev.scan().map(Result::unwrap).collect();
+                (*s, conns)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Saved in one pass, loaded back; rewritten with the same connections;
+    /// an uncommitted save leaves the old state and no temp file.
+    #[test]
+    fn saves_load_and_resave() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.bin");
+        assert!(matches!(load(&p).unwrap(), LoadOutcome::Fresh));
+        let mut s = State {
+            boot_id: "b".into(),
+            ..Default::default()
+        };
+        let mut saver = Saver::begin(&p, 0o600).unwrap();
+        for k in [3u64, 7, 9] {
+            saver.push(k, &conn(k)).unwrap();
+        }
+        assert!(saver.push(8, &conn(8)).is_err(), "cookies must increase");
+        s.log_len.insert("a".into(), 5);
+        saver.commit(&s).unwrap();
+        let (got, conns) = loaded(&p);
+        assert_eq!(got.log_len["a"], 5);
+        assert_eq!(
+            conns.iter().map(|(k, c)| (*k, c.seq)).collect::<Vec<_>>(),
+            [(3, 3), (7, 7), (9, 9)]
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        s.log_len.insert("a".into(), 0);
+        resave(&p, &s, 0o600).unwrap();
+        let (got, again) = loaded(&p);
+        assert_eq!((got.log_len["a"], again), (0, conns));
+
+        let mut saver = Saver::begin(&p, 0o600).unwrap();
+        saver.push(1, &conn(1)).unwrap();
+        drop(saver);
+        assert_eq!(loaded(&p).1.len(), 3);
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["state.bin"]);
+    }
+
+    /// Without a binary state a v2 state.json is migrated; a bad one, or a
+    /// bad binary state, is set aside as state.bad-<time>.
+    #[test]
+    fn migrates_v2_and_sets_bad_files_aside() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.bin");
+        let json = legacy_path(&p);
+        fs::write(&json, br#"{"version":2,"boot_id":"b","pin_generation":5,"ring_applied":384,"conns":{},"recently_closed":{},"workloads":{},"services":{},"workload_labels":[],"service_labels":[],"services_text":null,"cgroup_names":{},"final_series":[],"closes_without_record":0,"malformed_records":0,"log_len":{"access.csv":77},"created_unix":1}"#).unwrap();
+        let (s, conns) = loaded(&p);
+        assert_eq!(
+            (s.ring_applied, s.log_len["access.csv"], conns.len()),
+            (384, 77, 0)
+        );
+        fs::write(&json, b"{not json").unwrap();
+        match load(&p).unwrap() {
+            LoadOutcome::SetAside(aside, why) => {
+                assert!(
+                    why.starts_with("state.json: not a longconn state file"),
+                    "{why}"
+                );
+                assert!(aside
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("state.bad-"));
+            }
+            other => panic!("{other:?}"),
+        }
+        fs::write(&p, b"garbage").unwrap();
+        assert!(matches!(load(&p).unwrap(), LoadOutcome::SetAside(..)));
+        std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
+        match load(&p).unwrap() {
+            LoadOutcome::SetAside(_, why) => assert_eq!(why, "a symlink, not a file"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
