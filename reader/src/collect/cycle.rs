@@ -36,6 +36,9 @@ pub struct Inputs<'a> {
     /// New (workload, service) label selections: every previous connection's
     /// group keys are recomputed.
     pub relabel: Option<(&'a [String], &'a [String])>,
+    /// Whether anything reads the access records (else they are counted,
+    /// sequence numbers advance, but none is formatted).
+    pub records: bool,
 }
 
 #[derive(Debug, Default)]
@@ -120,13 +123,32 @@ pub fn rfc3339_micros(out: &mut String, t: i64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    );
+    if !(0..=9999).contains(&y) {
+        let _ = write!(
+            out,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            sod / 3600,
+            (sod / 60) % 60,
+            sod % 60
+        );
+        return;
+    }
+    // Digits by hand: this runs for every record.
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y);
+    put(5, 2, m);
+    put(8, 2, d);
+    put(11, 2, sod / 3600);
+    put(14, 2, (sod / 60) % 60);
+    put(17, 2, sod % 60);
+    put(20, 6, micros);
+    out.extend(b.iter().map(|&c| char::from(c)));
 }
 
 /// `ip` as its `Display` text into `out` (cleared first); IPv4 without
@@ -282,10 +304,13 @@ pub fn apply(
         }
     }
     // 2. Live: in the map, not closed; sorted by cookie.
-    let mut map = std::mem::take(&mut inp.map);
-    map.retain(|r| !r.is_closed() && !closes.contains_key(&r.cookie));
-    map.sort_unstable_by_key(|r| r.cookie);
-    let live = map;
+    //    References are sorted, not the 184-byte records themselves.
+    let map = std::mem::take(&mut inp.map);
+    let mut live: Vec<&ConnRecord> = map
+        .iter()
+        .filter(|r| !r.is_closed() && !closes.contains_key(&r.cookie))
+        .collect();
+    live.sort_unstable_by_key(|r| r.cookie);
 
     // Pass 1 over last cycle's connections (cookie order): the previous
     // state of each closing one, and those that vanished.
@@ -347,16 +372,18 @@ pub fn apply(
         let long = end.saturating_sub(c.start_ns) >= inp.long_threshold_ns;
         if long || inp.short_close_records {
             c.seq += 1;
-            record(
-                &mut rec,
-                &state.strings,
-                &c,
-                &report_time,
-                "close",
-                cookie,
-                end,
-            );
-            emit(&rec);
+            if inp.records {
+                record(
+                    &mut rec,
+                    &state.strings,
+                    &c,
+                    &report_time,
+                    "close",
+                    cookie,
+                    end,
+                );
+                emit(&rec);
+            }
             out.records += 1;
         }
         if long {
@@ -369,7 +396,7 @@ pub fn apply(
     //    Pass 2 over last cycle's connections, merged by cookie; each live
     //    connection goes to `keep` in cookie order.
     let mut scan = prev.scan().peekable();
-    for r in &live {
+    for &r in &live {
         let cookie = r.cookie;
         let mut p = None;
         while let Some(item) = scan.next_if(|i| i.as_ref().map_or(true, |(k, _)| *k <= cookie)) {
@@ -391,16 +418,18 @@ pub fn apply(
         }
         if now.boot_ns.saturating_sub(c.start_ns) >= inp.long_threshold_ns {
             c.seq += 1;
-            record(
-                &mut rec,
-                &state.strings,
-                &c,
-                &report_time,
-                "periodic",
-                cookie,
-                now.boot_ns,
-            );
-            emit(&rec);
+            if inp.records {
+                record(
+                    &mut rec,
+                    &state.strings,
+                    &c,
+                    &report_time,
+                    "periodic",
+                    cookie,
+                    now.boot_ns,
+                );
+                emit(&rec);
+            }
             out.records += 1;
             c.reported = c.last;
         }
@@ -569,6 +598,7 @@ mod tests {
                 short_close_records: true,
                 names: &names,
                 relabel: None,
+                records: true,
             },
         )
     }
@@ -713,6 +743,7 @@ mod tests {
                     short_close_records: true,
                     names: &names,
                     relabel: None,
+                    records: true,
                 },
             )
         };

@@ -395,6 +395,9 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
                     short_close_records: !a.no_short_close_records,
                     names: &names,
                     relabel: relabel.then_some((&a.workload_labels.0, &a.service_labels.0)),
+                    records: files
+                        .iter()
+                        .any(|(f, _)| [CSV_FILE, JSONL_FILE, OTLP_LOGS_FILE].contains(&f.as_str())),
                 },
                 &prev,
                 &mut |cookie, c| {
