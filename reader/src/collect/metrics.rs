@@ -437,3 +437,57 @@ pub fn lookup(families: &[Family], name: &str, want: &BTreeMap<&str, &str>) -> O
                 .then_some(s.value)
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use longconn_common::testgen::Gen;
+
+    /// The previous implementation: every candidate in memory, stable sort
+    /// busiest first, first of each label set, truncated.
+    fn reference(live: &[ConnState], fin: &[ConnState], cap: usize) -> (Vec<ConnState>, usize) {
+        let mut c: Vec<&ConnState> = live.iter().chain(fin.iter()).collect();
+        c.sort_by_key(|c| Reverse(c.last.bytes_sent.saturating_add(c.last.bytes_received)));
+        let mut seen = std::collections::HashSet::new();
+        c.retain(|c| seen.insert(label_key(c)));
+        let omitted = c.len().saturating_sub(cap);
+        c.truncate(cap);
+        (c.into_iter().copied().collect(), omitted)
+    }
+
+    /// The streamed choice equals the sort-everything one, with many ties,
+    /// duplicate label sets and caps around the candidate count.
+    #[test]
+    fn streamed_series_choice_equals_sorting_all() {
+        let mut g = Gen::new(17);
+        for round in 0..400 {
+            let n = g.below(300);
+            let keys = 1 + g.below(60);
+            let conn = |g: &mut Gen, i: u64| ConnState {
+                seq: i,
+                last: Counters {
+                    bytes_sent: g.below(8) as u64 * if g.below(5) == 0 { u64::MAX / 2 } else { 1 },
+                    bytes_received: g.below(4) as u64,
+                    ..Default::default()
+                },
+                local_port: g.below(keys) as u16,
+                direction: 1 + g.below(2) as u32,
+                ..Default::default()
+            };
+            let live: Vec<ConnState> = (0..n as u64).map(|i| conn(&mut g, i)).collect();
+            let fin: Vec<ConnState> = (0..g.below(20) as u64)
+                .map(|i| conn(&mut g, 1000 + i))
+                .collect();
+            let cap = [0, 1, 5, keys, 1000][round % 5];
+            let mut acc = Live::new(cap, 0, 0);
+            for c in &live {
+                acc.add(c);
+            }
+            let (got, omitted) = acc.chosen(&fin);
+            let (want, want_omitted) = reference(&live, &fin, cap);
+            let seqs = |v: &[ConnState]| v.iter().map(|c| c.seq).collect::<Vec<_>>();
+            assert_eq!(seqs(&got), seqs(&want), "round {round}");
+            assert_eq!(omitted, want_omitted, "round {round}");
+        }
+    }
+}
