@@ -371,7 +371,7 @@ fn bad_state_files_are_set_aside_and_reported_once() {
     gen.cmd("churn 5");
     let (st, err) = env.collect(&[]);
     assert!(st.success(), "{err}");
-    let state = env.out_dir().join("state.json");
+    let state = env.out_dir().join("state.bin");
     let good = fs::read(&state).unwrap();
     let outside = env.path("not-ours.json");
     fs::write(&outside, b"precious").unwrap();
@@ -466,7 +466,7 @@ fn outputs_have_safe_modes_and_symlinks_are_never_followed() {
         ("access.csv", 0o640),
         ("access.jsonl", 0o640),
         ("otlp-metrics.jsonl", 0o640),
-        ("state.json", 0o600),
+        ("state.bin", 0o600),
     ] {
         assert_eq!(mode(&env.out_dir().join(f)), m, "{f}");
     }

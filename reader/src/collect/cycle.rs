@@ -10,11 +10,13 @@
 //!   seen), and at close its contribution moves from "live" to the closed
 //!   totals with final counters >= the last live ones, so group sums never dip.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt::Write as _, io};
 
 use longconn_common::{layout, ConnRecord};
 
-use super::state::{ConnState, Counters, GroupTotals, State};
+use super::state::{
+    addr_bytes, ConnState, Counters, GroupKey, GroupTotals, IdSyms, Prev, State, Strings,
+};
 use crate::{clock::Clock, identity::Identity, output::access::AccessRecord, view};
 
 /// Closed cookies are remembered this long (boot-time ns) to drop duplicates.
@@ -31,11 +33,18 @@ pub struct Inputs<'a> {
     pub short_close_records: bool,
     /// Identity and (workload, service) group keys of a record.
     pub names: &'a dyn Fn(&ConnRecord) -> (Identity, String, String),
+    /// New (workload, service) label selections: every previous connection's
+    /// group keys are recomputed.
+    pub relabel: Option<(&'a [String], &'a [String])>,
+    /// Whether anything reads the access records (else they are counted,
+    /// sequence numbers advance, but none is formatted).
+    pub records: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct Outcome {
-    pub records: Vec<AccessRecord>,
+    /// Access records emitted.
+    pub records: u64,
     /// Ring position to release (unchanged when nothing new was read).
     pub ring_commit: u64,
     /// Cookies of closed records to delete from the map.
@@ -53,10 +62,13 @@ pub fn counters_of(r: &ConnRecord) -> Counters {
     }
 }
 
+/// (identity, workload key, service key), interned.
+type Named = (IdSyms, u32, u32);
+
 fn conn_state(
     r: &ConnRecord,
     prev: Option<&ConnState>,
-    (id, wkey, skey): (Identity, String, String),
+    (id, wkey, skey): Named,
     clock: &Clock,
 ) -> ConnState {
     let now = counters_of(r);
@@ -73,9 +85,9 @@ fn conn_state(
         start_ns: r.start_ns,
         update_ns: r.update_ns,
         direction: r.direction,
-        local: r.local_ip().to_string(),
+        local: addr_bytes(r.local_ip()),
         local_port: r.local_port as u16,
-        remote: r.remote_ip().to_string(),
+        remote: addr_bytes(r.remote_ip()),
         remote_port: r.remote_port as u16,
         state: r.state,
         flags: r.flags,
@@ -88,64 +100,149 @@ fn conn_state(
     }
 }
 
+/// A group's key as text ("direction|label values"), for outputs.
 pub fn group_key(direction: u32, name: &str) -> String {
     format!("{}|{name}", view::direction_name(direction))
 }
 
-fn record(c: &ConnState, now: &Clock, event: &str, end_ns: u64) -> AccessRecord {
-    let d = c.last.saturating_sub(c.reported);
-    AccessRecord {
-        report_time: now
-            .wall(now.boot_ns)
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        event: event.into(),
-        cookie: 0,
-        seq: c.seq,
-        start_time: chrono::DateTime::from_timestamp_nanos(c.start_unix_ns)
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        duration_seconds: end_ns.saturating_sub(c.start_ns) as f64 / 1e9,
-        direction: view::direction_name(c.direction).into(),
-        local_address: c.local.clone(),
-        local_port: c.local_port,
-        remote_address: c.remote.clone(),
-        remote_port: c.remote_port,
-        state: layout::tcp_state_name(c.state).into(),
-        failed: c.flags & layout::F_FAILED != 0,
-        bytes_sent: c.last.bytes_sent,
-        bytes_received: c.last.bytes_received,
-        packets_sent: c.last.packets_sent,
-        packets_received: c.last.packets_received,
-        retransmits: c.last.retransmits,
-        lost_packets: c.last.lost_packets,
-        bytes_sent_delta: d.bytes_sent,
-        bytes_received_delta: d.bytes_received,
-        packets_sent_delta: d.packets_sent,
-        packets_received_delta: d.packets_received,
-        retransmits_delta: d.retransmits,
-        lost_packets_delta: d.lost_packets,
-        srtt_us: c.srtt_us,
-        min_rtt_us: c.min_rtt_us,
-        workload: c.id.workload.clone(),
-        service: c.id.service.clone(),
-        pid: c.id.pid,
-        comm: c.id.comm.clone(),
-        cgroup_id: c.cgroup_id,
-        container_id: c.id.container_id.clone(),
-        pod_uid: c.id.pod_uid.clone(),
-        netns_cookie: c.id.netns_cookie,
-        service_namespace: c.id.service_namespace.clone(),
+/// `t` (Unix ns) as RFC 3339 UTC with microseconds, as chrono's
+/// `to_rfc3339_opts(Micros, true)` writes it, into `out` (cleared first).
+pub fn rfc3339_micros(out: &mut String, t: i64) {
+    out.clear();
+    let secs = t.div_euclid(1_000_000_000);
+    let micros = t.rem_euclid(1_000_000_000) / 1000;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    if !(0..=9999).contains(&y) {
+        let _ = write!(
+            out,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            sod / 3600,
+            (sod / 60) % 60,
+            sod % 60
+        );
+        return;
     }
+    // Digits by hand: this runs for every record.
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y);
+    put(5, 2, m);
+    put(8, 2, d);
+    put(11, 2, sod / 3600);
+    put(14, 2, (sod / 60) % 60);
+    put(17, 2, sod % 60);
+    put(20, 6, micros);
+    out.extend(b.iter().map(|&c| char::from(c)));
+}
+
+/// `ip` as its `Display` text into `out` (cleared first); IPv4 without
+/// the formatting machinery (two addresses per record, every record).
+pub fn address(out: &mut String, ip: std::net::IpAddr) {
+    out.clear();
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if o >= 100 {
+                    out.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    out.push(char::from(b'0' + o / 10 % 10));
+                }
+                out.push(char::from(b'0' + o % 10));
+            }
+        }
+        v6 => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Fills the reusable `rec` (no allocation once its strings have grown)
+/// with connection `c`'s record for this cycle.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    rec: &mut AccessRecord,
+    strings: &Strings,
+    c: &ConnState,
+    report_time: &str,
+    event: &str,
+    cookie: u64,
+    end_ns: u64,
+) {
+    let d = c.last.saturating_sub(c.reported);
+    let set = |s: &mut String, v: &str| {
+        s.clear();
+        s.push_str(v);
+    };
+    set(&mut rec.report_time, report_time);
+    set(&mut rec.event, event);
+    rec.cookie = cookie;
+    rec.seq = c.seq;
+    rfc3339_micros(&mut rec.start_time, c.start_unix_ns);
+    rec.duration_seconds = end_ns.saturating_sub(c.start_ns) as f64 / 1e9;
+    set(&mut rec.direction, view::direction_name(c.direction));
+    address(&mut rec.local_address, c.local_ip());
+    rec.local_port = c.local_port;
+    address(&mut rec.remote_address, c.remote_ip());
+    rec.remote_port = c.remote_port;
+    set(&mut rec.state, layout::tcp_state_name(c.state));
+    rec.failed = c.flags & layout::F_FAILED != 0;
+    rec.bytes_sent = c.last.bytes_sent;
+    rec.bytes_received = c.last.bytes_received;
+    rec.packets_sent = c.last.packets_sent;
+    rec.packets_received = c.last.packets_received;
+    rec.retransmits = c.last.retransmits;
+    rec.lost_packets = c.last.lost_packets;
+    rec.bytes_sent_delta = d.bytes_sent;
+    rec.bytes_received_delta = d.bytes_received;
+    rec.packets_sent_delta = d.packets_sent;
+    rec.packets_received_delta = d.packets_received;
+    rec.retransmits_delta = d.retransmits;
+    rec.lost_packets_delta = d.lost_packets;
+    rec.srtt_us = c.srtt_us;
+    rec.min_rtt_us = c.min_rtt_us;
+    set(&mut rec.workload, strings.get(c.id.workload));
+    set(&mut rec.service, strings.get(c.id.service));
+    rec.pid = c.id.pid;
+    set(&mut rec.comm, strings.get(c.id.comm));
+    rec.cgroup_id = c.cgroup_id;
+    set(&mut rec.container_id, strings.get(c.id.container_id));
+    set(&mut rec.pod_uid, strings.get(c.id.pod_uid));
+    rec.netns_cookie = c.id.netns_cookie;
+    set(
+        &mut rec.service_namespace,
+        strings.get(c.id.service_namespace),
+    );
 }
 
 fn open(state: &mut State, c: &ConnState) {
     state
         .workloads
-        .entry(group_key(c.direction, &c.wkey))
+        .entry((c.direction, c.wkey))
         .or_default()
         .opened += 1;
     state
         .services
-        .entry(group_key(c.direction, &c.skey))
+        .entry((c.direction, c.skey))
         .or_default()
         .opened += 1;
 }
@@ -159,12 +256,38 @@ fn close_totals(t: &mut GroupTotals, c: &ConnState) {
     t.closed_counters.add(c.last);
 }
 
-pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
+/// The interned names of a connection seen for the first time.
+fn name(state: &mut State, inp: &Inputs<'_>, r: &ConnRecord) -> Named {
+    let (id, w, s) = (inp.names)(r);
+    (
+        IdSyms::intern(&id, &mut state.strings),
+        state.strings.intern(&w),
+        state.strings.intern(&s),
+    )
+}
+
+/// Applies one cycle to `state`, given last cycle's connections `prev`:
+/// hands each access record to `emit` as it is made (closes first, then
+/// live connections, each by cookie) and each live connection's new state
+/// to `keep`, in cookie order. `state.conns` is not used.
+pub fn apply(
+    state: &mut State,
+    mut inp: Inputs<'_>,
+    prev: &Prev,
+    keep: &mut dyn FnMut(u64, &ConnState) -> io::Result<()>,
+    emit: &mut dyn FnMut(&AccessRecord),
+) -> io::Result<Outcome> {
     let mut out = Outcome {
         ring_commit: state.ring_applied,
         ..Default::default()
     };
     let now = inp.now;
+    let mut report_time = String::new();
+    rfc3339_micros(
+        &mut report_time,
+        now.wall(now.boot_ns).timestamp_nanos_opt().unwrap_or(0),
+    );
+    let mut rec = AccessRecord::default();
 
     // 1. Closes: ring first, then closed records left in the map; one per cookie.
     let mut closes: BTreeMap<u64, ConnRecord> = BTreeMap::new();
@@ -180,45 +303,58 @@ pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
             closes.entry(r.cookie).or_insert(*r);
         }
     }
-    // 2. Live: in the map, not closed.
-    let live: BTreeMap<u64, &ConnRecord> = inp
-        .map
+    // 2. Live: in the map, not closed; sorted by cookie.
+    //    References are sorted, not the 184-byte records themselves.
+    let map = std::mem::take(&mut inp.map);
+    let mut live: Vec<&ConnRecord> = map
         .iter()
         .filter(|r| !r.is_closed() && !closes.contains_key(&r.cookie))
-        .map(|r| (r.cookie, r))
         .collect();
+    live.sort_unstable_by_key(|r| r.cookie);
 
-    let mut prev_conns = std::mem::take(&mut state.conns);
+    // Pass 1 over last cycle's connections (cookie order): the previous
+    // state of each closing one, and those that vanished.
+    let mut close_prev: BTreeMap<u64, ConnState> = BTreeMap::new();
+    let mut vanished: Vec<(u64, ConnState)> = Vec::new();
+    let mut j = 0;
+    for item in prev.scan() {
+        let (cookie, mut c) = item?;
+        relabel(state, &inp, &mut c);
+        if closes.contains_key(&cookie) {
+            close_prev.insert(cookie, c);
+            continue;
+        }
+        while j < live.len() && live[j].cookie < cookie {
+            j += 1;
+        }
+        if j < live.len() && live[j].cookie == cookie {
+            continue;
+        }
+        vanished.push((cookie, c));
+    }
     let mut closed_now: Vec<(u64, ConnState, bool)> = Vec::new(); // (cookie, state, had_record)
 
     for (cookie, r) in &closes {
-        let prev = prev_conns.remove(cookie);
-        let named = match &prev {
-            Some(p) => (p.id.clone(), p.wkey.clone(), p.skey.clone()),
-            None => (inp.names)(r),
+        let p = close_prev.remove(cookie);
+        let named = match &p {
+            Some(p) => (p.id, p.wkey, p.skey),
+            None => name(state, &inp, r),
         };
-        let c = conn_state(r, prev.as_ref(), named, &now);
-        if prev.is_none() {
+        let c = conn_state(r, p.as_ref(), named, &now);
+        if p.is_none() {
             open(state, &c);
         }
         closed_now.push((*cookie, c, true));
     }
     // 3. Vanished: known last cycle, gone from the map, no close record.
-    let vanished: Vec<u64> = prev_conns
-        .keys()
-        .filter(|k| !live.contains_key(k))
-        .copied()
-        .collect();
-    for cookie in vanished {
-        if let Some(mut c) = prev_conns.remove(&cookie) {
-            c.flags |= layout::F_CLOSED;
-            if c.flags & layout::F_ESTABLISHED == 0 {
-                c.flags |= layout::F_FAILED;
-            }
-            c.state = 7; // TCP_CLOSE
-            state.closes_without_record += 1;
-            closed_now.push((cookie, c, false));
+    for (cookie, mut c) in vanished {
+        c.flags |= layout::F_CLOSED;
+        if c.flags & layout::F_ESTABLISHED == 0 {
+            c.flags |= layout::F_FAILED;
         }
+        c.state = 7; // TCP_CLOSE
+        state.closes_without_record += 1;
+        closed_now.push((cookie, c, false));
     }
 
     let mut final_series = Vec::new();
@@ -229,25 +365,26 @@ pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
             now.boot_ns
         };
         close_totals(
-            state
-                .workloads
-                .entry(group_key(c.direction, &c.wkey))
-                .or_default(),
+            state.workloads.entry((c.direction, c.wkey)).or_default(),
             &c,
         );
-        close_totals(
-            state
-                .services
-                .entry(group_key(c.direction, &c.skey))
-                .or_default(),
-            &c,
-        );
+        close_totals(state.services.entry((c.direction, c.skey)).or_default(), &c);
         let long = end.saturating_sub(c.start_ns) >= inp.long_threshold_ns;
         if long || inp.short_close_records {
             c.seq += 1;
-            let mut rec = record(&c, &now, "close", end);
-            rec.cookie = cookie;
-            out.records.push(rec);
+            if inp.records {
+                record(
+                    &mut rec,
+                    &state.strings,
+                    &c,
+                    &report_time,
+                    "close",
+                    cookie,
+                    end,
+                );
+                emit(&rec);
+            }
+            out.records += 1;
         }
         if long {
             final_series.push(c);
@@ -256,60 +393,114 @@ pub fn apply(state: &mut State, inp: Inputs<'_>) -> Outcome {
     }
 
     // 4. Live connections: open new ones, periodic record for long ones.
-    for (cookie, r) in &live {
-        let prev = prev_conns.remove(cookie);
-        let named = match &prev {
-            Some(p) => (p.id.clone(), p.wkey.clone(), p.skey.clone()),
-            None => (inp.names)(r),
+    //    Pass 2 over last cycle's connections, merged by cookie; each live
+    //    connection goes to `keep` in cookie order.
+    let mut scan = prev.scan().peekable();
+    for &r in &live {
+        let cookie = r.cookie;
+        let mut p = None;
+        while let Some(item) = scan.next_if(|i| i.as_ref().map_or(true, |(k, _)| *k <= cookie)) {
+            let (k, c) = item?;
+            if k == cookie {
+                p = Some(c);
+            }
+        }
+        if let Some(c) = &mut p {
+            relabel(state, &inp, c);
+        }
+        let named = match &p {
+            Some(p) => (p.id, p.wkey, p.skey),
+            None => name(state, &inp, r),
         };
-        let mut c = conn_state(r, prev.as_ref(), named, &now);
-        if prev.is_none() {
+        let mut c = conn_state(r, p.as_ref(), named, &now);
+        if p.is_none() {
             open(state, &c);
         }
         if now.boot_ns.saturating_sub(c.start_ns) >= inp.long_threshold_ns {
             c.seq += 1;
-            let mut rec = record(&c, &now, "periodic", now.boot_ns);
-            rec.cookie = *cookie;
-            out.records.push(rec);
+            if inp.records {
+                record(
+                    &mut rec,
+                    &state.strings,
+                    &c,
+                    &report_time,
+                    "periodic",
+                    cookie,
+                    now.boot_ns,
+                );
+                emit(&rec);
+            }
+            out.records += 1;
             c.reported = c.last;
         }
-        state.conns.insert(*cookie, c);
+        keep(cookie, &c)?;
     }
+    drop(scan);
 
     state.final_series = final_series;
     state
         .recently_closed
         .retain(|_, t| now.boot_ns.saturating_sub(*t) < RECENTLY_CLOSED_NS);
     state.ring_applied = out.ring_commit;
-    out
+    Ok(out)
 }
 
-/// Exported counters of a group: closed totals plus its live connections.
+/// Group keys of `c` for changed label selections (`Inputs::relabel`).
+fn relabel(state: &mut State, inp: &Inputs<'_>, c: &mut ConnState) {
+    if let Some((w, s)) = inp.relabel {
+        let id = c.id.identity(&state.strings);
+        c.wkey = state.strings.intern(&id.key(w));
+        c.skey = state.strings.intern(&id.key(s));
+    }
+}
+
+/// Live connections per group: their counters summed, and how many.
+#[derive(Debug, Default)]
+pub struct LiveSums {
+    pub workloads: BTreeMap<GroupKey, (Counters, u64)>,
+    pub services: BTreeMap<GroupKey, (Counters, u64)>,
+}
+
+impl LiveSums {
+    pub fn add(&mut self, c: &ConnState) {
+        for (groups, key) in [(&mut self.workloads, c.wkey), (&mut self.services, c.skey)] {
+            let e = groups.entry((c.direction, key)).or_default();
+            e.0.add(c.last);
+            e.1 += 1;
+        }
+    }
+}
+
+/// Exported counters of a group: closed totals plus its live connections,
+/// by group key text ("direction|label values").
 pub fn group_counters(
     state: &State,
+    live: &LiveSums,
     by_service: bool,
 ) -> BTreeMap<String, (GroupTotals, Counters, u64)> {
-    let groups = if by_service {
-        &state.services
+    let (groups, live) = if by_service {
+        (&state.services, &live.services)
     } else {
-        &state.workloads
+        (&state.workloads, &live.workloads)
     };
-    let mut out: BTreeMap<String, (GroupTotals, Counters, u64)> = groups
+    let mut sums: BTreeMap<GroupKey, (GroupTotals, Counters, u64)> = groups
         .iter()
-        .map(|(k, t)| (k.clone(), (*t, t.closed_counters, 0)))
+        .map(|(k, t)| (*k, (*t, t.closed_counters, 0)))
         .collect();
-    for c in state.conns.values() {
-        let key = group_key(c.direction, if by_service { &c.skey } else { &c.wkey });
-        let e = out.entry(key).or_default();
-        e.1.add(c.last);
-        e.2 += 1;
+    for (key, (counters, n)) in live {
+        let e = sums.entry(*key).or_default();
+        e.1.add(*counters);
+        e.2 += n;
     }
-    out
+    sums.into_iter()
+        .map(|((dir, key), v)| (group_key(dir, state.strings.get(key)), v))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collect::state::Conns;
 
     const S: u64 = 1_000_000_000;
 
@@ -349,19 +540,52 @@ mod tests {
         (id, "/app".into(), "127.0.0.1:80".into())
     }
 
-    fn cycle(
-        state: &mut State,
-        now_s: u64,
-        map: Vec<ConnRecord>,
-        ring: Vec<ConnRecord>,
-    ) -> Outcome {
+    /// An outcome with the records emitted.
+    struct Out {
+        records: Vec<AccessRecord>,
+        ring_commit: u64,
+        map_deletes: Vec<u64>,
+    }
+
+    /// One cycle with the connections kept in `state.conns` between cycles.
+    fn run(state: &mut State, inp: Inputs<'_>) -> Out {
+        let mut records = Vec::new();
+        let prev = Prev::Mem(std::mem::take(&mut state.conns));
+        let mut kept = Vec::new();
+        let o = apply(
+            state,
+            inp,
+            &prev,
+            &mut |k, c| {
+                kept.push((k, *c));
+                Ok(())
+            },
+            &mut |r| records.push(r.clone()),
+        )
+        .unwrap();
+        state.conns = Conns::from_sorted(kept);
+        assert_eq!(o.records, records.len() as u64);
+        Out {
+            records,
+            ring_commit: o.ring_commit,
+            map_deletes: o.map_deletes,
+        }
+    }
+
+    /// The totals of the one workload group.
+    fn wl(st: &State) -> GroupTotals {
+        let k = st.strings.iter().position(|s| s == "/app").unwrap() as u32;
+        st.workloads[&(layout::DIR_OUTBOUND, k)]
+    }
+
+    fn cycle(state: &mut State, now_s: u64, map: Vec<ConnRecord>, ring: Vec<ConnRecord>) -> Out {
         let base = state.ring_applied;
         let ring = ring
             .into_iter()
             .enumerate()
             .map(|(i, r)| (r, base + 192 * (i as u64 + 1)))
             .collect();
-        apply(
+        run(
             state,
             Inputs {
                 now: Clock {
@@ -373,12 +597,18 @@ mod tests {
                 long_threshold_ns: 5 * S,
                 short_close_records: true,
                 names: &names,
+                relabel: None,
+                records: true,
             },
         )
     }
 
     fn sent_total(state: &State) -> u64 {
-        group_counters(state, false)
+        let mut live = LiveSums::default();
+        for c in state.conns.values() {
+            live.add(c);
+        }
+        group_counters(state, &live, false)
             .values()
             .map(|(_, c, _)| c.bytes_sent)
             .sum()
@@ -397,7 +627,7 @@ mod tests {
             ),
             ("periodic", 1, 1000)
         );
-        assert_eq!(st.workloads["outbound|/app"].opened, 1);
+        assert_eq!(wl(&st).opened, 1);
         assert_eq!(sent_total(&st), 1000);
 
         let o = cycle(&mut st, 15, vec![rec(1, 1, 1500, 0)], vec![]);
@@ -432,7 +662,7 @@ mod tests {
             ("close", 4, 1600, 100, "CLOSED")
         );
         assert_eq!(sent_total(&st), 1600);
-        let t = st.workloads["outbound|/app"];
+        let t = wl(&st);
         assert_eq!((t.opened, t.closed, t.failed), (1, 1, 0));
         assert!(st.conns.is_empty());
         assert_eq!(
@@ -444,7 +674,7 @@ mod tests {
         // The same close again (replayed ring record) is not applied twice.
         let o = cycle(&mut st, 30, vec![], vec![closed(rec(1, 1, 1600, 0), 24)]);
         assert!(o.records.is_empty());
-        assert_eq!(st.workloads["outbound|/app"].closed, 1);
+        assert_eq!(wl(&st).closed, 1);
         assert_eq!(sent_total(&st), 1600);
         assert!(st.final_series.is_empty());
     }
@@ -463,7 +693,7 @@ mod tests {
         let mut f = closed(rec(2, 9, 0, 0), 9);
         f.flags = layout::F_CLOSED | layout::F_FAILED;
         cycle(&mut st, 11, vec![], vec![f]);
-        let t = st.workloads["outbound|/app"];
+        let t = wl(&st);
         assert_eq!((t.opened, t.closed, t.failed), (2, 1, 1));
 
         // Live last cycle, then gone with no record: closed from the last values.
@@ -476,12 +706,12 @@ mod tests {
         // A closed record left in the map (ring full) is applied and deleted.
         let o = cycle(&mut st, 30, vec![closed(rec(4, 29, 10, 0), 29)], vec![]);
         assert_eq!(o.map_deletes, vec![4]);
-        assert_eq!(st.workloads["outbound|/app"].closed, 3);
+        assert_eq!(wl(&st).closed, 3);
         // Still in the map next cycle (delete failed): deleted again, not re-applied.
         let o = cycle(&mut st, 35, vec![closed(rec(4, 29, 10, 0), 29)], vec![]);
         assert_eq!(o.map_deletes, vec![4]);
         assert!(o.records.is_empty());
-        assert_eq!(st.workloads["outbound|/app"].closed, 3);
+        assert_eq!(wl(&st).closed, 3);
     }
 
     #[test]
@@ -491,7 +721,7 @@ mod tests {
         let o = cycle(&mut st, 10, vec![live], vec![closed(rec(1, 1, 120, 0), 9)]);
         assert_eq!(o.records.len(), 1);
         assert_eq!(o.records[0].event, "close");
-        assert_eq!(st.workloads["outbound|/app"].opened, 1);
+        assert_eq!(wl(&st).opened, 1);
         assert_eq!(sent_total(&st), 120);
         assert!(st.conns.is_empty());
     }
@@ -500,7 +730,7 @@ mod tests {
     fn wall_clock_set_back_keeps_start_time_and_durations_sane() {
         let mut st = State::default();
         let rec1 = |now_s: u64, wall_s: i128, st: &mut State| {
-            apply(
+            run(
                 st,
                 Inputs {
                     now: Clock {
@@ -512,6 +742,8 @@ mod tests {
                     long_threshold_ns: 5 * S,
                     short_close_records: true,
                     names: &names,
+                    relabel: None,
+                    records: true,
                 },
             )
         };
@@ -528,6 +760,54 @@ mod tests {
             (9.0, 14.0),
             "durations from CLOCK_BOOTTIME"
         );
+    }
+
+    #[test]
+    fn rfc3339_micros_equals_chrono() {
+        let mut g = longconn_common::testgen::Gen::new(9);
+        let mut got = String::new();
+        let edges = [
+            0i64,
+            1,
+            -1,
+            999,
+            -1000,
+            951_782_400_000_000_000,
+            i64::MAX,
+            i64::MIN,
+        ];
+        let random = (0..200_000).map(|_| g.next() as i64);
+        for t in edges.into_iter().chain(random) {
+            rfc3339_micros(&mut got, t);
+            let want = chrono::DateTime::from_timestamp_nanos(t)
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            assert_eq!(got, want, "{t}");
+        }
+    }
+
+    #[test]
+    fn addresses_equal_display() {
+        let mut g = longconn_common::testgen::Gen::new(3);
+        let mut got = String::new();
+        for _ in 0..100_000 {
+            let n = g.next();
+            let ip = if n % 5 == 0 {
+                std::net::IpAddr::from([
+                    n as u16,
+                    0,
+                    (n >> 16) as u16,
+                    0,
+                    0,
+                    0,
+                    (n >> 32) as u16,
+                    1,
+                ])
+            } else {
+                std::net::IpAddr::from((n as u32).to_be_bytes())
+            };
+            address(&mut got, ip);
+            assert_eq!(got, ip.to_string());
+        }
     }
 
     #[test]

@@ -3,17 +3,50 @@
 //! The set of families, their HELP and TYPE never change between cycles (a
 //! family with no samples is still declared), so scrapes stay consistent.
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap, HashMap},
+};
 
 use super::{
-    cycle::group_counters,
-    state::{ConnState, Counters, State},
+    cycle::{group_counters, LiveSums},
+    state::{ConnState, Counters, State, Strings, Sym},
 };
 use crate::{
     identity::KEY_SEP,
     output::promtext::{Family, Kind, Sample},
     view,
 };
+
+/// A multiply-rotate hasher for the per-connection dedupe set (keys are
+/// plain numbers and addresses from the kernel; SipHash's flood resistance
+/// buys nothing here and costs a tenth of a cycle at 200k connections).
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v.into());
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.write_u64(v.into());
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxBuild = std::hash::BuildHasherDefault<Fx>;
 
 /// Values that come from outside the state: the kernel and the cycle itself.
 pub struct SelfStats {
@@ -23,7 +56,6 @@ pub struct SelfStats {
     pub capacity: u64,
     pub ringbuf_drops: u64,
     pub map_full_drops: u64,
-    pub max_connection_series: usize,
 }
 
 fn fam(name: &str, help: &str, kind: Kind) -> Family {
@@ -76,7 +108,7 @@ const COUNTER_FIELDS: [(&str, &str, Pick); 6] = [
     ),
 ];
 
-fn group_families(state: &State, by_service: bool) -> Vec<Family> {
+fn group_families(state: &State, live: &LiveSums, by_service: bool) -> Vec<Family> {
     let prefix = if by_service {
         "longconn_service"
     } else {
@@ -122,7 +154,7 @@ fn group_families(state: &State, by_service: bool) -> Vec<Family> {
             )
         })
         .collect();
-    for (key, (totals, sum, live)) in group_counters(state, by_service) {
+    for (key, (totals, sum, live)) in group_counters(state, live, by_service) {
         let (direction, values) = key.split_once('|').unwrap_or(("unknown", key.as_str()));
         let mut l: Vec<(String, String)> = label_names
             .iter()
@@ -158,52 +190,159 @@ fn group_families(state: &State, by_service: bool) -> Vec<Family> {
     out
 }
 
-fn conn_labels(c: &ConnState) -> Vec<(String, String)> {
+fn conn_labels(c: &ConnState, strings: &Strings) -> Vec<(String, String)> {
     labels(&[
         ("direction", view::direction_name(c.direction)),
-        ("local_address", &c.local),
+        ("local_address", &c.local_ip().to_string()),
         ("local_port", &c.local_port.to_string()),
-        ("remote_address", &c.remote),
+        ("remote_address", &c.remote_ip().to_string()),
         ("remote_port", &c.remote_port.to_string()),
-        ("workload", &c.id.workload),
-        ("service", &c.id.service),
+        ("workload", strings.get(c.id.workload)),
+        ("service", strings.get(c.id.service)),
     ])
 }
 
-/// Per long connection, busiest first, capped; returns the families and how many were omitted.
-fn connection_families(
-    state: &State,
+/// A per-connection series' label set (addresses and names as stored).
+type LabelKey = (u32, [u8; 16], u16, [u8; 16], u16, Sym, Sym);
+
+fn label_key(c: &ConnState) -> LabelKey {
+    (
+        c.direction,
+        c.local,
+        c.local_port,
+        c.remote,
+        c.remote_port,
+        c.id.workload,
+        c.id.service,
+    )
+}
+
+/// A member of `TopSeries`, ordered so that the heap's top is the worst:
+/// fewest bytes, then latest.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Worst {
+    rank: (Reverse<u64>, u64),
+    key: LabelKey,
+}
+
+/// What the cycle's live connections contribute to the metrics, gathered as
+/// they stream by (they are never all in memory): group sums, and the
+/// per-connection series to export.
+///
+/// Series: among long live connections (cookie order) then the final
+/// series, busiest first (bytes sent + received), earlier first among
+/// equals, each label set once (its first), at most `cap`; the same choice
+/// as sorting them all, deduplicating and truncating, kept in O(cap) by a
+/// heap of the current best `cap` label sets. A label set's winner is never
+/// displaced by a later, worse duplicate, and one dropped for `cap` better
+/// sets cannot come back: the heap's worst only improves.
+pub struct Live {
+    pub sums: LiveSums,
+    cap: usize,
     long_threshold_ns: u64,
     now_boot: u64,
-    cap: usize,
-) -> (Vec<Family>, usize) {
-    let mut candidates: Vec<&ConnState> = state
-        .conns
-        .values()
-        .filter(|c| now_boot.saturating_sub(c.start_ns) >= long_threshold_ns)
-        .chain(state.final_series.iter())
-        .collect();
-    candidates.sort_by_key(|c| std::cmp::Reverse(c.last.bytes_sent + c.last.bytes_received));
-    // Live connections come first among equals (stable sort); a label set is
-    // exported once. Keys borrow from the state: no allocation per candidate,
-    // and labels are built only for the series that make the cap.
-    let mut seen = HashSet::new();
-    candidates.retain(|c| {
-        seen.insert((
-            c.direction,
-            &c.local,
-            c.local_port,
-            &c.remote,
-            c.remote_port,
-            &c.id.workload,
-            &c.id.service,
-        ))
-    });
-    let omitted = candidates.len().saturating_sub(cap);
-    candidates.truncate(cap);
-    let chosen: Vec<(&ConnState, Vec<(String, String)>)> = candidates
-        .into_iter()
-        .map(|c| (c, conn_labels(c)))
+    pos: u64,
+    members: HashMap<LabelKey, (u64, u64, ConnState), FxBuild>,
+    heap: BinaryHeap<Worst>,
+    /// A 128-bit hash of every candidate's label set, to count distinct ones.
+    keys: Vec<u128>,
+}
+
+impl Live {
+    pub fn new(cap: usize, long_threshold_ns: u64, now_boot: u64) -> Self {
+        Self {
+            sums: LiveSums::default(),
+            cap,
+            long_threshold_ns,
+            now_boot,
+            pos: 0,
+            members: HashMap::default(),
+            heap: BinaryHeap::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// One live connection, in cookie order.
+    pub fn add(&mut self, c: &ConnState) {
+        self.sums.add(c);
+        if self.now_boot.saturating_sub(c.start_ns) >= self.long_threshold_ns {
+            self.candidate(c);
+        }
+    }
+
+    fn candidate(&mut self, c: &ConnState) {
+        let bytes = c.last.bytes_sent.saturating_add(c.last.bytes_received);
+        let pos = self.pos;
+        self.pos += 1;
+        let key = label_key(c);
+        self.keys.push(hash128(&key));
+        if self.cap == 0 {
+            return;
+        }
+        let better = |(b, p): (u64, u64), (ob, op): (u64, u64)| b > ob || (b == ob && p < op);
+        if let Some(m) = self.members.get_mut(&key) {
+            if better((bytes, pos), (m.0, m.1)) {
+                *m = (bytes, pos, *c);
+                self.heap.push(Worst {
+                    rank: (Reverse(bytes), pos),
+                    key,
+                });
+            }
+            return;
+        }
+        if self.members.len() >= self.cap {
+            // Drop stale entries (a label set's earlier, replaced member).
+            while let Some(w) = self.heap.peek() {
+                if self.members.get(&w.key).is_some_and(|m| m.1 == w.rank.1) {
+                    break;
+                }
+                self.heap.pop();
+            }
+            match self.heap.peek() {
+                Some(w) if better((bytes, pos), (w.rank.0 .0, w.rank.1)) => {
+                    if let Some(w) = self.heap.pop() {
+                        self.members.remove(&w.key);
+                    }
+                }
+                _ => return,
+            }
+        }
+        self.members.insert(key, (bytes, pos, *c));
+        self.heap.push(Worst {
+            rank: (Reverse(bytes), pos),
+            key,
+        });
+    }
+
+    /// The series to export, in order, and how many label sets were left out.
+    fn chosen(mut self, final_series: &[ConnState]) -> (Vec<ConnState>, usize) {
+        for c in final_series {
+            self.candidate(c);
+        }
+        let mut chosen: Vec<(u64, u64, ConnState)> = self.members.into_values().collect();
+        chosen.sort_unstable_by_key(|(b, p, _)| (Reverse(*b), *p));
+        self.keys.sort_unstable();
+        self.keys.dedup();
+        let omitted = self.keys.len().saturating_sub(chosen.len());
+        (chosen.into_iter().map(|(_, _, c)| c).collect(), omitted)
+    }
+}
+
+fn hash128(key: &LabelKey) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let mut a = Fx(0x243f_6a88_85a3_08d3);
+    let mut b = Fx(0x1319_8a2e_0370_7344);
+    key.hash(&mut a);
+    key.hash(&mut b);
+    (u128::from(a.finish()) << 64) | u128::from(b.finish() ^ 0x9e37_79b9_7f4a_7c15)
+}
+
+/// Per long connection, busiest first, capped; returns the families and how many were omitted.
+fn connection_families(state: &State, live: Live) -> (Vec<Family>, usize) {
+    let (chosen, omitted) = live.chosen(&state.final_series);
+    let chosen: Vec<(&ConnState, Vec<(String, String)>)> = chosen
+        .iter()
+        .map(|c| (c, conn_labels(c, &state.strings)))
         .collect();
 
     let mut counters: Vec<Family> = COUNTER_FIELDS
@@ -255,20 +394,10 @@ fn connection_families(
     (counters, omitted)
 }
 
-pub fn families(
-    state: &State,
-    stats: &SelfStats,
-    long_threshold_ns: u64,
-    now_boot: u64,
-) -> Vec<Family> {
-    let mut out = group_families(state, false);
-    out.extend(group_families(state, true));
-    let (conns, omitted) = connection_families(
-        state,
-        long_threshold_ns,
-        now_boot,
-        stats.max_connection_series,
-    );
+pub fn families(state: &State, live: Live, stats: &SelfStats) -> Vec<Family> {
+    let mut out = group_families(state, &live.sums, false);
+    out.extend(group_families(state, &live.sums, true));
+    let (conns, omitted) = connection_families(state, live);
     out.extend(conns);
     let one = |name: &str, help: &str, kind: Kind, value: f64| Family {
         name: name.into(),
@@ -307,4 +436,58 @@ pub fn lookup(families: &[Family], name: &str, want: &BTreeMap<&str, &str>) -> O
                 .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
                 .then_some(s.value)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use longconn_common::testgen::Gen;
+
+    /// The previous implementation: every candidate in memory, stable sort
+    /// busiest first, first of each label set, truncated.
+    fn reference(live: &[ConnState], fin: &[ConnState], cap: usize) -> (Vec<ConnState>, usize) {
+        let mut c: Vec<&ConnState> = live.iter().chain(fin.iter()).collect();
+        c.sort_by_key(|c| Reverse(c.last.bytes_sent.saturating_add(c.last.bytes_received)));
+        let mut seen = std::collections::HashSet::new();
+        c.retain(|c| seen.insert(label_key(c)));
+        let omitted = c.len().saturating_sub(cap);
+        c.truncate(cap);
+        (c.into_iter().copied().collect(), omitted)
+    }
+
+    /// The streamed choice equals the sort-everything one, with many ties,
+    /// duplicate label sets and caps around the candidate count.
+    #[test]
+    fn streamed_series_choice_equals_sorting_all() {
+        let mut g = Gen::new(17);
+        for round in 0..400 {
+            let n = g.below(300);
+            let keys = 1 + g.below(60);
+            let conn = |g: &mut Gen, i: u64| ConnState {
+                seq: i,
+                last: Counters {
+                    bytes_sent: g.below(8) as u64 * if g.below(5) == 0 { u64::MAX / 2 } else { 1 },
+                    bytes_received: g.below(4) as u64,
+                    ..Default::default()
+                },
+                local_port: g.below(keys) as u16,
+                direction: 1 + g.below(2) as u32,
+                ..Default::default()
+            };
+            let live: Vec<ConnState> = (0..n as u64).map(|i| conn(&mut g, i)).collect();
+            let fin: Vec<ConnState> = (0..g.below(20) as u64)
+                .map(|i| conn(&mut g, 1000 + i))
+                .collect();
+            let cap = [0, 1, 5, keys, 1000][round % 5];
+            let mut acc = Live::new(cap, 0, 0);
+            for c in &live {
+                acc.add(c);
+            }
+            let (got, omitted) = acc.chosen(&fin);
+            let (want, want_omitted) = reference(&live, &fin, cap);
+            let seqs = |v: &[ConnState]| v.iter().map(|c| c.seq).collect::<Vec<_>>();
+            assert_eq!(seqs(&got), seqs(&want), "round {round}");
+            assert_eq!(omitted, want_omitted, "round {round}");
+        }
+    }
 }

@@ -9,26 +9,38 @@
 mod cycle;
 mod lock;
 mod metrics;
+mod sink;
 mod state;
 
+/// A populated state, encoded, for the property tests.
 #[cfg(test)]
-pub use state::State as StateForTests;
-
-/// A populated state, for the property tests.
-#[cfg(test)]
-pub fn test_state() -> State {
+pub fn test_state_bytes() -> Vec<u8> {
     let mut s = new_state();
+    let w = s.strings.intern("/a");
     s.conns.insert(
         7,
         state::ConnState {
             seq: 3,
-            local: "127.0.0.1".into(),
+            local: state::addr_bytes(
+                "127.0.0.1"
+                    .parse()
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+            ),
+            wkey: w,
             ..Default::default()
         },
     );
-    s.workloads
-        .insert("outbound|/a".into(), state::GroupTotals::default());
-    s
+    s.workloads.insert(
+        (longconn_common::layout::DIR_OUTBOUND, w),
+        state::GroupTotals::default(),
+    );
+    state::encode(&s)
+}
+
+/// Decodes state bytes (property tests: must never panic).
+#[cfg(test)]
+pub fn decode_state_for_tests(b: &[u8]) -> bool {
+    state::decode(b).is_ok()
 }
 
 #[cfg(test)]
@@ -37,7 +49,6 @@ pub fn load_state_for_tests(p: &Path) -> std::io::Result<()> {
 }
 
 use std::{
-    collections::BTreeMap,
     fs,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
@@ -48,7 +59,7 @@ use std::{
 use anyhow::Context as _;
 use longconn_common::{pinned::Access, units, ConnRecord, Pins};
 
-use self::state::{LoadOutcome, State};
+use self::state::{LoadOutcome, Prev, State};
 use crate::{
     clock::Clock,
     identity,
@@ -62,7 +73,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/longconn";
 pub const PROM_FILE: &str = "longconn.prom";
 pub const CSV_FILE: &str = "access.csv";
 pub const JSONL_FILE: &str = "access.jsonl";
-pub const STATE_FILE: &str = "state.json";
+pub const STATE_FILE: &str = "state.bin";
 pub const OTLP_METRICS_FILE: &str = "otlp-metrics.jsonl";
 pub const OTLP_LOGS_FILE: &str = "otlp-logs.jsonl";
 
@@ -77,7 +88,7 @@ fn size_arg(s: &str) -> Result<u64, String> {
 #[derive(Debug, clap::Args)]
 pub struct CollectArgs {
     /// Put every output and the state under DIR (access.csv, access.jsonl,
-    /// longconn.prom, state.json); the --*-dir options below override parts.
+    /// longconn.prom, state.bin); the --*-dir options below override parts.
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
 
@@ -254,15 +265,17 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     };
 
     let state_path = dirs.state.join(STATE_FILE);
-    let mut state = match state::load(&state_path)? {
-        LoadOutcome::Loaded(s) if s.boot_id == state::boot_id() => *s,
-        LoadOutcome::Loaded(_) | LoadOutcome::Fresh => new_state(),
+    let no_conns = || Prev::Mem(state::Conns::default());
+    let (mut state, prev) = match state::load(&state_path)? {
+        LoadOutcome::Loaded(s, prev) if s.boot_id == state::boot_id() => (*s, prev),
+        LoadOutcome::Loaded(..) | LoadOutcome::Fresh => (new_state(), no_conns()),
         LoadOutcome::SetAside(aside, why) => {
             eprintln!("longconn-reader: {} was unusable ({why}); kept it as {} and started new totals (a counter reset)", state_path.display(), aside.display());
-            new_state()
+            (new_state(), no_conns())
         }
     };
     let mut partial_failure = false;
+    let mut relabel = false;
     if state.workload_labels != a.workload_labels.0 || state.service_labels != a.service_labels.0 {
         if !state.workload_labels.is_empty() {
             eprintln!("longconn-reader: group labels changed to workload [{}], service [{}]: group totals restart (a counter reset)", a.workload_labels.0.join(","), a.service_labels.0.join(","));
@@ -271,10 +284,8 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         state.services.clear();
         state.workload_labels = a.workload_labels.0.clone();
         state.service_labels = a.service_labels.0.clone();
-        for c in state.conns.values_mut() {
-            c.wkey = c.id.key(&a.workload_labels.0);
-            c.skey = c.id.key(&a.service_labels.0);
-        }
+        // Every previous connection's group keys are recomputed as it is read.
+        relabel = true;
     }
     let services = match &a.services {
         None => ServiceMap::default(),
@@ -328,6 +339,10 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .collect();
+    // The records are copied out: unmap the ring (both halves of its double
+    // mapping are resident, 2x --ringbuf-bytes) for the memory-heavy part of
+    // the cycle; it is mapped again to release what was applied.
+    drop(ring);
     state.malformed_records += bad_map + bad_ring;
 
     let mut cgroup_names = std::mem::take(&mut state.cgroup_names);
@@ -341,17 +356,61 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         (id, w, s)
     };
     let tracked = map.iter().filter(|r| !r.is_closed()).count() as u64;
-    let outcome = cycle::apply(
-        &mut state,
-        cycle::Inputs {
-            now: clock,
-            map,
-            ring: ring_records,
-            long_threshold_ns: a.long_threshold.as_nanos() as u64,
-            short_close_records: !a.no_short_close_records,
-            names: &names,
-        },
+    let resource = otlp::Resource {
+        host_name: host_name(),
+    };
+    let now_ns = u64::try_from(clock.wall_ns).unwrap_or(0);
+
+    // 1. Append this cycle's records past each file's committed length (a
+    //    killed run's uncommitted tail is cut first), streamed as the cycle
+    //    makes them.
+    let sink_names = sink::Names {
+        csv: CSV_FILE,
+        jsonl: JSONL_FILE,
+        otlp_logs: OTLP_LOGS_FILE,
+    };
+    let committed = state.log_len.clone();
+    // The new state is written as the cycle goes: its live connections first.
+    let mut saver = state::Saver::begin(&state_path, 0o600)?;
+    let mut live = metrics::Live::new(
+        a.max_connection_series,
+        a.long_threshold.as_nanos() as u64,
+        clock.boot_ns,
     );
+    let (outcome, mut written) = sink::with_sink(
+        &files,
+        &sink_names,
+        &committed,
+        &resource,
+        now_ns,
+        OTLP_LOGS_PER_LINE,
+        |emit| {
+            cycle::apply(
+                &mut state,
+                cycle::Inputs {
+                    now: clock,
+                    map,
+                    ring: ring_records,
+                    long_threshold_ns: a.long_threshold.as_nanos() as u64,
+                    short_close_records: !a.no_short_close_records,
+                    names: &names,
+                    relabel: relabel.then_some((&a.workload_labels.0, &a.service_labels.0)),
+                    records: files
+                        .iter()
+                        .any(|(f, _)| [CSV_FILE, JSONL_FILE, OTLP_LOGS_FILE].contains(&f.as_str())),
+                },
+                &prev,
+                &mut |cookie, c| {
+                    live.add(c);
+                    saver.push(cookie, c)
+                },
+                emit,
+            )
+        },
+    )?;
+    let outcome =
+        outcome.with_context(|| format!("cannot read or write {}", state_path.display()))?;
+    drop(prev);
     state.cgroup_names = cgroup_names;
 
     let counters = pins.counters()?;
@@ -362,34 +421,24 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         capacity: u64::from(pins.capacity()),
         ringbuf_drops: counters.ringbuf_full,
         map_full_drops: counters.map_full + counters.map_error,
-        max_connection_series: a.max_connection_series,
     };
-    let families = metrics::families(
-        &state,
-        &stats,
-        a.long_threshold.as_nanos() as u64,
-        clock.boot_ns,
-    );
-    let out = CycleOutput {
-        records: &outcome.records,
-        families: &families,
-        now_ns: u64::try_from(clock.wall_ns).unwrap_or(0),
-        group_start_ns: (state.created_unix.max(0) as u64) * 1_000_000_000,
-    };
-
-    // 1. Append this cycle's records past each file's committed length (a
-    //    killed run's uncommitted tail is cut first).
-    let mut written = BTreeMap::new();
-    for (file, log) in &files {
+    let families = metrics::families(&state, live, &stats);
+    if let Some((file, log)) = files.iter().find(|(f, _)| f == OTLP_METRICS_FILE) {
         let committed = state.log_len.get(file).copied().unwrap_or(0);
-        let len = log
-            .write_uncommitted(committed, &out.body(file))
+        let group_start_ns = (state.created_unix.max(0) as u64) * 1_000_000_000;
+        let line = otlp::metrics_request(&families, &resource, group_start_ns, now_ns);
+        let mut tail = log.tail(committed);
+        tail.buf().extend_from_slice(line.as_bytes());
+        tail.buf().push(b'\n');
+        let len = tail
+            .finish()
             .with_context(|| format!("cannot append to {}", log.path.display()))?;
         written.insert(file.clone(), len);
     }
     // 2. Commit point: totals, applied ring position and file lengths at once.
     state.log_len = written;
-    state::save(&state_path, &state, 0o600)?;
+    saver.commit(&state)?;
+    remove_legacy_state(&state_path)?;
     // 3. Only now release the kernel side: a run killed before this re-reads
     //    the same records and skips them by the committed ring position.
     pins.ring()?
@@ -412,13 +461,24 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         state.log_len.insert(file.clone(), after);
     }
     if rotated {
-        state::save(&state_path, &state, 0o600)?;
+        state::resave(&state_path, &state, 0o600)?;
     }
     Ok(if partial_failure {
         ExitCode::from(crate::exit::FAILURE)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Removes a migrated v2 `state.json` once the binary state is saved.
+fn remove_legacy_state(state_path: &Path) -> anyhow::Result<()> {
+    let legacy = state::legacy_path(state_path);
+    match fs::remove_file(&legacy) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove migrated {}", legacy.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn host_name() -> String {
@@ -430,40 +490,3 @@ fn host_name() -> String {
 /// OTLP log requests hold at most this many records, so a burst of closes
 /// gives several bounded lines rather than one huge one.
 const OTLP_LOGS_PER_LINE: usize = 1000;
-
-/// What one cycle writes, encoded per file on demand.
-struct CycleOutput<'a> {
-    records: &'a [access::AccessRecord],
-    families: &'a [promtext::Family],
-    now_ns: u64,
-    group_start_ns: u64,
-}
-
-impl CycleOutput<'_> {
-    fn body(&self, file: &str) -> Vec<u8> {
-        let resource = || otlp::Resource {
-            host_name: host_name(),
-        };
-        match file {
-            CSV_FILE => access::encode_csv(self.records),
-            JSONL_FILE => access::encode_jsonl(self.records),
-            OTLP_METRICS_FILE => format!(
-                "{}\n",
-                otlp::metrics_request(self.families, &resource(), self.group_start_ns, self.now_ns)
-            )
-            .into_bytes(),
-            OTLP_LOGS_FILE => {
-                let res = resource();
-                let mut out = Vec::new();
-                for chunk in self.records.chunks(OTLP_LOGS_PER_LINE) {
-                    if let Some(line) = otlp::logs_request(chunk, &res, self.now_ns) {
-                        out.extend_from_slice(line.as_bytes());
-                        out.push(b'\n');
-                    }
-                }
-                out
-            }
-            _ => Vec::new(),
-        }
-    }
-}

@@ -9,6 +9,7 @@
 //! 2. the caller durably records that length (its commit point);
 //! 3. `rotate_if_full(len)` rotates a file that reached `max_bytes` and
 //!    returns the length to record next (0 after rotating).
+//!
 //! A run killed before 2 leaves a tail that the next run cuts off; a run
 //! killed after a rotation leaves no live file with a non-zero committed
 //! length, which the next run reads as "rotated, start a new file". Rotation
@@ -56,16 +57,24 @@ impl AppendLog {
 
     /// Step 1: appends `body` (whole records, each ending in '\n') after the
     /// first `committed_len` bytes, durably, and returns the new length.
+    #[cfg(test)]
     pub fn write_uncommitted(&self, committed_len: u64, body: &[u8]) -> io::Result<u64> {
-        if body.is_empty() {
-            return Ok(committed_len);
+        let mut tail = self.tail(committed_len);
+        tail.buf().extend_from_slice(body);
+        tail.finish()
+    }
+
+    /// Step 1, streamed: records are appended to `Tail::buf` and written out
+    /// in large blocks; `Tail::finish` makes them durable and returns the new
+    /// length. Nothing is touched until the first byte is written.
+    pub fn tail(&self, committed_len: u64) -> Tail<'_> {
+        Tail {
+            log: self,
+            committed: committed_len,
+            file: None,
+            at: committed_len,
+            buf: Vec::new(),
         }
-        let file = match self.open_existing()? {
-            Some(file) => file,
-            // Missing with committed bytes: rotated away after its commit.
-            None => self.create()?,
-        };
-        self.write_tail(&file, committed_len, body)
     }
 
     /// Step 3: rotates the live file if it reached `max_bytes`; returns the
@@ -115,9 +124,14 @@ impl AppendLog {
         Ok(file)
     }
 
-    /// Cuts the file to `committed_len`, writes the header if it is then
-    /// empty, then `body`, fsyncs, and returns the resulting length.
-    fn write_tail(&self, file: &File, committed_len: u64, body: &[u8]) -> io::Result<u64> {
+    /// Opens (or creates) the live file, cuts it to `committed_len`, writes
+    /// the header if it is then empty; returns it and where the body starts.
+    fn start(&self, committed_len: u64) -> io::Result<(File, u64)> {
+        let file = match self.open_existing()? {
+            Some(file) => file,
+            // Missing with committed bytes: rotated away after its commit.
+            None => self.create()?,
+        };
         let ctx = with_path(&self.path);
         let meta = file.metadata().map_err(with_path(&self.path))?;
         if !meta.file_type().is_file() {
@@ -133,19 +147,11 @@ impl AppendLog {
             len = committed_len;
         }
         // len < committed_len: replaced by someone else; continue from its end.
-        let write = |bytes: &[u8], at: u64| {
-            file.write_all_at(bytes, at)
-                .map(|()| at + bytes.len() as u64)
-        };
-        let result = if len == 0 {
-            write(&self.header, 0)
-        } else {
-            Ok(len)
-        };
-        result
-            .and_then(|at| write(body, at))
-            .and_then(|at| file.sync_all().map(|()| at))
-            .map_err(ctx)
+        if len == 0 {
+            file.write_all_at(&self.header, 0).map_err(ctx)?;
+            len = self.header.len() as u64;
+        }
+        Ok((file, len))
     }
 
     /// Moves the live file to `path.1`, shifting older rotated files up and
@@ -167,6 +173,80 @@ impl AppendLog {
         }
         remove_if_exists(&self.rotated(self.keep + 1))?;
         fsync_dir(parent_dir(&self.path))
+    }
+}
+
+/// Buffered bytes are written out once they reach this size.
+const TAIL_BLOCK: usize = 1 << 20;
+
+/// Step 1 in progress (see `AppendLog::tail`).
+pub struct Tail<'a> {
+    log: &'a AppendLog,
+    committed: u64,
+    file: Option<File>,
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl Tail<'_> {
+    /// The buffer to append whole records to; call `flush_if_full` after.
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Writes the buffer out once it holds a large block.
+    pub fn flush_if_full(&mut self) -> io::Result<()> {
+        if self.buf.len() >= TAIL_BLOCK {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let (file, at) = self.log.start(self.committed)?;
+            self.file = Some(file);
+            self.at = at;
+        }
+        if let Some(file) = &self.file {
+            file.write_all_at(&self.buf, self.at)
+                .map_err(with_path(&self.log.path))?;
+            start_writeback(file, self.at, self.buf.len());
+        }
+        self.at += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes what is left and fsyncs; returns the new (uncommitted) length,
+    /// or the committed one when nothing was written.
+    pub fn finish(mut self) -> io::Result<u64> {
+        self.write_out()?;
+        match &self.file {
+            Some(file) => file
+                .sync_all()
+                .map(|()| self.at)
+                .map_err(with_path(&self.log.path)),
+            None => Ok(self.committed),
+        }
+    }
+}
+
+/// Starts writing `len` bytes at `at` back to disk without waiting, so the
+/// final fsync finds most of a large append already written while the cycle
+/// went on encoding. Advisory: an error only means the fsync does it all.
+fn start_writeback(file: &File, at: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    let (Ok(at), Ok(len)) = (libc::off64_t::try_from(at), libc::off64_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is
+    // open for the lifetime of `file`.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), at, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

@@ -48,6 +48,16 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// Atomically replaces `path` with `bytes`, file mode `mode` (not masked by umask).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_with(path, mode, |w| w.write_all(bytes))
+}
+
+/// Like `write_atomic`, with the content streamed by `fill` through a
+/// buffered writer (no copy of the whole content in memory).
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let name = path.file_name().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -56,13 +66,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     })?;
     let dir = parent_dir(path);
     let (tmp, file) = create_temp(dir, name, mode, &COUNTER)?;
-    let written = fill(&file, &tmp, bytes, mode);
+    let written = fill_file(&file, &tmp, mode, fill);
     drop(file);
     if let Err(e) = written.and_then(|()| fs::rename(&tmp, path).map_err(with_path(path))) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
     fsync_dir(dir)
+}
+
+/// A fresh temp file beside `path` (see `create_temp`) with exactly `mode`
+/// and the output group, for a caller that renames it over `path` itself.
+pub(crate) fn create_temp_for(path: &Path, mode: u32) -> io::Result<(PathBuf, File)> {
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a file path", path.display()),
+        )
+    })?;
+    let (tmp, file) = create_temp(parent_dir(path), name, mode, &COUNTER)?;
+    let set = super::apply_group(&file)
+        .and_then(|()| file.set_permissions(Permissions::from_mode(mode)))
+        .map_err(with_path(&tmp));
+    if let Err(e) = set {
+        drop(file);
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok((tmp, file))
 }
 
 /// `dir/.<name>.tmp-<pid>-<n>`.
@@ -102,10 +133,19 @@ fn create_temp(
 }
 
 /// Sets the exact mode, writes everything and fsyncs.
-fn fill(mut file: &File, tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+fn fill_file(
+    file: &File,
+    tmp: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     super::apply_group(file)
         .and_then(|()| file.set_permissions(Permissions::from_mode(mode)))
-        .and_then(|()| file.write_all(bytes))
+        .and_then(|()| {
+            let mut w = io::BufWriter::with_capacity(1 << 18, file);
+            fill(&mut w)?;
+            w.flush()
+        })
         .and_then(|()| file.sync_all())
         .map_err(with_path(tmp))
 }

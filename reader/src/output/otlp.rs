@@ -377,6 +377,7 @@ fn rfc3339_nanos(text: &str) -> u64 {
 /// Written by hand, byte for byte as serde_json writes the request
 /// `reference::logs_request` builds: this runs once per access record, up to
 /// 100 000 times per cycle.
+#[cfg(test)]
 pub fn logs_request(
     records: &[AccessRecord],
     res: &Resource,
@@ -411,8 +412,64 @@ pub fn logs_request(
     Some(utf8(out))
 }
 
+/// `logs_request` streamed: the same lines, byte for byte, for records
+/// handed over one at a time, a new line every `per_line` records.
+pub struct LogsWriter<'a> {
+    res: &'a Resource,
+    observed: Vec<u8>,
+    per_line: usize,
+    in_line: usize,
+    /// The last report time parsed, as text and Unix nanos.
+    time: Option<(String, u64)>,
+}
+
+impl<'a> LogsWriter<'a> {
+    pub fn new(res: &'a Resource, now_unix_nano: u64, per_line: usize) -> Self {
+        let mut observed = Vec::with_capacity(20);
+        jsonw::u64(&mut observed, now_unix_nano);
+        Self {
+            res,
+            observed,
+            per_line: per_line.max(1),
+            in_line: 0,
+            time: None,
+        }
+    }
+
+    /// Appends `r`'s log record to `out` (opening, closing lines as needed).
+    pub fn push(&mut self, out: &mut Vec<u8>, r: &AccessRecord) {
+        if self.in_line == 0 {
+            request_start(out, "Logs", self.res);
+        } else {
+            out.push(b',');
+        }
+        let time = match &self.time {
+            Some((text, nanos)) if *text == r.report_time => *nanos,
+            _ => {
+                let nanos = rfc3339_nanos(&r.report_time);
+                self.time = Some((r.report_time.clone(), nanos));
+                nanos
+            }
+        };
+        log_record(out, r, time, &self.observed);
+        self.in_line += 1;
+        if self.in_line == self.per_line {
+            self.finish(out);
+        }
+    }
+
+    /// Closes the open line, if any.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.in_line > 0 {
+            out.extend_from_slice(b"]}]}]}\n");
+            self.in_line = 0;
+        }
+    }
+}
+
 /// Bytes of a log record outside the record's strings (written once in the
 /// body and once as attributes), numbers at typical lengths.
+#[cfg(test)]
 const LOG_RECORD_FIXED: usize = 2700;
 
 /// One LogRecord: times, severity, the sentence as body, then every field
@@ -2199,6 +2256,28 @@ mod tests {
                 reference::metrics_request(&families, host, start, now),
                 "{families:?}"
             );
+        }
+    }
+
+    #[test]
+    fn logs_writer_equals_logs_request_per_chunk() {
+        let records: Vec<AccessRecord> = (0..2500)
+            .map(crate::output::access::testdata::realistic)
+            .collect();
+        let res = res();
+        for per in [1, 7, 1000] {
+            let mut want = Vec::new();
+            for chunk in records.chunks(per) {
+                want.extend_from_slice(logs_request(chunk, &res, NOW).unwrap().as_bytes());
+                want.push(b'\n');
+            }
+            let mut got = Vec::new();
+            let mut w = LogsWriter::new(&res, NOW, per);
+            for r in &records {
+                w.push(&mut got, r);
+            }
+            w.finish(&mut got);
+            assert_eq!(got, want, "{per} per line");
         }
     }
 }

@@ -1,0 +1,678 @@
+//! The reader's memory between runs, in one binary file written atomically.
+//!
+//! It holds what makes exported counters monotonic (totals of closed
+//! connections, last counters of live ones) and what makes every close
+//! counted exactly once (the ring-buffer position already applied, recently
+//! closed cookies, and the committed length of every append-only file).
+//!
+//! In memory a connection is a fixed-size, `Copy` record: addresses as 16
+//! raw bytes, every name (workload, service, comm, …) a `Sym` into one
+//! interned string table, group keys a (direction, `Sym`) pair. No
+//! per-connection allocation happens in a steady-state cycle. The file
+//! format is in `codec` (versioned header, fixed-size connection records,
+//! checksum); a JSON state of the previous format (v2, `state.json`) is
+//! migrated once by `legacy`.
+
+mod codec;
+mod conns;
+mod legacy;
+
+pub use conns::Conns;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs, io,
+    net::{IpAddr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use crate::identity::Identity;
+
+pub use codec::FORMAT_VERSION as STATE_VERSION;
+#[cfg(test)]
+pub use codec::{decode, encode};
+
+/// An index into `Strings`; 0 is always "".
+pub type Sym = u32;
+
+/// Interned strings: every name a connection carries, stored once.
+#[derive(Clone, Debug)]
+pub struct Strings {
+    list: Vec<String>,
+    index: HashMap<String, Sym>,
+}
+
+impl Default for Strings {
+    fn default() -> Self {
+        let mut s = Self {
+            list: Vec::new(),
+            index: HashMap::new(),
+        };
+        s.intern("");
+        s
+    }
+}
+
+impl PartialEq for Strings {
+    fn eq(&self, o: &Self) -> bool {
+        self.list == o.list
+    }
+}
+
+impl Strings {
+    /// The string of `sym` ("" for an unknown one: decoding checks every
+    /// stored sym, so that only happens for a sym of another table).
+    pub fn get(&self, sym: Sym) -> &str {
+        self.list.get(sym as usize).map_or("", String::as_str)
+    }
+
+    pub fn intern(&mut self, s: &str) -> Sym {
+        if let Some(&sym) = self.index.get(s) {
+            return sym;
+        }
+        let sym = self.list.len() as Sym;
+        self.list.push(s.to_owned());
+        self.index.insert(s.to_owned(), sym);
+        sym
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().map(String::as_str)
+    }
+
+    /// A table holding `list` in this order (the decoder's; "" must be first).
+    fn from_list(list: Vec<String>) -> Option<Self> {
+        if list.first().map(String::as_str) != Some("") {
+            return None;
+        }
+        let mut index = HashMap::with_capacity(list.len());
+        for (i, s) in list.iter().enumerate() {
+            index.entry(s.clone()).or_insert(i as Sym);
+        }
+        Some(Self { list, index })
+    }
+}
+
+/// Cumulative counters of one connection (or a sum of them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub retransmits: u64,
+    pub lost_packets: u64,
+}
+
+impl Counters {
+    pub fn max(self, o: Self) -> Self {
+        Self {
+            bytes_sent: self.bytes_sent.max(o.bytes_sent),
+            bytes_received: self.bytes_received.max(o.bytes_received),
+            packets_sent: self.packets_sent.max(o.packets_sent),
+            packets_received: self.packets_received.max(o.packets_received),
+            retransmits: self.retransmits.max(o.retransmits),
+            lost_packets: self.lost_packets.max(o.lost_packets),
+        }
+    }
+    pub fn saturating_sub(self, o: Self) -> Self {
+        Self {
+            bytes_sent: self.bytes_sent.saturating_sub(o.bytes_sent),
+            bytes_received: self.bytes_received.saturating_sub(o.bytes_received),
+            packets_sent: self.packets_sent.saturating_sub(o.packets_sent),
+            packets_received: self.packets_received.saturating_sub(o.packets_received),
+            retransmits: self.retransmits.saturating_sub(o.retransmits),
+            lost_packets: self.lost_packets.saturating_sub(o.lost_packets),
+        }
+    }
+    pub fn add(&mut self, o: Self) {
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+        self.packets_sent += o.packets_sent;
+        self.packets_received += o.packets_received;
+        self.retransmits += o.retransmits;
+        self.lost_packets += o.lost_packets;
+    }
+}
+
+/// Totals of one workload or service in one direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupTotals {
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
+    /// Final counters of connections that closed.
+    pub closed_counters: Counters,
+}
+
+/// A group: direction and the interned "label values" key.
+pub type GroupKey = (u32, Sym);
+
+/// A connection's identity, names interned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdSyms {
+    pub workload: Sym,
+    pub container_id: Sym,
+    pub pod_uid: Sym,
+    pub comm: Sym,
+    pub service: Sym,
+    pub service_namespace: Sym,
+    pub pid: u32,
+    pub netns_cookie: u64,
+}
+
+impl IdSyms {
+    pub fn intern(id: &Identity, s: &mut Strings) -> Self {
+        Self {
+            workload: s.intern(&id.workload),
+            container_id: s.intern(&id.container_id),
+            pod_uid: s.intern(&id.pod_uid),
+            comm: s.intern(&id.comm),
+            service: s.intern(&id.service),
+            service_namespace: s.intern(&id.service_namespace),
+            pid: id.pid,
+            netns_cookie: id.netns_cookie,
+        }
+    }
+
+    pub fn identity(&self, s: &Strings) -> Identity {
+        Identity {
+            workload: s.get(self.workload).to_owned(),
+            container_id: s.get(self.container_id).to_owned(),
+            pod_uid: s.get(self.pod_uid).to_owned(),
+            comm: s.get(self.comm).to_owned(),
+            pid: self.pid,
+            netns_cookie: self.netns_cookie,
+            service: s.get(self.service).to_owned(),
+            service_namespace: s.get(self.service_namespace).to_owned(),
+        }
+    }
+
+    fn syms_mut(&mut self) -> [&mut Sym; 6] {
+        [
+            &mut self.workload,
+            &mut self.container_id,
+            &mut self.pod_uid,
+            &mut self.comm,
+            &mut self.service,
+            &mut self.service_namespace,
+        ]
+    }
+}
+
+/// An address as 16 bytes: IPv6, IPv4 as IPv4-mapped IPv6.
+pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The canonical address of 16 stored bytes (IPv4-mapped shown as IPv4).
+pub fn addr_ip(b: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(b);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// What the reader remembers of one live connection: fixed size, no heap.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ConnState {
+    /// Access records emitted so far (the last one's sequence number).
+    pub seq: u64,
+    /// Highest counters seen (exports never step back below these).
+    pub last: Counters,
+    /// Counters at the last access record (deltas are measured from here).
+    pub reported: Counters,
+    pub start_ns: u64,
+    /// Wall-clock start (Unix ns), fixed when first seen.
+    pub start_unix_ns: i64,
+    pub update_ns: u64,
+    pub cgroup_id: u64,
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub direction: u32,
+    pub state: u32,
+    pub flags: u32,
+    pub srtt_us: u32,
+    pub min_rtt_us: u32,
+    /// Full identity, fixed at first sight (the access log carries all of it).
+    pub id: IdSyms,
+    /// Group keys (selected label values) this connection counts under.
+    pub wkey: Sym,
+    pub skey: Sym,
+}
+
+impl ConnState {
+    pub fn local_ip(&self) -> IpAddr {
+        addr_ip(self.local)
+    }
+    pub fn remote_ip(&self) -> IpAddr {
+        addr_ip(self.remote)
+    }
+    pub(super) fn syms_mut(&mut self) -> [&mut Sym; 8] {
+        let [a, b, c, d, e, f] = self.id.syms_mut();
+        [a, b, c, d, e, f, &mut self.wkey, &mut self.skey]
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct State {
+    pub version: u32,
+    pub boot_id: String,
+    /// `Meta::pinned_at_ns` of the pins this state belongs to.
+    pub pin_generation: u64,
+    /// Ring-buffer bytes already applied (positions are per pin generation).
+    pub ring_applied: u64,
+    /// Every name the connections and groups below refer to.
+    pub strings: Strings,
+    pub conns: Conns,
+    /// Cookie -> CLOCK_BOOTTIME ns when its close was applied (duplicate guard).
+    pub recently_closed: BTreeMap<u64, u64>,
+    /// (direction, label values) -> totals, for the labels in `workload_labels`.
+    pub workloads: BTreeMap<GroupKey, GroupTotals>,
+    /// (direction, label values) -> totals, for the labels in `service_labels`.
+    pub services: BTreeMap<GroupKey, GroupTotals>,
+    pub workload_labels: Vec<String>,
+    pub service_labels: Vec<String>,
+    /// The last service map that parsed, kept in force when the file goes bad.
+    pub services_text: Option<String>,
+    /// cgroup id -> path, remembered after the cgroup is gone.
+    pub cgroup_names: BTreeMap<u64, String>,
+    /// Connections that closed in the last cycle: exported once more.
+    pub final_series: Vec<ConnState>,
+    pub closes_without_record: u64,
+    pub malformed_records: u64,
+    /// Committed length of each append-only file (by file name).
+    pub log_len: BTreeMap<String, u64>,
+    /// Unix seconds when this state started (a new start = a counter reset).
+    pub created_unix: i64,
+}
+
+impl State {
+    /// Drops the names `used` (indexed by name number, covering the whole
+    /// table) does not mark, nor the groups and final series refer to, once
+    /// they are most of the table; renumbers the rest in the groups and
+    /// final series here and returns old -> new for the connections.
+    pub fn compact_strings(&mut self, mut used: Vec<bool>) -> Option<Vec<Sym>> {
+        if used.len() != self.strings.len() {
+            return None;
+        }
+        used[0] = true;
+        let mut mark = |s: Sym| {
+            if let Some(u) = used.get_mut(s as usize) {
+                *u = true;
+            }
+        };
+        for c in &mut self.final_series {
+            for s in c.syms_mut() {
+                mark(*s);
+            }
+        }
+        for (_, s) in self.workloads.keys().chain(self.services.keys()) {
+            mark(*s);
+        }
+        let live = used.iter().filter(|u| **u).count();
+        if live * 2 >= self.strings.len() {
+            return None;
+        }
+        let mut remap = vec![0 as Sym; used.len()];
+        let mut list = Vec::with_capacity(live);
+        for (i, s) in self.strings.list.iter().enumerate() {
+            if used[i] {
+                remap[i] = list.len() as Sym;
+                list.push(s.clone());
+            }
+        }
+        self.strings = Strings::from_list(list)?;
+        let fix = |s: &mut Sym| *s = remap.get(*s as usize).copied().unwrap_or(0);
+        for c in &mut self.final_series {
+            for s in c.syms_mut() {
+                fix(s);
+            }
+        }
+        for groups in [&mut self.workloads, &mut self.services] {
+            *groups = std::mem::take(groups)
+                .into_iter()
+                .map(|((d, mut k), t)| {
+                    fix(&mut k);
+                    ((d, k), t)
+                })
+                .collect();
+        }
+        Some(remap)
+    }
+}
+
+/// Last cycle's connections: in the state file (normally), or in memory
+/// (a migrated v2 state; tests).
+pub enum Prev {
+    Mem(Conns),
+    File(codec::PrevFile),
+}
+
+impl std::fmt::Debug for Prev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Prev::Mem(_) => "Prev::Mem",
+            Prev::File(_) => "Prev::File",
+        })
+    }
+}
+
+impl Prev {
+    /// The connections in cookie order.
+    pub fn scan(&self) -> Box<dyn Iterator<Item = io::Result<(u64, ConnState)>> + '_> {
+        match self {
+            Prev::Mem(c) => Box::new(c.iter().map(|(k, c)| Ok((k, *c)))),
+            Prev::File(f) => Box::new(f.scan()),
+        }
+    }
+}
+
+/// Why a state file could not be used as it was.
+#[derive(Debug)]
+pub enum LoadOutcome {
+    /// The state (its `conns` empty) and last cycle's connections.
+    Loaded(Box<State>, Prev),
+    /// No state yet: first run.
+    Fresh,
+    /// Unreadable, truncated or foreign: moved aside to this path.
+    SetAside(PathBuf, String),
+}
+
+/// The JSON state of the previous format, next to `path` (migrated once).
+pub fn legacy_path(path: &Path) -> PathBuf {
+    path.with_file_name(legacy::FILE_NAME)
+}
+
+/// Loads the state at `path`; without one, migrates a v2 `state.json`
+/// beside it (the caller removes that once the new state is saved).
+pub fn load(path: &Path) -> io::Result<LoadOutcome> {
+    match read_nofollow(path, |f| {
+        Ok(codec::open(f)?.map(|(s, p)| (Box::new(s), Prev::File(p))))
+    })? {
+        Read::Missing => {}
+        Read::Problem(p) => return set_aside(path, p),
+        Read::Ok((s, prev)) => return Ok(LoadOutcome::Loaded(s, prev)),
+    }
+    let old = legacy_path(path);
+    match read_nofollow(&old, |mut f| {
+        Ok(legacy::read(&mut f)?.map(|mut s| {
+            let conns = std::mem::take(&mut s.conns);
+            (Box::new(s), Prev::Mem(conns))
+        }))
+    })? {
+        Read::Missing => Ok(LoadOutcome::Fresh),
+        Read::Problem(p) => set_aside(&old, format!("{}: {p}", legacy::FILE_NAME)),
+        Read::Ok((s, prev)) => Ok(LoadOutcome::Loaded(s, prev)),
+    }
+}
+
+enum Read<T> {
+    Missing,
+    Problem(String),
+    Ok(T),
+}
+
+/// Opens `path` without following a symlink and decodes it with `f`.
+fn read_nofollow<T>(
+    path: &Path,
+    f: impl FnOnce(fs::File) -> io::Result<Result<T, String>>,
+) -> io::Result<Read<T>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Read::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Read::Problem("a symlink, not a file".to_owned()))
+        }
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", path.display()),
+            ))
+        }
+        Ok(file) => file,
+    };
+    match file.metadata() {
+        Ok(m) if !m.file_type().is_file() => {
+            return Ok(Read::Problem("not a regular file".to_owned()))
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", path.display()),
+            ))
+        }
+    }
+    match f(file) {
+        Ok(Ok(s)) => Ok(Read::Ok(s)),
+        Ok(Err(p)) => Ok(Read::Problem(p)),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot read {}: {e}", path.display()),
+        )),
+    }
+}
+
+fn set_aside(path: &Path, problem: String) -> io::Result<LoadOutcome> {
+    let aside = path.with_file_name(format!(
+        "state.bad-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+    ));
+    fs::rename(path, &aside).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot move bad state {} aside: {e}", path.display()),
+        )
+    })?;
+    Ok(LoadOutcome::SetAside(aside, problem))
+}
+
+/// A new state file being written: the connections as the cycle makes
+/// them, the rest and the atomic rename at `commit` (the commit point).
+/// Dropped uncommitted, it removes its temp file.
+pub struct Saver {
+    path: PathBuf,
+    tmp: PathBuf,
+    w: Option<codec::Writer<io::BufWriter<fs::File>>>,
+}
+
+impl Saver {
+    /// Starts `path`'s replacement: a fresh temp file in the same directory
+    /// (O_EXCL, O_NOFOLLOW), mode `mode`.
+    pub fn begin(path: &Path, mode: u32) -> io::Result<Self> {
+        let (tmp, file) = crate::output::atomic::create_temp_for(path, mode)?;
+        let w = codec::Writer::new(io::BufWriter::with_capacity(1 << 18, file))
+            .map_err(crate::output::atomic::with_path(&tmp));
+        let mut saver = Self {
+            path: path.to_owned(),
+            tmp,
+            w: None,
+        };
+        saver.w = Some(w?);
+        Ok(saver)
+    }
+
+    /// Appends one live connection (cookies increasing).
+    pub fn push(&mut self, cookie: u64, c: &ConnState) -> io::Result<()> {
+        match &mut self.w {
+            Some(w) => w
+                .push(cookie, c)
+                .map_err(crate::output::atomic::with_path(&self.tmp)),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the rest of `s`, makes the file durable and renames it over
+    /// the state: from here on, this cycle happened.
+    pub fn commit(mut self, s: &State) -> io::Result<()> {
+        let Some(w) = self.w.take() else {
+            return Ok(());
+        };
+        let ctx = crate::output::atomic::with_path(&self.tmp);
+        let file = w
+            .finish(s)
+            .and_then(|b| b.into_inner().map_err(|e| e.into_error()))
+            .map_err(ctx)?;
+        file.sync_all()
+            .map_err(crate::output::atomic::with_path(&self.tmp))?;
+        drop(file);
+        fs::rename(&self.tmp, &self.path).map_err(crate::output::atomic::with_path(&self.path))?;
+        crate::output::atomic::fsync_dir(crate::output::atomic::parent_dir(&self.path))
+    }
+}
+
+impl Drop for Saver {
+    fn drop(&mut self) {
+        if self.w.is_some() || fs::symlink_metadata(&self.tmp).is_ok() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Rewrites the committed state at `path` with `s`, connections copied
+/// from the file itself (after a rotation changed only the rest).
+pub fn resave(path: &Path, s: &State, mode: u32) -> io::Result<()> {
+    let prev = match read_nofollow(path, codec::open)? {
+        Read::Ok((_, prev)) => prev,
+        Read::Missing | Read::Problem(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: the state just written is unreadable", path.display()),
+            ))
+        }
+    };
+    let mut saver = Saver::begin(path, mode)?;
+    for item in prev.scan() {
+        let (cookie, c) = item?;
+        saver.push(cookie, &c)?;
+    }
+    saver.commit(s)
+}
+
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(seq: u64) -> ConnState {
+        ConnState {
+            seq,
+            local: addr_bytes("10.0.0.1".parse().unwrap_or(IpAddr::from([0u8; 4]))),
+            ..Default::default()
+        }
+    }
+
+    fn loaded(path: &Path) -> (State, Vec<(u64, ConnState)>) {
+        match load(path).unwrap() {
+            LoadOutcome::Loaded(s, prev) => {
+                let conns = prev.scan().map(Result::unwrap).collect();
+                (*s, conns)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Saved in one pass, loaded back; rewritten with the same connections;
+    /// an uncommitted save leaves the old state and no temp file.
+    #[test]
+    fn saves_load_and_resave() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.bin");
+        assert!(matches!(load(&p).unwrap(), LoadOutcome::Fresh));
+        let mut s = State {
+            boot_id: "b".into(),
+            ..Default::default()
+        };
+        let mut saver = Saver::begin(&p, 0o600).unwrap();
+        for k in [3u64, 7, 9] {
+            saver.push(k, &conn(k)).unwrap();
+        }
+        assert!(saver.push(8, &conn(8)).is_err(), "cookies must increase");
+        s.log_len.insert("a".into(), 5);
+        saver.commit(&s).unwrap();
+        let (got, conns) = loaded(&p);
+        assert_eq!(got.log_len["a"], 5);
+        assert_eq!(
+            conns.iter().map(|(k, c)| (*k, c.seq)).collect::<Vec<_>>(),
+            [(3, 3), (7, 7), (9, 9)]
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        s.log_len.insert("a".into(), 0);
+        resave(&p, &s, 0o600).unwrap();
+        let (got, again) = loaded(&p);
+        assert_eq!((got.log_len["a"], again), (0, conns));
+
+        let mut saver = Saver::begin(&p, 0o600).unwrap();
+        saver.push(1, &conn(1)).unwrap();
+        drop(saver);
+        assert_eq!(loaded(&p).1.len(), 3);
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["state.bin"]);
+    }
+
+    /// Without a binary state a v2 state.json is migrated; a bad one, or a
+    /// bad binary state, is set aside as state.bad-<time>.
+    #[test]
+    fn migrates_v2_and_sets_bad_files_aside() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.bin");
+        let json = legacy_path(&p);
+        fs::write(&json, br#"{"version":2,"boot_id":"b","pin_generation":5,"ring_applied":384,"conns":{},"recently_closed":{},"workloads":{},"services":{},"workload_labels":[],"service_labels":[],"services_text":null,"cgroup_names":{},"final_series":[],"closes_without_record":0,"malformed_records":0,"log_len":{"access.csv":77},"created_unix":1}"#).unwrap();
+        let (s, conns) = loaded(&p);
+        assert_eq!(
+            (s.ring_applied, s.log_len["access.csv"], conns.len()),
+            (384, 77, 0)
+        );
+        fs::write(&json, b"{not json").unwrap();
+        match load(&p).unwrap() {
+            LoadOutcome::SetAside(aside, why) => {
+                assert!(
+                    why.starts_with("state.json: not a longconn state file"),
+                    "{why}"
+                );
+                assert!(aside
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("state.bad-"));
+            }
+            other => panic!("{other:?}"),
+        }
+        fs::write(&p, b"garbage").unwrap();
+        assert!(matches!(load(&p).unwrap(), LoadOutcome::SetAside(..)));
+        std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
+        match load(&p).unwrap() {
+            LoadOutcome::SetAside(_, why) => assert_eq!(why, "a symlink, not a file"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
