@@ -273,7 +273,7 @@ floor" removes the calibration cost per run, which exists only while
 
 
 # ======================================================================= 4+5. reader and output
-OUTPUTS = ["access.csv", "access.jsonl", "longconn.prom", "state.json", "otlp-metrics.jsonl",
+OUTPUTS = ["access.csv", "access.jsonl", "longconn.prom", "state.bin", "otlp-metrics.jsonl",
            "otlp-logs.jsonl"]
 # A 1M-entry collect takes minutes here: the synthetic case times one steady-state
 # collect after the first cycle, not --reps of them.
@@ -489,7 +489,7 @@ Both ends are tracked, so N pairs = 2N map entries. Once every connection is
 older than the 5 s long-connection threshold: one warm-up `collect` (the first
 cycle, which creates the state), then {a.reps} rounds of `longconn-reader collect
 --out-dir D --log-max-bytes 64GiB` (all outputs: access.csv, access.jsonl,
-longconn.prom, state.json, otlp-metrics.jsonl, otlp-logs.jsonl),
+longconn.prom, state.bin, otlp-metrics.jsonl, otlp-logs.jsonl),
 `longconn-reader dump --json >/dev/null`, `ss -tinH
 >/dev/null` (every TCP socket on the host, the same sockets plus a few others).
 Wall time and the process's own peak RSS (`wait4` rusage), median (min–max).
@@ -538,7 +538,7 @@ Per steady-state cycle ({a.reps} cycles after the first for real connections,
 {SYNTH_REPS} for the synthetic set; every connection long and idle): growth of
 the append-only files (access.csv, access.jsonl, otlp-metrics.jsonl,
 otlp-logs.jsonl; rotation is pushed out of the way with `--log-max-bytes
-64GiB`); for `longconn.prom` and `state.json`, which each cycle rewrites whole
+64GiB`); for `longconn.prom` and `state.bin`, which each cycle rewrites whole
 (temp file + rename), the new file's size. Per connection = per tracked socket
 (map entry).
 

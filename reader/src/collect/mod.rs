@@ -264,6 +264,9 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
 
+    // A run killed mid-write leaves its temp files (the state's can be tens of MB).
+    atomic::remove_stale_temps(&dirs.state, STATE_FILE);
+    atomic::remove_stale_temps(&dirs.textfile, PROM_FILE);
     let state_path = dirs.state.join(STATE_FILE);
     let no_conns = || Prev::Mem(state::Conns::default());
     let (mut state, prev) = match state::load(&state_path)? {
@@ -421,6 +424,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         capacity: u64::from(pins.capacity()),
         ringbuf_drops: counters.ringbuf_full,
         map_full_drops: counters.map_full + counters.map_error,
+        refresh_misses: counters.socks_error,
     };
     let families = metrics::families(&state, live, &stats);
     if let Some((file, log)) = files.iter().find(|(f, _)| f == OTLP_METRICS_FILE) {

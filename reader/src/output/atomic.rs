@@ -96,6 +96,33 @@ pub(crate) fn create_temp_for(path: &Path, mode: u32) -> io::Result<(PathBuf, Fi
     Ok((tmp, file))
 }
 
+/// Removes `dir/.<name>.tmp-<pid>-<n>` files left by runs that were killed
+/// mid-write (their pid is gone). Call with the collect lock held. Returns how
+/// many were removed; errors are ignored (a leftover is only wasted space).
+pub fn remove_stale_temps(dir: &Path, name: &str) -> usize {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let Some(rest) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// `dir/.<name>.tmp-<pid>-<n>`.
 fn temp_path(dir: &Path, name: &OsStr, n: u64) -> PathBuf {
     let mut tmp_name = OsString::from(".");
@@ -153,6 +180,36 @@ fn fill_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temps_of_dead_runs_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        // pid_max is at most 4194304: this pid cannot be alive.
+        for name in [
+            ".state.bin.tmp-99999999-3".to_owned(),
+            format!(".state.bin.tmp-{me}-0"),
+            ".state.bin.tmp-1-0".to_owned(),
+            ".other.tmp-99999999-0".to_owned(),
+            "state.bin".to_owned(),
+        ] {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(dir.path(), "state.bin"), 1);
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            format!(".state.bin.tmp-{me}-0"),
+            ".state.bin.tmp-1-0".to_owned(),
+            ".other.tmp-99999999-0".to_owned(),
+            "state.bin".to_owned(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+    }
     use std::os::unix::fs::symlink;
 
     fn mode_of(path: &Path) -> u32 {
