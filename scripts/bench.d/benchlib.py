@@ -201,8 +201,17 @@ def prog_stats(ids):
 
 # ---------------------------------------------------------------- processes
 def timed(argv, stdout=subprocess.DEVNULL, timeout=None):
-    """Runs argv; returns (wall seconds, peak RSS KiB of that process, exit code, stderr)."""
+    """Runs argv; returns (wall seconds, peak RSS KiB of that process, exit code, stderr).
+
+    Peak RSS comes from GNU time (`/usr/bin/time -f %M`): wait4's ru_maxrss of a
+    child forked from this Python process also counts the parent's pages the
+    child held between fork and exec (hundreds of MiB once this process has
+    parsed `ss` output), which is not the measured program's memory."""
     errpath = os.path.join(WORK, f"stderr.{os.getpid()}")
+    rsspath = os.path.join(WORK, f"rss.{os.getpid()}")
+    gnu_time = os.path.exists("/usr/bin/time")
+    if gnu_time:
+        argv = ["/usr/bin/time", "-f", "%M", "-o", rsspath, *argv]
     with open(errpath, "w+b") as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(argv, stdout=stdout, stderr=err)
@@ -211,7 +220,14 @@ def timed(argv, stdout=subprocess.DEVNULL, timeout=None):
         p.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         msg = err.read().decode(errors="replace").strip()
-    return dt, ru.ru_maxrss, p.returncode, msg
+    kib = ru.ru_maxrss
+    if gnu_time:
+        try:
+            with open(rsspath) as f:
+                kib = int(f.read().split()[-1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return dt, kib, p.returncode, msg
 
 
 def free_port():
