@@ -653,16 +653,16 @@ def hooks(a):
                         for n, v in sorted(pc.get(preset, {}).items()) if n != "longconn_sockops")
         sh = RESULTS.get("progcost", {}).get("cpu_share_net", {}).get(preset)
         rows.append([preset, f"{e['match']}/{e['total']}", diffs,
-                     seg or ("(run section 3)" if preset != "none" else "—"),
+                     seg or ("—" if preset in ("default", "none", "sockops") else "(run section 3)"),
                      f"{med(sh) * 100:.2f}%" if sh else "—"])
-        if over:
+        if over and preset in over:
             o = over[preset]
             orows.append([preset] + [spread(o[k], "{:.3f}") for k in
                                      ("p1", "p8", "churn", "p1_cpu", "p8_cpu", "churn_cpu")])
     if over:
         odesc = f"""
-Overhead: in each of {a.reps} rounds the sides not attached, none, default,
-tracepoints, cgroup-skb run in a rotating order; each pins its preset (fresh),
+Overhead: in each of {a.reps} rounds the sides {', '.join(['not attached'] + [x for x in over if x != 'raw'])}
+run in a rotating order; each pins its preset (fresh),
 runs `iperf3 -P 1` and `-P 8` ({a.secs_hooks} s each) and `churn.py … {a.churn_hooks}`
 inside the cgroup, and detaches. Ratio = preset / not attached of the same round
 (≥ 1 would be faster than nothing attached, which only noise can do): wall
