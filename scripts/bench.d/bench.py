@@ -492,7 +492,7 @@ cycle, which creates the state), then {a.reps} rounds of `longconn-reader collec
 longconn.prom, state.bin, otlp-metrics.jsonl, otlp-logs.jsonl),
 `longconn-reader dump --json >/dev/null`, `ss -tinH
 >/dev/null` (every TCP socket on the host, the same sockets plus a few others).
-Wall time and the process's own peak RSS (`wait4` rusage), median (min–max).
+Wall time and the process's own peak RSS (GNU `time -f %M`), median (min–max).
 Ratio = collect / ss of the same round; target ≤ 0.5.
 {notes}
 {table(["connections (pairs)", "map entries", "ss sockets", "collect ms", "collect MiB", "dump ms", "dump MiB", "ss -tin ms", "collect / ss (target ≤ 0.5)", "result", "dump / ss"], rows)}
