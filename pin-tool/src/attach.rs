@@ -261,7 +261,7 @@ pub fn remove_stale_staging(parent: &Path) {
 }
 
 /// Removes longconn's own pins in `dir` (known names only), then `dir` if empty.
-/// Returns (links removed, maps removed, leftovers).
+/// Returns (links and programs removed, maps removed, leftovers).
 pub fn remove_pins(dir: &Path) -> (usize, usize, Vec<PathBuf>) {
     let (mut links, mut maps) = (0, 0);
     for (_, name) in LINK_NAMES {

@@ -42,7 +42,7 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
     }
     let (links, maps, leftovers) = attach::remove_pins(pin_dir);
     println!(
-        "detached: removed {links} links and {maps} maps from {}",
+        "detached: removed {links} links and programs and {maps} maps from {}",
         pin_dir.display()
     );
     if !leftovers.is_empty() {
