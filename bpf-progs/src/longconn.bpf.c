@@ -5,14 +5,15 @@
  * and hand the final record of every closed connection to user space.
  *
  * Tracking starts in sockops (connect or passive establish, on the attached
- * cgroup v2 subtree), which also tags the socket in the sk_storage map
- * `longconn_tracked`. Freshness comes from reading, not from the data path:
- * the iterator `longconn_refresh` (pinned as `refresh_conns`) walks every
- * tagged socket and copies its tcp_sock counters into its record when a reader
- * opens and reads it — the same fields `ss -tin` reads, at the moment of the
- * read. So the default attaches nothing per segment: only sockops callbacks at
- * connect, establish and state changes (the close record is taken at
- * TCP_CLOSE, from final counters).
+ * cgroup v2 subtree); at establish the socket also joins the sockhash
+ * `longconn_socks` (no programs attached to it). Freshness comes from reading,
+ * not from the data path: a reader runs the program `longconn_refresh`
+ * (pinned as `refresh_conns`, BPF_PROG_TEST_RUN) just before it reads the
+ * map; it walks map_of_tcp_conns, reaches each socket through the sockhash
+ * (any network namespace) and copies its tcp_sock counters — the fields
+ * `ss -tin` reads, at the moment of the read. So the default attaches nothing
+ * per segment: only sockops callbacks at connect, establish and state changes
+ * (the close record is taken at TCP_CLOSE, from final counters).
  *
  * Optional per-segment hooks (`--hooks`) keep the map itself fresh between
  * reads, for consumers that read map_of_tcp_conns directly:
@@ -153,8 +154,8 @@ static __always_inline void fill_identity(struct longconn_conn *c, struct tcp_so
 		c->netns_cookie = net->net_cookie;
 }
 
-/* First sight of a connection (connect() or passive establish): insert its record. */
-/* Returns whether the connection is tracked (inserted now or before). */
+/* First sight of a connection (connect() or passive establish): insert its
+ * record. Returns whether the connection is tracked (inserted now or before). */
 static __always_inline bool track(struct bpf_sock_ops *skops, struct tcp_sock *tp, __u64 cookie,
 				  __u32 direction)
 {
@@ -411,7 +412,9 @@ static long refresh_one(void *map, __u64 *cookie, struct longconn_conn *c, struc
 
 	if (run->nshards > 1 && *cookie % run->nshards != run->shard)
 		return 0;
-	/* A closed record (kept in the map: ring buffer full) has left the sockhash. */
+	/* A final record (kept in the map: ring buffer full) stays as closed. */
+	if (c->flags & LONGCONN_F_CLOSED)
+		return 0;
 	sk = bpf_map_lookup_elem(&longconn_socks, cookie);
 	if (!sk)
 		return 0;

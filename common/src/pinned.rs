@@ -244,7 +244,7 @@ impl Pins {
     }
 
     /// The map as the kernel hooks left it, without running the refresh
-    /// iterator (for comparing `--hooks` presets; `dump --no-refresh`).
+    /// program (for comparing `--hooks` presets; `dump --no-refresh`).
     pub fn connections_unrefreshed(&self) -> Result<(Vec<ConnRecord>, u64), PinnedError> {
         let mut out = Vec::new();
         let mut bad = 0u64;
