@@ -296,10 +296,7 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
         let delay = Duration::from_micros(seed % cycle_us);
         let started = Instant::now();
         let mut child = env
-            .reader_cmd()
-            .arg("collect")
-            .arg("--out-dir")
-            .arg(env.out_dir())
+            .collect_cmd()
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -314,20 +311,8 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
         }
         // Occasionally two readers at once: one waits or skips, neither corrupts.
         if i % 97 == 7 {
-            let a = env
-                .reader_cmd()
-                .arg("collect")
-                .arg("--out-dir")
-                .arg(env.out_dir())
-                .spawn()
-                .unwrap();
-            let b = env
-                .reader_cmd()
-                .arg("collect")
-                .arg("--out-dir")
-                .arg(env.out_dir())
-                .spawn()
-                .unwrap();
+            let a = env.collect_cmd().spawn().unwrap();
+            let b = env.collect_cmd().spawn().unwrap();
             for mut c in [a, b] {
                 assert!(c.wait().unwrap().success());
             }

@@ -329,14 +329,7 @@ fn reader_survives_detach_repin_and_an_empty_pin_dir() {
     let (st, err) = env.collect(&[]);
     assert!(st.success(), "{err}");
     // A reader running while detach happens: either succeeds or fails cleanly.
-    let reader = env
-        .reader_cmd()
-        .arg("collect")
-        .arg("--out-dir")
-        .arg(env.out_dir())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let reader = env.collect_cmd().stderr(Stdio::piped()).spawn().unwrap();
     let d = env.pin_cmd().arg("detach").output().unwrap();
     assert!(d.status.success());
     let r = reader.wait_with_output().unwrap();

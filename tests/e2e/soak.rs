@@ -18,14 +18,7 @@ use longconn_tests::{env::privileged_or_skip, prom, traffic::Traffic, TestEnv};
 /// Runs one collect and returns (wall seconds, peak RSS KiB) from wait4's rusage.
 fn timed_collect(env: &TestEnv) -> (f64, i64) {
     let t = Instant::now();
-    let child = env
-        .reader_cmd()
-        .arg("collect")
-        .arg("--out-dir")
-        .arg(env.out_dir())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.collect_cmd().stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id() as i32;
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.

@@ -245,12 +245,16 @@ impl Drop for TestEnv {
 
 impl TestEnv {
     /// `collect --out-dir <tmp>/out EXTRA...`; returns the exit status and stderr.
+    /// `longconn-reader collect --out-dir <this test's out dir>`, not yet run.
+    pub fn collect_cmd(&self) -> Command {
+        let mut cmd = self.reader_cmd();
+        cmd.arg("collect").arg("--out-dir").arg(self.out_dir());
+        cmd
+    }
+
     pub fn collect(&self, extra: &[&str]) -> (std::process::ExitStatus, String) {
         let out = self
-            .reader_cmd()
-            .arg("collect")
-            .arg("--out-dir")
-            .arg(self.out_dir())
+            .collect_cmd()
             .args(extra)
             .output()
             .expect("run collect");
