@@ -432,3 +432,108 @@ fn retransmits_under_real_loss_equal_tcp_info() {
     }
     panic!("under loss, dump never matched ss -tin with retransmits > 0\n{last}");
 }
+
+/// Runs the reader as uid/gid 65534 (in the group the pins were given to), no capabilities.
+fn reader_as_nobody(env: &TestEnv, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"])
+        .arg(longconn_tests::env::bin("longconn-reader"))
+        .arg("--pin-dir")
+        .arg(&env.pin_dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Sockets of another network namespace are read through a netnsid: a reader that cannot
+/// assign one (no root) says how many connections it could not reach and shows their
+/// state-change values; a root reader assigns it and then equals `ss -tin` in that
+/// namespace; afterwards the unprivileged reader reaches them too (the id is recorded).
+#[test]
+fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
+    if !privileged_or_skip("other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted") {
+        return;
+    }
+    let mut env = TestEnv::new("netnsid");
+    env.pin(&["--group", "65534"]);
+    let ns = Netns::new(&format!("lcnsid{}", std::process::id()));
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0])
+        .arg(longconn_tests::env::bin("longconn-traffic"));
+    env.spawn_in_cgroup(cmd);
+    let mut gen = Traffic::from_child(env.take_child());
+    let p = gen.cmd("pair x 4");
+    let server = port(&p, "server_port");
+    gen.cmd("send x c2s 1048576");
+    gen.cmd("send x s2c 65536");
+    let ids = Command::new("ip").args(["netns", "list-id"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ids.stdout).contains(&ns.0),
+        "the new namespace has no netnsid yet"
+    );
+
+    // Unprivileged: cannot assign a netnsid, so both ends are unreachable, and said so.
+    let o = reader_as_nobody(&env, &["dump", "--json", "--port", &server.to_string()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("2 in network namespaces this reader cannot reach"),
+        "stderr: {err}"
+    );
+    let stale: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(stale.len(), 2);
+    assert!(
+        stale.iter().all(|v| v["bytes_received"].as_u64() == Some(0)),
+        "no refresh reached them: {stale:?}"
+    );
+    let out = env.path("nobody-out");
+    std::fs::create_dir(&out).unwrap();
+    std::os::unix::fs::chown(&out, Some(65534), Some(65534)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = reader_as_nobody(
+        &env,
+        &["collect", "--out-dir", out.to_str().unwrap(), "--group", "65534"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let prom = longconn_tests::prom::parse(&std::fs::read_to_string(out.join("longconn.prom")).unwrap());
+    let unreachable = |reason: &str| {
+        longconn_tests::prom::value(
+            &prom,
+            "longconn_refresh_unreachable_connections",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(unreachable("netns_unreachable"), Some(2.0));
+    assert_eq!(unreachable("socket_not_found"), Some(0.0));
+
+    // Root: assigns the netnsid and reads both ends exactly.
+    let mut last = String::new();
+    let mut matched = false;
+    for _ in 0..25 {
+        let dump = env.dump_json(&["--port", &server.to_string()]);
+        let kernel = ss::tcp_info_in(Some(&ns.0), &[server]);
+        let ours: HashMap<SockKey, TcpInfo> = dump.iter().map(ss::from_dump).collect();
+        if ours.len() == 2 && ours == kernel {
+            matched = true;
+            break;
+        }
+        last = format!("dump: {ours:#?}\nss: {kernel:#?}");
+        sleep(Duration::from_millis(200));
+    }
+    assert!(matched, "dump never matched ss -tin in {}\n{last}", ns.0);
+    let ids = Command::new("ip").args(["netns", "list-id"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&ids.stdout).contains(&ns.0),
+        "root's reader assigned a netnsid: {}",
+        String::from_utf8_lossy(&ids.stdout)
+    );
+
+    // Unprivileged again: the recorded netnsid reaches them now.
+    gen.cmd("send x c2s 1000");
+    let o = reader_as_nobody(&env, &["dump", "--json", "--port", &server.to_string()]);
+    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fresh: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let srv = fresh.iter().find(|v| v["direction"] == "inbound").unwrap();
+    assert_eq!(srv["bytes_received"].as_u64(), Some(1_048_576 + 1000), "{srv}");
+}
