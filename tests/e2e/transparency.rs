@@ -57,13 +57,14 @@ impl Netns {
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         let ns = Self { name };
         run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        // A net sysctl file opened inside the namespace is that namespace's.
         run_ok(Command::new("ip").args([
             "netns",
             "exec",
             &ns.name,
-            "sysctl",
-            "-qw",
-            "net.ipv4.tcp_fastopen=3",
+            "sh",
+            "-c",
+            "echo 3 > /proc/sys/net/ipv4/tcp_fastopen",
         ]));
         ns
     }
