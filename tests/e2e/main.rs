@@ -8,3 +8,4 @@ mod foundation;
 mod identity;
 mod otlp;
 mod soak;
+mod transparency;

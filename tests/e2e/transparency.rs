@@ -1,0 +1,235 @@
+//! Issue 11: longconn must be invisible to the applications it tracks.
+//!
+//! Runs the differential battery (tests/transparency/battery.py: blocking recv
+//! with every kind of non-data wakeup, recv(0), MSG_* flags, ioctls, poll/epoll
+//! masks, sendfile/splice/zerocopy, half-close, RST, TFO in a netns, fork and
+//! SCM_RIGHTS hand-off, 2000 short connections, v4/v6/v4-mapped) inside the
+//! test's cgroup detached, twice (the battery itself must be deterministic), then
+//! under each `--hooks` preset, and fails on any observation that differs from
+//! the detached baseline. Each preset run must really have tracked the
+//! battery's connections (`longconn-pin status` counters), or it proves
+//! nothing.
+//!
+//! `LONGCONN_TRANSPARENCY_PRESETS=live,none` runs a subset (development).
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use longconn_tests::{env::privileged_or_skip, TestEnv};
+use serde_json::Value;
+
+/// Every `longconn-pin --hooks` preset; each must be invisible.
+const PRESETS: &[&str] = &[
+    "default",
+    "none",
+    "live",
+    "tracepoints",
+    "cgroup-skb",
+    "sockops",
+];
+
+/// Sockets a preset run must at least have tracked: both ends of the battery's
+/// 2000 short IPv4 connections (the whole battery opens ~3600 connections).
+const MIN_TRACKED: u64 = 4000;
+
+type Observations = BTreeMap<String, Value>;
+
+/// A private network namespace for the TCP Fast Open cases (loopback up,
+/// net.ipv4.tcp_fastopen=3), deleted on drop. A fresh one per battery run: the
+/// TFO cookie cache would otherwise make a second run's first connect differ.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new() -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "lc-tfo-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Self { name };
+        run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        // A net sysctl file opened inside the namespace is that namespace's.
+        run_ok(Command::new("ip").args([
+            "netns",
+            "exec",
+            &ns.name,
+            "sh",
+            "-c",
+            "echo 3 > /proc/sys/net/ipv4/tcp_fastopen",
+        ]));
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn battery() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("transparency/battery.py")
+}
+
+/// One battery run with the python process inside the test's cgroup.
+fn run_battery(env: &mut TestEnv, label: &str) -> (Observations, Duration) {
+    let ns = Netns::new();
+    let mut cmd = Command::new("python3");
+    cmd.arg(battery())
+        .arg("--netns")
+        .arg(ns.path())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    env.spawn_in_cgroup(cmd);
+    let out = env
+        .take_child()
+        .wait_with_output()
+        .expect("wait for the battery");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "battery ({label}) exited {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let obs: Observations = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "battery ({label}) printed no JSON object: {e}\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    // A netns child that failed reports one "netns" entry instead of its cases.
+    assert!(
+        !obs.contains_key("netns"),
+        "battery ({label}): netns cases failed: {:?}",
+        obs.get("netns")
+    );
+    eprintln!("battery {label}: {} cases in {took:.1?}", obs.len());
+    (obs, took)
+}
+
+/// Cases whose observation differs: (case, expected, actual).
+fn differences(expected: &Observations, actual: &Observations) -> Vec<(String, String, String)> {
+    let mut keys: Vec<&String> = expected.keys().chain(actual.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let show = |v: Option<&Value>| v.map_or_else(|| "(missing)".to_string(), Value::to_string);
+    keys.into_iter()
+        .filter(|k| expected.get(*k) != actual.get(*k))
+        .map(|k| (k.clone(), show(expected.get(k)), show(actual.get(k))))
+        .collect()
+}
+
+/// `tracked N` from `longconn-pin status`: sockets the kernel side recorded.
+fn tracked(env: &TestEnv) -> u64 {
+    let out = env.pin_cmd().arg("status").output().expect("run status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix("counters:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `counters: tracked N` line in status:\n{text}"))
+}
+
+fn presets() -> Vec<String> {
+    match std::env::var("LONGCONN_TRANSPARENCY_PRESETS") {
+        Ok(list) if !list.trim().is_empty() => {
+            let chosen: Vec<String> = list.split(',').map(|p| p.trim().to_string()).collect();
+            for p in &chosen {
+                assert!(
+                    PRESETS.contains(&p.as_str()),
+                    "LONGCONN_TRANSPARENCY_PRESETS: unknown preset {p:?}; expected some of {PRESETS:?}"
+                );
+            }
+            chosen
+        }
+        _ => PRESETS.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn every_hooks_preset_is_invisible_to_applications() {
+    if !privileged_or_skip("every_hooks_preset_is_invisible_to_applications") {
+        return;
+    }
+    let mut env = TestEnv::new("transparency");
+
+    let (baseline, _) = run_battery(&mut env, "detached");
+    let (again, _) = run_battery(&mut env, "detached again");
+    let unstable = differences(&baseline, &again);
+    for (case, a, b) in &unstable {
+        eprintln!("NOT DETERMINISTIC {case}:\n  run 1: {a}\n  run 2: {b}");
+    }
+    assert!(
+        unstable.is_empty(),
+        "the battery itself is not deterministic in {} cases (a battery bug): {:?}",
+        unstable.len(),
+        unstable.iter().map(|d| &d.0).collect::<Vec<_>>()
+    );
+    assert!(
+        baseline.len() >= 120,
+        "battery has only {} cases",
+        baseline.len()
+    );
+
+    let mut summary = Vec::new();
+    for preset in presets() {
+        env.pin(&["--hooks", &preset]);
+        let (obs, took) = run_battery(&mut env, &preset);
+        let n = tracked(&env);
+        let out = env.pin_cmd().arg("detach").output().expect("run detach");
+        assert!(
+            out.status.success(),
+            "detach after {preset}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            n >= MIN_TRACKED,
+            "--hooks {preset}: only {n} sockets tracked (at least {MIN_TRACKED} expected): the run proves nothing"
+        );
+        let diffs = differences(&baseline, &obs);
+        for (case, expected, actual) in &diffs {
+            eprintln!("DIFFERS under --hooks {preset}: {case}\n  expected (detached): {expected}\n  actual:              {actual}");
+        }
+        summary.push((preset, diffs.len(), n, took));
+    }
+    eprintln!("transparency: {} cases", baseline.len());
+    for (preset, d, n, took) in &summary {
+        eprintln!("  --hooks {preset:<12} {d:>3} differences  ({n} sockets tracked, {took:.1?})");
+    }
+    let failed: Vec<_> = summary.iter().filter(|s| s.1 > 0).collect();
+    assert!(
+        failed.is_empty(),
+        "applications behave differently under {}",
+        failed
+            .iter()
+            .map(|(p, d, _, _)| format!("--hooks {p} ({d} of {} cases)", baseline.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
