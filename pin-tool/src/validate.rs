@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::hooks;
 
 /// Largest `--max-connections`: 2^24 (16 777 216) live connections. The
-/// kernel allocates a bucket array per map up front (map_of_tcp_conns and the
-/// sockhash), so far larger values fail at map creation with ENOMEM.
+/// kernel allocates a hash map's bucket array up front, so far larger values
+/// fail at map creation (ENOMEM; the hash map limit itself is 2^31).
 pub const MAX_CONNECTIONS: u32 = 1 << 24;
 
 /// `--max-connections N`: 1 ..= MAX_CONNECTIONS.
