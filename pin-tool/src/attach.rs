@@ -26,14 +26,12 @@ use longconn_bpf::programs as prog;
 use longconn_common::{
     caps,
     layout::{self, ConnRecord, Meta},
-    mounts,
-    pinned::{self, Access},
-    pins, units, PinnedError,
+    mounts, pins, units,
 };
 
 use crate::{
-    exit::{coded, FAILURE, NOT_CONFIGURED, NO_FEATURE, NO_PERMISSION},
-    hooks,
+    exit::{coded, FAILURE, NO_FEATURE, NO_PERMISSION},
+    hooks, repin, validate,
 };
 
 const BAD_INPUT: u8 = 2;
@@ -47,7 +45,7 @@ pub struct AttachArgs {
 
     /// Capacity of the live-connection map. Connections beyond it are not
     /// tracked but counted (see `status`); memory is used only for live entries.
-    #[arg(long, default_value_t = 131_072, value_name = "N")]
+    #[arg(long, default_value_t = 131_072, value_name = "N", value_parser = validate::max_connections)]
     max_connections: u32,
 
     /// Ring buffer for close records: a power of two, at least one page. 8MiB
@@ -115,7 +113,15 @@ pub fn run(pin_dir: &Path, args: &AttachArgs) -> anyhow::Result<ExitCode> {
     let _lock = lock_dir(&parent)?;
     remove_stale_staging(&parent);
 
-    if let Some(code) = already_pinned(pin_dir, &cgroup, args.hooks)? {
+    let requested = repin::Settings {
+        cgroup_id: mounts::cgroup_id(&cgroup).unwrap_or(0),
+        cgroup: cgroup.display().to_string(),
+        hooks: args.hooks,
+        max_connections: args.max_connections,
+        ringbuf_bytes: ring,
+        group: gid,
+    };
+    if let Some(code) = repin::check(pin_dir, &requested, &cgroup)? {
         return Ok(code);
     }
     if pin_dir.exists()
@@ -215,6 +221,9 @@ fn prepare_bpffs(pin_dir: &Path) -> anyhow::Result<PathBuf> {
         eprintln!("longconn-pin: mounted bpffs at /sys/fs/bpf");
         return Ok(parent);
     }
+    if !parent.exists() {
+        return Err(coded(BAD_INPUT, format!("--pin-dir {}: its parent directory {} does not exist (longconn-pin creates only the pin dir itself); create it on bpffs first (`mkdir -p {}`) or use a directory directly under /sys/fs/bpf", pin_dir.display(), parent.display(), parent.display())));
+    }
     Err(coded(
         NO_FEATURE,
         format!(
@@ -313,56 +322,27 @@ pub fn expected_links(hooks_mask: u32) -> Vec<&'static str> {
     v
 }
 
-fn already_pinned(
-    pin_dir: &Path,
-    cgroup: &Path,
-    hooks_mask: u32,
-) -> anyhow::Result<Option<ExitCode>> {
-    if !pin_dir.join(pins::META).exists() {
-        return Ok(None);
-    }
-    let meta = match pinned::read_meta(pin_dir, Access::ReadOnly) {
-        Ok(m) => m,
-        Err(e @ PinnedError::Layout { .. }) => return Err(coded(NOT_CONFIGURED, e.to_string())),
-        Err(e) => return Err(e.into()),
-    };
-    let mut missing: Vec<_> = expected_links(meta.hooks)
-        .into_iter()
-        .filter(|l| !pins::link_path(pin_dir, l).exists())
-        .collect();
-    if !pin_dir.join(pins::REFRESH).exists() {
-        missing.push(pins::REFRESH);
-    }
-    if !missing.is_empty() {
-        return Err(coded(FAILURE, format!("{} is pinned but links {} are missing; run `longconn-pin detach --pin-dir {}` and pin again", pin_dir.display(), missing.join(", "), pin_dir.display())));
-    }
-    let same_cgroup = mounts::cgroup_id(cgroup).ok() == Some(meta.cgroup_id);
-    println!(
-        "longconn already pinned at {} (layout {}); nothing to do",
-        pin_dir.display(),
-        meta.layout_version
-    );
-    if !same_cgroup || meta.hooks != hooks_mask {
-        eprintln!(
-            "longconn-pin: note: the existing pins use cgroup id {} and hooks {}; to change them run `longconn-pin detach --pin-dir {}` first",
-            meta.cgroup_id,
-            hooks::describe(meta.hooks),
-            pin_dir.display()
-        );
-    }
-    Ok(Some(ExitCode::SUCCESS))
-}
-
 fn load(args: &AttachArgs) -> anyhow::Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries("map_of_tcp_conns", args.max_connections)
         .map_max_entries("longconn_closed", args.ringbuf_bytes as u32)
         .override_global("hooks", &args.hooks, true)
         .load(longconn_bpf::OBJECT)
-        .map_err(|e| {
-            let code = if matches!(e, aya::EbpfError::BtfError(_)) { NO_FEATURE } else { FAILURE };
-            coded(code, format!("cannot load longconn's eBPF object: {e}; the kernel needs BTF (/sys/kernel/btf/vmlinux) and BPF ring buffers (5.8+)"))
-        })
+        .map_err(|e| load_error(&e, args))
+}
+
+/// Says which map the kernel refused and with which sizes; only BTF errors
+/// blame BTF.
+fn load_error(e: &aya::EbpfError, args: &AttachArgs) -> anyhow::Error {
+    if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) = e {
+        return coded(FAILURE, format!("cannot create map {name} (--max-connections {}, --ringbuf-bytes {}): {io_error}; try smaller values (ENOMEM: memory for the map's buckets is charged to this cgroup up front)", args.max_connections, args.ringbuf_bytes));
+    }
+    let code = if matches!(e, aya::EbpfError::BtfError(_)) {
+        NO_FEATURE
+    } else {
+        FAILURE
+    };
+    coded(code, format!("cannot load longconn's eBPF object: {e}; the kernel needs BTF (/sys/kernel/btf/vmlinux) and BPF ring buffers (5.8+)"))
 }
 
 fn prog_error(name: &str, what: &str, err: aya::programs::ProgramError) -> anyhow::Error {
@@ -538,8 +518,14 @@ fn pin_all(
     } else {
         (0o700, 0o600)
     };
-    fs::create_dir(staging).with_context(|| format!("cannot create {}", staging.display()))?;
-    fs::create_dir(staging.join(pins::LINKS))
+    // Root-only from the start whatever the umask (chmod'ed to the final mode last).
+    let mut mkdir = fs::DirBuilder::new();
+    std::os::unix::fs::DirBuilderExt::mode(&mut mkdir, 0o700);
+    mkdir
+        .create(staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    mkdir
+        .create(staging.join(pins::LINKS))
         .with_context(|| format!("cannot create {}/links", staging.display()))?;
     for (obj_name, pin_name) in pins::MAPS {
         let map = ebpf

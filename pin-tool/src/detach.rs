@@ -1,56 +1,127 @@
 //! `longconn-pin detach`: remove every link and map longconn pinned, nothing else.
+//!
+//! Each object under one of longconn's names is checked to be longconn's
+//! (see `owned`) before it is unlinked; anything else is left in place and
+//! named. Checking links needs CAP_SYS_ADMIN, and removing pins needs write
+//! access to the root-only pin dir: without them detach fails (exit 4)
+//! instead of reporting a detach that did not happen.
 
-use std::{fs, path::Path, process::ExitCode};
+use std::{fs, io, path::Path, process::ExitCode};
 
-use longconn_common::pins;
+use longconn_common::{caps, pins};
 
 use crate::{
     attach,
-    exit::{coded, NOT_CONFIGURED},
+    exit::{coded, FAILURE, NOT_CONFIGURED, NO_PERMISSION},
+    owned::{self, Verdict},
 };
 
 pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
+    let d = pin_dir.display();
+    match fs::symlink_metadata(pin_dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            println!("nothing pinned at {d}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(needs_root(pin_dir, "cannot look at it"));
+        }
+        _ => {}
+    }
+    let missing = caps::missing(&[(caps::CAP_SYS_ADMIN, "CAP_SYS_ADMIN")]);
+    if !missing.is_empty() {
+        return Err(needs_root(
+            pin_dir,
+            &format!("this process lacks {}", missing.join(", ")),
+        ));
+    }
     if let Some(parent) = pin_dir.parent() {
         attach::remove_stale_staging(parent);
     }
-    if !pin_dir.exists() {
-        println!("nothing pinned at {}", pin_dir.display());
-        return Ok(ExitCode::SUCCESS);
+
+    let mut ours = Vec::new();
+    let mut foreign = Vec::new();
+    for o in owned::names(pin_dir) {
+        match owned::inspect(&o) {
+            Verdict::Absent => {}
+            Verdict::Ours => ours.push(o),
+            Verdict::Foreign(why) => foreign.push(format!("{} ({why})", o.path.display())),
+            Verdict::Unreadable(why) => {
+                foreign.push(format!("{} (cannot inspect: {why})", o.path.display()))
+            }
+            Verdict::Denied(e) => {
+                return Err(needs_root(
+                    pin_dir,
+                    &format!("cannot open {}: {e}", o.path.display()),
+                ))
+            }
+        }
     }
-    let ours = pin_dir.join(pins::META).exists()
-        || pin_dir.join(pins::CONNS).exists()
-        || pin_dir.join(pins::LINKS).join("sockops").exists();
-    if !ours {
-        let empty = fs::read_dir(pin_dir)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-        if empty {
-            let _ = fs::remove_dir(pin_dir);
-            println!(
-                "nothing pinned at {} (removed the empty directory)",
-                pin_dir.display()
-            );
+    if ours.is_empty() {
+        let _ = fs::remove_dir(pin_dir.join(pins::LINKS));
+        if fs::remove_dir(pin_dir).is_ok() {
+            println!("nothing pinned at {d} (removed the empty directory)");
             return Ok(ExitCode::SUCCESS);
         }
+        let what = if foreign.is_empty() {
+            String::new()
+        } else {
+            format!(" (not longconn's: {})", foreign.join(", "))
+        };
         return Err(coded(
             NOT_CONFIGURED,
+            format!("{d} holds no longconn pins{what}; left untouched"),
+        ));
+    }
+
+    let (mut links, mut maps) = (0, 0);
+    for o in &ours {
+        match fs::remove_file(&o.path) {
+            Ok(()) if o.is_map() => maps += 1,
+            Ok(()) => links += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(needs_root(pin_dir, &format!("cannot remove {}: {e}", o.path.display())))
+            }
+            Err(e) => {
+                return Err(coded(FAILURE, format!("cannot remove {}: {e}; removed {links} links and programs and {maps} maps so far; run `longconn-pin detach --pin-dir {d}` again", o.path.display())))
+            }
+        }
+    }
+    let _ = fs::remove_dir(pin_dir.join(pins::LINKS));
+    let leftovers: Vec<String> = fs::read_dir(pin_dir)
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.path().display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    if leftovers.is_empty() {
+        let _ = fs::remove_dir(pin_dir);
+    }
+    println!("detached: removed {links} links and programs and {maps} maps from {d}");
+    if !foreign.is_empty() {
+        return Err(coded(
+            FAILURE,
             format!(
-                "{} holds no longconn pins; left untouched",
-                pin_dir.display()
+                "left in place, not longconn's: {}; remove them yourself if they are stale",
+                foreign.join(", ")
             ),
         ));
     }
-    let (links, maps, leftovers) = attach::remove_pins(pin_dir);
-    println!(
-        "detached: removed {links} links and programs and {maps} maps from {}",
-        pin_dir.display()
-    );
     if !leftovers.is_empty() {
-        let names: Vec<_> = leftovers.iter().map(|p| p.display().to_string()).collect();
         eprintln!(
             "longconn-pin: left {} in place (not made by longconn)",
-            names.join(", ")
+            leftovers.join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn needs_root(pin_dir: &Path, why: &str) -> anyhow::Error {
+    let d = pin_dir.display();
+    coded(
+        NO_PERMISSION,
+        format!("detach needs root (CAP_SYS_ADMIN, to check and remove the pins in {d}): {why}; nothing was removed; run `sudo longconn-pin detach --pin-dir {d}`"),
+    )
 }

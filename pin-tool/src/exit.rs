@@ -7,6 +7,8 @@ use longconn_common::PinnedError;
 pub const FAILURE: u8 = 1;
 pub const NO_FEATURE: u8 = 3;
 pub const NO_PERMISSION: u8 = 4;
+/// Already pinned with other options; nothing changed.
+pub const DIFFERENT_OPTIONS: u8 = 5;
 pub const NOT_CONFIGURED: u8 = 6;
 
 /// An error that carries its exit code through `anyhow`.
@@ -35,4 +37,25 @@ pub fn code_of(err: &anyhow::Error) -> ExitCode {
         }
     }
     ExitCode::from(FAILURE)
+}
+
+#[cfg(test)]
+mod tests {
+    use longconn_common::PinnedError;
+
+    /// main prints `{err:#}` (message, then each cause): a pinned map that
+    /// vanished (detach mid-collect) names its OS error once, not twice.
+    #[test]
+    fn pinned_io_error_text_appears_once_in_the_chain() {
+        let e = anyhow::Error::from(PinnedError::Io {
+            path: "/sys/fs/bpf/x/closed_conns".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        });
+        let text = format!("{e:#}");
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot open /sys/fs/bpf/x/closed_conns: "),
+            "{text}"
+        );
+    }
 }

@@ -29,6 +29,7 @@ pub const PRESETS: &[(&str, u32)] = &[
 
 /// Parses "default", a preset, or a comma list of hook names.
 pub fn parse(s: &str) -> Result<u32, String> {
+    crate::validate::presets_not_combined(s)?;
     if let Some((_, mask)) = PRESETS.iter().find(|(n, _)| *n == s) {
         return Ok(*mask);
     }

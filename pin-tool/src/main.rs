@@ -7,7 +7,10 @@ mod attach;
 mod detach;
 mod exit;
 mod hooks;
+mod owned;
+mod repin;
 mod status;
+mod validate;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -20,7 +23,9 @@ Exit status (for systemd and scripts):
   1  failed; the message says what and where
   2  bad command line
   3  a kernel feature is missing (sockops, cgroup v2, bpffs, BTF)
-  4  insufficient privileges
+  4  insufficient privileges (detach and status need root to check links)
+  5  already pinned with other options; nothing changed (the message says
+     what differs and how to re-pin)
   6  not pinned, or pinned by another layout version
 
 Examples:
@@ -39,7 +44,7 @@ Examples:
 #[command(name = "longconn-pin", version, after_help = AFTER_HELP)]
 struct Cli {
     /// bpffs directory holding longconn's maps and links (mounted if bpffs is not).
-    #[arg(long, global = true, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+    #[arg(long, global = true, default_value = DEFAULT_PIN_DIR, value_name = "DIR", value_parser = validate::pin_dir)]
     pin_dir: PathBuf,
 
     #[command(flatten)]

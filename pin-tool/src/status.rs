@@ -1,11 +1,15 @@
 //! `longconn-pin status`: what is attached where, how full the maps are, and
 //! what the kernel side had to drop.
 
-use std::{path::Path, process::ExitCode};
+use std::{fs, io, path::Path, process::ExitCode};
 
 use longconn_common::{mounts, pinned::Access, pins, Pins};
 
-use crate::{attach, exit::FAILURE, hooks};
+use crate::{
+    attach,
+    exit::{FAILURE, NO_PERMISSION},
+    hooks,
+};
 
 pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
     let p = Pins::open(pin_dir, Access::ReadOnly)?;
@@ -44,16 +48,30 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
             "MISSING"
         }
     );
-    for link in attach::expected_links(m.hooks) {
-        let present = pins::link_path(pin_dir, link).exists();
-        healthy &= present;
+    // links/ is root-only (0700): a member of the --group cannot look inside,
+    // which says nothing about whether the links are there.
+    let links_dir = pin_dir.join(pins::LINKS);
+    let inspectable = !matches!(
+        fs::read_dir(&links_dir),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied
+    );
+    if inspectable {
+        for link in attach::expected_links(m.hooks) {
+            let present = pins::link_path(pin_dir, link).exists();
+            healthy &= present;
+            println!(
+                "link:         {link:<24} {}",
+                if present {
+                    "attached (pinned)"
+                } else {
+                    "MISSING"
+                }
+            );
+        }
+    } else {
         println!(
-            "link:         {link:<24} {}",
-            if present {
-                "attached (pinned)"
-            } else {
-                "MISSING"
-            }
+            "links:        cannot inspect links: needs root/CAP_SYS_ADMIN ({} is root-only)",
+            links_dir.display()
         );
     }
 
@@ -90,14 +108,20 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
     println!("counters:     tracked {} | not tracked, map full {} | map errors {} | close records kept in map (ring full) {} | closes of untracked sockets {}",
         c.tracked, c.map_full, c.map_error, c.ringbuf_full, c.close_untracked);
     if c.map_full > 0 {
-        println!("warning:      {} connections were not tracked because map_of_tcp_conns was full; pin again with a larger --max-connections", c.map_full);
+        println!("warning:      {} connections were not tracked because map_of_tcp_conns was full; pin again with a larger --max-connections (`longconn-pin detach --pin-dir {} && longconn-pin --pin-dir {} --max-connections {}` plus your other options)", c.map_full, pin_dir.display(), pin_dir.display(), cap.saturating_mul(2).min(crate::validate::MAX_CONNECTIONS));
     }
+    let d = pin_dir.display();
     if !healthy {
         eprintln!(
-            "longconn-pin: some links are missing from {}; run `longconn-pin detach` and pin again",
-            pin_dir.display()
+            "longconn-pin: some links are missing from {d}; run `longconn-pin detach --pin-dir {d}` and pin again"
         );
         return Ok(ExitCode::from(FAILURE));
+    }
+    if !inspectable {
+        eprintln!(
+            "longconn-pin: cannot inspect links in {d}: needs root/CAP_SYS_ADMIN; run `sudo longconn-pin status --pin-dir {d}` to check them"
+        );
+        return Ok(ExitCode::from(NO_PERMISSION));
     }
     Ok(ExitCode::SUCCESS)
 }

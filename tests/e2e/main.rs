@@ -5,6 +5,7 @@ mod collect;
 mod errors;
 mod faults;
 mod foundation;
+mod hardening_pin;
 mod identity;
 mod otlp;
 mod soak;
