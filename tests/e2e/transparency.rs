@@ -8,7 +8,8 @@
 //! under each `--hooks` preset, and fails on any observation that differs from
 //! the detached baseline. Each preset run must really have tracked the
 //! battery's connections (`longconn-pin status` counters), or it proves
-//! nothing.
+//! nothing; and readers run the read-time refresh (`dump`, every 50 ms) over
+//! the battery's sockets all through each preset run.
 //!
 //! `LONGCONN_TRANSPARENCY_PRESETS=live,none` runs a subset (development).
 
@@ -172,6 +173,48 @@ fn presets() -> Vec<String> {
     }
 }
 
+/// `longconn-reader dump` in a loop on another thread (each one runs the
+/// read-time refresh over every tracked socket) until stopped.
+struct RefreshLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl RefreshLoop {
+    fn start(env: &TestEnv) -> Self {
+        use std::sync::{atomic::{AtomicBool, Ordering}, Arc};
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let bin = longconn_tests::env::bin("longconn-reader");
+        let pin_dir = env.pin_dir.clone();
+        let thread = std::thread::spawn(move || {
+            let mut ok = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                let out = Command::new(&bin)
+                    .arg("--pin-dir")
+                    .arg(&pin_dir)
+                    .args(["dump", "--json"])
+                    .output()
+                    .expect("run longconn-reader dump");
+                assert!(
+                    out.status.success(),
+                    "dump during the battery: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                ok += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            ok
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("refresh loop panicked")
+    }
+}
+
 #[test]
 fn every_hooks_preset_is_invisible_to_applications() {
     if !privileged_or_skip("every_hooks_preset_is_invisible_to_applications") {
@@ -200,7 +243,15 @@ fn every_hooks_preset_is_invisible_to_applications() {
     let mut summary = Vec::new();
     for preset in presets() {
         env.pin(&["--hooks", &preset]);
+        // Readers run the refresh (a socket lookup per tracked connection)
+        // all along, as a 5 s timer would, only far more often.
+        let readers = RefreshLoop::start(&env);
         let (obs, took) = run_battery(&mut env, &preset);
+        let refreshes = readers.stop();
+        assert!(
+            refreshes >= 20,
+            "--hooks {preset}: only {refreshes} reads ran during the battery"
+        );
         let n = tracked(&env);
         let out = env.pin_cmd().arg("detach").output().expect("run detach");
         assert!(
@@ -216,11 +267,11 @@ fn every_hooks_preset_is_invisible_to_applications() {
         for (case, expected, actual) in &diffs {
             eprintln!("DIFFERS under --hooks {preset}: {case}\n  expected (detached): {expected}\n  actual:              {actual}");
         }
-        summary.push((preset, diffs.len(), n, took));
+        summary.push((preset, diffs.len(), n, refreshes, took));
     }
     eprintln!("transparency: {} cases", baseline.len());
-    for (preset, d, n, took) in &summary {
-        eprintln!("  --hooks {preset:<12} {d:>3} differences  ({n} sockets tracked, {took:.1?})");
+    for (preset, d, n, r, took) in &summary {
+        eprintln!("  --hooks {preset:<12} {d:>3} differences  ({n} sockets tracked, {r} reads during the run, {took:.1?})");
     }
     let failed: Vec<_> = summary.iter().filter(|s| s.1 > 0).collect();
     assert!(
@@ -228,7 +279,7 @@ fn every_hooks_preset_is_invisible_to_applications() {
         "applications behave differently under {}",
         failed
             .iter()
-            .map(|(p, d, _, _)| format!("--hooks {p} ({d} of {} cases)", baseline.len()))
+            .map(|(p, d, _, _, _)| format!("--hooks {p} ({d} of {} cases)", baseline.len()))
             .collect::<Vec<_>>()
             .join(", ")
     );
