@@ -75,7 +75,7 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let (conns, bad) = p.connections()?;
+    let (conns, bad, refresh) = p.connections_refreshed()?;
     let cap = p.capacity();
     let closed_in_map = conns.iter().filter(|c| c.is_closed()).count();
     let fill = if cap > 0 {
@@ -91,6 +91,10 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
         } else {
             String::new()
         }
+    );
+    println!(
+        "refresh:      {} read from their socket | socket not found {} | in a network namespace this reader cannot reach {}",
+        refresh.refreshed, refresh.not_found, refresh.netns_unknown
     );
     if bad > 0 {
         println!("malformed:    {bad} map records of the wrong size skipped");

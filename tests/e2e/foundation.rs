@@ -522,6 +522,12 @@ fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
         sleep(Duration::from_millis(200));
     }
     assert!(matched, "dump never matched ss -tin in {}\n{last}", ns.0);
+    let status = env.pin_cmd().arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("refresh:      2 read from their socket | socket not found 0 | in a network namespace this reader cannot reach 0"),
+        "status: {text}"
+    );
     let ids = Command::new("ip").args(["netns", "list-id"]).output().unwrap();
     assert!(
         String::from_utf8_lossy(&ids.stdout).contains(&ns.0),
