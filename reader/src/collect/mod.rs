@@ -15,7 +15,7 @@ mod state;
 /// A populated state, encoded, for the property tests.
 #[cfg(test)]
 pub fn test_state_bytes() -> Vec<u8> {
-    let mut s = new_state();
+    let mut s = new_state("", BTreeMap::new());
     let w = s.strings.intern("/a");
     s.conns.insert(
         7,
@@ -45,12 +45,13 @@ pub fn decode_state_for_tests(b: &[u8]) -> bool {
 
 #[cfg(test)]
 pub fn load_state_for_tests(p: &Path) -> std::io::Result<()> {
-    state::load(p).map(|_| ())
+    state::load(p, "").map(|_| ())
 }
 
 use std::{
+    collections::BTreeMap,
     fs,
-    os::unix::fs::DirBuilderExt,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant},
@@ -63,7 +64,11 @@ use self::state::{LoadOutcome, Prev, State};
 use crate::{
     clock::Clock,
     identity,
-    output::{access, applog::AppendLog, atomic, otlp, promtext},
+    output::{
+        access,
+        applog::{self, AppendLog, Committed},
+        atomic, otlp, promtext,
+    },
     servicemap::ServiceMap,
 };
 
@@ -179,12 +184,34 @@ impl Dirs {
     }
 }
 
-fn make_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))
+/// Creates `dir` and any missing parent with exactly `mode` (not masked by
+/// the umask: a textfile dir node_exporter cannot read is no use); existing
+/// directories are left as they are. Returns its canonical path.
+fn make_dir(dir: &Path, mode: u32) -> anyhow::Result<PathBuf> {
+    mkdir_exact(dir, mode).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::canonicalize(dir).with_context(|| format!("cannot resolve {}", dir.display()))
+}
+
+fn mkdir_exact(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        mkdir_exact(parent, mode)?;
+    }
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(()) => {}
+    }
+    // Through an fd opened without following a symlink: the mode lands on
+    // the directory just made, not on whatever replaced it.
+    let d = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)?;
+    d.set_permissions(fs::Permissions::from_mode(mode))
 }
 
 /// The append-only files this run writes (access logs, OTLP lines), by name.
@@ -228,13 +255,27 @@ fn files(dirs: &Dirs, a: &CollectArgs) -> anyhow::Result<Vec<(String, AppendLog)
     Ok(out)
 }
 
-fn new_state() -> State {
+fn now_unix_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+/// New totals (a counter reset) for the state dir `home`, keeping what
+/// `logs` knows of the files: a reset never loses that knowledge, nor
+/// cuts a file it does not have.
+fn new_state(home: &str, logs: BTreeMap<String, Committed>) -> State {
     State {
         version: state::STATE_VERSION,
         boot_id: state::boot_id(),
-        created_unix: chrono::Utc::now().timestamp(),
+        created_unix_ns: now_unix_ns(),
+        home: home.to_owned(),
+        logs,
         ..Default::default()
     }
+}
+
+/// The state's key for a file: its full path.
+fn log_key(log: &AppendLog) -> String {
+    log.path.to_string_lossy().into_owned()
 }
 
 pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
@@ -249,11 +290,12 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     if let Some(gid) = group {
         let _ = crate::output::OUTPUT_GID.set(gid);
     }
-    let dirs = Dirs::from(a);
+    let mut dirs = Dirs::from(a);
+    dirs.state = make_dir(&dirs.state, 0o700)?;
+    dirs.log = make_dir(&dirs.log, 0o750)?;
+    dirs.textfile = make_dir(&dirs.textfile, 0o755)?;
     let files = files(&dirs, a)?;
-    make_dir(&dirs.state, 0o700)?;
-    make_dir(&dirs.log, 0o750)?;
-    make_dir(&dirs.textfile, 0o755)?;
+    let home = dirs.state.to_string_lossy().into_owned();
     let lock_path = dirs.state.join("collect.lock");
     let Some(_lock) = lock::acquire(&lock_path, a.lock_wait)? else {
         eprintln!(
@@ -269,14 +311,24 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     atomic::remove_stale_temps(&dirs.textfile, PROM_FILE);
     let state_path = dirs.state.join(STATE_FILE);
     let no_conns = || Prev::Mem(state::Conns::default());
-    let (mut state, prev) = match state::load(&state_path)? {
-        LoadOutcome::Loaded(s, prev) if s.boot_id == state::boot_id() => (*s, prev),
-        LoadOutcome::Loaded(..) | LoadOutcome::Fresh => (new_state(), no_conns()),
+    let (mut state, prev) = match state::load(&state_path, &home)? {
+        LoadOutcome::Loaded(mut s, prev) if s.boot_id == state::boot_id() => {
+            s.home.clone_from(&home);
+            (*s, prev)
+        }
+        // Another boot: new totals; the files are still the ones it knew.
+        LoadOutcome::Loaded(s, _) => (new_state(&home, s.logs), no_conns()),
+        LoadOutcome::Fresh => (new_state(&home, BTreeMap::new()), no_conns()),
         LoadOutcome::SetAside(aside, why) => {
             eprintln!("longconn-reader: {} was unusable ({why}); kept it as {} and started new totals (a counter reset)", state_path.display(), aside.display());
-            (new_state(), no_conns())
+            (new_state(&home, BTreeMap::new()), no_conns())
         }
     };
+    // A run killed between its commit and publishing a new file.
+    for (path, known) in &state.logs {
+        applog::recover(Path::new(path), known)
+            .with_context(|| format!("cannot publish {path}"))?;
+    }
     let mut partial_failure = false;
     let mut relabel = false;
     if state.workload_labels != a.workload_labels.0 || state.service_labels != a.service_labels.0 {
@@ -285,6 +337,8 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         }
         state.workloads.clear();
         state.services.clear();
+        // The group totals restart: so does the exported start time.
+        state.created_unix_ns = now_unix_ns().max(state.created_unix_ns + 1);
         state.workload_labels = a.workload_labels.0.clone();
         state.service_labels = a.service_labels.0.clone();
         // Every previous connection's group keys are recomputed as it is read.
@@ -372,7 +426,10 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         jsonl: JSONL_FILE,
         otlp_logs: OTLP_LOGS_FILE,
     };
-    let committed = state.log_len.clone();
+    let known: BTreeMap<String, Committed> = files
+        .iter()
+        .filter_map(|(f, log)| Some((f.clone(), *state.logs.get(&log_key(log))?)))
+        .collect();
     // The new state is written as the cycle goes: its live connections first.
     let mut saver = state::Saver::begin(&state_path, 0o600)?;
     let mut live = metrics::Live::new(
@@ -383,7 +440,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     let (outcome, mut written) = sink::with_sink(
         &files,
         &sink_names,
-        &committed,
+        &known,
         &resource,
         now_ns,
         OTLP_LOGS_PER_LINE,
@@ -428,20 +485,34 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     };
     let families = metrics::families(&state, live, &stats);
     if let Some((file, log)) = files.iter().find(|(f, _)| f == OTLP_METRICS_FILE) {
-        let committed = state.log_len.get(file).copied().unwrap_or(0);
-        let group_start_ns = (state.created_unix.max(0) as u64) * 1_000_000_000;
+        let group_start_ns = state.created_unix_ns.max(0) as u64;
         let line = otlp::metrics_request(&families, &resource, group_start_ns, now_ns);
-        let mut tail = log.tail(committed);
+        let mut tail = log.tail(known.get(file).copied());
         tail.buf().extend_from_slice(line.as_bytes());
         tail.buf().push(b'\n');
-        let len = tail
+        if let Some(w) = tail
             .finish()
-            .with_context(|| format!("cannot append to {}", log.path.display()))?;
-        written.insert(file.clone(), len);
+            .with_context(|| format!("cannot append to {}", log.path.display()))?
+        {
+            written.insert(file.clone(), w);
+        }
     }
-    // 2. Commit point: totals, applied ring position and file lengths at once.
-    state.log_len = written;
+    // 2. Commit point: totals, applied ring position and file positions at
+    //    once. Files not written this cycle (a format switched off, another
+    //    log dir) stay known while they are still there.
+    state.logs.retain(|path, k| still_there(path, k));
+    for (file, log) in &files {
+        if let Some(w) = written.get(file) {
+            state.logs.insert(log_key(log), w.pos);
+        }
+    }
     saver.commit(&state)?;
+    for (file, log) in &files {
+        if written.get(file).is_some_and(|w| w.created) {
+            log.publish()
+                .with_context(|| format!("cannot publish {}", log.path.display()))?;
+        }
+    }
     remove_legacy_state(&state_path)?;
     // 3. Only now release the kernel side: a run killed before this re-reads
     //    the same records and skips them by the committed ring position.
@@ -456,13 +527,18 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot write {}", prom.display()))?;
     // 4. Rotate full files (only committed bytes move) and record it.
     let mut rotated = false;
-    for (file, log) in &files {
-        let len = state.log_len.get(file).copied().unwrap_or(0);
+    for (_, log) in &files {
+        let key = log_key(log);
+        let Some(&pos) = state.logs.get(&key) else {
+            continue;
+        };
         let after = log
-            .rotate_if_full(len)
+            .rotate_if_full(pos)
             .with_context(|| format!("cannot rotate {}", log.path.display()))?;
-        rotated |= after != len;
-        state.log_len.insert(file.clone(), after);
+        if after != Some(pos) {
+            rotated = true;
+            state.logs.remove(&key);
+        }
     }
     if rotated {
         state::resave(&state_path, &state, 0o600)?;
@@ -472,6 +548,13 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Whether the file a state entry knows is still at its path (else the
+/// entry is dropped at the next commit).
+fn still_there(path: &str, k: &Committed) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).is_ok_and(|m| m.dev() == k.dev && m.ino() == k.ino)
 }
 
 /// Removes a migrated v2 `state.json` once the binary state is saved.
