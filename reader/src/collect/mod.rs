@@ -6,6 +6,7 @@
 //! entries) and are the outputs written; a run that finds uncommitted outputs
 //! in the state replays them idempotently before doing anything else.
 
+mod consumer;
 mod cycle;
 mod lock;
 mod metrics;
@@ -158,6 +159,11 @@ pub struct CollectArgs {
     #[arg(long, value_name = "GROUP")]
     group: Option<String>,
 
+    /// Make this state dir the one consumer of the pin dir's close records,
+    /// replacing the one registered (which is refused from then on).
+    #[arg(long)]
+    take_over: bool,
+
     /// How long to wait for an overlapping collect before skipping this cycle.
     #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = duration_arg)]
     lock_wait: Duration,
@@ -206,12 +212,19 @@ fn mkdir_exact(dir: &Path, mode: u32) -> std::io::Result<()> {
         Ok(()) => {}
     }
     // Through an fd opened without following a symlink: the mode lands on
-    // the directory just made, not on whatever replaced it.
-    let d = fs::File::options()
+    // the directory just made, not on whatever replaced it. A non-root user
+    // under umask 0777 cannot open the 0000 directory it just made: by path.
+    let opened = fs::File::options()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir)?;
-    d.set_permissions(fs::Permissions::from_mode(mode))
+        .open(dir);
+    match opened {
+        Ok(d) => d.set_permissions(fs::Permissions::from_mode(mode)),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The append-only files this run writes (access logs, OTLP lines), by name.
@@ -370,6 +383,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let pins = Pins::open(pin_dir, Access::ReadWrite)?;
+    register_consumer(pin_dir, pins.meta.pinned_at_ns, &home, a.take_over)?;
     let generation_changed = state.pin_generation != pins.meta.pinned_at_ns;
 
     if generation_changed {
@@ -396,6 +410,19 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .collect();
+    // Backstop for a second consumer the registry could not see: nobody
+    // but this state releases records past its committed position.
+    let (released, _) = ring.positions();
+    if !generation_changed && released > state.ring_applied {
+        partial_failure = true;
+        eprintln!(
+            "longconn-reader: another collect released {} bytes of close records of {} since this state's last cycle (about {} closes, in its outputs, not here); run one collect per pin dir",
+            released - state.ring_applied,
+            pin_dir.display(),
+            (released - state.ring_applied) / RING_RECORD_BYTES
+        );
+        state.ring_applied = released;
+    }
     // The records are copied out: unmap the ring (both halves of its double
     // mapping are resident, 2x --ringbuf-bytes) for the memory-heavy part of
     // the cycle; it is mapped again to release what was applied.
@@ -548,6 +575,37 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Bytes one close record takes in the ring (header included), for messages.
+const RING_RECORD_BYTES: u64 = 192;
+
+/// Registers `home` as the one consumer of `pin_dir`'s close records, or
+/// fails naming the registered one (see `consumer`).
+fn register_consumer(
+    pin_dir: &Path,
+    generation: u64,
+    home: &str,
+    take_over: bool,
+) -> anyhow::Result<()> {
+    let canonical = fs::canonicalize(pin_dir).unwrap_or_else(|_| pin_dir.to_owned());
+    let me = consumer::Record {
+        pin_dir: canonical.to_string_lossy().into_owned(),
+        pinned_at_ns: generation,
+        state_dir: home.to_owned(),
+    };
+    match consumer::register(Path::new(consumer::REGISTRY_DIR), &me, take_over)? {
+        consumer::Registered::Yes => {}
+        consumer::Registered::TookOver(prev) => eprintln!(
+            "longconn-reader: {home} is now the consumer of {}'s close records (was {prev}, which is refused from now on)",
+            me.pin_dir
+        ),
+        consumer::Registered::Unavailable(why) => eprintln!(
+            "longconn-reader: cannot register as the one consumer of {} ({why}); a second collect on this pin dir would not be refused",
+            me.pin_dir
+        ),
+    }
+    Ok(())
 }
 
 /// Whether the file a state entry knows is still at its path (else the

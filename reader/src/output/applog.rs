@@ -648,15 +648,26 @@ mod tests {
         let other = d.path().join("elsewhere");
         fs::hard_link(&l.path, &other).unwrap();
         // Even with a known position longer than... a tail "to cut".
-        let short = Committed { len: 2, ..n.unwrap() };
+        let short = Committed {
+            len: 2,
+            ..n.unwrap()
+        };
         let m = cycle(&l, Some(short), b"b\n");
-        assert_eq!(fs::read(&other).unwrap(), b"h\na\n", "linked file untouched");
+        assert_eq!(
+            fs::read(&other).unwrap(),
+            b"h\na\n",
+            "linked file untouched"
+        );
         assert_eq!(fs::read(&l.path).unwrap(), b"h\nb\n");
         assert_eq!(fs::metadata(&l.path).unwrap().nlink(), 1);
         let aside: Vec<_> = fs::read_dir(d.path())
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("access.csv.linked-"))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("access.csv.linked-")
+            })
             .collect();
         assert_eq!(aside.len(), 1);
         fs::set_permissions(&l.path, Permissions::from_mode(0o666)).unwrap();

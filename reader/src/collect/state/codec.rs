@@ -774,7 +774,11 @@ fn conn_of(b: &[u8; CONN], strings: usize) -> R<(u64, ConnState)> {
 fn decode_head(r: &mut dyn Read, len: u64, version: u32) -> Result<State, String> {
     let mut d = Dec { r, left: len };
     let boot_id = d.str()?;
-    let home = if version == V3 { String::new() } else { d.str()? };
+    let home = if version == V3 {
+        String::new()
+    } else {
+        d.str()?
+    };
     let mut s = State {
         version: FORMAT_VERSION,
         boot_id,

@@ -184,7 +184,11 @@ mod tests {
         let w = s.strings.iter().position(|x| x == "/app").unwrap() as u32;
         assert_eq!(s.workloads[&(1, w)].closed_counters.bytes_sent, 100);
         assert_eq!(
-            (s.ring_applied, s.logs.len(), s.created_unix_ns / 1_000_000_000),
+            (
+                s.ring_applied,
+                s.logs.len(),
+                s.created_unix_ns / 1_000_000_000
+            ),
             (384, 0, 1_700_000_000)
         );
         assert!(convert(br#"{"hello":"world"}"#)

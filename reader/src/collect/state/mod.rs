@@ -664,10 +664,7 @@ mod tests {
         let json = legacy_path(&p);
         fs::write(&json, br#"{"version":2,"boot_id":"b","pin_generation":5,"ring_applied":384,"conns":{},"recently_closed":{},"workloads":{},"services":{},"workload_labels":[],"service_labels":[],"services_text":null,"cgroup_names":{},"final_series":[],"closes_without_record":0,"malformed_records":0,"log_len":{"access.csv":77},"created_unix":1}"#).unwrap();
         let (s, conns) = loaded(&p);
-        assert_eq!(
-            (s.ring_applied, s.logs.len(), conns.len()),
-            (384, 0, 0)
-        );
+        assert_eq!((s.ring_applied, s.logs.len(), conns.len()), (384, 0, 0));
         fs::write(&json, b"{not json").unwrap();
         match load(&p, "/h").unwrap() {
             LoadOutcome::SetAside(aside, why) => {
