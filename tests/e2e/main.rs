@@ -5,6 +5,7 @@ mod collect;
 mod errors;
 mod faults;
 mod foundation;
+mod hardening_state;
 mod identity;
 mod otlp;
 mod soak;
