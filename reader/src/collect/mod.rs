@@ -412,8 +412,11 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         .collect();
     // Backstop for a second consumer the registry could not see: nobody
     // but this state releases records past its committed position.
+    // A state new to these pins starts where the kernel's consumer is.
     let (released, _) = ring.positions();
-    if !generation_changed && released > state.ring_applied {
+    if generation_changed {
+        state.ring_applied = state.ring_applied.max(released);
+    } else if released > state.ring_applied {
         partial_failure = true;
         eprintln!(
             "longconn-reader: another collect released {} bytes of close records of {} since this state's last cycle (about {} closes, in its outputs, not here); run one collect per pin dir",
