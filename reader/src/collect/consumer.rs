@@ -121,6 +121,14 @@ pub fn register(dir: &Path, me: &Record, take_over: bool) -> anyhow::Result<Regi
                 dir.display()
             )))
         }
+        // A sandbox without it (systemd ProtectSystem=strict and no
+        // ReadWritePaths=/run/lock).
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+            return Ok(Registered::Unavailable(format!(
+                "{} is read-only here",
+                dir.display()
+            )))
+        }
         Err(e) => anyhow::bail!(
             "cannot open consumer registration {}: {e}; remove it if it is not a regular file",
             path.display()

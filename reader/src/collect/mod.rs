@@ -164,7 +164,9 @@ pub struct CollectArgs {
     #[arg(long)]
     take_over: bool,
 
-    /// How long to wait for an overlapping collect before skipping this cycle.
+    /// How long to wait for an overlapping collect before skipping this
+    /// cycle (exit 0); a collect holding the lock for over 60 s is reported
+    /// as stuck (exit 1).
     #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = duration_arg)]
     lock_wait: Duration,
 }
@@ -448,9 +450,9 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     };
     let now_ns = u64::try_from(clock.wall_ns).unwrap_or(0);
 
-    // 1. Append this cycle's records past each file's committed length (a
-    //    killed run's uncommitted tail is cut first), streamed as the cycle
-    //    makes them.
+    // 1. Append this cycle's records to each file (a killed run's
+    //    uncommitted tail is cut first where the state knows the file; see
+    //    `applog`), streamed as the cycle makes them.
     let sink_names = sink::Names {
         csv: CSV_FILE,
         jsonl: JSONL_FILE,
