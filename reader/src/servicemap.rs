@@ -122,8 +122,10 @@ impl ServiceMap {
         Ok(Self { rules })
     }
 
+    /// Reads and parses the map at `path`: a regular file only (a FIFO or
+    /// device there would block the cycle, lock held, for ever).
     pub fn load(path: &Path) -> Result<(Self, String), String> {
-        let text = std::fs::read_to_string(path)
+        let text = read_regular(path)
             .map_err(|e| format!("{}: cannot read service map: {e}", path.display()))?;
         let map = Self::parse(&text, &path.display().to_string())?;
         Ok((map, text))
@@ -138,6 +140,25 @@ impl ServiceMap {
                 && r.net.is_none_or(|(net, len)| in_net(ip, net, len))
         })
     }
+}
+
+/// The text of `path`, opened without blocking (O_NONBLOCK: a FIFO does not
+/// hang the open) and refused unless it is a regular file.
+fn read_regular(path: &Path) -> std::io::Result<String> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let mut f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device or directory); give a CSV file",
+        ));
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -194,5 +215,22 @@ mod tests {
             let e = ServiceMap::parse(text, "svc.csv").unwrap_err();
             assert!(e.starts_with(want), "{e} should start with {want}");
         }
+    }
+
+    /// Issue 12 item 9: a FIFO (or any non-regular file) is refused at once.
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("svc.csv");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = ServiceMap::load(&fifo).unwrap_err();
+        assert!(
+            e.contains("not a regular file") && e.contains("svc.csv"),
+            "{e}"
+        );
+        let e = ServiceMap::load(d.path()).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }

@@ -304,7 +304,8 @@ def written(before, after):
 
 
 def collect_argv(pin, out, extra=()):
-    return pin.reader("collect", "--out-dir", out, "--log-max-bytes", "64GiB", *extra)
+    # --take-over: each size gets a fresh out dir on the same pins.
+    return pin.reader("collect", "--out-dir", out, "--take-over", "--log-max-bytes", "64GiB", *extra)
 
 
 def ss_sockets():

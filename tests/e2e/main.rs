@@ -6,6 +6,7 @@ mod errors;
 mod faults;
 mod foundation;
 mod hardening_pin;
+mod hardening_state;
 mod identity;
 mod otlp;
 mod soak;

@@ -215,6 +215,7 @@ impl Drop for TestEnv {
         if self.pin_dir.exists() {
             let _ = self.pin_cmd().arg("detach").output();
         }
+        let _ = fs::remove_file(self.consumer_registration());
         // Child cgroups first; processes may take a moment to leave after exiting.
         let mut dirs = vec![self.cgroup.clone()];
         if let Ok(entries) = fs::read_dir(&self.cgroup) {
@@ -262,6 +263,20 @@ impl TestEnv {
             out.status,
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Where `collect` registers the one consumer of this pin dir (the
+    /// reader's `collect::consumer`: FNV-1a 64 of the pin dir path).
+    pub fn consumer_registration(&self) -> PathBuf {
+        let fnv = self
+            .pin_dir
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
+                (h ^ u64::from(c)).wrapping_mul(0x0100_0000_01b3)
+            });
+        PathBuf::from(format!("/run/lock/longconn-consumer-{fnv:016x}"))
     }
 
     pub fn out_dir(&self) -> PathBuf {

@@ -413,7 +413,7 @@ pub fn families(state: &State, live: Live, stats: &SelfStats) -> Vec<Family> {
     out.extend([
         one("longconn_reader_last_success_timestamp_seconds", "When the last collect cycle finished writing (Unix seconds)", Kind::Gauge, stats.now_unix),
         one("longconn_reader_cycle_duration_seconds", "Wall time of the last collect cycle up to writing this file", Kind::Gauge, stats.cycle_seconds),
-        one("longconn_reader_state_start_time_seconds", "When the reader's totals started; a change means the counters were reset", Kind::Gauge, state.created_unix as f64),
+        one("longconn_reader_state_start_time_seconds", "When the reader's totals started; a change means the counters were reset", Kind::Gauge, state.created_unix_ns as f64 / 1e9),
         one("longconn_tracked_connections", "Entries in map_of_tcp_conns", Kind::Gauge, stats.tracked as f64),
         one("longconn_map_capacity_connections", "Capacity of map_of_tcp_conns (longconn-pin --max-connections)", Kind::Gauge, stats.capacity as f64),
         one("longconn_ringbuf_drops_total", "Close records that did not fit the ring buffer (kept in the map and reaped by the reader, so not lost)", Kind::Counter, stats.ringbuf_drops as f64),

@@ -6,6 +6,7 @@
 //! entries) and are the outputs written; a run that finds uncommitted outputs
 //! in the state replays them idempotently before doing anything else.
 
+mod consumer;
 mod cycle;
 mod lock;
 mod metrics;
@@ -15,7 +16,7 @@ mod state;
 /// A populated state, encoded, for the property tests.
 #[cfg(test)]
 pub fn test_state_bytes() -> Vec<u8> {
-    let mut s = new_state();
+    let mut s = new_state("", BTreeMap::new());
     let w = s.strings.intern("/a");
     s.conns.insert(
         7,
@@ -45,12 +46,13 @@ pub fn decode_state_for_tests(b: &[u8]) -> bool {
 
 #[cfg(test)]
 pub fn load_state_for_tests(p: &Path) -> std::io::Result<()> {
-    state::load(p).map(|_| ())
+    state::load(p, "").map(|_| ())
 }
 
 use std::{
+    collections::BTreeMap,
     fs,
-    os::unix::fs::DirBuilderExt,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant},
@@ -63,7 +65,11 @@ use self::state::{LoadOutcome, Prev, State};
 use crate::{
     clock::Clock,
     identity,
-    output::{access, applog::AppendLog, atomic, otlp, promtext},
+    output::{
+        access,
+        applog::{self, AppendLog, Committed},
+        atomic, otlp, promtext,
+    },
     servicemap::ServiceMap,
 };
 
@@ -153,7 +159,14 @@ pub struct CollectArgs {
     #[arg(long, value_name = "GROUP")]
     group: Option<String>,
 
-    /// How long to wait for an overlapping collect before skipping this cycle.
+    /// Make this state dir the one consumer of the pin dir's close records,
+    /// replacing the one registered (which is refused from then on).
+    #[arg(long)]
+    take_over: bool,
+
+    /// How long to wait for an overlapping collect before skipping this
+    /// cycle (exit 0); a collect holding the lock for over 60 s is reported
+    /// as stuck (exit 1).
     #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = duration_arg)]
     lock_wait: Duration,
 }
@@ -179,12 +192,41 @@ impl Dirs {
     }
 }
 
-fn make_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))
+/// Creates `dir` and any missing parent with exactly `mode` (not masked by
+/// the umask: a textfile dir node_exporter cannot read is no use); existing
+/// directories are left as they are. Returns its canonical path.
+fn make_dir(dir: &Path, mode: u32) -> anyhow::Result<PathBuf> {
+    mkdir_exact(dir, mode).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::canonicalize(dir).with_context(|| format!("cannot resolve {}", dir.display()))
+}
+
+fn mkdir_exact(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        mkdir_exact(parent, mode)?;
+    }
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(()) => {}
+    }
+    // Through an fd opened without following a symlink: the mode lands on
+    // the directory just made, not on whatever replaced it. A non-root user
+    // under umask 0777 cannot open the 0000 directory it just made: by path.
+    let opened = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir);
+    match opened {
+        Ok(d) => d.set_permissions(fs::Permissions::from_mode(mode)),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The append-only files this run writes (access logs, OTLP lines), by name.
@@ -228,13 +270,27 @@ fn files(dirs: &Dirs, a: &CollectArgs) -> anyhow::Result<Vec<(String, AppendLog)
     Ok(out)
 }
 
-fn new_state() -> State {
+fn now_unix_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+/// New totals (a counter reset) for the state dir `home`, keeping what
+/// `logs` knows of the files: a reset never loses that knowledge, nor
+/// cuts a file it does not have.
+fn new_state(home: &str, logs: BTreeMap<String, Committed>) -> State {
     State {
         version: state::STATE_VERSION,
         boot_id: state::boot_id(),
-        created_unix: chrono::Utc::now().timestamp(),
+        created_unix_ns: now_unix_ns(),
+        home: home.to_owned(),
+        logs,
         ..Default::default()
     }
+}
+
+/// The state's key for a file: its full path.
+fn log_key(log: &AppendLog) -> String {
+    log.path.to_string_lossy().into_owned()
 }
 
 pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
@@ -249,11 +305,12 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     if let Some(gid) = group {
         let _ = crate::output::OUTPUT_GID.set(gid);
     }
-    let dirs = Dirs::from(a);
+    let mut dirs = Dirs::from(a);
+    dirs.state = make_dir(&dirs.state, 0o700)?;
+    dirs.log = make_dir(&dirs.log, 0o750)?;
+    dirs.textfile = make_dir(&dirs.textfile, 0o755)?;
     let files = files(&dirs, a)?;
-    make_dir(&dirs.state, 0o700)?;
-    make_dir(&dirs.log, 0o750)?;
-    make_dir(&dirs.textfile, 0o755)?;
+    let home = dirs.state.to_string_lossy().into_owned();
     let lock_path = dirs.state.join("collect.lock");
     let Some(_lock) = lock::acquire(&lock_path, a.lock_wait)? else {
         eprintln!(
@@ -269,14 +326,24 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     atomic::remove_stale_temps(&dirs.textfile, PROM_FILE);
     let state_path = dirs.state.join(STATE_FILE);
     let no_conns = || Prev::Mem(state::Conns::default());
-    let (mut state, prev) = match state::load(&state_path)? {
-        LoadOutcome::Loaded(s, prev) if s.boot_id == state::boot_id() => (*s, prev),
-        LoadOutcome::Loaded(..) | LoadOutcome::Fresh => (new_state(), no_conns()),
+    let (mut state, prev) = match state::load(&state_path, &home)? {
+        LoadOutcome::Loaded(mut s, prev) if s.boot_id == state::boot_id() => {
+            s.home.clone_from(&home);
+            (*s, prev)
+        }
+        // Another boot: new totals; the files are still the ones it knew.
+        LoadOutcome::Loaded(s, _) => (new_state(&home, s.logs), no_conns()),
+        LoadOutcome::Fresh => (new_state(&home, BTreeMap::new()), no_conns()),
         LoadOutcome::SetAside(aside, why) => {
             eprintln!("longconn-reader: {} was unusable ({why}); kept it as {} and started new totals (a counter reset)", state_path.display(), aside.display());
-            (new_state(), no_conns())
+            (new_state(&home, BTreeMap::new()), no_conns())
         }
     };
+    // A run killed between its commit and publishing a new file.
+    for (path, known) in &state.logs {
+        applog::recover(Path::new(path), known)
+            .with_context(|| format!("cannot publish {path}"))?;
+    }
     let mut partial_failure = false;
     let mut relabel = false;
     if state.workload_labels != a.workload_labels.0 || state.service_labels != a.service_labels.0 {
@@ -285,6 +352,8 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         }
         state.workloads.clear();
         state.services.clear();
+        // The group totals restart: so does the exported start time.
+        state.created_unix_ns = now_unix_ns().max(state.created_unix_ns + 1);
         state.workload_labels = a.workload_labels.0.clone();
         state.service_labels = a.service_labels.0.clone();
         // Every previous connection's group keys are recomputed as it is read.
@@ -316,6 +385,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let pins = Pins::open(pin_dir, Access::ReadWrite)?;
+    register_consumer(pin_dir, pins.meta.pinned_at_ns, &home, a.take_over)?;
     let generation_changed = state.pin_generation != pins.meta.pinned_at_ns;
 
     if generation_changed {
@@ -342,6 +412,22 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .collect();
+    // Backstop for a second consumer the registry could not see: nobody
+    // but this state releases records past its committed position.
+    // A state new to these pins starts where the kernel's consumer is.
+    let (released, _) = ring.positions();
+    if generation_changed {
+        state.ring_applied = state.ring_applied.max(released);
+    } else if released > state.ring_applied {
+        partial_failure = true;
+        eprintln!(
+            "longconn-reader: another collect released {} bytes of close records of {} since this state's last cycle (about {} closes, in its outputs, not here); run one collect per pin dir",
+            released - state.ring_applied,
+            pin_dir.display(),
+            (released - state.ring_applied) / RING_RECORD_BYTES
+        );
+        state.ring_applied = released;
+    }
     // The records are copied out: unmap the ring (both halves of its double
     // mapping are resident, 2x --ringbuf-bytes) for the memory-heavy part of
     // the cycle; it is mapped again to release what was applied.
@@ -364,15 +450,18 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     };
     let now_ns = u64::try_from(clock.wall_ns).unwrap_or(0);
 
-    // 1. Append this cycle's records past each file's committed length (a
-    //    killed run's uncommitted tail is cut first), streamed as the cycle
-    //    makes them.
+    // 1. Append this cycle's records to each file (a killed run's
+    //    uncommitted tail is cut first where the state knows the file; see
+    //    `applog`), streamed as the cycle makes them.
     let sink_names = sink::Names {
         csv: CSV_FILE,
         jsonl: JSONL_FILE,
         otlp_logs: OTLP_LOGS_FILE,
     };
-    let committed = state.log_len.clone();
+    let known: BTreeMap<String, Committed> = files
+        .iter()
+        .filter_map(|(f, log)| Some((f.clone(), *state.logs.get(&log_key(log))?)))
+        .collect();
     // The new state is written as the cycle goes: its live connections first.
     let mut saver = state::Saver::begin(&state_path, 0o600)?;
     let mut live = metrics::Live::new(
@@ -383,7 +472,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     let (outcome, mut written) = sink::with_sink(
         &files,
         &sink_names,
-        &committed,
+        &known,
         &resource,
         now_ns,
         OTLP_LOGS_PER_LINE,
@@ -428,20 +517,34 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     };
     let families = metrics::families(&state, live, &stats);
     if let Some((file, log)) = files.iter().find(|(f, _)| f == OTLP_METRICS_FILE) {
-        let committed = state.log_len.get(file).copied().unwrap_or(0);
-        let group_start_ns = (state.created_unix.max(0) as u64) * 1_000_000_000;
+        let group_start_ns = state.created_unix_ns.max(0) as u64;
         let line = otlp::metrics_request(&families, &resource, group_start_ns, now_ns);
-        let mut tail = log.tail(committed);
+        let mut tail = log.tail(known.get(file).copied());
         tail.buf().extend_from_slice(line.as_bytes());
         tail.buf().push(b'\n');
-        let len = tail
+        if let Some(w) = tail
             .finish()
-            .with_context(|| format!("cannot append to {}", log.path.display()))?;
-        written.insert(file.clone(), len);
+            .with_context(|| format!("cannot append to {}", log.path.display()))?
+        {
+            written.insert(file.clone(), w);
+        }
     }
-    // 2. Commit point: totals, applied ring position and file lengths at once.
-    state.log_len = written;
+    // 2. Commit point: totals, applied ring position and file positions at
+    //    once. Files not written this cycle (a format switched off, another
+    //    log dir) stay known while they are still there.
+    state.logs.retain(|path, k| still_there(path, k));
+    for (file, log) in &files {
+        if let Some(w) = written.get(file) {
+            state.logs.insert(log_key(log), w.pos);
+        }
+    }
     saver.commit(&state)?;
+    for (file, log) in &files {
+        if written.get(file).is_some_and(|w| w.created) {
+            log.publish()
+                .with_context(|| format!("cannot publish {}", log.path.display()))?;
+        }
+    }
     remove_legacy_state(&state_path)?;
     // 3. Only now release the kernel side: a run killed before this re-reads
     //    the same records and skips them by the committed ring position.
@@ -456,13 +559,18 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot write {}", prom.display()))?;
     // 4. Rotate full files (only committed bytes move) and record it.
     let mut rotated = false;
-    for (file, log) in &files {
-        let len = state.log_len.get(file).copied().unwrap_or(0);
+    for (_, log) in &files {
+        let key = log_key(log);
+        let Some(&pos) = state.logs.get(&key) else {
+            continue;
+        };
         let after = log
-            .rotate_if_full(len)
+            .rotate_if_full(pos)
             .with_context(|| format!("cannot rotate {}", log.path.display()))?;
-        rotated |= after != len;
-        state.log_len.insert(file.clone(), after);
+        if after != Some(pos) {
+            rotated = true;
+            state.logs.remove(&key);
+        }
     }
     if rotated {
         state::resave(&state_path, &state, 0o600)?;
@@ -472,6 +580,44 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Bytes one close record takes in the ring (header included), for messages.
+const RING_RECORD_BYTES: u64 = 192;
+
+/// Registers `home` as the one consumer of `pin_dir`'s close records, or
+/// fails naming the registered one (see `consumer`).
+fn register_consumer(
+    pin_dir: &Path,
+    generation: u64,
+    home: &str,
+    take_over: bool,
+) -> anyhow::Result<()> {
+    let canonical = fs::canonicalize(pin_dir).unwrap_or_else(|_| pin_dir.to_owned());
+    let me = consumer::Record {
+        pin_dir: canonical.to_string_lossy().into_owned(),
+        pinned_at_ns: generation,
+        state_dir: home.to_owned(),
+    };
+    match consumer::register(Path::new(consumer::REGISTRY_DIR), &me, take_over)? {
+        consumer::Registered::Yes => {}
+        consumer::Registered::TookOver(prev) => eprintln!(
+            "longconn-reader: {home} is now the consumer of {}'s close records (was {prev}, which is refused from now on)",
+            me.pin_dir
+        ),
+        consumer::Registered::Unavailable(why) => eprintln!(
+            "longconn-reader: cannot register as the one consumer of {} ({why}); a second collect on this pin dir would not be refused",
+            me.pin_dir
+        ),
+    }
+    Ok(())
+}
+
+/// Whether the file a state entry knows is still at its path (else the
+/// entry is dropped at the next commit).
+fn still_there(path: &str, k: &Committed) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).is_ok_and(|m| m.dev() == k.dev && m.ino() == k.ino)
 }
 
 /// Removes a migrated v2 `state.json` once the binary state is saved.

@@ -18,7 +18,7 @@ use anyhow::Context as _;
 
 use crate::output::{
     access::{self, AccessRecord},
-    applog::{AppendLog, Tail},
+    applog::{AppendLog, Committed, Tail, Written},
     otlp,
 };
 
@@ -78,13 +78,13 @@ impl LogsFeed {
 }
 
 /// The OTLP logs thread: encodes batches into `tail` until the channel
-/// closes, then makes the file durable; returns its new length.
+/// closes, then makes the file durable; returns its new position.
 fn logs_worker(
     mut tail: Tail<'_>,
     mut w: otlp::LogsWriter<'_>,
     batches: Receiver<(Vec<AccessRecord>, usize)>,
     back: SyncSender<Vec<AccessRecord>>,
-) -> io::Result<u64> {
+) -> io::Result<Option<Written>> {
     for (batch, n) in batches {
         for r in &batch[..n] {
             w.push(tail.buf(), r);
@@ -98,22 +98,23 @@ fn logs_worker(
 }
 
 /// Runs `f` with a sink for the cycle's records, appending each to the
-/// files in `files` past their committed lengths; returns `f`'s result and
-/// the new (uncommitted) length of every file it knows.
+/// files in `files` (`known`: what the state knows of each, by file name);
+/// returns `f`'s result and the new (uncommitted) position of every file
+/// written.
 pub fn with_sink<R>(
     files: &[(String, AppendLog)],
     names: &Names<'_>,
-    committed: &BTreeMap<String, u64>,
+    known: &BTreeMap<String, Committed>,
     resource: &otlp::Resource,
     now_ns: u64,
     per_line: usize,
     f: impl FnOnce(&mut dyn FnMut(&AccessRecord)) -> R,
-) -> anyhow::Result<(R, BTreeMap<String, u64>)> {
+) -> anyhow::Result<(R, BTreeMap<String, Written>)> {
     let tail = |name: &str| {
         files
             .iter()
             .find(|(f, _)| f == name)
-            .map(|(f, log)| (f.as_str(), log.tail(committed.get(f).copied().unwrap_or(0))))
+            .map(|(f, log)| (f.as_str(), log.tail(known.get(f).copied())))
     };
     let mut csv = tail(names.csv);
     let mut jsonl = tail(names.jsonl);
@@ -166,9 +167,10 @@ pub fn with_sink<R>(
         let mut first_err = error;
         if let Some((file, handle)) = worker {
             match handle.join() {
-                Ok(Ok(len)) => {
-                    out.insert(file.to_owned(), len);
+                Ok(Ok(Some(w))) => {
+                    out.insert(file.to_owned(), w);
                 }
+                Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     first_err.get_or_insert(
                         anyhow::Error::new(e).context(format!("cannot append to {file}")),
@@ -183,10 +185,12 @@ pub fn with_sink<R>(
             return Err(e);
         }
         for (file, t) in [csv, jsonl].into_iter().flatten() {
-            let len = t
+            if let Some(w) = t
                 .finish()
-                .with_context(|| format!("cannot append to {file}"))?;
-            out.insert(file.to_owned(), len);
+                .with_context(|| format!("cannot append to {file}"))?
+            {
+                out.insert(file.to_owned(), w);
+            }
         }
         Ok((result, out))
     })
@@ -249,13 +253,16 @@ mod tests {
             }
             let read = |f: &str| std::fs::read(d.path().join(f)).unwrap_or_default();
             if n == 0 {
-                assert_eq!(lens.values().sum::<u64>(), 0, "nothing written");
+                assert!(lens.is_empty(), "nothing written");
                 continue;
+            }
+            for (_, log) in &files {
+                log.publish().unwrap();
             }
             assert_eq!(read("a.csv"), csv, "{n}");
             assert_eq!(read("a.jsonl"), access::encode_jsonl(&records), "{n}");
             assert_eq!(read("l.jsonl"), logs, "{n}");
-            assert_eq!(lens["l.jsonl"], logs.len() as u64);
+            assert_eq!(lens["l.jsonl"].pos.len, logs.len() as u64);
         }
     }
 

@@ -1,20 +1,32 @@
 //! An append-only log file with size-based rotation, written in two steps so
 //! that a record is in the files exactly once even when the process is
-//! SIGKILLed at any instant.
+//! SIGKILLed at any instant, and so that no byte another cycle committed is
+//! ever removed, whatever happened to the caller's state.
 //!
-//! Protocol (the caller keeps `committed_len` in its own durable state):
-//! 1. `write_uncommitted(committed_len, body)` cuts any tail past
-//!    `committed_len` (left by a killed run), appends `body`, fsyncs, and
-//!    returns the new length — not yet committed;
-//! 2. the caller durably records that length (its commit point);
-//! 3. `rotate_if_full(len)` rotates a file that reached `max_bytes` and
-//!    returns the length to record next (0 after rotating).
+//! Protocol (the caller keeps a `Committed` per file in its durable state):
+//! 1. `tail(known)` … `finish()` appends records and fsyncs; it returns the
+//!    new position (file identity and length) — not yet committed;
+//! 2. the caller durably records that position (its commit point), then
+//!    calls `publish` (a file created in step 1 is written under a hidden
+//!    name, `.<name>.new`, and renamed into place only now);
+//! 3. `rotate_if_full(pos)` rotates a file that reached `max_bytes`.
 //!
-//! A run killed before 2 leaves a tail that the next run cuts off; a run
-//! killed after a rotation leaves no live file with a non-zero committed
-//! length, which the next run reads as "rotated, start a new file". Rotation
-//! moves only committed bytes, and an interrupted rotation resumes at its
-//! first gap instead of shifting (and so dropping) a rotated file twice.
+//! Cutting rule: a tail is cut only when the state positively knows the
+//! file — same device and inode — and the file is longer than the committed
+//! length (the tail of a run killed before its commit). A file the state
+//! does not know (a reset state, another log dir, a replaced file) is never
+//! cut: records go after its end, after a newline if it ends mid-line. A
+//! file created by a killed run is still hidden under its `.new` name, so
+//! it is known to hold nothing committed and is simply replaced; one
+//! committed but not yet published is published by `recover` at the next
+//! start. Rotation moves only committed bytes, and an interrupted rotation
+//! resumes at its first gap instead of shifting (and so dropping) a rotated
+//! file twice.
+//!
+//! A file at the path with more than one hard link is never written
+//! through: it is moved aside (`<name>.linked-<time>`) with one line on
+//! stderr and a new file is started. An existing file's mode is reset to
+//! `mode`.
 //!
 //! One writer at a time: callers serialize `collect` runs (a lock file).
 
@@ -22,11 +34,42 @@ use std::{
     ffi::OsString,
     fs::{self, File, OpenOptions, Permissions},
     io,
-    os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
 use super::atomic::{fsync_dir, parent_dir, with_path};
+
+/// What a state knows of one log file: the file its committed length
+/// belongs to (device and inode) and that length.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+}
+
+impl Committed {
+    fn of(m: &fs::Metadata, len: u64) -> Self {
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len,
+        }
+    }
+    fn is(&self, m: &fs::Metadata) -> bool {
+        self.dev == m.dev() && self.ino == m.ino()
+    }
+}
+
+/// Step 1's result for one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The position to commit.
+    pub pos: Committed,
+    /// The file was created under its hidden name: `publish` after the commit.
+    pub created: bool,
+}
 
 #[derive(Clone, Debug)]
 pub struct AppendLog {
@@ -38,7 +81,7 @@ pub struct AppendLog {
     pub keep: usize,
     /// Written at the start of every new file (may be empty).
     pub header: Vec<u8>,
-    /// Mode of new files, e.g. 0o640 (not masked by umask).
+    /// Mode of the files, e.g. 0o640 (not masked by umask; existing files are reset to it).
     pub mode: u32,
 }
 
@@ -46,6 +89,32 @@ pub struct AppendLog {
 /// through. O_NONBLOCK: a FIFO planted there fails instead of hanging; it has
 /// no effect on regular files.
 const OPEN_FLAGS: libc::c_int = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+
+/// `.<name>.new` beside `path`: a file created by a cycle, until its commit.
+pub fn hidden_path(path: &Path) -> PathBuf {
+    let mut name = OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(".new");
+    parent_dir(path).join(name)
+}
+
+/// At a run's start, for each file the state knows: a file committed but
+/// not yet published (the previous run was killed between its commit and
+/// the rename) is renamed into place. Returns whether it published one.
+pub fn recover(path: &Path, known: &Committed) -> io::Result<bool> {
+    if fs::symlink_metadata(path).is_ok() {
+        return Ok(false);
+    }
+    let hidden = hidden_path(path);
+    match fs::symlink_metadata(&hidden) {
+        Ok(m) if m.file_type().is_file() && known.is(&m) && m.len() == known.len => {
+            fs::rename(&hidden, path).map_err(with_path(&hidden))?;
+            fsync_dir(parent_dir(path))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
 
 impl AppendLog {
     /// `path.<n>`.
@@ -55,47 +124,61 @@ impl AppendLog {
         PathBuf::from(p)
     }
 
-    /// Step 1: appends `body` (whole records, each ending in '\n') after the
-    /// first `committed_len` bytes, durably, and returns the new length.
+    /// Step 1 in one call: appends `body` (whole records, each ending in
+    /// '\n') and returns the new, uncommitted position.
     #[cfg(test)]
-    pub fn write_uncommitted(&self, committed_len: u64, body: &[u8]) -> io::Result<u64> {
-        let mut tail = self.tail(committed_len);
+    pub fn write_uncommitted(
+        &self,
+        known: Option<Committed>,
+        body: &[u8],
+    ) -> io::Result<Option<Written>> {
+        let mut tail = self.tail(known);
         tail.buf().extend_from_slice(body);
         tail.finish()
     }
 
     /// Step 1, streamed: records are appended to `Tail::buf` and written out
     /// in large blocks; `Tail::finish` makes them durable and returns the new
-    /// length. Nothing is touched until the first byte is written.
-    pub fn tail(&self, committed_len: u64) -> Tail<'_> {
+    /// position. Nothing is touched until the first byte is written.
+    pub fn tail(&self, known: Option<Committed>) -> Tail<'_> {
         Tail {
             log: self,
-            committed: committed_len,
+            known,
             file: None,
-            at: committed_len,
+            created: false,
+            at: 0,
             buf: Vec::new(),
         }
     }
 
-    /// Step 3: rotates the live file if it reached `max_bytes`; returns the
-    /// length to record (0 once rotated, or when a previous run rotated it).
-    pub fn rotate_if_full(&self, committed_len: u64) -> io::Result<u64> {
-        if committed_len < self.max_bytes {
-            return Ok(committed_len);
+    /// Step 2, after the commit: renames a file created in step 1 into place.
+    pub fn publish(&self) -> io::Result<()> {
+        let hidden = hidden_path(&self.path);
+        fs::rename(&hidden, &self.path).map_err(with_path(&hidden))?;
+        fsync_dir(parent_dir(&self.path))
+    }
+
+    /// Step 3: rotates the live file if it is the committed one and reached
+    /// `max_bytes`; returns what the state knows afterwards (nothing once
+    /// rotated, or when a previous run rotated it).
+    pub fn rotate_if_full(&self, pos: Committed) -> io::Result<Option<Committed>> {
+        if pos.len < self.max_bytes {
+            return Ok(Some(pos));
         }
         match fs::symlink_metadata(&self.path) {
             // Rotated by a run killed before recording it.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(with_path(&self.path)(e)),
-            // Only a file holding what was committed is rotated.
-            Ok(m) if m.len() >= self.max_bytes => self.rotate().map(|()| 0),
-            Ok(m) => Ok(m.len()),
+            // Only the file holding what was committed is rotated.
+            Ok(m) if pos.is(&m) && m.len() >= self.max_bytes => self.rotate().map(|()| None),
+            Ok(_) => Ok(Some(pos)),
         }
     }
 
     /// Opens the live file for writing, or None if it does not exist.
     fn open_existing(&self) -> io::Result<Option<File>> {
         let opened = OpenOptions::new()
+            .read(true)
             .write(true)
             .custom_flags(OPEN_FLAGS)
             .open(&self.path);
@@ -106,52 +189,105 @@ impl AppendLog {
         }
     }
 
-    /// Creates the live file with exactly `mode`, durably.
-    fn create(&self) -> io::Result<File> {
-        let file = OpenOptions::new()
+    /// Creates the hidden new file with exactly `mode` (a stale one, left by
+    /// a run killed before its commit, holds nothing committed).
+    fn create_hidden(&self) -> io::Result<File> {
+        let hidden = hidden_path(&self.path);
+        match fs::remove_file(&hidden) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(with_path(&hidden)(e)),
+            _ => {}
+        }
+        OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .custom_flags(OPEN_FLAGS)
             .mode(self.mode)
-            .open(&self.path)
+            .open(&hidden)
             .and_then(|f| {
                 super::apply_group(&f)?;
                 f.set_permissions(Permissions::from_mode(self.mode))
                     .map(|()| f)
             })
-            .map_err(with_path(&self.path))?;
-        fsync_dir(parent_dir(&self.path))?;
-        Ok(file)
+            .map_err(with_path(&hidden))
     }
 
-    /// Opens (or creates) the live file, cuts it to `committed_len`, writes
-    /// the header if it is then empty; returns it and where the body starts.
-    fn start(&self, committed_len: u64) -> io::Result<(File, u64)> {
-        let file = match self.open_existing()? {
-            Some(file) => file,
-            // Missing with committed bytes: rotated away after its commit.
-            None => self.create()?,
+    /// Moves a file with other hard links aside, so that it is never
+    /// written through (nor cut); says so in one line.
+    fn set_aside_linked(&self, links: u64) -> io::Result<()> {
+        let mut aside = OsString::from(self.path.as_os_str());
+        aside.push(format!(
+            ".linked-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ));
+        let aside = PathBuf::from(aside);
+        fs::rename(&self.path, &aside).map_err(with_path(&self.path))?;
+        fsync_dir(parent_dir(&self.path))?;
+        eprintln!(
+            "longconn-reader: {} had {links} hard links; moved it aside as {} (never written through) and started a new file",
+            self.path.display(),
+            aside.display()
+        );
+        Ok(())
+    }
+
+    /// Opens the live file (or creates the hidden new one), cuts a tail the
+    /// state positively knows is uncommitted, ends a partial line, writes
+    /// the header if the file is empty; returns it, whether it was created
+    /// and where the body starts.
+    fn start(&self, known: Option<Committed>) -> io::Result<(File, bool, u64)> {
+        let ctx = || with_path(&self.path);
+        let mut existing = self.open_existing()?;
+        if let Some(file) = &existing {
+            let meta = file.metadata().map_err(ctx())?;
+            if !meta.file_type().is_file() {
+                return Err(ctx()(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                )));
+            }
+            if meta.nlink() > 1 {
+                existing = None;
+                self.set_aside_linked(meta.nlink())?;
+            }
+        }
+        let (file, created) = match existing {
+            Some(file) => (file, false),
+            None => (self.create_hidden()?, true),
         };
-        let ctx = with_path(&self.path);
-        let meta = file.metadata().map_err(with_path(&self.path))?;
-        if !meta.file_type().is_file() {
-            return Err(ctx(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            )));
+        let meta = file.metadata().map_err(ctx())?;
+        if !created && meta.mode() & 0o7777 != self.mode {
+            if let Err(e) = file.set_permissions(Permissions::from_mode(self.mode)) {
+                eprintln!(
+                    "longconn-reader: {}: cannot reset mode {:o} to {:o}: {e}",
+                    self.path.display(),
+                    meta.mode() & 0o7777,
+                    self.mode
+                );
+            }
         }
         let mut len = meta.len();
-        if len > committed_len {
+        match known {
             // The tail of a run killed before its caller recorded the new length.
-            file.set_len(committed_len).map_err(with_path(&self.path))?;
-            len = committed_len;
+            Some(k) if !created && k.is(&meta) && len > k.len => {
+                file.set_len(k.len).map_err(ctx())?;
+                len = k.len;
+            }
+            // Shorter (cut by someone else) or not known: nothing is cut.
+            _ => {}
         }
-        // len < committed_len: replaced by someone else; continue from its end.
         if len == 0 {
-            file.write_all_at(&self.header, 0).map_err(ctx)?;
+            file.write_all_at(&self.header, 0).map_err(ctx())?;
             len = self.header.len() as u64;
+        } else {
+            let mut last = [0u8; 1];
+            file.read_exact_at(&mut last, len - 1).map_err(ctx())?;
+            if last[0] != b'\n' {
+                file.write_all_at(b"\n", len).map_err(ctx())?;
+                len += 1;
+            }
         }
-        Ok((file, len))
+        Ok((file, created, len))
     }
 
     /// Moves the live file to `path.1`, shifting older rotated files up and
@@ -182,8 +318,9 @@ const TAIL_BLOCK: usize = 1 << 20;
 /// Step 1 in progress (see `AppendLog::tail`).
 pub struct Tail<'a> {
     log: &'a AppendLog,
-    committed: u64,
+    known: Option<Committed>,
     file: Option<File>,
+    created: bool,
     at: u64,
     buf: Vec<u8>,
 }
@@ -207,8 +344,9 @@ impl Tail<'_> {
             return Ok(());
         }
         if self.file.is_none() {
-            let (file, at) = self.log.start(self.committed)?;
+            let (file, created, at) = self.log.start(self.known)?;
             self.file = Some(file);
+            self.created = created;
             self.at = at;
         }
         if let Some(file) = &self.file {
@@ -221,17 +359,24 @@ impl Tail<'_> {
         Ok(())
     }
 
-    /// Writes what is left and fsyncs; returns the new (uncommitted) length,
-    /// or the committed one when nothing was written.
-    pub fn finish(mut self) -> io::Result<u64> {
+    /// Writes what is left and fsyncs (the directory too for a new file);
+    /// returns the new (uncommitted) position, or None when nothing was
+    /// written.
+    pub fn finish(mut self) -> io::Result<Option<Written>> {
         self.write_out()?;
-        match &self.file {
-            Some(file) => file
-                .sync_all()
-                .map(|()| self.at)
-                .map_err(with_path(&self.log.path)),
-            None => Ok(self.committed),
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        let ctx = || with_path(&self.log.path);
+        file.sync_all().map_err(ctx())?;
+        if self.created {
+            fsync_dir(parent_dir(&self.log.path))?;
         }
+        let meta = file.metadata().map_err(ctx())?;
+        Ok(Some(Written {
+            pos: Committed::of(&meta, self.at),
+            created: self.created,
+        }))
     }
 }
 
@@ -287,15 +432,37 @@ mod tests {
         }
     }
 
-    /// One complete cycle: write, commit, rotate.
-    fn cycle(l: &AppendLog, committed: u64, body: &[u8]) -> u64 {
-        let len = l.write_uncommitted(committed, body).unwrap();
-        l.rotate_if_full(len).unwrap()
+    /// Step 1 and the publish of step 2 (the caller's commit in between).
+    fn write(l: &AppendLog, known: Option<Committed>, body: &[u8]) -> Option<Committed> {
+        match l.write_uncommitted(known, body).unwrap() {
+            Some(w) => {
+                if w.created {
+                    l.publish().unwrap();
+                }
+                Some(w.pos)
+            }
+            None => known,
+        }
+    }
+
+    /// One complete cycle: write, commit, publish, rotate.
+    fn cycle(l: &AppendLog, known: Option<Committed>, body: &[u8]) -> Option<Committed> {
+        match write(l, known, body) {
+            Some(pos) => l.rotate_if_full(pos).unwrap(),
+            None => None,
+        }
+    }
+
+    fn len(k: Option<Committed>) -> u64 {
+        k.map_or(0, |k| k.len)
     }
 
     fn records(dir: &Path) -> Vec<String> {
         let mut out = Vec::new();
         for e in fs::read_dir(dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             for line in fs::read_to_string(e.path()).unwrap().lines() {
                 if line != "h" {
                     out.push(line.to_owned());
@@ -310,23 +477,23 @@ mod tests {
     fn appends_grow_the_file_with_one_header() {
         let d = tempfile::tempdir().unwrap();
         let l = log(d.path(), 1 << 20, 3);
-        let n = cycle(&l, 0, b"a\n");
-        assert_eq!(n, 4);
+        let n = cycle(&l, None, b"a\n");
+        assert_eq!(len(n), 4);
         let n = cycle(&l, n, b"bb\n");
-        assert_eq!(n, 7);
+        assert_eq!(len(n), 7);
         assert_eq!(fs::read(&l.path).unwrap(), b"h\na\nbb\n");
         assert_eq!(
             fs::metadata(&l.path).unwrap().permissions().mode() & 0o777,
             0o640
         );
-        assert_eq!(cycle(&l, n, b""), 7, "an empty body writes nothing");
+        assert_eq!(cycle(&l, n, b""), n, "an empty body writes nothing");
     }
 
     #[test]
     fn rotation_keeps_exactly_keep_files_and_every_kept_record_once() {
         let d = tempfile::tempdir().unwrap();
         let l = log(d.path(), 20, 2);
-        let mut n = 0;
+        let mut n = None;
         for i in 0..100 {
             n = cycle(&l, n, format!("r{i:03}\n").as_bytes());
         }
@@ -348,7 +515,7 @@ mod tests {
     fn a_tail_left_by_a_killed_run_is_cut_and_rewritten_once() {
         let d = tempfile::tempdir().unwrap();
         let l = log(d.path(), 1 << 20, 3);
-        let n = cycle(&l, 0, b"a\n");
+        let n = cycle(&l, None, b"a\n");
         // Killed after writing, before committing: the next run retries from n.
         l.write_uncommitted(n, b"b1\nb2\n").unwrap();
         fs::OpenOptions::new()
@@ -359,22 +526,75 @@ mod tests {
             .unwrap();
         let m = cycle(&l, n, b"c\n");
         assert_eq!(fs::read(&l.path).unwrap(), b"h\na\nc\n");
-        assert_eq!(m, 6);
+        assert_eq!(len(m), 6);
+    }
+
+    /// The state knows nothing (reset), or knows another file (replaced,
+    /// another log dir): nothing is cut; a partial last line is ended.
+    #[test]
+    fn a_file_the_state_does_not_know_is_never_cut() {
+        let d = tempfile::tempdir().unwrap();
+        let l = log(d.path(), 1 << 20, 3);
+        let n = cycle(&l, None, b"a\nb\n");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&l.path)
+            .unwrap()
+            .write_all(b"par")
+            .unwrap();
+        let m = cycle(&l, None, b"c\n");
+        assert_eq!(fs::read(&l.path).unwrap(), b"h\na\nb\npar\nc\n");
+        // A stale position of another file (same name, other inode).
+        let other = Committed {
+            ino: n.unwrap().ino ^ 1,
+            ..n.unwrap()
+        };
+        cycle(&l, Some(other), b"d\n");
+        assert_eq!(fs::read(&l.path).unwrap(), b"h\na\nb\npar\nc\nd\n");
+        // Known but shorter than committed (cut by someone else): continue at its end.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&l.path)
+            .unwrap()
+            .set_len(3)
+            .unwrap();
+        cycle(&l, m, b"e\n");
+        assert_eq!(fs::read(&l.path).unwrap(), b"h\na\ne\n");
+    }
+
+    /// A file created by a run killed before its commit is still hidden and
+    /// is replaced; one committed but killed before its publish is published.
+    #[test]
+    fn new_files_appear_only_once_committed() {
+        let d = tempfile::tempdir().unwrap();
+        let l = log(d.path(), 1 << 20, 3);
+        let w = l.write_uncommitted(None, b"lost\n").unwrap().unwrap();
+        assert!(w.created && !l.path.exists(), "hidden until published");
+        // Killed here; the next run writes again from nothing.
+        let w = l.write_uncommitted(None, b"a\n").unwrap().unwrap();
+        // Committed w.pos, then killed before the publish.
+        assert!(!recover(&l.path, &Committed { len: 3, ..w.pos }).unwrap());
+        assert!(recover(&l.path, &w.pos).unwrap());
+        assert_eq!(fs::read(&l.path).unwrap(), b"h\na\n");
+        assert!(!hidden_path(&l.path).exists());
+        assert!(!recover(&l.path, &w.pos).unwrap(), "once");
+        cycle(&l, Some(w.pos), b"b\n");
+        assert_eq!(fs::read(&l.path).unwrap(), b"h\na\nb\n");
     }
 
     #[test]
     fn a_run_killed_after_rotating_duplicates_nothing() {
         let d = tempfile::tempdir().unwrap();
         let l = log(d.path(), 8, 3);
-        let len = l.write_uncommitted(0, b"aaaa\nbbbb\n").unwrap();
-        // committed len, then killed after rotating but before recording 0.
-        assert_eq!(l.rotate_if_full(len).unwrap(), 0);
-        let n = cycle(&l, len, b"c\n");
+        let pos = write(&l, None, b"aaaa\nbbbb\n").unwrap();
+        // committed pos, then killed after rotating but before recording it.
+        assert_eq!(l.rotate_if_full(pos).unwrap(), None);
+        let n = cycle(&l, Some(pos), b"c\n");
         assert_eq!(fs::read(l.rotated(1)).unwrap(), b"h\naaaa\nbbbb\n");
         assert_eq!(fs::read(&l.path).unwrap(), b"h\nc\n");
-        assert_eq!(n, 4);
-        // A stale committed length never rotates the new, short file.
-        assert_eq!(l.rotate_if_full(len).unwrap(), 4);
+        assert_eq!(len(n), 4);
+        // A stale committed position never rotates the new, short file.
+        assert_eq!(l.rotate_if_full(pos).unwrap(), Some(pos));
         assert_eq!(fs::read(&l.path).unwrap(), b"h\nc\n");
     }
 
@@ -382,14 +602,14 @@ mod tests {
     fn a_rotation_killed_between_renames_resumes_without_loss() {
         let d = tempfile::tempdir().unwrap();
         let l = log(d.path(), 4, 3);
-        let mut n = 0;
+        let mut n = None;
         for i in 0..3 {
             n = cycle(&l, n, format!("r{i}\n").as_bytes());
         }
         // Simulate a kill after the first rename of the next rotation.
-        let len = l.write_uncommitted(n, b"r3\n").unwrap();
+        let pos = write(&l, n, b"r3\n").unwrap();
         fs::rename(l.rotated(2), l.rotated(3)).unwrap();
-        let n = l.rotate_if_full(len).unwrap();
+        let n = l.rotate_if_full(pos).unwrap();
         cycle(&l, n, b"r4\n");
         assert_eq!(
             records(d.path()),
@@ -402,7 +622,7 @@ mod tests {
     fn keep_zero_deletes_on_rotation() {
         let d = tempfile::tempdir().unwrap();
         let l = log(d.path(), 4, 0);
-        cycle(&l, 0, b"abcd\n");
+        cycle(&l, None, b"abcd\n");
         assert!(!l.path.exists() && !l.rotated(1).exists());
     }
 
@@ -413,8 +633,48 @@ mod tests {
         fs::write(&target, b"keep").unwrap();
         let l = log(d.path(), 1 << 20, 3);
         symlink(&target, &l.path).unwrap();
-        let e = l.write_uncommitted(0, b"x\n").unwrap_err();
+        let e = l.write_uncommitted(None, b"x\n").unwrap_err();
         assert!(e.to_string().contains(&l.path.display().to_string()), "{e}");
         assert_eq!(fs::read(&target).unwrap(), b"keep");
+    }
+
+    /// Issue 12 item 7: a hard-linked file is moved aside, never written
+    /// through or cut; a too-open existing file gets the mode back.
+    #[test]
+    fn hard_links_are_set_aside_and_modes_reset() {
+        let d = tempfile::tempdir().unwrap();
+        let l = log(d.path(), 1 << 20, 3);
+        let n = cycle(&l, None, b"a\n");
+        let other = d.path().join("elsewhere");
+        fs::hard_link(&l.path, &other).unwrap();
+        // Even with a known position longer than... a tail "to cut".
+        let short = Committed {
+            len: 2,
+            ..n.unwrap()
+        };
+        let m = cycle(&l, Some(short), b"b\n");
+        assert_eq!(
+            fs::read(&other).unwrap(),
+            b"h\na\n",
+            "linked file untouched"
+        );
+        assert_eq!(fs::read(&l.path).unwrap(), b"h\nb\n");
+        assert_eq!(fs::metadata(&l.path).unwrap().nlink(), 1);
+        let aside: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("access.csv.linked-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1);
+        fs::set_permissions(&l.path, Permissions::from_mode(0o666)).unwrap();
+        cycle(&l, m, b"c\n");
+        assert_eq!(
+            fs::metadata(&l.path).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
     }
 }

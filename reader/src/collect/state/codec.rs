@@ -4,9 +4,10 @@
 //! ```text
 //! header  16 B magic "longconn state\n\0", u32 format version, u32 0
 //! body    N fixed-size connection records, sorted by cookie; then the rest:
-//!         scalars, label lists, service map text, interned strings, cgroup
-//!         names, log lengths, group totals, recently closed cookies, final
-//!         series
+//!         boot id, home dir (v4), scalars, label lists, service map text,
+//!         interned strings, cgroup names, log positions (v4: path, dev,
+//!         inode, length; v3: name, length), group totals, recently closed
+//!         cookies, final series
 //! trailer u64 N, u64 body length, u64 checksum of the body, 8 B "LCSTEND\n"
 //! ```
 //!
@@ -26,8 +27,12 @@ use std::{
 };
 
 use super::{ConnState, Counters, GroupKey, GroupTotals, IdSyms, State, Strings, Sym};
+use crate::output::applog::Committed;
 
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
+/// The previous format, still read: created in seconds, file lengths by
+/// name (dropped: not enough to cut a file), no home directory.
+const V3: u32 = 3;
 const MAGIC: &[u8; 16] = b"longconn state\n\0";
 const END: &[u8; 8] = b"LCSTEND\n";
 const HEADER: usize = 24;
@@ -293,10 +298,11 @@ impl<W: Write> Writer<W> {
 /// Everything but the connections.
 fn write_head<W: Write>(e: &mut Enc<W>, s: &State) -> io::Result<()> {
     e.str(&s.boot_id)?;
+    e.str(&s.home)?;
     for v in [
         s.pin_generation,
         s.ring_applied,
-        s.created_unix as u64,
+        s.created_unix_ns as u64,
         s.closes_without_record,
         s.malformed_records,
     ] {
@@ -324,10 +330,12 @@ fn write_head<W: Write>(e: &mut Enc<W>, s: &State) -> io::Result<()> {
         e.u64(*id)?;
         e.str(name)?;
     }
-    e.count(s.log_len.len())?;
-    for (file, len) in &s.log_len {
-        e.str(file)?;
-        e.u64(*len)?;
+    e.count(s.logs.len())?;
+    for (path, c) in &s.logs {
+        e.str(path)?;
+        for v in [c.dev, c.ino, c.len] {
+            e.u64(v)?;
+        }
     }
     for groups in [&s.workloads, &s.services] {
         e.count(groups.len())?;
@@ -383,7 +391,12 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
     h.update(body);
     check_sum(h.finish(), &bytes[bytes.len() - TRAILER..])?;
     let conns_len = n as usize * CONN;
-    let mut s = decode_head(&mut &body[conns_len..], (body.len() - conns_len) as u64)?;
+    let version = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+    let mut s = decode_head(
+        &mut &body[conns_len..],
+        (body.len() - conns_len) as u64,
+        version,
+    )?;
     let mut conns = Vec::with_capacity(n as usize);
     for rec in body[..conns_len].chunks_exact(CONN) {
         let mut b = [0u8; CONN];
@@ -516,7 +529,8 @@ pub fn open(file: File) -> io::Result<Result<(State, PrevFile), String>> {
         }
         .take(body_len - conns_len),
     );
-    let mut s = match decode_head(&mut r, body_len - conns_len) {
+    let version = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
+    let mut s = match decode_head(&mut r, body_len - conns_len, version) {
         Ok(s) => s,
         Err(p) => return Ok(Err(p)),
     };
@@ -583,7 +597,7 @@ fn check_frame(len: u64, head: &[u8], tail: &[u8]) -> Result<(u64, u64), String>
         return Err("truncated (no complete header)".to_owned());
     }
     let version = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
-    if version != FORMAT_VERSION || head[20..24] != [0; 4] {
+    if !(version == FORMAT_VERSION || version == V3) || head[20..24] != [0; 4] {
         return Err(format!(
             "state version {version} (expected {FORMAT_VERSION})"
         ));
@@ -757,14 +771,24 @@ fn conn_of(b: &[u8; CONN], strings: usize) -> R<(u64, ConnState)> {
     }
 }
 
-fn decode_head(r: &mut dyn Read, len: u64) -> Result<State, String> {
+fn decode_head(r: &mut dyn Read, len: u64, version: u32) -> Result<State, String> {
     let mut d = Dec { r, left: len };
+    let boot_id = d.str()?;
+    let home = if version == V3 {
+        String::new()
+    } else {
+        d.str()?
+    };
     let mut s = State {
         version: FORMAT_VERSION,
-        boot_id: d.str()?,
+        boot_id,
+        home,
         pin_generation: d.u64()?,
         ring_applied: d.u64()?,
-        created_unix: d.u64()? as i64,
+        created_unix_ns: match d.u64()? as i64 {
+            secs if version == V3 => secs.saturating_mul(1_000_000_000),
+            ns => ns,
+        },
         closes_without_record: d.u64()?,
         malformed_records: d.u64()?,
         ..Default::default()
@@ -790,9 +814,17 @@ fn decode_head(r: &mut dyn Read, len: u64) -> Result<State, String> {
         let id = d.u64()?;
         s.cgroup_names.insert(id, d.str()?);
     }
-    for _ in 0..d.count(12)? {
-        let file = d.str()?;
-        s.log_len.insert(file, d.u64()?);
+    if version == V3 {
+        for _ in 0..d.count(12)? {
+            d.str()?;
+            d.u64()?;
+        }
+    } else {
+        for _ in 0..d.count(28)? {
+            let path = d.str()?;
+            let (dev, ino, len) = (d.u64()?, d.u64()?, d.u64()?);
+            s.logs.insert(path, Committed { dev, ino, len });
+        }
     }
     for i in 0..2 {
         let mut groups: BTreeMap<GroupKey, GroupTotals> = BTreeMap::new();
@@ -849,7 +881,8 @@ mod tests {
             boot_id: "b00t".into(),
             pin_generation: 42,
             ring_applied: 1920,
-            created_unix: 1_700_000_000,
+            created_unix_ns: 1_700_000_000_123_456_789,
+            home: "/var/lib/longconn".into(),
             closes_without_record: 3,
             malformed_records: 1,
             workload_labels: vec!["workload".into()],
@@ -860,7 +893,14 @@ mod tests {
         let w = s.strings.intern("/app");
         let svc = s.strings.intern("10.0.0.1:5432");
         s.cgroup_names.insert(7, "/app".into());
-        s.log_len.insert("access.csv".into(), 123);
+        s.logs.insert(
+            "/var/log/longconn/access.csv".into(),
+            Committed {
+                dev: 2049,
+                ino: 77,
+                len: 123,
+            },
+        );
         s.workloads.insert(
             (1, w),
             GroupTotals {
@@ -949,6 +989,95 @@ mod tests {
         let w = head.workloads.keys().next().unwrap().1;
         assert_eq!(head.strings.get(w), "/app");
         assert_eq!(head.strings.get(head.final_series[0].skey), "10.0.0.1:5432");
+    }
+
+    /// `s` as the previous format (v3) wrote it.
+    fn encode_v3(s: &State) -> Vec<u8> {
+        let mut e = Enc {
+            w: Vec::new(),
+            buf: Vec::new(),
+            hash: StreamHash::new(),
+        };
+        let mut header = [0u8; HEADER];
+        header[..16].copy_from_slice(MAGIC);
+        header[16..20].copy_from_slice(&V3.to_le_bytes());
+        for (cookie, c) in s.conns.iter() {
+            e.put(&conn_bytes(cookie, c)).unwrap();
+        }
+        e.str(&s.boot_id).unwrap();
+        for v in [
+            s.pin_generation,
+            s.ring_applied,
+            (s.created_unix_ns / 1_000_000_000) as u64,
+            s.closes_without_record,
+            s.malformed_records,
+        ] {
+            e.u64(v).unwrap();
+        }
+        for labels in [&s.workload_labels, &s.service_labels] {
+            e.count(labels.len()).unwrap();
+            for l in labels {
+                e.str(l).unwrap();
+            }
+        }
+        e.put(&[1]).unwrap();
+        e.str(s.services_text.as_deref().unwrap()).unwrap();
+        e.count(s.strings.len()).unwrap();
+        for t in s.strings.iter() {
+            e.str(t).unwrap();
+        }
+        e.count(s.cgroup_names.len()).unwrap();
+        for (id, name) in &s.cgroup_names {
+            e.u64(*id).unwrap();
+            e.str(name).unwrap();
+        }
+        e.count(1).unwrap();
+        e.str("access.csv").unwrap();
+        e.u64(123).unwrap();
+        for groups in [&s.workloads, &s.services] {
+            e.count(groups.len()).unwrap();
+            for ((dir, key), t) in groups {
+                e.u32(*dir).unwrap();
+                e.u32(*key).unwrap();
+                for v in [t.opened, t.closed, t.failed] {
+                    e.u64(v).unwrap();
+                }
+                for v in counters_arr(t.closed_counters) {
+                    e.u64(v).unwrap();
+                }
+            }
+        }
+        e.count(s.recently_closed.len()).unwrap();
+        for (cookie, at) in &s.recently_closed {
+            e.u64(*cookie).unwrap();
+            e.u64(*at).unwrap();
+        }
+        e.count(s.final_series.len()).unwrap();
+        for c in &s.final_series {
+            e.put(&conn_bytes(0, c)).unwrap();
+        }
+        e.flush_buf().unwrap();
+        let total = e.hash.total;
+        let sum = std::mem::replace(&mut e.hash, StreamHash::new()).finish();
+        let mut out = header.to_vec();
+        out.extend_from_slice(&e.w);
+        out.extend_from_slice(&(s.conns.iter().count() as u64).to_le_bytes());
+        out.extend_from_slice(&total.to_le_bytes());
+        out.extend_from_slice(&sum.to_le_bytes());
+        out.extend_from_slice(END);
+        out
+    }
+
+    /// An upgrade from v3 keeps every total and position (not a counter
+    /// reset); its file lengths by name are dropped (not enough to cut).
+    #[test]
+    fn a_v3_state_is_read_with_its_totals() {
+        let mut want = sample();
+        want.created_unix_ns = 1_700_000_000_000_000_000;
+        let got = decode(&encode_v3(&want)).unwrap();
+        want.home.clear();
+        want.logs.clear();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Migration of the previous state format: `state.json`, JSON, version 2.
 //!
 //! A v2 state is read once, when no binary state exists yet, and converted
-//! with every total, position and committed file length it holds, so an
-//! upgrade is not a counter reset; the caller removes `state.json` once the
+//! with every total and position it holds, so an upgrade is not a counter
+//! reset (its file lengths, by name only, are not enough to cut a file:
+//! see `output::applog`); the caller removes `state.json` once the
 //! binary state is saved. A v2 file that does not parse or convert is set
 //! aside like any bad state.
 
@@ -56,7 +57,6 @@ struct V2 {
     final_series: Vec<V2Conn>,
     closes_without_record: u64,
     malformed_records: u64,
-    log_len: BTreeMap<String, u64>,
     created_unix: i64,
 }
 
@@ -148,8 +148,10 @@ fn convert(bytes: &[u8]) -> Result<State, String> {
         final_series,
         closes_without_record: v.closes_without_record,
         malformed_records: v.malformed_records,
-        log_len: v.log_len,
-        created_unix: v.created_unix,
+        // v2 knew files by name only: not enough to cut one (see applog).
+        logs: BTreeMap::new(),
+        created_unix_ns: v.created_unix.saturating_mul(1_000_000_000),
+        home: String::new(),
     })
 }
 
@@ -182,8 +184,12 @@ mod tests {
         let w = s.strings.iter().position(|x| x == "/app").unwrap() as u32;
         assert_eq!(s.workloads[&(1, w)].closed_counters.bytes_sent, 100);
         assert_eq!(
-            (s.ring_applied, s.log_len["access.csv"], s.created_unix),
-            (384, 77, 1_700_000_000)
+            (
+                s.ring_applied,
+                s.logs.len(),
+                s.created_unix_ns / 1_000_000_000
+            ),
+            (384, 0, 1_700_000_000)
         );
         assert!(convert(br#"{"hello":"world"}"#)
             .unwrap_err()

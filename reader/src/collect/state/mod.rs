@@ -26,7 +26,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::identity::Identity;
+use crate::{identity::Identity, output::applog::Committed};
 
 pub use codec::FORMAT_VERSION as STATE_VERSION;
 #[cfg(test)]
@@ -291,10 +291,14 @@ pub struct State {
     pub final_series: Vec<ConnState>,
     pub closes_without_record: u64,
     pub malformed_records: u64,
-    /// Committed length of each append-only file (by file name).
-    pub log_len: BTreeMap<String, u64>,
-    /// Unix seconds when this state started (a new start = a counter reset).
-    pub created_unix: i64,
+    /// Committed position of each append-only file, by its full path: the
+    /// file (device, inode) the committed length belongs to.
+    pub logs: BTreeMap<String, Committed>,
+    /// Unix ns when these totals started (a new start = a counter reset).
+    pub created_unix_ns: i64,
+    /// The state directory this state belongs to (canonical path); a state
+    /// found in another directory is foreign and set aside.
+    pub home: String,
 }
 
 impl State {
@@ -395,13 +399,20 @@ pub fn legacy_path(path: &Path) -> PathBuf {
 }
 
 /// Loads the state at `path`; without one, migrates a v2 `state.json`
-/// beside it (the caller removes that once the new state is saved).
-pub fn load(path: &Path) -> io::Result<LoadOutcome> {
+/// beside it (the caller removes that once the new state is saved). A state
+/// written for another state directory than `home` (copied from another
+/// out dir) is foreign: set aside.
+pub fn load(path: &Path, home: &str) -> io::Result<LoadOutcome> {
     match read_nofollow(path, |f| {
         Ok(codec::open(f)?.map(|(s, p)| (Box::new(s), Prev::File(p))))
     })? {
         Read::Missing => {}
         Read::Problem(p) => return set_aside(path, p),
+        Read::Ok((s, prev)) if !s.home.is_empty() && s.home != home => {
+            let why = format!("written for state dir {}, not this one", s.home);
+            drop(prev);
+            return set_aside(path, why);
+        }
         Read::Ok((s, prev)) => return Ok(LoadOutcome::Loaded(s, prev)),
     }
     let old = legacy_path(path);
@@ -583,7 +594,7 @@ mod tests {
     }
 
     fn loaded(path: &Path) -> (State, Vec<(u64, ConnState)>) {
-        match load(path).unwrap() {
+        match load(path, "/h").unwrap() {
             LoadOutcome::Loaded(s, prev) => {
                 let conns = prev.scan().map(Result::unwrap).collect();
                 (*s, conns)
@@ -598,7 +609,7 @@ mod tests {
     fn saves_load_and_resave() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("state.bin");
-        assert!(matches!(load(&p).unwrap(), LoadOutcome::Fresh));
+        assert!(matches!(load(&p, "/h").unwrap(), LoadOutcome::Fresh));
         let mut s = State {
             boot_id: "b".into(),
             ..Default::default()
@@ -608,10 +619,15 @@ mod tests {
             saver.push(k, &conn(k)).unwrap();
         }
         assert!(saver.push(8, &conn(8)).is_err(), "cookies must increase");
-        s.log_len.insert("a".into(), 5);
+        let pos = |len| Committed {
+            dev: 1,
+            ino: 2,
+            len,
+        };
+        s.logs.insert("/a".into(), pos(5));
         saver.commit(&s).unwrap();
         let (got, conns) = loaded(&p);
-        assert_eq!(got.log_len["a"], 5);
+        assert_eq!(got.logs["/a"], pos(5));
         assert_eq!(
             conns.iter().map(|(k, c)| (*k, c.seq)).collect::<Vec<_>>(),
             [(3, 3), (7, 7), (9, 9)]
@@ -622,10 +638,10 @@ mod tests {
             0o600
         );
 
-        s.log_len.insert("a".into(), 0);
+        s.logs.insert("/a".into(), pos(0));
         resave(&p, &s, 0o600).unwrap();
         let (got, again) = loaded(&p);
-        assert_eq!((got.log_len["a"], again), (0, conns));
+        assert_eq!((got.logs["/a"], again), (pos(0), conns));
 
         let mut saver = Saver::begin(&p, 0o600).unwrap();
         saver.push(1, &conn(1)).unwrap();
@@ -648,12 +664,9 @@ mod tests {
         let json = legacy_path(&p);
         fs::write(&json, br#"{"version":2,"boot_id":"b","pin_generation":5,"ring_applied":384,"conns":{},"recently_closed":{},"workloads":{},"services":{},"workload_labels":[],"service_labels":[],"services_text":null,"cgroup_names":{},"final_series":[],"closes_without_record":0,"malformed_records":0,"log_len":{"access.csv":77},"created_unix":1}"#).unwrap();
         let (s, conns) = loaded(&p);
-        assert_eq!(
-            (s.ring_applied, s.log_len["access.csv"], conns.len()),
-            (384, 77, 0)
-        );
+        assert_eq!((s.ring_applied, s.logs.len(), conns.len()), (384, 0, 0));
         fs::write(&json, b"{not json").unwrap();
-        match load(&p).unwrap() {
+        match load(&p, "/h").unwrap() {
             LoadOutcome::SetAside(aside, why) => {
                 assert!(
                     why.starts_with("state.json: not a longconn state file"),
@@ -668,11 +681,37 @@ mod tests {
             other => panic!("{other:?}"),
         }
         fs::write(&p, b"garbage").unwrap();
-        assert!(matches!(load(&p).unwrap(), LoadOutcome::SetAside(..)));
+        assert!(matches!(load(&p, "/h").unwrap(), LoadOutcome::SetAside(..)));
         std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
-        match load(&p).unwrap() {
+        match load(&p, "/h").unwrap() {
             LoadOutcome::SetAside(_, why) => assert_eq!(why, "a symlink, not a file"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A state written for another state dir (copied from another out dir)
+    /// is set aside, never adopted; one without a home (older format) is.
+    #[test]
+    fn a_state_of_another_directory_is_set_aside() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.bin");
+        let mut s = State {
+            home: "/elsewhere".into(),
+            ..Default::default()
+        };
+        Saver::begin(&p, 0o600).unwrap().commit(&s).unwrap();
+        match load(&p, "/h").unwrap() {
+            LoadOutcome::SetAside(aside, why) => {
+                assert!(why.contains("/elsewhere"), "{why}");
+                assert!(aside.exists() && !p.exists());
+            }
+            other => panic!("{other:?}"),
+        }
+        s.home = "/h".into();
+        Saver::begin(&p, 0o600).unwrap().commit(&s).unwrap();
+        assert_eq!(loaded(&p).0.home, "/h");
+        s.home.clear();
+        Saver::begin(&p, 0o600).unwrap().commit(&s).unwrap();
+        assert_eq!(loaded(&p).0.home, "");
     }
 }
