@@ -2,6 +2,7 @@
 //! person or a monitoring system reads. Each invocation does one thing and
 //! exits; nothing stays resident.
 
+mod argvalues;
 mod clock;
 mod collect;
 mod dump;
@@ -10,6 +11,7 @@ mod human;
 mod identity;
 mod output;
 mod servicemap;
+mod termsafe;
 mod view;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -53,7 +55,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprintln!("longconn-reader: {}", one_line(&e));
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     let result = match &cli.command {
         Command::Collect(args) => collect::run(&cli.pin_dir, args),
         Command::Dump(args) => dump::run(&cli.pin_dir, args),
@@ -66,6 +75,20 @@ fn main() -> ExitCode {
             exit::code_of(&err)
         }
     }
+}
+
+/// A clap error as one line (like every other error of the reader): its
+/// message, the valid values and tip, without the "For more information"
+/// trailer; exit status 2 either way.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect();
+    format!("{} (see --help)", parts.join("; "))
 }
 
 /// `longconn-reader dump | head` is not an error.
