@@ -5,6 +5,7 @@ mod collect;
 mod errors;
 mod faults;
 mod foundation;
+mod hardening_cli;
 mod identity;
 mod otlp;
 mod soak;
