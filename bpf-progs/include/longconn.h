@@ -9,7 +9,7 @@
 #ifndef LONGCONN_H
 #define LONGCONN_H
 
-#define LONGCONN_LAYOUT_VERSION 3
+#define LONGCONN_LAYOUT_VERSION 4
 #define LONGCONN_META_MAGIC 0x6c636f6e6e6d6574ULL /* "lconnmet" */
 
 /* longconn_conn.direction */
@@ -28,7 +28,7 @@
 #define LONGCONN_HOOK_EGRESS 0x4    /* cgroup_skb/egress (every transmitted segment) */
 #define LONGCONN_HOOK_INGRESS 0x8   /* cgroup_skb/ingress (every received segment, pre-TCP) */
 #define LONGCONN_HOOK_ACK 0x10      /* sockops RTT and RETRANS callbacks (every ACK, retransmit) */
-#define LONGCONN_HOOK_SOCKHASH 0x20 /* established sockets in longconn_socks: read-time refresh */
+/* 0x20 was the sockhash read-time refresh (layout 3): it changed socket behaviour; retired. */
 
 /* Index of each kernel-side counter in the per-CPU `longconn_counters` array. */
 #define LONGCONN_CTR_RINGBUF_FULL 0   /* close records that did not fit the ring buffer */
@@ -36,7 +36,7 @@
 #define LONGCONN_CTR_MAP_ERROR 2      /* connections not tracked: other insert error */
 #define LONGCONN_CTR_CLOSE_UNTRACKED 3 /* TCP_CLOSE seen for a socket with no entry */
 #define LONGCONN_CTR_TRACKED 4        /* connections inserted into the map */
-#define LONGCONN_CTR_SOCKS_ERROR 5    /* established sockets the refresh cannot reach (sockhash insert failed) */
+/* 5 was sockhash insert failures (layout 3); unused. */
 #define LONGCONN_CTR_MAX 8
 
 /* Value of map_of_tcp_conns (key: __u64 socket cookie) and of each ring-buffer record. */
@@ -64,7 +64,7 @@ struct longconn_conn {
 	__u32 state;     /* TCP state (linux/tcp.h numbering) */
 	__u32 direction; /* LONGCONN_DIR_* */
 	__u32 flags;     /* LONGCONN_F_* */
-	__u32 _pad;
+	__u32 netns_ino; /* inode of the socket's network namespace (/proc/PID/ns/net), for the read-time refresh */
 	char comm[16]; /* comm of that task; empty when unknown */
 };
 
@@ -80,6 +80,26 @@ struct longconn_owner {
 	__u32 _pad;
 	char comm[16];
 };
+
+/* Value of `longconn_netns` (key: __u64 netns cookie): how the read-time
+ * refresh reaches sockets of a network namespace other than the reader's.
+ * The refresh program inserts {ino} for every foreign namespace it meets; the
+ * reader finds a process or bind mount of that inode, obtains its netnsid
+ * (RTM_GETNSID, or RTM_NEWNSID when none is assigned) and writes it here with
+ * its own netns cookie, since a netnsid is relative to the namespace that
+ * asks. */
+struct longconn_netns {
+	__u64 reader_netns_cookie; /* namespace nsid is relative to; 0: not resolved */
+	__u32 ino;                 /* inode of the namespace */
+	__u32 nsid;                /* netnsid seen from reader_netns_cookie */
+};
+
+/* The refresh program's arguments and results in skb->cb (BPF_PROG_TEST_RUN
+ * ctx in and out); it returns how many records it refreshed. */
+#define LONGCONN_REFRESH_CB_SHARD 0      /* in: this run's shard */
+#define LONGCONN_REFRESH_CB_NSHARDS 1    /* in: number of shards (0 or 1: all records) */
+#define LONGCONN_REFRESH_CB_NETNS_LO 2   /* in: reader's netns cookie, low 32 bits; out: sockets not found */
+#define LONGCONN_REFRESH_CB_NETNS_HI 3   /* in: reader's netns cookie, high 32 bits; out: records in an unresolved netns */
 
 /* Single value of the `longconn_meta` array, written by longconn-pin after load. */
 struct longconn_meta {

@@ -5,15 +5,19 @@
  * and hand the final record of every closed connection to user space.
  *
  * Tracking starts in sockops (connect or passive establish, on the attached
- * cgroup v2 subtree); at establish the socket also joins the sockhash
- * `longconn_socks` (no programs attached to it). Freshness comes from reading,
- * not from the data path: a reader runs the program `longconn_refresh`
- * (pinned as `refresh_conns`, BPF_PROG_TEST_RUN) just before it reads the
- * map; it walks map_of_tcp_conns, reaches each socket through the sockhash
- * (any network namespace) and copies its tcp_sock counters — the fields
- * `ss -tin` reads, at the moment of the read. So the default attaches nothing
- * per segment: only sockops callbacks at connect, establish and state changes
- * (the close record is taken at TCP_CLOSE, from final counters).
+ * cgroup v2 subtree). Freshness comes from reading, not from the data path: a
+ * reader runs the program `longconn_refresh` (pinned as `refresh_conns`,
+ * BPF_PROG_TEST_RUN) just before it reads the map; it walks map_of_tcp_conns,
+ * looks each record's socket up by its 4-tuple in the kernel's TCP socket
+ * tables (bpf_skc_lookup_tcp, in the record's network namespace through a
+ * netnsid), checks that the socket found carries the record's cookie, and
+ * copies its tcp_sock counters — the fields `ss -tin` reads, at the moment of
+ * the read. Nothing is attached to or stored in any socket, so applications
+ * cannot behave differently (an earlier design kept sockets in a sockhash,
+ * which swaps their proto ops for tcp_bpf's and changed blocking reads). The
+ * default attaches nothing per segment: only sockops callbacks at connect,
+ * establish and state changes (the close record is taken at TCP_CLOSE, from
+ * final counters).
  *
  * Optional per-segment hooks (`--hooks`) keep the map itself fresh between
  * reads, for consumers that read map_of_tcp_conns directly:
@@ -38,7 +42,7 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Set by longconn-pin at load time (EbpfLoader::set_global). */
-const volatile __u32 hooks = LONGCONN_HOOK_SOCKHASH;
+const volatile __u32 hooks = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -48,15 +52,15 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } map_of_tcp_conns SEC(".maps");
 
-/* Every tracked established socket by cookie: how `longconn_refresh` reaches
- * the socket of a record (from any network namespace). The kernel removes a
- * socket from it when the socket closes. */
+/* Network namespaces other than the reader's, for `longconn_refresh`
+ * (struct longconn_netns): filled by the refresh program, resolved by readers. */
 struct {
-	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u64);
-	__type(value, __u64);
-	__uint(max_entries, 131072);
-} longconn_socks SEC(".maps");
+	__type(value, struct longconn_netns);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} longconn_netns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -150,8 +154,10 @@ static __always_inline void fill_identity(struct longconn_conn *c, struct tcp_so
 	if (cgrp)
 		c->cgroup_id = cgrp->kn->id;
 	net = skc->skc_net.net;
-	if (net)
+	if (net) {
 		c->netns_cookie = net->net_cookie;
+		c->netns_ino = net->ns.inum;
+	}
 }
 
 /* First sight of a connection (connect() or passive establish): insert its
@@ -199,15 +205,6 @@ static __always_inline bool track(struct bpf_sock_ops *skops, struct tcp_sock *t
 							   BPF_SOCK_OPS_RETRANS_CB_FLAG
 						 : BPF_SOCK_OPS_STATE_CB_FLAG);
 	return true;
-}
-
-/* Established and tracked: let `longconn_refresh` reach the socket by cookie. */
-static __always_inline void add_sock(struct bpf_sock_ops *skops, __u64 cookie)
-{
-	if (!(hooks & LONGCONN_HOOK_SOCKHASH))
-		return;
-	if (bpf_sock_hash_update(skops, &longconn_socks, &cookie, BPF_ANY))
-		count(LONGCONN_CTR_SOCKS_ERROR);
 }
 
 /* listen(): remember who owns the port (runs in the caller's context). */
@@ -282,8 +279,7 @@ int longconn_sockops(struct bpf_sock_ops *skops)
 		track(skops, tp, cookie, LONGCONN_DIR_OUTBOUND);
 		return 1;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		if (track(skops, tp, cookie, LONGCONN_DIR_INBOUND))
-			add_sock(skops, cookie);
+		track(skops, tp, cookie, LONGCONN_DIR_INBOUND);
 		return 1;
 	}
 
@@ -297,7 +293,6 @@ int longconn_sockops(struct bpf_sock_ops *skops)
 	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
 		c->flags |= LONGCONN_F_ESTABLISHED;
 		c->state = BPF_TCP_ESTABLISHED;
-		add_sock(skops, cookie);
 	} else if (op == BPF_SOCK_OPS_STATE_CB) {
 		/* args[1] is the new state; sk_state still holds the old one. */
 		c->state = skops->args[1];
@@ -396,35 +391,106 @@ int longconn_rcv_space(struct trace_event_raw_tcp_event_sk *ctx)
 	return 0;
 }
 
-/* What one run of `longconn_refresh` does: records with cookie % nshards == shard. */
+/* What one run of `longconn_refresh` does (arguments) and did (results). */
 struct refresh_run {
-	__u64 refreshed;
+	struct __sk_buff *skb; /* the run's context: socket lookups need it */
+	__u64 reader_netns;    /* cookie of the reader's network namespace */
 	__u64 now;
 	__u32 shard;
 	__u32 nshards;
+	__u32 refreshed;
+	__u32 not_found;     /* no socket with the record's 4-tuple and cookie */
+	__u32 netns_unknown; /* the record's namespace has no netnsid for this reader yet */
+	__u32 _pad;
 };
 
-/* bpf_for_each_map_elem callback: refresh one record from its socket, if it has one. */
+static __always_inline bool v4_mapped(const __u32 *a)
+{
+	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
+}
+
+/*
+ * The record's socket, from the kernel's TCP tables: the tuple is given as a
+ * packet from the peer would carry it (source = remote). IPv4-mapped
+ * addresses of an IPv6 socket are hashed as IPv4. Returns a reference to
+ * release, or NULL.
+ */
+static __always_inline struct bpf_sock *lookup_sock(struct __sk_buff *skb,
+						    struct longconn_conn *c, __u64 netns)
+{
+	struct bpf_sock_tuple t = {};
+
+	if (c->family == AF_INET) {
+		t.ipv4.saddr = c->remote_addr[0];
+		t.ipv4.daddr = c->local_addr[0];
+	} else if (v4_mapped(c->local_addr)) {
+		t.ipv4.saddr = c->remote_addr[3];
+		t.ipv4.daddr = c->local_addr[3];
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, c->remote_addr, sizeof(t.ipv6.saddr));
+		__builtin_memcpy(t.ipv6.daddr, c->local_addr, sizeof(t.ipv6.daddr));
+		t.ipv6.sport = bpf_htons(c->remote_port);
+		t.ipv6.dport = bpf_htons(c->local_port);
+		return bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), netns, 0);
+	}
+	t.ipv4.sport = bpf_htons(c->remote_port);
+	t.ipv4.dport = bpf_htons(c->local_port);
+	return bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), netns, 0);
+}
+
+/* The lookup's netns argument for a record, or false when its namespace has
+ * no netnsid for this reader yet (then it is registered for the reader). */
+static __always_inline bool netns_arg(struct longconn_conn *c, struct refresh_run *run, __u64 *netns)
+{
+	struct longconn_netns *ns, fresh = {};
+
+	if (c->netns_cookie == run->reader_netns) {
+		*netns = BPF_F_CURRENT_NETNS;
+		return true;
+	}
+	ns = bpf_map_lookup_elem(&longconn_netns, &c->netns_cookie);
+	if (ns && ns->reader_netns_cookie == run->reader_netns) {
+		*netns = ns->nsid;
+		return true;
+	}
+	if (!ns) {
+		fresh.ino = c->netns_ino;
+		bpf_map_update_elem(&longconn_netns, &c->netns_cookie, &fresh, BPF_NOEXIST);
+	}
+	return false;
+}
+
+/* bpf_for_each_map_elem callback: refresh one record from its socket, if it is still there. */
 static long refresh_one(void *map, __u64 *cookie, struct longconn_conn *c, struct refresh_run *run)
 {
 	struct bpf_sock *sk;
 	struct tcp_sock *tp;
+	__u64 netns;
 
 	if (run->nshards > 1 && *cookie % run->nshards != run->shard)
 		return 0;
 	/* A final record (kept in the map: ring buffer full) stays as closed. */
 	if (c->flags & LONGCONN_F_CLOSED)
 		return 0;
-	sk = bpf_map_lookup_elem(&longconn_socks, cookie);
-	if (!sk)
+	if (!netns_arg(c, run, &netns)) {
+		run->netns_unknown++;
 		return 0;
+	}
+	sk = lookup_sock(run->skb, c, netns);
+	if (!sk) {
+		run->not_found++;
+		return 0;
+	}
 	tp = bpf_skc_to_tcp_sock(sk);
-	if (tp) {
+	/* Identity: a reused 4-tuple (or the listener the lookup falls back to) is another socket. */
+	if (tp && tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter == *cookie) {
 		copy_counters(c, tp);
 		c->update_ns = run->now;
+		run->refreshed++;
+	} else {
+		run->not_found++;
 	}
 	bpf_sk_release(sk);
-	run->refreshed++;
 	return 0;
 }
 
@@ -432,19 +498,25 @@ static long refresh_one(void *map, __u64 *cookie, struct longconn_conn *c, struc
  * Run by a reader (BPF_PROG_TEST_RUN on the pinned program) just before it
  * reads map_of_tcp_conns: copy every tracked socket's counters into its
  * record, now. This is what makes the default exact without any per-segment
- * hook. skb->cb[0] and cb[1] select a shard (cookie % cb[1] == cb[0]) so that
- * readers can split the work across CPUs; cb[1] = 0 means everything.
- * Returns how many records were refreshed.
+ * hook. In skb->cb (LONGCONN_REFRESH_CB_*): a shard (cookie % nshards ==
+ * shard) so that readers can split the work across CPUs, and the reader's
+ * netns cookie; out: how many sockets were not found and how many records
+ * wait for a netnsid. Returns how many records were refreshed.
  */
 SEC("classifier")
 int longconn_refresh(struct __sk_buff *skb)
 {
 	struct refresh_run run = {
+		.skb = skb,
 		.now = bpf_ktime_get_boot_ns(),
-		.shard = skb->cb[0],
-		.nshards = skb->cb[1],
+		.shard = skb->cb[LONGCONN_REFRESH_CB_SHARD],
+		.nshards = skb->cb[LONGCONN_REFRESH_CB_NSHARDS],
+		.reader_netns = (__u64)skb->cb[LONGCONN_REFRESH_CB_NETNS_HI] << 32 |
+				skb->cb[LONGCONN_REFRESH_CB_NETNS_LO],
 	};
 
 	bpf_for_each_map_elem(&map_of_tcp_conns, refresh_one, &run, 0);
+	skb->cb[LONGCONN_REFRESH_CB_NETNS_LO] = run.not_found;
+	skb->cb[LONGCONN_REFRESH_CB_NETNS_HI] = run.netns_unknown;
 	return (int)(run.refreshed & 0x7fffffff);
 }

@@ -8,7 +8,7 @@ use std::{collections::HashMap, mem::offset_of};
 
 use longconn_common::{
     layout::{ListenKey, Owner},
-    ConnRecord, Meta,
+    ConnRecord, Meta, NetnsEntry,
 };
 
 /// struct name -> (size, member name -> bit offset), from raw BTF.
@@ -108,9 +108,22 @@ fn rust_mirror_matches_compiled_btf() {
             state,
             direction,
             flags,
-            _pad,
+            netns_ino,
             comm
         ]
+    );
+    check_struct!(
+        structs,
+        "longconn_listen_key",
+        ListenKey,
+        [netns_cookie, port, _pad]
+    );
+    check_struct!(structs, "longconn_owner", Owner, [pid, _pad, comm]);
+    check_struct!(
+        structs,
+        "longconn_netns",
+        NetnsEntry,
+        [reader_netns_cookie, ino, nsid]
     );
     check_struct!(
         structs,

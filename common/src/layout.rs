@@ -6,7 +6,7 @@
 //! maps and the ring buffer are decoded with a length check, never transmuted.
 
 /// Bumped on any change to a record below; pinned in `meta` and checked by readers.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// `Meta::magic`: "lconnmet".
 pub const META_MAGIC: u64 = 0x6c63_6f6e_6e6d_6574;
 
@@ -23,14 +23,12 @@ pub const HOOK_RCV_SPACE: u32 = 0x2;
 pub const HOOK_EGRESS: u32 = 0x4;
 pub const HOOK_INGRESS: u32 = 0x8;
 pub const HOOK_ACK: u32 = 0x10;
-pub const HOOK_SOCKHASH: u32 = 0x20;
 
 pub const CTR_RINGBUF_FULL: u32 = 0;
 pub const CTR_MAP_FULL: u32 = 1;
 pub const CTR_MAP_ERROR: u32 = 2;
 pub const CTR_CLOSE_UNTRACKED: u32 = 3;
 pub const CTR_TRACKED: u32 = 4;
-pub const CTR_SOCKS_ERROR: u32 = 5;
 pub const CTR_MAX: u32 = 8;
 
 pub const AF_INET: u32 = 2;
@@ -63,7 +61,7 @@ pub struct ConnRecord {
     pub state: u32,
     pub direction: u32,
     pub flags: u32,
-    pub _pad: u32,
+    pub netns_ino: u32,
     pub comm: [u8; 16],
 }
 
@@ -85,6 +83,21 @@ pub struct Owner {
     pub comm: [u8; 16],
 }
 
+/// `struct longconn_netns`: value of the `netns` map (key: netns cookie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsEntry {
+    pub reader_netns_cookie: u64,
+    pub ino: u32,
+    pub nsid: u32,
+}
+
+/// `skb->cb` slots of the refresh program (LONGCONN_REFRESH_CB_*).
+pub const REFRESH_CB_SHARD: usize = 0;
+pub const REFRESH_CB_NSHARDS: usize = 1;
+pub const REFRESH_CB_NETNS_LO: usize = 2;
+pub const REFRESH_CB_NETNS_HI: usize = 3;
+
 /// `struct longconn_meta`: the single value of the `meta` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,6 +117,8 @@ pub struct Meta {
 unsafe impl aya::Pod for ConnRecord {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Meta {}
+// SAFETY: as above.
+unsafe impl aya::Pod for NetnsEntry {}
 
 /// Per-CPU kernel counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -113,8 +128,6 @@ pub struct Counters {
     pub map_error: u64,
     pub close_untracked: u64,
     pub tracked: u64,
-    /// Established sockets the read-time refresh cannot reach (sockhash insert failed).
-    pub socks_error: u64,
 }
 
 impl Counters {
@@ -126,7 +139,6 @@ impl Counters {
             map_error: at(CTR_MAP_ERROR),
             close_untracked: at(CTR_CLOSE_UNTRACKED),
             tracked: at(CTR_TRACKED),
-            socks_error: at(CTR_SOCKS_ERROR),
         }
     }
 }
@@ -186,7 +198,7 @@ impl ConnRecord {
             state: c.u32(),
             direction: c.u32(),
             flags: c.u32(),
-            _pad: c.u32(),
+            netns_ino: c.u32(),
             comm: c.take(),
         })
     }

@@ -7,6 +7,7 @@ pub mod caps;
 pub mod groups;
 pub mod layout;
 pub mod mounts;
+pub mod netns;
 pub mod pinned;
 pub mod pins;
 pub mod ring;
@@ -14,5 +15,5 @@ pub mod sys;
 pub mod testgen;
 pub mod units;
 
-pub use layout::{ConnRecord, Counters, Meta};
-pub use pinned::{PinnedError, Pins};
+pub use layout::{ConnRecord, Counters, Meta, NetnsEntry};
+pub use pinned::{PinnedError, Pins, RefreshStats};

@@ -5,15 +5,17 @@
 
 use std::{
     io,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, Map, MapData, PerCpuArray};
+use std::collections::HashSet;
+
+use aya::maps::{Array, HashMap as AyaHashMap, Map, MapData, PerCpuArray};
 
 use crate::{
-    layout::{self, ConnRecord, Counters, Meta},
-    mounts, pins,
+    layout::{self, ConnRecord, Counters, Meta, NetnsEntry},
+    mounts, netns, pins,
     ring::RingReader,
     sys,
 };
@@ -32,9 +34,10 @@ pub enum PinnedError {
         found: String,
         expected: String,
     },
-    #[error("cannot open {path}: {source}")]
+    // The cause follows through the error chain (`{:#}`), not repeated here.
+    #[error("cannot open {path}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("cannot use map {path}: {source}")]
+    #[error("cannot use map {path}")]
     Map {
         path: PathBuf,
         source: aya::maps::MapError,
@@ -52,6 +55,49 @@ impl PinnedError {
             Self::Io { .. } | Self::Map { .. } => 1,
         }
     }
+}
+
+/// What one read-time refresh did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefreshStats {
+    /// Records copied from their socket.
+    pub refreshed: u64,
+    /// Live records whose socket was not found (gone between the close and
+    /// the record's removal, or bound to a device the lookup does not match).
+    pub not_found: u64,
+    /// Live records in a network namespace this reader has no netnsid for
+    /// (it could not find or open the namespace, or lacks CAP_NET_ADMIN).
+    pub netns_unknown: u64,
+}
+
+/// Resolves the netnsid of every namespace in `map` not yet resolved for the
+/// namespace `own`, skipping those in `tried`. Returns how many it resolved.
+fn resolve_netns(map: &mut AyaHashMap<MapData, u64, NetnsEntry>, own: u64, tried: &mut HashSet<u64>) -> usize {
+    let pending: Vec<(u64, NetnsEntry)> = map
+        .iter()
+        .flatten()
+        .filter(|(k, v)| *k != own && v.reader_netns_cookie != own && !tried.contains(k))
+        .collect();
+    if pending.is_empty() {
+        return 0;
+    }
+    let inodes: HashSet<u32> = pending.iter().map(|(_, v)| v.ino).collect();
+    let paths = netns::find_by_inode(&inodes);
+    let mut resolved = 0;
+    for (cookie, entry) in pending {
+        tried.insert(cookie);
+        let Some(path) = paths.get(&entry.ino) else { continue };
+        let Ok(nsid) = netns::nsid_of(path) else { continue };
+        let value = NetnsEntry {
+            reader_netns_cookie: own,
+            ino: entry.ino,
+            nsid,
+        };
+        if map.insert(cookie, value, 0).is_ok() {
+            resolved += 1;
+        }
+    }
+    resolved
 }
 
 /// Most threads (CPUs) one refresh uses.
@@ -185,11 +231,14 @@ impl Pins {
 
     /// Copies every tracked socket's counters into its record, now: runs the
     /// pinned `refresh_conns` program (BPF_PROG_TEST_RUN), which walks
-    /// map_of_tcp_conns and reads each socket it can still reach — one shard
-    /// of the records per thread, on up to `REFRESH_THREADS` CPUs (a run is
-    /// not preemptible; shards keep each run short and the wall time low).
-    /// Returns how many records it refreshed.
-    pub fn refresh(&self) -> Result<u64, PinnedError> {
+    /// map_of_tcp_conns and looks each record's socket up by 4-tuple in the
+    /// kernel's TCP tables — one shard of the records per thread, on up to
+    /// `REFRESH_THREADS` CPUs (a run is not preemptible; shards keep each run
+    /// short and the wall time low). Sockets of other network namespaces are
+    /// reached through netnsids resolved first (see `netns`); a namespace the
+    /// program meets for the first time is resolved and the refresh run once
+    /// more.
+    pub fn refresh(&self) -> Result<RefreshStats, PinnedError> {
         let path = self.path(pins::REFRESH);
         let fd = match open_fd(&path, Access::ReadWrite) {
             Err(PinnedError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -201,12 +250,41 @@ impl Pins {
             }
             other => other?,
         };
+        let own = netns::own_cookie().map_err(|source| PinnedError::Io {
+            path: "SO_NETNS_COOKIE".into(),
+            source,
+        })?;
+        let mut netns_map = self.netns_map();
+        let mut tried = HashSet::new();
+        if let Some(m) = &mut netns_map {
+            resolve_netns(m, own, &mut tried);
+        }
+        let mut stats = self.refresh_run(fd.as_fd(), &path, own)?;
+        if stats.netns_unknown > 0 {
+            if let Some(m) = &mut netns_map {
+                if resolve_netns(m, own, &mut tried) > 0 {
+                    stats = self.refresh_run(fd.as_fd(), &path, own)?;
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// One sharded run of the refresh program.
+    fn refresh_run(&self, fd: BorrowedFd<'_>, path: &Path, own: u64) -> Result<RefreshStats, PinnedError> {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
             .clamp(1, REFRESH_THREADS) as u32;
-        let run = |shard: u32| sys::prog_run(fd.as_fd(), &[shard, threads]);
-        let results: Vec<io::Result<u32>> = if threads == 1 {
+        let run = |shard: u32| {
+            let mut cb = [0u32; 4];
+            cb[layout::REFRESH_CB_SHARD] = shard;
+            cb[layout::REFRESH_CB_NSHARDS] = threads;
+            cb[layout::REFRESH_CB_NETNS_LO] = own as u32;
+            cb[layout::REFRESH_CB_NETNS_HI] = (own >> 32) as u32;
+            sys::prog_run(fd, &cb)
+        };
+        let results: Vec<io::Result<(u32, [u32; 5])>> = if threads == 1 {
             vec![run(0)]
         } else {
             std::thread::scope(|s| {
@@ -219,20 +297,39 @@ impl Pins {
                 out
             })
         };
-        let mut refreshed = 0u64;
+        let mut stats = RefreshStats::default();
         for r in results {
-            let n = r.map_err(|source| match source.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => {
-                    PinnedError::Permission { path: path.clone() }
-                }
+            let (refreshed, cb) = r.map_err(|source| match source.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::EACCES) => PinnedError::Permission { path: path.into() },
                 _ => PinnedError::Io {
-                    path: path.clone(),
+                    path: path.into(),
                     source,
                 },
             })?;
-            refreshed += u64::from(n);
+            stats.refreshed += u64::from(refreshed);
+            stats.not_found += u64::from(cb[layout::REFRESH_CB_NETNS_LO]);
+            stats.netns_unknown += u64::from(cb[layout::REFRESH_CB_NETNS_HI]);
         }
-        Ok(refreshed)
+        Ok(stats)
+    }
+
+    /// The `netns` map, read-write (the refresh records netnsids in it), or
+    /// None when it cannot be opened that way (then other namespaces stay
+    /// unreachable and are counted as such).
+    fn netns_map(&self) -> Option<AyaHashMap<MapData, u64, NetnsEntry>> {
+        let data = open_map(&self.path(pins::NETNS), Access::ReadWrite).ok()?;
+        AyaHashMap::try_from(Map::HashMap(data)).ok()
+    }
+
+    /// Forgets the netnsids of namespaces no live record refers to (they are
+    /// looked up again if a record of theirs appears).
+    pub fn prune_netns(&self, live: &[ConnRecord]) {
+        let Some(mut m) = self.netns_map() else { return };
+        let referenced: HashSet<u64> = live.iter().map(|r| r.netns_cookie).collect();
+        let stale: Vec<u64> = m.keys().flatten().filter(|k| !referenced.contains(k)).collect();
+        for k in stale {
+            let _ = m.remove(&k);
+        }
     }
 
     /// Every live record (and closed ones whose ring-buffer write failed),
@@ -241,6 +338,16 @@ impl Pins {
     pub fn connections(&self) -> Result<(Vec<ConnRecord>, u64), PinnedError> {
         self.refresh()?;
         self.connections_unrefreshed()
+    }
+
+    /// As `connections`, with what the refresh could not reach.
+    pub fn connections_refreshed(&self) -> Result<(Vec<ConnRecord>, u64, RefreshStats), PinnedError> {
+        let stats = self.refresh()?;
+        let (records, bad) = self.connections_unrefreshed()?;
+        if self.access == Access::ReadWrite {
+            self.prune_netns(&records);
+        }
+        Ok((records, bad, stats))
     }
 
     /// The map as the kernel hooks left it, without running the refresh

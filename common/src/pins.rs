@@ -12,7 +12,9 @@ pub const CLOSED: &str = "closed_conns";
 pub const COUNTERS: &str = "counters";
 /// Layout version and pin generation (array of one `Meta`).
 pub const META: &str = "meta";
-/// Iterator link: reading it refreshes every live record from its socket.
+/// Network namespaces the refresh meets, with their netnsids (hash, key = netns cookie).
+pub const NETNS: &str = "netns";
+/// Program run by readers (BPF_PROG_TEST_RUN): refreshes every live record from its socket.
 pub const REFRESH: &str = "refresh_conns";
 /// Directory of pinned bpf_links, one per attached program.
 pub const LINKS: &str = "links";
@@ -23,6 +25,7 @@ pub const MAPS: &[(&str, &str)] = &[
     ("longconn_closed", CLOSED),
     ("longconn_counters", COUNTERS),
     ("longconn_meta", META),
+    ("longconn_netns", NETNS),
 ];
 
 pub fn link_path(pin_dir: &Path, name: &str) -> PathBuf {

@@ -81,14 +81,26 @@ struct SkBuffCtx {
 }
 
 /// BPF_PROG_TEST_RUN of a tc program that ignores its packet, with
-/// `skb->cb[..args.len()]` set to `args`; returns the program's return value.
-pub fn prog_run(prog: BorrowedFd<'_>, args: &[u32]) -> io::Result<u32> {
+/// `skb->cb[..args.len()]` set to `args`; returns the program's return value
+/// and `skb->cb` as the program left it (its results).
+pub fn prog_run(prog: BorrowedFd<'_>, args: &[u32]) -> io::Result<(u32, [u32; 5])> {
     // A zeroed Ethernet frame: the least a tc program accepts.
     let packet = [0u8; 64];
     let mut ctx = SkBuffCtx::default();
     for (slot, a) in ctx.cb.iter_mut().zip(args) {
         *slot = *a;
     }
+    // The kernel returns the whole `struct __sk_buff` (ENOSPC if the buffer
+    // is shorter); cb is at the same offset as in the input.
+    #[repr(C)]
+    struct CtxOut {
+        ctx: SkBuffCtx,
+        _rest: [u8; 512],
+    }
+    let mut ctx_out = CtxOut {
+        ctx: SkBuffCtx::default(),
+        _rest: [0; 512],
+    };
     let mut attr = TestRunAttr {
         prog_fd: prog.as_raw_fd() as u32,
         data_size_in: packet.len() as u32,
@@ -96,10 +108,12 @@ pub fn prog_run(prog: BorrowedFd<'_>, args: &[u32]) -> io::Result<u32> {
         repeat: 1,
         ctx_size_in: std::mem::size_of::<SkBuffCtx>() as u32,
         ctx_in: &ctx as *const SkBuffCtx as u64,
+        ctx_size_out: std::mem::size_of::<CtxOut>() as u32,
+        ctx_out: &mut ctx_out as *mut CtxOut as u64,
         ..Default::default()
     };
     bpf(BPF_PROG_TEST_RUN, &mut attr)?;
-    Ok(attr.retval)
+    Ok((attr.retval, ctx_out.ctx.cb))
 }
 
 /// BPF_OBJ_GET with file flags (0 or BPF_F_RDONLY).

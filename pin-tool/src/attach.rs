@@ -56,15 +56,16 @@ pub struct AttachArgs {
     #[arg(long, default_value = "8MiB", value_name = "SIZE", value_parser = |s: &str| units::parse_size(s).map_err(|e| e.to_string()))]
     ringbuf_bytes: u64,
 
-    /// How records are kept fresh. `default` (sockhash): nothing runs per
-    /// segment; established sockets are kept in a sockhash and readers copy
-    /// their counters at read time, exactly as `ss -tin` sees them. Per-segment
-    /// presets keep map_of_tcp_conns itself fresh between reads (for tools
-    /// reading the map directly) at a cost on every segment: `live`
-    /// (tcp-probe,egress,ack), `tracepoints` (tcp-probe,rcv-space,ack),
-    /// `cgroup-skb` (ingress,egress,ack), `sockops` (ack). `none`: sockops at
-    /// connect, establish and state changes only (counters lag). Or a comma list of sockhash,
-    /// tcp-probe, rcv-space, egress, ingress, ack.
+    /// Per-segment hooks. Readers are exact without any: before each read they
+    /// look every tracked socket up in the kernel's TCP tables and copy its
+    /// counters, as `ss -tin` sees them (`default` = `none`: sockops at
+    /// connect, establish and state changes only; nothing per segment, nothing
+    /// attached to or stored in any socket). Per-segment presets also keep
+    /// map_of_tcp_conns itself fresh between reads (for tools reading the map
+    /// directly) at a cost on every segment: `live` (tcp-probe,egress,ack),
+    /// `tracepoints` (tcp-probe,rcv-space,ack), `cgroup-skb`
+    /// (ingress,egress,ack), `sockops` (ack). Or a comma list of tcp-probe,
+    /// rcv-space, egress, ingress, ack. No preset changes socket behaviour.
     #[arg(long, default_value = "default", value_name = "LIST", value_parser = hooks::parse)]
     hooks: u32,
 
@@ -355,7 +356,6 @@ fn already_pinned(
 fn load(args: &AttachArgs) -> anyhow::Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries("map_of_tcp_conns", args.max_connections)
-        .map_max_entries("longconn_socks", args.max_connections)
         .map_max_entries("longconn_closed", args.ringbuf_bytes as u32)
         .override_global("hooks", &args.hooks, true)
         .load(longconn_bpf::OBJECT)

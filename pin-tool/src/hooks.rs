@@ -1,13 +1,13 @@
 //! `--hooks`: how records are kept fresh, by name or preset.
 //!
-//! `sockhash` (the default) costs nothing per segment: established sockets are
-//! kept in a sockhash and readers copy their counters at read time (the
-//! `refresh_conns` program). The per-segment hooks instead keep
-//! `map_of_tcp_conns` itself fresh between reads, for consumers that read the
-//! map directly, at a cost on every segment.
+//! The default costs nothing per segment: readers copy each socket's counters
+//! at read time (the `refresh_conns` program looks sockets up by 4-tuple). The
+//! per-segment hooks also keep `map_of_tcp_conns` itself fresh between reads,
+//! for consumers that read the map directly, at a cost on every segment. No
+//! hook may change how a socket behaves (tests/e2e/transparency.rs).
 
 use longconn_common::layout::{
-    HOOK_ACK, HOOK_EGRESS, HOOK_INGRESS, HOOK_RCV_SPACE, HOOK_SOCKHASH, HOOK_TCP_PROBE,
+    HOOK_ACK, HOOK_EGRESS, HOOK_INGRESS, HOOK_RCV_SPACE, HOOK_TCP_PROBE,
 };
 
 pub const NAMES: &[(&str, u32)] = &[
@@ -16,11 +16,10 @@ pub const NAMES: &[(&str, u32)] = &[
     ("egress", HOOK_EGRESS),
     ("ingress", HOOK_INGRESS),
     ("ack", HOOK_ACK),
-    ("sockhash", HOOK_SOCKHASH),
 ];
 
 pub const PRESETS: &[(&str, u32)] = &[
-    ("default", HOOK_SOCKHASH),
+    ("default", 0),
     ("none", 0),
     ("live", HOOK_TCP_PROBE | HOOK_EGRESS | HOOK_ACK),
     ("tracepoints", HOOK_TCP_PROBE | HOOK_RCV_SPACE | HOOK_ACK),
@@ -68,7 +67,8 @@ mod tests {
 
     #[test]
     fn presets_and_lists() {
-        assert_eq!(parse("default"), Ok(HOOK_SOCKHASH));
+        assert_eq!(parse("default"), Ok(0));
+        assert!(parse("sockhash").is_err());
         assert_eq!(parse("none"), Ok(0));
         assert_eq!(parse("live"), Ok(HOOK_TCP_PROBE | HOOK_EGRESS | HOOK_ACK));
         assert_eq!(parse("ack"), Ok(HOOK_ACK));

@@ -87,8 +87,8 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
         100.0 * used as f64 / ring.size() as f64
     );
     let c = p.counters()?;
-    println!("counters:     tracked {} | not tracked, map full {} | map errors {} | close records kept in map (ring full) {} | closes of untracked sockets {} | not in sockhash (refreshed only at state changes) {}",
-        c.tracked, c.map_full, c.map_error, c.ringbuf_full, c.close_untracked, c.socks_error);
+    println!("counters:     tracked {} | not tracked, map full {} | map errors {} | close records kept in map (ring full) {} | closes of untracked sockets {}",
+        c.tracked, c.map_full, c.map_error, c.ringbuf_full, c.close_untracked);
     if c.map_full > 0 {
         println!("warning:      {} connections were not tracked because map_of_tcp_conns was full; pin again with a larger --max-connections", c.map_full);
     }

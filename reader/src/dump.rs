@@ -56,7 +56,16 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
     let (records, bad) = if args.no_refresh {
         pins.connections_unrefreshed()?
     } else {
-        pins.connections()?
+        let (records, bad, refresh) = pins.connections_refreshed()?;
+        if refresh.not_found + refresh.netns_unknown > 0 {
+            eprintln!(
+                "longconn-reader: {} connections show values from their last state change: {} sockets not found by 4-tuple and cookie, {} in network namespaces this reader cannot reach (run as root to assign netnsids)",
+                refresh.not_found + refresh.netns_unknown,
+                refresh.not_found,
+                refresh.netns_unknown
+            );
+        }
+        (records, bad)
     };
     let mut records: Vec<ConnRecord> = if args.closed {
         let ring = pins.ring()?;

@@ -56,7 +56,8 @@ pub struct SelfStats {
     pub capacity: u64,
     pub ringbuf_drops: u64,
     pub map_full_drops: u64,
-    pub refresh_misses: u64,
+    /// Live connections the last read-time refresh could not reach: (socket not found, network namespace without a netnsid).
+    pub refresh_unreachable: (u64, u64),
 }
 
 fn fam(name: &str, help: &str, kind: Kind) -> Family {
@@ -425,12 +426,24 @@ pub fn families(state: &State, live: Live, stats: &SelfStats) -> Vec<Family> {
         one("longconn_map_capacity_connections", "Capacity of map_of_tcp_conns (longconn-pin --max-connections)", Kind::Gauge, stats.capacity as f64),
         one("longconn_ringbuf_drops_total", "Close records that did not fit the ring buffer (kept in the map and reaped by the reader, so not lost)", Kind::Counter, stats.ringbuf_drops as f64),
         one("longconn_map_full_drops_total", "Connections not tracked because map_of_tcp_conns was full or the insert failed", Kind::Counter, stats.map_full_drops as f64),
-        one("longconn_refresh_misses_total", "Established connections the read-time refresh cannot reach (sockhash insert failed, e.g. TCP Fast Open server sockets): their counters update only at state changes", Kind::Counter, stats.refresh_misses as f64),
         one("longconn_closes_without_record_total", "Connections that disappeared without a close record (accounted from their last live values)", Kind::Counter, state.closes_without_record as f64),
         one("longconn_malformed_records_total", "Map or ring-buffer records of the wrong size, skipped", Kind::Counter, state.malformed_records as f64),
         one("longconn_reader_connection_series_omitted", "Long connections not exported per connection because of --max-connection-series", Kind::Gauge, omitted as f64),
         one(SATURATED_GROUPS, "Workload and service label sets whose summed counters reached 2^64-1 and are held there instead of wrapping", Kind::Gauge, (saturated_w + saturated_s) as f64),
     ]);
+    let unreachable = |reason: &str, n: u64| Sample {
+        labels: vec![("reason".into(), reason.into())],
+        value: n as f64,
+    };
+    out.push(Family {
+        name: "longconn_refresh_unreachable_connections".into(),
+        help: "Live connections whose counters the last read-time refresh could not read (their values are from the last state change): socket not found by its 4-tuple and cookie, or a network namespace this reader has no netnsid for".into(),
+        kind: Kind::Gauge,
+        samples: vec![
+            unreachable("socket_not_found", stats.refresh_unreachable.0),
+            unreachable("netns_unreachable", stats.refresh_unreachable.1),
+        ],
+    });
     out
 }
 
@@ -478,7 +491,7 @@ mod tests {
             capacity: 1,
             ringbuf_drops: 0,
             map_full_drops: 0,
-            refresh_misses: 0,
+            refresh_unreachable: (0, 0),
         }
     }
 

@@ -316,7 +316,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     // Map first, then ring: a connection closing in between is seen in both,
     // and the close wins; the other order could miss it in both.
     let clock = Clock::now();
-    let (map, bad_map) = pins.connections()?;
+    let (map, bad_map, refresh) = pins.connections_refreshed()?;
     let ring = pins.ring()?;
     let mut bad_ring = 0u64;
     let ring_records: Vec<(ConnRecord, u64)> = ring
@@ -413,7 +413,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         capacity: u64::from(pins.capacity()),
         ringbuf_drops: counters.ringbuf_full,
         map_full_drops: counters.map_full + counters.map_error,
-        refresh_misses: counters.socks_error,
+        refresh_unreachable: (refresh.not_found, refresh.netns_unknown),
     };
     let families = metrics::families(&state, live, &stats);
     let saturated = metrics::lookup(&families, metrics::SATURATED_GROUPS, &Default::default());
