@@ -57,7 +57,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        // --help, --version, and the help shown for a missing subcommand.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
         Err(e) => {
             eprintln!("longconn-reader: {}", one_line(&e));
             return ExitCode::from(e.exit_code() as u8);
@@ -159,6 +165,39 @@ mod robustness {
                     let _ = e.render().to_string();
                 }
             }
+        }
+    }
+
+    #[test]
+    fn command_line_errors_are_one_line_naming_valid_values() {
+        for (argv, want) in [
+            (
+                &["collect", "--access-log", "CSV"][..],
+                "[possible values: csv, jsonl, none]",
+            ),
+            (
+                &["collect", "--otlp", "metrics,x"],
+                "[possible values: metrics, logs, none]",
+            ),
+            (
+                &["collect", "--workload-labels", "comm,comm"],
+                "listed twice",
+            ),
+            (
+                &["collect", "--log-keep", "18446744073709551615"],
+                "at most 1000",
+            ),
+            (&["dump", "--min-age", "288230376151711744ms"], "too long"),
+        ] {
+            let e =
+                Cli::try_parse_from(std::iter::once("longconn-reader").chain(argv.iter().copied()))
+                    .unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            let line = super::one_line(&e);
+            assert!(
+                !line.contains('\n') && line.contains(want),
+                "{argv:?}: {line}"
+            );
         }
     }
 
