@@ -250,7 +250,7 @@ fn same_four_tuple_in_two_netns_gives_two_series() {
     let views = env.dump_json(&[]);
     let cookies: BTreeSet<String> = views
         .iter()
-        .filter(|v| v["direction"] == "outbound" && v["local_port"].to_string() == cport)
+        .filter(|v| v["direction"] == "outbound" && v["local_port"] == p1["client_port"])
         .map(|v| v["netns_cookie"].to_string())
         .collect();
     assert_eq!(cookies.len(), 2, "two netns cookies in dump: {views:?}");
