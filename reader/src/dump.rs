@@ -5,9 +5,11 @@
 
 use std::{io::Write, path::Path, process::ExitCode, time::Duration};
 
-use longconn_common::{pinned::Access, units, ConnRecord, Pins};
+use longconn_common::{pinned::Access, ConnRecord, Pins};
 
-use crate::{clock::Clock, human, identity, servicemap::ServiceMap, view::ConnView};
+use crate::{
+    argvalues, clock::Clock, human, identity, servicemap::ServiceMap, termsafe, view::ConnView,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct DumpArgs {
@@ -16,7 +18,7 @@ pub struct DumpArgs {
     json: bool,
 
     /// Only connections open at least this long (e.g. 5s, 2m).
-    #[arg(long, value_name = "DURATION", value_parser = |s: &str| units::parse_duration(s).map_err(|e| e.to_string()))]
+    #[arg(long, value_name = "DURATION", value_parser = argvalues::duration)]
     min_age: Option<Duration>,
 
     /// Only connections with this local or remote port.
@@ -83,7 +85,7 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
     records.retain(|r| {
         let age_ok = args
             .min_age
-            .is_none_or(|min| clock.boot_ns.saturating_sub(r.start_ns) >= min.as_nanos() as u64);
+            .is_none_or(|min| clock.boot_ns.saturating_sub(r.start_ns) >= argvalues::nanos(min));
         let port_ok = args
             .port
             .is_none_or(|p| r.local_port == u32::from(p) || r.remote_port == u32::from(p));
@@ -114,7 +116,12 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
     // Stdout is line-buffered: without this, one write(2) per JSON line.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &views)?;
+        // serde escapes control characters below U+0020; DEL and C1 too.
+        {
+            let mut json = termsafe::JsonC1::new(&mut out);
+            serde_json::to_writer_pretty(&mut json, &views)?;
+            json.flush()?;
+        }
         writeln!(out)?;
     } else {
         write_table(&mut out, &views)?;
@@ -160,10 +167,10 @@ fn write_table(out: &mut impl Write, views: &[ConnView]) -> std::io::Result<()> 
                 if v.pid == 0 {
                     "-".into()
                 } else {
-                    format!("{}/{}", v.comm, v.pid)
+                    format!("{}/{}", termsafe::escape(&v.comm), v.pid)
                 },
-                v.workload.clone(),
-                v.service.clone(),
+                termsafe::escape(&v.workload).into_owned(),
+                termsafe::escape(&v.service).into_owned(),
             ]
         })
         .collect();

@@ -202,32 +202,93 @@ pub fn parse_labels(s: &str, allowed: &[(&str, &str)]) -> Result<Vec<String>, St
         .map(|l| l.trim().to_owned())
         .filter(|l| !l.is_empty())
         .collect();
+    let names = || {
+        let names: Vec<&str> = allowed.iter().map(|(a, _)| *a).collect();
+        names.join(", ")
+    };
     if labels.is_empty() {
-        return Err("empty label list".into());
+        return Err(format!(
+            "empty label list; expected a comma list of {}",
+            names()
+        ));
     }
-    for l in &labels {
+    for (i, l) in labels.iter().enumerate() {
         if !allowed.iter().any(|(a, _)| a == l) {
-            let names: Vec<&str> = allowed.iter().map(|(a, _)| *a).collect();
             return Err(format!(
                 "unknown label {l:?}; expected a comma list of {}",
-                names.join(", ")
+                names()
             ));
+        }
+        // A label twice would give every series a duplicate label name,
+        // which Prometheus rejects (the whole scrape fails).
+        if labels[..i].contains(l) {
+            return Err(format!("label {l:?} is listed twice; list each label once"));
         }
     }
     Ok(labels)
 }
 
-/// Separates label values inside a group key.
+/// Separates label values inside a group key. Values are escaped
+/// (`escape_key_value`), so it never occurs inside one and the split is
+/// unambiguous whatever bytes a cgroup name, comm or service name holds.
 pub const KEY_SEP: char = '\u{1f}';
 
+/// Appends `v` to a group key: `\` becomes `\\` and KEY_SEP becomes `\s`.
+fn escape_key_value(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            KEY_SEP => out.push_str("\\s"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The label values of a group key made by `Identity::key` (or `join_key`),
+/// in order. A `\` followed by anything but `\` or `s` stands for itself, so
+/// keys written before values were escaped read back as they were.
+pub fn split_key(key: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            KEY_SEP => out.push(std::mem::take(&mut cur)),
+            '\\' => match chars.peek() {
+                Some('\\') => {
+                    chars.next();
+                    cur.push('\\');
+                }
+                Some('s') => {
+                    chars.next();
+                    cur.push(KEY_SEP);
+                }
+                _ => cur.push('\\'),
+            },
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// A group key of label values (the inverse of `split_key`).
+pub fn join_key<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
+    let mut key = String::new();
+    for (i, v) in values.into_iter().enumerate() {
+        if i > 0 {
+            key.push(KEY_SEP);
+        }
+        escape_key_value(&mut key, v);
+    }
+    key
+}
+
 impl Identity {
-    /// The group key for the selected labels (values joined by KEY_SEP).
+    /// The group key for the selected labels (escaped values joined by KEY_SEP).
     pub fn key(&self, labels: &[String]) -> String {
-        labels
-            .iter()
-            .map(|l| self.label(l))
-            .collect::<Vec<_>>()
-            .join(&KEY_SEP.to_string())
+        let values: Vec<String> = labels.iter().map(|l| self.label(l)).collect();
+        join_key(values.iter().map(String::as_str))
     }
 
     pub fn label(&self, name: &str) -> String {
@@ -283,6 +344,38 @@ mod tests {
     }
 
     #[test]
+    fn group_keys_are_unambiguous_whatever_the_values_hold() {
+        let labels: Vec<String> = ["workload", "comm"].map(String::from).to_vec();
+        let id = |w: &str, c: &str| Identity {
+            workload: w.into(),
+            comm: c.into(),
+            ..Default::default()
+        };
+        // Joined raw with 0x1f these two were the same key (issue 12 item 3).
+        let a = id("/a\u{1f}b", "x");
+        let b = id("/a", "b\u{1f}x");
+        assert_ne!(a.key(&labels), b.key(&labels));
+        assert_eq!(split_key(&a.key(&labels)), vec!["/a\u{1f}b", "x"]);
+        assert_eq!(split_key(&b.key(&labels)), vec!["/a", "b\u{1f}x"]);
+        // A key written before escaping (no \\ or \s in it) reads back as it was.
+        assert_eq!(split_key("/sys\\a\u{1f}c\\"), vec!["/sys\\a", "c\\"]);
+        // Any values round-trip, so distinct value lists give distinct keys.
+        let mut g = longconn_common::testgen::Gen::new(8);
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..200_000 {
+            let n = 1 + g.below(3);
+            let values: Vec<String> = (0..n)
+                .map(|_| g.text(&["\\s", "\u{1f}", "a\\", "\n\"\u{1b}é", ""]))
+                .collect();
+            let key = join_key(values.iter().map(String::as_str));
+            assert_eq!(split_key(&key), values, "{key:?}");
+            if let Some(other) = seen.insert(key.clone(), values.clone()) {
+                assert_eq!(other, values, "{key:?}");
+            }
+        }
+    }
+
+    #[test]
     fn label_lists() {
         assert_eq!(
             parse_labels("workload,comm", WORKLOAD_LABELS).unwrap(),
@@ -291,5 +384,10 @@ mod tests {
         assert!(parse_labels("workload,port", WORKLOAD_LABELS)
             .unwrap_err()
             .contains("\"port\""));
+        // A label twice gives a duplicate label name: invalid exposition.
+        let e = parse_labels("workload,comm,workload", WORKLOAD_LABELS).unwrap_err();
+        assert!(e.contains("\"workload\" is listed twice"), "{e}");
+        assert!(parse_workload_labels(" workload , workload").is_err());
+        assert!(parse_service_labels("service,service_namespace,service").is_err());
     }
 }

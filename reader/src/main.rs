@@ -2,6 +2,7 @@
 //! person or a monitoring system reads. Each invocation does one thing and
 //! exits; nothing stays resident.
 
+mod argvalues;
 mod clock;
 mod collect;
 mod dump;
@@ -10,6 +11,7 @@ mod human;
 mod identity;
 mod output;
 mod servicemap;
+mod termsafe;
 mod view;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -53,7 +55,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version, and the help shown for a missing subcommand.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("longconn-reader: {}", one_line(&e));
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     let result = match &cli.command {
         Command::Collect(args) => collect::run(&cli.pin_dir, args),
         Command::Dump(args) => dump::run(&cli.pin_dir, args),
@@ -66,6 +81,20 @@ fn main() -> ExitCode {
             exit::code_of(&err)
         }
     }
+}
+
+/// A clap error as one line (like every other error of the reader): its
+/// message, the valid values and tip, without the "For more information"
+/// trailer; exit status 2 either way.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect();
+    format!("{} (see --help)", parts.join("; "))
 }
 
 /// `longconn-reader dump | head` is not an error.
@@ -136,6 +165,39 @@ mod robustness {
                     let _ = e.render().to_string();
                 }
             }
+        }
+    }
+
+    #[test]
+    fn command_line_errors_are_one_line_naming_valid_values() {
+        for (argv, want) in [
+            (
+                &["collect", "--access-log", "CSV"][..],
+                "[possible values: csv, jsonl, none]",
+            ),
+            (
+                &["collect", "--otlp", "metrics,x"],
+                "[possible values: metrics, logs, none]",
+            ),
+            (
+                &["collect", "--workload-labels", "comm,comm"],
+                "listed twice",
+            ),
+            (
+                &["collect", "--log-keep", "18446744073709551615"],
+                "at most 1000",
+            ),
+            (&["dump", "--min-age", "288230376151711744ms"], "too long"),
+        ] {
+            let e =
+                Cli::try_parse_from(std::iter::once("longconn-reader").chain(argv.iter().copied()))
+                    .unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            let line = super::one_line(&e);
+            assert!(
+                !line.contains('\n') && line.contains(want),
+                "{argv:?}: {line}"
+            );
         }
     }
 

@@ -7,6 +7,7 @@ mod faults;
 mod foundation;
 mod hardening_pin;
 mod hardening_state;
+mod hardening_cli;
 mod identity;
 mod otlp;
 mod soak;

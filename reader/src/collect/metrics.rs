@@ -13,7 +13,7 @@ use super::{
     state::{ConnState, Counters, State, Strings, Sym},
 };
 use crate::{
-    identity::KEY_SEP,
+    identity,
     output::promtext::{Family, Kind, Sample},
     view,
 };
@@ -110,7 +110,9 @@ const COUNTER_FIELDS: [(&str, &str, Pick); 6] = [
     ),
 ];
 
-fn group_families(state: &State, live: &LiveSums, by_service: bool) -> Vec<Family> {
+/// A group's families, and how many of its label sets have a sum held at
+/// u64::MAX (saturated instead of wrapping).
+fn group_families(state: &State, live: &LiveSums, by_service: bool) -> (Vec<Family>, usize) {
     let prefix = if by_service {
         "longconn_service"
     } else {
@@ -156,12 +158,14 @@ fn group_families(state: &State, live: &LiveSums, by_service: bool) -> Vec<Famil
             )
         })
         .collect();
+    let mut saturated = 0;
     for (key, (totals, sum, live)) in group_counters(state, live, by_service) {
+        saturated += usize::from(sum.saturated());
         let (direction, values) = key.split_once('|').unwrap_or(("unknown", key.as_str()));
         let mut l: Vec<(String, String)> = label_names
             .iter()
             .cloned()
-            .zip(values.split(KEY_SEP).map(str::to_owned))
+            .zip(identity::split_key(values))
             .collect();
         l.push(("direction".into(), direction.into()));
         opened.samples.push(Sample {
@@ -189,7 +193,7 @@ fn group_families(state: &State, live: &LiveSums, by_service: bool) -> Vec<Famil
     }
     let mut out = vec![opened, closed, failed, active];
     out.append(&mut counters);
-    out
+    (out, saturated)
 }
 
 fn conn_labels(c: &ConnState, strings: &Strings) -> Vec<(String, String)> {
@@ -199,13 +203,15 @@ fn conn_labels(c: &ConnState, strings: &Strings) -> Vec<(String, String)> {
         ("local_port", &c.local_port.to_string()),
         ("remote_address", &c.remote_ip().to_string()),
         ("remote_port", &c.remote_port.to_string()),
+        // The same 4-tuple can exist in several network namespaces at once.
+        ("netns", &c.id.netns_cookie.to_string()),
         ("workload", strings.get(c.id.workload)),
         ("service", strings.get(c.id.service)),
     ])
 }
 
-/// A per-connection series' label set (addresses and names as stored).
-type LabelKey = (u32, [u8; 16], u16, [u8; 16], u16, Sym, Sym);
+/// A per-connection series' label set (addresses, netns cookie and names as stored).
+type LabelKey = (u32, [u8; 16], u16, [u8; 16], u16, u64, Sym, Sym);
 
 fn label_key(c: &ConnState) -> LabelKey {
     (
@@ -214,6 +220,7 @@ fn label_key(c: &ConnState) -> LabelKey {
         c.local_port,
         c.remote,
         c.remote_port,
+        c.id.netns_cookie,
         c.id.workload,
         c.id.service,
     )
@@ -397,8 +404,9 @@ fn connection_families(state: &State, live: Live) -> (Vec<Family>, usize) {
 }
 
 pub fn families(state: &State, live: Live, stats: &SelfStats) -> Vec<Family> {
-    let mut out = group_families(state, &live.sums, false);
-    out.extend(group_families(state, &live.sums, true));
+    let (mut out, saturated_w) = group_families(state, &live.sums, false);
+    let (by_service, saturated_s) = group_families(state, &live.sums, true);
+    out.extend(by_service);
     let (conns, omitted) = connection_families(state, live);
     out.extend(conns);
     let one = |name: &str, help: &str, kind: Kind, value: f64| Family {
@@ -421,6 +429,7 @@ pub fn families(state: &State, live: Live, stats: &SelfStats) -> Vec<Family> {
         one("longconn_closes_without_record_total", "Connections that disappeared without a close record (accounted from their last live values)", Kind::Counter, state.closes_without_record as f64),
         one("longconn_malformed_records_total", "Map or ring-buffer records of the wrong size, skipped", Kind::Counter, state.malformed_records as f64),
         one("longconn_reader_connection_series_omitted", "Long connections not exported per connection because of --max-connection-series", Kind::Gauge, omitted as f64),
+        one(SATURATED_GROUPS, "Workload and service label sets whose summed counters reached 2^64-1 and are held there instead of wrapping", Kind::Gauge, (saturated_w + saturated_s) as f64),
     ]);
     let unreachable = |reason: &str, n: u64| Sample {
         labels: vec![("reason".into(), reason.into())],
@@ -437,6 +446,9 @@ pub fn families(state: &State, live: Live, stats: &SelfStats) -> Vec<Family> {
     });
     out
 }
+
+/// The family counting saturated group sums (collect warns when it is not 0).
+pub const SATURATED_GROUPS: &str = "longconn_reader_saturated_groups";
 
 /// For tests and `dump`: the value of one sample by family and labels.
 #[allow(dead_code)]
@@ -456,7 +468,8 @@ pub fn lookup(families: &[Family], name: &str, want: &BTreeMap<&str, &str>) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use longconn_common::testgen::Gen;
+    use crate::collect::state::IdSyms;
+    use longconn_common::{layout, testgen::Gen};
 
     /// The previous implementation: every candidate in memory, stable sort
     /// busiest first, first of each label set, truncated.
@@ -468,6 +481,173 @@ mod tests {
         let omitted = c.len().saturating_sub(cap);
         c.truncate(cap);
         (c.into_iter().copied().collect(), omitted)
+    }
+
+    fn stats() -> SelfStats {
+        SelfStats {
+            now_unix: 1.7e9,
+            cycle_seconds: 0.01,
+            tracked: 0,
+            capacity: 1,
+            ringbuf_drops: 0,
+            map_full_drops: 0,
+            refresh_unreachable: (0, 0),
+        }
+    }
+
+    fn samples<'a>(families: &'a [Family], name: &str) -> Vec<&'a Sample> {
+        families
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.samples.iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Workloads whose names collided when values were joined raw with 0x1f
+    /// (issue 12 item 3) are two series with their own values; the same
+    /// 4-tuple in two network namespaces is two connection series (item 8).
+    #[test]
+    fn colliding_names_and_netns_give_distinct_series() {
+        use crate::identity::Identity;
+        let mut st = State {
+            workload_labels: vec!["workload".into(), "comm".into()],
+            service_labels: vec!["service".into()],
+            ..Default::default()
+        };
+        let names = [
+            ("/a\u{1f}b", "x"),
+            ("/a", "b\u{1f}x"),
+            ("/q\"\\\n", "\u{1b}[2J"),
+        ];
+        for (i, (w, c)) in names.iter().enumerate() {
+            let id = Identity {
+                workload: (*w).into(),
+                comm: (*c).into(),
+                ..Default::default()
+            };
+            let key = st.strings.intern(&id.key(&st.workload_labels));
+            let t = st.workloads.entry((layout::DIR_OUTBOUND, key)).or_default();
+            t.opened = i as u64 + 1;
+        }
+        let mut live = Live::new(10, 0, 100);
+        let wkey = Identity {
+            workload: names[1].0.into(),
+            comm: names[1].1.into(),
+            ..Default::default()
+        }
+        .key(&st.workload_labels);
+        let (wl, svc) = (st.strings.intern(&wkey), st.strings.intern("127.0.0.1:80"));
+        for (cookie, netns) in [(1u64, 4096u64), (2, 8192)] {
+            live.add(&ConnState {
+                seq: cookie,
+                direction: layout::DIR_OUTBOUND,
+                local: crate::collect::state::addr_bytes([127, 0, 0, 1].into()),
+                local_port: 40001,
+                remote: crate::collect::state::addr_bytes([127, 0, 0, 1].into()),
+                remote_port: 40000,
+                id: IdSyms {
+                    workload: wl,
+                    service: svc,
+                    netns_cookie: netns,
+                    ..Default::default()
+                },
+                wkey: wl,
+                skey: svc,
+                ..Default::default()
+            });
+        }
+        let families = families(&st, live, &stats());
+        let opened = samples(&families, "longconn_workload_connections_opened_total");
+        assert_eq!(opened.len(), 3);
+        for (i, (w, c)) in names.iter().enumerate() {
+            let want: Vec<(String, String)> =
+                [("workload", *w), ("comm", *c), ("direction", "outbound")]
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+            let s = opened
+                .iter()
+                .find(|s| s.labels == want)
+                .unwrap_or_else(|| panic!("{want:?} in {opened:?}"));
+            assert_eq!(s.value, i as f64 + 1.0);
+        }
+        let conns = samples(&families, "longconn_connection_sent_bytes_total");
+        let netns: Vec<&str> = conns
+            .iter()
+            .filter_map(|s| s.labels.iter().find(|(k, _)| k == "netns"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(netns, vec!["4096", "8192"]);
+        assert_eq!(
+            lookup(&families, SATURATED_GROUPS, &BTreeMap::new()),
+            Some(0.0)
+        );
+
+        let text = crate::output::promtext::encode(&families);
+        let promtool = std::path::Path::new("/usr/bin/promtool");
+        if promtool.exists() {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("longconn.prom");
+            std::fs::write(&file, &text).unwrap();
+            let out = std::process::Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(std::fs::File::open(&file).unwrap())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// Group sums saturate at u64::MAX instead of wrapping, and say so.
+    #[test]
+    fn group_sums_saturate_visibly() {
+        let mut st = State {
+            workload_labels: vec!["workload".into()],
+            service_labels: vec!["service".into()],
+            ..Default::default()
+        };
+        let w = st.strings.intern("/big");
+        let t = st.workloads.entry((layout::DIR_OUTBOUND, w)).or_default();
+        t.closed_counters.bytes_sent = u64::MAX - 10;
+        let mut live = Live::new(0, 0, 100);
+        for cookie in 0..3 {
+            live.add(&ConnState {
+                seq: cookie,
+                direction: layout::DIR_OUTBOUND,
+                last: Counters {
+                    bytes_sent: u64::MAX / 2,
+                    ..Default::default()
+                },
+                wkey: w,
+                skey: w,
+                ..Default::default()
+            });
+        }
+        let families = families(&st, live, &stats());
+        let sent = samples(&families, "longconn_workload_sent_bytes_total");
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].value, u64::MAX as f64, "saturated, not wrapped");
+        // The workload group and the service group (same key) both.
+        assert_eq!(
+            lookup(&families, SATURATED_GROUPS, &BTreeMap::new()),
+            Some(2.0)
+        );
+        let mut c = Counters {
+            packets_sent: u64::MAX - 1,
+            ..Default::default()
+        };
+        assert!(!c.saturated());
+        c.add(Counters {
+            packets_sent: 5,
+            ..Default::default()
+        });
+        assert_eq!(c.packets_sent, u64::MAX);
+        assert!(c.saturated());
     }
 
     /// The streamed choice equals the sort-everything one, with many ties,

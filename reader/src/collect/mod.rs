@@ -59,10 +59,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use longconn_common::{pinned::Access, units, ConnRecord, Pins};
+use longconn_common::{pinned::Access, ConnRecord, Pins};
 
 use self::state::{LoadOutcome, Prev, State};
 use crate::{
+    argvalues::{self, AccessFormat, GroupArg, OtlpKind},
     clock::Clock,
     identity,
     output::{
@@ -83,14 +84,6 @@ pub const STATE_FILE: &str = "state.bin";
 pub const OTLP_METRICS_FILE: &str = "otlp-metrics.jsonl";
 pub const OTLP_LOGS_FILE: &str = "otlp-logs.jsonl";
 
-fn duration_arg(s: &str) -> Result<Duration, String> {
-    units::parse_duration(s).map_err(|e| e.to_string())
-}
-
-fn size_arg(s: &str) -> Result<u64, String> {
-    units::parse_size(s).map_err(|e| e.to_string())
-}
-
 #[derive(Debug, clap::Args)]
 pub struct CollectArgs {
     /// Put every output and the state under DIR (access.csv, access.jsonl,
@@ -110,28 +103,40 @@ pub struct CollectArgs {
 
     /// A connection open at least this long is a long connection: it gets an
     /// access record every cycle and its own metric series.
-    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = duration_arg)]
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = argvalues::duration)]
     long_threshold: Duration,
 
     /// Access-log formats to write: csv, jsonl, both (csv,jsonl) or none.
-    #[arg(long, default_value = "csv,jsonl", value_name = "LIST")]
-    access_log: String,
+    #[arg(
+        long,
+        default_value = "csv,jsonl",
+        value_name = "LIST",
+        value_enum,
+        value_delimiter = ','
+    )]
+    access_log: Vec<AccessFormat>,
 
     /// OpenTelemetry files to write (OTLP/JSON, one line per cycle, for the
     /// Collector's otlpjsonfile receiver): metrics, logs, both (metrics,logs) or none.
-    #[arg(long, default_value = "metrics,logs", value_name = "LIST")]
-    otlp: String,
+    #[arg(
+        long,
+        default_value = "metrics,logs",
+        value_name = "LIST",
+        value_enum,
+        value_delimiter = ','
+    )]
+    otlp: Vec<OtlpKind>,
 
     /// Skip the close record of connections shorter than --long-threshold.
     #[arg(long)]
     no_short_close_records: bool,
 
     /// Rotate an access log once it reaches this size.
-    #[arg(long, default_value = "100MiB", value_name = "SIZE", value_parser = size_arg)]
+    #[arg(long, default_value = "100MiB", value_name = "SIZE", value_parser = argvalues::size)]
     log_max_bytes: u64,
 
-    /// Rotated access logs to keep (access.csv.1 is the newest).
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    /// Rotated access logs to keep (access.csv.1 is the newest), at most 1000.
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = argvalues::log_keep)]
     log_keep: usize,
 
     /// Export at most this many per-connection series (busiest first); the rest
@@ -155,9 +160,10 @@ pub struct CollectArgs {
     service_labels: identity::LabelList,
 
     /// Group that owns the output files (mode 0640), so e.g. node_exporter can
-    /// read longconn.prom [default: prometheus if that group exists].
-    #[arg(long, value_name = "GROUP")]
-    group: Option<String>,
+    /// read longconn.prom [default: prometheus if that group exists and this
+    /// process may give files to it; otherwise the files keep their group].
+    #[arg(long, value_name = "GROUP", value_parser = argvalues::group)]
+    group: Option<GroupArg>,
 
     /// Make this state dir the one consumer of the pin dir's close records,
     /// replacing the one registered (which is refused from then on).
@@ -167,7 +173,7 @@ pub struct CollectArgs {
     /// How long to wait for an overlapping collect before skipping this
     /// cycle (exit 0); a collect holding the lock for over 60 s is reported
     /// as stuck (exit 1).
-    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = duration_arg)]
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = argvalues::duration)]
     lock_wait: Duration,
 }
 
@@ -230,9 +236,12 @@ fn mkdir_exact(dir: &Path, mode: u32) -> std::io::Result<()> {
 }
 
 /// The append-only files this run writes (access logs, OTLP lines), by name.
-fn files(dirs: &Dirs, a: &CollectArgs) -> anyhow::Result<Vec<(String, AppendLog)>> {
+fn files(dirs: &Dirs, a: &CollectArgs) -> Vec<(String, AppendLog)> {
     let mut out = Vec::new();
     let mut add = |file: &str, header: Vec<u8>| {
+        if out.iter().any(|(f, _)| f == file) {
+            return; // listed twice
+        }
         let log = AppendLog {
             path: dirs.log.join(file),
             max_bytes: a.log_max_bytes,
@@ -242,32 +251,21 @@ fn files(dirs: &Dirs, a: &CollectArgs) -> anyhow::Result<Vec<(String, AppendLog)
         };
         out.push((file.to_owned(), log));
     };
-    for fmt in a
-        .access_log
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
+    for fmt in &a.access_log {
         match fmt {
-            "csv" => add(CSV_FILE, access::csv_header()),
-            "jsonl" => add(JSONL_FILE, Vec::new()),
-            "none" => {}
-            other => {
-                anyhow::bail!("--access-log {other:?}: expected csv, jsonl, csv,jsonl or none")
-            }
+            AccessFormat::Csv => add(CSV_FILE, access::csv_header()),
+            AccessFormat::Jsonl => add(JSONL_FILE, Vec::new()),
+            AccessFormat::None => {}
         }
     }
-    for kind in a.otlp.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for kind in &a.otlp {
         match kind {
-            "metrics" => add(OTLP_METRICS_FILE, Vec::new()),
-            "logs" => add(OTLP_LOGS_FILE, Vec::new()),
-            "none" => {}
-            other => {
-                anyhow::bail!("--otlp {other:?}: expected metrics, logs, metrics,logs or none")
-            }
+            OtlpKind::Metrics => add(OTLP_METRICS_FILE, Vec::new()),
+            OtlpKind::Logs => add(OTLP_LOGS_FILE, Vec::new()),
+            OtlpKind::None => {}
         }
     }
-    Ok(out)
+    out
 }
 
 fn now_unix_ns() -> i64 {
@@ -295,21 +293,12 @@ fn log_key(log: &AppendLog) -> String {
 
 pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
-    let group = match &a.group {
-        Some(g) => Some(
-            longconn_common::groups::gid_of(g)
-                .ok_or_else(|| anyhow::anyhow!("--group {g}: no such group in /etc/group"))?,
-        ),
-        None => longconn_common::groups::gid_of("prometheus"),
-    };
-    if let Some(gid) = group {
-        let _ = crate::output::OUTPUT_GID.set(gid);
-    }
+    crate::output::owner::choose(a.group.as_ref())?;
     let mut dirs = Dirs::from(a);
     dirs.state = make_dir(&dirs.state, 0o700)?;
     dirs.log = make_dir(&dirs.log, 0o750)?;
     dirs.textfile = make_dir(&dirs.textfile, 0o755)?;
-    let files = files(&dirs, a)?;
+    let files = files(&dirs, a);
     let home = dirs.state.to_string_lossy().into_owned();
     let lock_path = dirs.state.join("collect.lock");
     let Some(_lock) = lock::acquire(&lock_path, a.lock_wait)? else {
@@ -466,7 +455,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     let mut saver = state::Saver::begin(&state_path, 0o600)?;
     let mut live = metrics::Live::new(
         a.max_connection_series,
-        a.long_threshold.as_nanos() as u64,
+        argvalues::nanos(a.long_threshold),
         clock.boot_ns,
     );
     let (outcome, mut written) = sink::with_sink(
@@ -483,7 +472,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
                     now: clock,
                     map,
                     ring: ring_records,
-                    long_threshold_ns: a.long_threshold.as_nanos() as u64,
+                    long_threshold_ns: argvalues::nanos(a.long_threshold),
                     short_close_records: !a.no_short_close_records,
                     names: &names,
                     relabel: relabel.then_some((&a.workload_labels.0, &a.service_labels.0)),
@@ -516,6 +505,10 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         refresh_unreachable: (refresh.not_found, refresh.netns_unknown),
     };
     let families = metrics::families(&state, live, &stats);
+    let saturated = metrics::lookup(&families, metrics::SATURATED_GROUPS, &Default::default());
+    if let Some(n) = saturated.filter(|n| *n > 0.0) {
+        eprintln!("longconn-reader: {n} workload/service groups have a summed counter at 2^64-1, held there instead of wrapping (see {})", metrics::SATURATED_GROUPS);
+    }
     if let Some((file, log)) = files.iter().find(|(f, _)| f == OTLP_METRICS_FILE) {
         let group_start_ns = state.created_unix_ns.max(0) as u64;
         let line = otlp::metrics_request(&families, &resource, group_start_ns, now_ns);

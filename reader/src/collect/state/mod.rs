@@ -129,13 +129,27 @@ impl Counters {
             lost_packets: self.lost_packets.saturating_sub(o.lost_packets),
         }
     }
+    /// Adds `o`, saturating at u64::MAX (a group sum never wraps to a small
+    /// value; `saturated` tells the outputs it was held there).
     pub fn add(&mut self, o: Self) {
-        self.bytes_sent += o.bytes_sent;
-        self.bytes_received += o.bytes_received;
-        self.packets_sent += o.packets_sent;
-        self.packets_received += o.packets_received;
-        self.retransmits += o.retransmits;
-        self.lost_packets += o.lost_packets;
+        self.bytes_sent = self.bytes_sent.saturating_add(o.bytes_sent);
+        self.bytes_received = self.bytes_received.saturating_add(o.bytes_received);
+        self.packets_sent = self.packets_sent.saturating_add(o.packets_sent);
+        self.packets_received = self.packets_received.saturating_add(o.packets_received);
+        self.retransmits = self.retransmits.saturating_add(o.retransmits);
+        self.lost_packets = self.lost_packets.saturating_add(o.lost_packets);
+    }
+    /// Whether any counter is held at u64::MAX (a saturated sum).
+    pub fn saturated(&self) -> bool {
+        [
+            self.bytes_sent,
+            self.bytes_received,
+            self.packets_sent,
+            self.packets_received,
+            self.retransmits,
+            self.lost_packets,
+        ]
+        .contains(&u64::MAX)
     }
 }
 
