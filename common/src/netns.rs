@@ -88,7 +88,10 @@ pub fn find_by_inode(wanted: &HashSet<u32>) -> HashMap<u32, PathBuf> {
                 break;
             }
             let name = e.file_name();
-            if name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())) {
+            if name
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            {
                 consider(&mut found, e.path().join("ns/net"));
             }
         }
@@ -115,7 +118,8 @@ pub fn nsid_of(path: &Path) -> io::Result<u32> {
         ])),
         NLM_F_REQUEST | NLM_F_ACK,
     )?;
-    get_nsid(&sock, fd)?.ok_or_else(|| io::Error::other("RTM_NEWNSID succeeded but no netnsid is assigned"))
+    get_nsid(&sock, fd)?
+        .ok_or_else(|| io::Error::other("RTM_NEWNSID succeeded but no netnsid is assigned"))
 }
 
 fn nsid_message(attributes: Vec<NsidAttribute>) -> NsidMessage {
@@ -155,11 +159,15 @@ fn request(sock: &Socket, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Op
         let n = sock.recv(&mut &mut rx[..], 0)?;
         let mut at = 0;
         while at < n {
-            let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[at..n])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink reply: {e}")))?;
+            let reply =
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[at..n]).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("netlink reply: {e}"))
+                })?;
             let len = reply.header.length as usize;
             match reply.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => return Ok(Some(m)),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                    return Ok(Some(m))
+                }
                 NetlinkPayload::Error(e) => {
                     return match e.code {
                         None => Ok(None),

@@ -72,7 +72,11 @@ pub struct RefreshStats {
 
 /// Resolves the netnsid of every namespace in `map` not yet resolved for the
 /// namespace `own`, skipping those in `tried`. Returns how many it resolved.
-fn resolve_netns(map: &mut AyaHashMap<MapData, u64, NetnsEntry>, own: u64, tried: &mut HashSet<u64>) -> usize {
+fn resolve_netns(
+    map: &mut AyaHashMap<MapData, u64, NetnsEntry>,
+    own: u64,
+    tried: &mut HashSet<u64>,
+) -> usize {
     let pending: Vec<(u64, NetnsEntry)> = map
         .iter()
         .flatten()
@@ -86,8 +90,12 @@ fn resolve_netns(map: &mut AyaHashMap<MapData, u64, NetnsEntry>, own: u64, tried
     let mut resolved = 0;
     for (cookie, entry) in pending {
         tried.insert(cookie);
-        let Some(path) = paths.get(&entry.ino) else { continue };
-        let Ok(nsid) = netns::nsid_of(path) else { continue };
+        let Some(path) = paths.get(&entry.ino) else {
+            continue;
+        };
+        let Ok(nsid) = netns::nsid_of(path) else {
+            continue;
+        };
         let value = NetnsEntry {
             reader_netns_cookie: own,
             ino: entry.ino,
@@ -271,7 +279,12 @@ impl Pins {
     }
 
     /// One sharded run of the refresh program.
-    fn refresh_run(&self, fd: BorrowedFd<'_>, path: &Path, own: u64) -> Result<RefreshStats, PinnedError> {
+    fn refresh_run(
+        &self,
+        fd: BorrowedFd<'_>,
+        path: &Path,
+        own: u64,
+    ) -> Result<RefreshStats, PinnedError> {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -300,7 +313,9 @@ impl Pins {
         let mut stats = RefreshStats::default();
         for r in results {
             let (refreshed, cb) = r.map_err(|source| match source.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => PinnedError::Permission { path: path.into() },
+                Some(libc::EPERM) | Some(libc::EACCES) => {
+                    PinnedError::Permission { path: path.into() }
+                }
                 _ => PinnedError::Io {
                     path: path.into(),
                     source,
@@ -324,9 +339,15 @@ impl Pins {
     /// Forgets the netnsids of namespaces no live record refers to (they are
     /// looked up again if a record of theirs appears).
     pub fn prune_netns(&self, live: &[ConnRecord]) {
-        let Some(mut m) = self.netns_map() else { return };
+        let Some(mut m) = self.netns_map() else {
+            return;
+        };
         let referenced: HashSet<u64> = live.iter().map(|r| r.netns_cookie).collect();
-        let stale: Vec<u64> = m.keys().flatten().filter(|k| !referenced.contains(k)).collect();
+        let stale: Vec<u64> = m
+            .keys()
+            .flatten()
+            .filter(|k| !referenced.contains(k))
+            .collect();
         for k in stale {
             let _ = m.remove(&k);
         }
@@ -341,7 +362,9 @@ impl Pins {
     }
 
     /// As `connections`, with what the refresh could not reach.
-    pub fn connections_refreshed(&self) -> Result<(Vec<ConnRecord>, u64, RefreshStats), PinnedError> {
+    pub fn connections_refreshed(
+        &self,
+    ) -> Result<(Vec<ConnRecord>, u64, RefreshStats), PinnedError> {
         let stats = self.refresh()?;
         let (records, bad) = self.connections_unrefreshed()?;
         if self.access == Access::ReadWrite {

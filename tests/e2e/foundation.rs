@@ -436,7 +436,13 @@ fn retransmits_under_real_loss_equal_tcp_info() {
 /// Runs the reader as uid/gid 65534 (in the group the pins were given to), no capabilities.
 fn reader_as_nobody(env: &TestEnv, args: &[&str]) -> std::process::Output {
     Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ])
         .arg(longconn_tests::env::bin("longconn-reader"))
         .arg("--pin-dir")
         .arg(&env.pin_dir)
@@ -451,7 +457,9 @@ fn reader_as_nobody(env: &TestEnv, args: &[&str]) -> std::process::Output {
 /// namespace; afterwards the unprivileged reader reaches them too (the id is recorded).
 #[test]
 fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
-    if !privileged_or_skip("other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted") {
+    if !privileged_or_skip(
+        "other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted",
+    ) {
         return;
     }
     let mut env = TestEnv::new("netnsid");
@@ -466,7 +474,10 @@ fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
     let server = port(&p, "server_port");
     gen.cmd("send x c2s 1048576");
     gen.cmd("send x s2c 65536");
-    let ids = Command::new("ip").args(["netns", "list-id"]).output().unwrap();
+    let ids = Command::new("ip")
+        .args(["netns", "list-id"])
+        .output()
+        .unwrap();
     assert!(
         !String::from_utf8_lossy(&ids.stdout).contains(&ns.0),
         "the new namespace has no netnsid yet"
@@ -483,7 +494,9 @@ fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
     let stale: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(stale.len(), 2);
     assert!(
-        stale.iter().all(|v| v["bytes_received"].as_u64() == Some(0)),
+        stale
+            .iter()
+            .all(|v| v["bytes_received"].as_u64() == Some(0)),
         "no refresh reached them: {stale:?}"
     );
     let out = env.path("nobody-out");
@@ -493,10 +506,17 @@ fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
     std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let o = reader_as_nobody(
         &env,
-        &["collect", "--out-dir", out.to_str().unwrap(), "--group", "65534"],
+        &[
+            "collect",
+            "--out-dir",
+            out.to_str().unwrap(),
+            "--group",
+            "65534",
+        ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let prom = longconn_tests::prom::parse(&std::fs::read_to_string(out.join("longconn.prom")).unwrap());
+    let prom =
+        longconn_tests::prom::parse(&std::fs::read_to_string(out.join("longconn.prom")).unwrap());
     let unreachable = |reason: &str| {
         longconn_tests::prom::value(
             &prom,
@@ -528,7 +548,10 @@ fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
         text.contains("refresh:      2 read from their socket | socket not found 0 | in a network namespace this reader cannot reach 0"),
         "status: {text}"
     );
-    let ids = Command::new("ip").args(["netns", "list-id"]).output().unwrap();
+    let ids = Command::new("ip")
+        .args(["netns", "list-id"])
+        .output()
+        .unwrap();
     assert!(
         String::from_utf8_lossy(&ids.stdout).contains(&ns.0),
         "root's reader assigned a netnsid: {}",
@@ -538,8 +561,16 @@ fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
     // Unprivileged again: the recorded netnsid reaches them now.
     gen.cmd("send x c2s 1000");
     let o = reader_as_nobody(&env, &["dump", "--json", "--port", &server.to_string()]);
-    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let fresh: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
     let srv = fresh.iter().find(|v| v["direction"] == "inbound").unwrap();
-    assert_eq!(srv["bytes_received"].as_u64(), Some(1_048_576 + 1000), "{srv}");
+    assert_eq!(
+        srv["bytes_received"].as_u64(),
+        Some(1_048_576 + 1000),
+        "{srv}"
+    );
 }

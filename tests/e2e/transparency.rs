@@ -182,7 +182,10 @@ struct RefreshLoop {
 
 impl RefreshLoop {
     fn start(env: &TestEnv) -> Self {
-        use std::sync::{atomic::{AtomicBool, Ordering}, Arc};
+        use std::sync::{
+            atomic::{AtomicBool, Ordering},
+            Arc,
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let bin = longconn_tests::env::bin("longconn-reader");
