@@ -16,8 +16,8 @@
  * cannot behave differently (an earlier design kept sockets in a sockhash,
  * which swaps their proto ops for tcp_bpf's and changed blocking reads). The
  * default attaches nothing per segment: only sockops callbacks at connect,
- * establish and state changes (the close record is taken at TCP_CLOSE, from
- * final counters).
+ * establish and close (the close record is taken at TCP_CLOSE, from final
+ * counters); other state changes leave at once.
  *
  * Optional per-segment hooks (`--hooks`) keep the map itself fresh between
  * reads, for consumers that read map_of_tcp_conns directly:
@@ -106,7 +106,7 @@ static __always_inline __u64 widen32(__u64 total, __u32 now)
 	return delta > 0 ? total + (__u32)delta : total;
 }
 
-/* Copy every counter from a BTF-typed tcp_sock (direct loads, no helper calls). */
+/* Copy every counter, and the TCP state, from a BTF-typed tcp_sock (direct loads, no helper calls). */
 static __always_inline void copy_counters(struct longconn_conn *c, struct tcp_sock *tp)
 {
 	c->bytes_sent = tp->bytes_acked;
@@ -118,6 +118,7 @@ static __always_inline void copy_counters(struct longconn_conn *c, struct tcp_so
 	c->bytes_retrans = tp->bytes_retrans;
 	c->srtt_us = tp->srtt_us >> 3;
 	c->min_rtt_us = tp->rtt_min.s[0].v;
+	c->state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
 }
 
 static __always_inline void refresh(struct longconn_conn *c, struct tcp_sock *tp)
@@ -262,6 +263,11 @@ int longconn_sockops(struct bpf_sock_ops *skops)
 	default:
 		return 1;
 	}
+	/* Without per-segment hooks only the close (final record) and establish
+	 * (flag) need the kernel: readers copy the state with the counters. */
+	if (op == BPF_SOCK_OPS_STATE_CB && !hooks && skops->args[1] != BPF_TCP_CLOSE &&
+	    skops->args[1] != BPF_TCP_ESTABLISHED)
+		return 1;
 	if (skops->family != AF_INET && skops->family != AF_INET6)
 		return 1;
 	if (!sk)

@@ -4,6 +4,7 @@
 //! Nothing here decides policy; the binaries do.
 
 pub mod caps;
+pub mod cli;
 pub mod groups;
 pub mod layout;
 pub mod mounts;

@@ -57,7 +57,7 @@ pub struct AttachArgs {
     /// Per-segment hooks. Readers are exact without any: before each read they
     /// look every tracked socket up in the kernel's TCP tables and copy its
     /// counters, as `ss -tin` sees them (`default` = `none`: sockops at
-    /// connect, establish and state changes only; nothing per segment, nothing
+    /// connect, establish and close only; nothing per segment, nothing
     /// attached to or stored in any socket). Per-segment presets also keep
     /// map_of_tcp_conns itself fresh between reads (for tools reading the map
     /// directly) at a cost on every segment: `live` (tcp-probe,egress,ack),

@@ -37,6 +37,9 @@ pub fn parse(s: &str) -> Result<u32, String> {
     for part in s.split(',').map(str::trim) {
         match NAMES.iter().find(|(n, _)| *n == part) {
             Some((_, bit)) => mask |= bit,
+            None if part == "sockhash" => {
+                return Err("the sockhash hook was removed (layout 4): sockhash membership changed how applications' sockets behave; readers now refresh every preset by socket lookup, so `default` is exact without it".into());
+            }
             None => {
                 let names: Vec<_> = NAMES.iter().chain(PRESETS).map(|(n, _)| *n).collect();
                 return Err(format!(
@@ -69,7 +72,7 @@ mod tests {
     #[test]
     fn presets_and_lists() {
         assert_eq!(parse("default"), Ok(0));
-        assert!(parse("sockhash").is_err());
+        assert!(parse("sockhash").unwrap_err().contains("removed"));
         assert_eq!(parse("none"), Ok(0));
         assert_eq!(parse("live"), Ok(HOOK_TCP_PROBE | HOOK_EGRESS | HOOK_ACK));
         assert_eq!(parse("ack"), Ok(HOOK_ACK));

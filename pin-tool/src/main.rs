@@ -63,7 +63,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = match longconn_common::cli::parse("longconn-pin") {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let result = match &cli.command {
         None => attach::run(&cli.pin_dir, &cli.attach),
         Some(Command::Detach) => detach::run(&cli.pin_dir),

@@ -59,7 +59,7 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
         let (records, bad, refresh) = pins.connections_refreshed()?;
         if refresh.not_found + refresh.netns_unknown > 0 {
             eprintln!(
-                "longconn-reader: {} connections show values from their last state change: {} sockets not found by 4-tuple and cookie, {} in network namespaces this reader cannot reach (run as root to assign netnsids)",
+                "longconn-reader: {} connections show values from their last kernel-side update (establish or an optional hook): {} sockets not found by 4-tuple and cookie, {} in network namespaces this reader cannot reach (run as root to assign netnsids)",
                 refresh.not_found + refresh.netns_unknown,
                 refresh.not_found,
                 refresh.netns_unknown

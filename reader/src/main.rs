@@ -55,19 +55,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match longconn_common::cli::parse("longconn-reader") {
         Ok(cli) => cli,
-        // --help, --version, and the help shown for a missing subcommand.
-        Err(e)
-            if !e.use_stderr()
-                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
-        {
-            e.exit()
-        }
-        Err(e) => {
-            eprintln!("longconn-reader: {}", one_line(&e));
-            return ExitCode::from(e.exit_code() as u8);
-        }
+        Err(code) => return code,
     };
     let result = match &cli.command {
         Command::Collect(args) => collect::run(&cli.pin_dir, args),
@@ -81,20 +71,6 @@ fn main() -> ExitCode {
             exit::code_of(&err)
         }
     }
-}
-
-/// A clap error as one line (like every other error of the reader): its
-/// message, the valid values and tip, without the "For more information"
-/// trailer; exit status 2 either way.
-fn one_line(e: &clap::Error) -> String {
-    let text = e.render().to_string();
-    let parts: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
-        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
-        .collect();
-    format!("{} (see --help)", parts.join("; "))
 }
 
 /// `longconn-reader dump | head` is not an error.
@@ -193,7 +169,7 @@ mod robustness {
                 Cli::try_parse_from(std::iter::once("longconn-reader").chain(argv.iter().copied()))
                     .unwrap_err();
             assert_eq!(e.exit_code(), 2);
-            let line = super::one_line(&e);
+            let line = longconn_common::cli::one_line(&e);
             assert!(
                 !line.contains('\n') && line.contains(want),
                 "{argv:?}: {line}"

@@ -13,6 +13,7 @@ _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x
 
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_OBJ_GET = 7
+BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_UPDATE_BATCH = 26
 
@@ -86,3 +87,22 @@ def update_batch(fd, keys, values, count):
         done = struct.unpack_from("<I", attr, 32)[0]
         raise OSError(e.errno, f"BPF_MAP_UPDATE_BATCH stopped after {done}/{count}: {e.strerror}")
     return struct.unpack_from("<I", attr, 32)[0]
+
+
+def prog_test_run_cb(fd, cb):
+    """BPF_PROG_TEST_RUN of a tc program once, with skb->cb = cb (5 u32, the
+    rest of the context zero, a zeroed 64-byte packet). Returns (return
+    value, run time in ns as the kernel measured it, skb->cb afterwards)."""
+    pkt = ctypes.create_string_buffer(64)
+    ctx = ctypes.create_string_buffer(12 * 4 + 5 * 4)  # struct __sk_buff up to cb[5]
+    struct.pack_into("<5I", ctx, 48, *cb)
+    out = ctypes.create_string_buffer(1024)  # the whole struct __sk_buff comes back
+    attr = ctypes.create_string_buffer(_ATTR_SIZE)
+    # prog_fd, retval, data_size_in, data_size_out, data_in, data_out, repeat,
+    # duration, ctx_size_in, ctx_size_out, ctx_in, ctx_out
+    struct.pack_into("<IIIIQQIIIIQQ", attr, 0, fd, 0, 64, 0, _addr(pkt), 0, 1, 0,
+                     len(ctx), len(out), _addr(ctx), _addr(out))
+    bpf(BPF_PROG_TEST_RUN, attr)
+    retval, = struct.unpack_from("<I", attr, 4)
+    duration, = struct.unpack_from("<I", attr, 36)
+    return retval, duration, struct.unpack_from("<5I", out, 48)

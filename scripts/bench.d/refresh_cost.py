@@ -9,11 +9,17 @@ loopback connections inside it (bench.d/conngen.py, both ends tracked), then 5
 times runs `longconn-reader dump --json` under `strace -f -T -e trace=bpf` with
 kernel.bpf_stats_enabled=1 and prints the refresh program's kernel time
 (run_time_ns delta: total and per socket) and the wall time of each
-BPF_PROG_TEST_RUN call (one per refresh thread). Cleans up on exit.
+BPF_PROG_TEST_RUN call (one per refresh thread). Then, for the same sockets,
+one unsharded run of the program (as one thread would do it) against a run
+that walks the map but skips every record (shard 0 of 2^31: no cookie here is
+a multiple of 2^31), i.e. what the walk costs and what the socket lookup and
+copy cost on top. Cleans up on exit.
 """
 import json
 import os
 import re
+import socket
+import struct
 import subprocess
 import sys
 
@@ -21,6 +27,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("LCBENCH_WORK", f"/tmp/lcbench-refresh-{os.getpid()}")
 os.makedirs(os.environ["LCBENCH_WORK"], exist_ok=True)
 from benchlib import HERE, WORK, Cgroup, Pin, cleanup_all, prog_stats  # noqa: E402
+import bpfsys  # noqa: E402
+
+
+def own_netns_cookie():
+    s = socket.socket()
+    try:
+        return struct.unpack("<Q", s.getsockopt(socket.SOL_SOCKET, 71, 8))[0]  # SO_NETNS_COOKIE
+    finally:
+        s.close()
 
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
@@ -63,6 +78,18 @@ def main():
             print(f"{pairs} pairs ({2 * pairs} sockets): refresh {ns / 1e6:.1f} ms kernel time "
                   f"({ns / (2 * pairs):.0f} ns per socket); test runs "
                   + ", ".join(f"{w * 1000:.0f} ms" for w in walls) + " wall")
+        fd = bpfsys.obj_get(os.path.join(pin.dir, "refresh_conns"))
+        own = own_netns_cookie()
+        lo, hi = own & 0xFFFFFFFF, own >> 32
+        n = 2 * pairs
+        for _ in range(5):
+            full = bpfsys.prog_test_run_cb(fd, [0, 1, lo, hi, 0])
+            walk = bpfsys.prog_test_run_cb(fd, [0, 1 << 31, lo, hi, 0])
+            print(f"one unsharded run: {full[1] / 1e6:.1f} ms ({full[1] / n:.0f} ns per socket; "
+                  f"{full[0]} refreshed, {full[2][2]} not found); walk alone {walk[1] / 1e6:.1f} ms "
+                  f"({walk[1] / n:.0f} ns per record); lookup and copy "
+                  f"{(full[1] - walk[1]) / n:.0f} ns per socket")
+        os.close(fd)
     finally:
         with open(STATS, "w") as f:
             f.write(orig)

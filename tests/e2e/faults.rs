@@ -502,18 +502,12 @@ fn reader_runs_without_root_with_group_access_to_the_pins() {
     // On this kernel reading pinned maps needs only file access to the pins
     // (BPF_OBJ_GET is checked against the pin's mode); no capability at all.
     let as_reader = |gid: u32, args: &[&str]| {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            &format!("--regid={gid}"),
-            "--clear-groups",
-            "--inh-caps=-all",
-        ]);
-        c.arg("--")
-            .arg(longconn_tests::env::bin("longconn-reader"))
-            .arg("--pin-dir")
-            .arg(&env.pin_dir)
-            .args(args);
+        let mut c = longconn_tests::env::unprivileged(
+            gid,
+            &[],
+            &longconn_tests::env::bin("longconn-reader"),
+        );
+        c.arg("--pin-dir").arg(&env.pin_dir).args(args);
         c.output().unwrap()
     };
     let o = as_reader(65534, &["dump", "--json"]);

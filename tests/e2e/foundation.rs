@@ -5,7 +5,8 @@
 use std::{collections::HashMap, process::Command, thread::sleep, time::Duration};
 
 use longconn_tests::{
-    env::privileged_or_skip,
+    env::{bin, privileged_or_skip, unprivileged},
+    netns::Netns,
     ss::{self, SockKey, TcpInfo},
     traffic::Traffic,
     TestEnv,
@@ -277,40 +278,6 @@ fn bpftool_cgroup(cg: &std::path::Path) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-/// A network namespace for one test, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: &str) -> Self {
-        let st = Command::new("ip")
-            .args(["netns", "add", name])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add {name}");
-        let st = Command::new("ip")
-            .args(["netns", "exec", name, "ip", "link", "set", "lo", "up"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        Self(name.into())
-    }
-
-    fn run(&self, args: &[&str]) {
-        let st = Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(st.success(), "{args:?} in {}", self.0);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// `--hooks live` (tcp-probe + egress + ACK callbacks) keeps the map itself fresh: read raw,
 /// without the read-time refresh, it equals tcp_info once traffic stops.
 #[test]
@@ -350,13 +317,9 @@ fn retransmits_under_real_loss_equal_tcp_info() {
     }
     let mut env = TestEnv::new("loss");
     env.pin(&[]);
-    let ns = Netns::new(&format!("lcloss{}", std::process::id()));
+    let ns = Netns::new("loss");
     // The generator runs in the test cgroup and in the private netns.
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.0])
-        .arg(longconn_tests::env::bin("longconn-traffic"));
-    env.spawn_in_cgroup(cmd);
-    let mut gen = Traffic::from_child(env.take_child());
+    let mut gen = ns.traffic(&mut env);
     let p = gen.cmd("pair lossy 4");
     let server = port(&p, "server_port");
     // Drop 1 in 25 segments arriving for the server (input hook: a real loss
@@ -401,7 +364,7 @@ fn retransmits_under_real_loss_equal_tcp_info() {
     let mut last = String::new();
     for _ in 0..25 {
         let dump = env.dump_json(&["--port", &server.to_string()]);
-        let kernel = ss::tcp_info_in(Some(&ns.0), &[server]);
+        let kernel = ss::tcp_info_in(Some(&ns.name), &[server]);
         let ours: HashMap<SockKey, TcpInfo> = dump.iter().map(ss::from_dump).collect();
         let client = ours.values().map(|i| i.total_retrans).max().unwrap_or(0);
         if ours.len() == 2 && ours == kernel && client > 0 {
@@ -435,15 +398,7 @@ fn retransmits_under_real_loss_equal_tcp_info() {
 
 /// Runs the reader as uid/gid 65534 (in the group the pins were given to), no capabilities.
 fn reader_as_nobody(env: &TestEnv, args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--",
-        ])
-        .arg(longconn_tests::env::bin("longconn-reader"))
+    unprivileged(65534, &[], &bin("longconn-reader"))
         .arg("--pin-dir")
         .arg(&env.pin_dir)
         .args(args)
@@ -453,7 +408,7 @@ fn reader_as_nobody(env: &TestEnv, args: &[&str]) -> std::process::Output {
 
 /// Sockets of another network namespace are read through a netnsid: a reader that cannot
 /// assign one (no root) says how many connections it could not reach and shows their
-/// state-change values; a root reader assigns it and then equals `ss -tin` in that
+/// handshake-time values; a root reader assigns it and then equals `ss -tin` in that
 /// namespace; afterwards the unprivileged reader reaches them too (the id is recorded).
 #[test]
 fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
@@ -464,12 +419,8 @@ fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
     }
     let mut env = TestEnv::new("netnsid");
     env.pin(&["--group", "65534"]);
-    let ns = Netns::new(&format!("lcnsid{}", std::process::id()));
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.0])
-        .arg(longconn_tests::env::bin("longconn-traffic"));
-    env.spawn_in_cgroup(cmd);
-    let mut gen = Traffic::from_child(env.take_child());
+    let ns = Netns::new("nsid");
+    let mut gen = ns.traffic(&mut env);
     let p = gen.cmd("pair x 4");
     let server = port(&p, "server_port");
     gen.cmd("send x c2s 1048576");
@@ -479,7 +430,7 @@ fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
         .output()
         .unwrap();
     assert!(
-        !String::from_utf8_lossy(&ids.stdout).contains(&ns.0),
+        !String::from_utf8_lossy(&ids.stdout).contains(&ns.name),
         "the new namespace has no netnsid yet"
     );
 
@@ -532,7 +483,7 @@ fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
     let mut matched = false;
     for _ in 0..25 {
         let dump = env.dump_json(&["--port", &server.to_string()]);
-        let kernel = ss::tcp_info_in(Some(&ns.0), &[server]);
+        let kernel = ss::tcp_info_in(Some(&ns.name), &[server]);
         let ours: HashMap<SockKey, TcpInfo> = dump.iter().map(ss::from_dump).collect();
         if ours.len() == 2 && ours == kernel {
             matched = true;
@@ -541,7 +492,7 @@ fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
         last = format!("dump: {ours:#?}\nss: {kernel:#?}");
         sleep(Duration::from_millis(200));
     }
-    assert!(matched, "dump never matched ss -tin in {}\n{last}", ns.0);
+    assert!(matched, "dump never matched ss -tin in {}\n{last}", ns.name);
     let status = env.pin_cmd().arg("status").output().unwrap();
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
@@ -553,7 +504,7 @@ fn other_netns_is_reached_through_a_netnsid_and_unreachable_ones_are_counted() {
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&ids.stdout).contains(&ns.0),
+        String::from_utf8_lossy(&ids.stdout).contains(&ns.name),
         "root's reader assigned a netnsid: {}",
         String::from_utf8_lossy(&ids.stdout)
     );

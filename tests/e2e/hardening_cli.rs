@@ -13,7 +13,8 @@ use std::{
 };
 
 use longconn_tests::{
-    env::{bin, privileged_or_skip},
+    env::{bin, privileged_or_skip, unprivileged},
+    netns::Netns,
     prom,
     traffic::Traffic,
     TestEnv,
@@ -174,52 +175,16 @@ fn names_with_separator_and_control_bytes_stay_distinct_and_escaped() {
     );
 }
 
-/// Deletes a network namespace made by the test, even on panic.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("lc-{tag}-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "ip netns add {name}");
-        let ns = Self(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        // One port for bind(), one for connect(): the same 4-tuple in every
-        // namespace (bind takes the odd port, connect the even one).
-        ns.exec(&[
-            "sh",
-            "-c",
-            "echo '40000 40001' > /proc/sys/net/ipv4/ip_local_port_range",
-        ]);
-        ns
-    }
-
-    fn exec(&self, argv: &[&str]) {
-        let st = Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(argv)
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns exec {} {argv:?}", self.0);
-    }
-
-    fn traffic(&self, env: &mut TestEnv) -> Traffic {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0])
-            .arg(bin("longconn-traffic"));
-        env.spawn_in_cgroup(c);
-        Traffic::from_child(env.take_child())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+/// A namespace whose ephemeral port range is 40000-40001: one port for
+/// bind(), one for connect(), so the same 4-tuple in every such namespace.
+fn same_ports_netns(tag: &str) -> Netns {
+    let ns = Netns::new(tag);
+    ns.run(&[
+        "sh",
+        "-c",
+        "echo '40000 40001' > /proc/sys/net/ipv4/ip_local_port_range",
+    ]);
+    ns
 }
 
 /// Item 8: the same 4-tuple in two network namespaces is two connection
@@ -231,7 +196,7 @@ fn same_four_tuple_in_two_netns_gives_two_series() {
     }
     let mut env = TestEnv::new("hard_netns");
     env.pin(&[]);
-    let (ns1, ns2) = (Netns::new("r2a"), Netns::new("r2b"));
+    let (ns1, ns2) = (same_ports_netns("r2a"), same_ports_netns("r2b"));
     let mut g1 = ns1.traffic(&mut env);
     let mut g2 = ns2.traffic(&mut env);
     let p1 = g1.cmd("pair p 4");
@@ -409,21 +374,13 @@ fn unprivileged_reader_collects_with_the_default_group() {
         d
     };
     let as_nobody = |dir: &Path, extra: &[&str]| {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--",
-        ])
-        .arg(bin("longconn-reader"))
-        .arg("--pin-dir")
-        .arg(&env.pin_dir)
-        .arg("collect")
-        .arg("--out-dir")
-        .arg(dir)
-        .args(extra);
+        let mut c = unprivileged(65534, &[], &bin("longconn-reader"));
+        c.arg("--pin-dir")
+            .arg(&env.pin_dir)
+            .arg("collect")
+            .arg("--out-dir")
+            .arg(dir)
+            .args(extra);
         run(c)
     };
     let prometheus = fs::read_to_string("/etc/group")

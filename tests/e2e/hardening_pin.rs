@@ -32,18 +32,12 @@ fn run(cmd: &mut Command) -> Run {
 /// `longconn-pin --pin-dir D ARGS` as uid 65534, primary gid 4242 and
 /// supplementary group 65534 (the group the pins were given), no capabilities.
 fn as_group_member(env: &TestEnv, args: &[&str]) -> Run {
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid=65534",
-        "--regid=4242",
-        "--groups=65534",
-        "--inh-caps=-all",
-        "--",
-    ])
-    .arg(longconn_tests::env::bin("longconn-pin"))
-    .arg("--pin-dir")
-    .arg(&env.pin_dir)
-    .args(args);
+    let mut c = longconn_tests::env::unprivileged(
+        4242,
+        &[65534],
+        &longconn_tests::env::bin("longconn-pin"),
+    );
+    c.arg("--pin-dir").arg(&env.pin_dir).args(args);
     run(&mut c)
 }
 

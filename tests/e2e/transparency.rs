@@ -17,11 +17,10 @@ use std::{
     collections::BTreeMap,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
-use longconn_tests::{env::privileged_or_skip, TestEnv};
+use longconn_tests::{env::privileged_or_skip, netns::Netns, TestEnv};
 use serde_json::Value;
 
 /// Every `longconn-pin --hooks` preset; each must be invisible.
@@ -41,56 +40,13 @@ const MIN_TRACKED: u64 = 4000;
 type Observations = BTreeMap<String, Value>;
 
 /// A private network namespace for the TCP Fast Open cases (loopback up,
-/// net.ipv4.tcp_fastopen=3), deleted on drop. A fresh one per battery run: the
-/// TFO cookie cache would otherwise make a second run's first connect differ.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Self {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "lc-tfo-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Self { name };
-        run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
-        // A net sysctl file opened inside the namespace is that namespace's.
-        run_ok(Command::new("ip").args([
-            "netns",
-            "exec",
-            &ns.name,
-            "sh",
-            "-c",
-            "echo 3 > /proc/sys/net/ipv4/tcp_fastopen",
-        ]));
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// net.ipv4.tcp_fastopen=3). A fresh one per battery run: the TFO cookie cache
+/// would otherwise make a second run's first connect differ.
+fn tfo_netns() -> Netns {
+    let ns = Netns::new("tfo");
+    // A net sysctl file opened inside the namespace is that namespace's.
+    ns.run(&["sh", "-c", "echo 3 > /proc/sys/net/ipv4/tcp_fastopen"]);
+    ns
 }
 
 fn battery() -> PathBuf {
@@ -99,7 +55,7 @@ fn battery() -> PathBuf {
 
 /// One battery run with the python process inside the test's cgroup.
 fn run_battery(env: &mut TestEnv, label: &str) -> (Observations, Duration) {
-    let ns = Netns::new();
+    let ns = tfo_netns();
     let mut cmd = Command::new("python3");
     cmd.arg(battery())
         .arg("--netns")

@@ -39,6 +39,21 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// `setpriv` running `program` as uid 65534 with primary group `gid`, the
+/// supplementary `groups` (none: cleared) and no capabilities.
+pub fn unprivileged(gid: u32, groups: &[u32], program: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", &format!("--regid={gid}")]);
+    if groups.is_empty() {
+        c.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        c.arg(format!("--groups={}", list.join(",")));
+    }
+    c.args(["--inh-caps=-all", "--"]).arg(program);
+    c
+}
+
 /// The cgroup v2 mount, from /proc/mounts.
 pub fn cgroup2_root() -> PathBuf {
     let mounts = fs::read_to_string("/proc/mounts").expect("/proc/mounts");

@@ -437,7 +437,7 @@ pub fn families(state: &State, live: Live, stats: &SelfStats) -> Vec<Family> {
     };
     out.push(Family {
         name: "longconn_refresh_unreachable_connections".into(),
-        help: "Live connections whose counters the last read-time refresh could not read (their values are from the last state change): socket not found by its 4-tuple and cookie, or a network namespace this reader has no netnsid for".into(),
+        help: "Live connections whose counters the last read-time refresh could not read (their values are from the last kernel-side update): socket not found by its 4-tuple and cookie, or a network namespace this reader has no netnsid for".into(),
         kind: Kind::Gauge,
         samples: vec![
             unreachable("socket_not_found", stats.refresh_unreachable.0),
