@@ -108,9 +108,6 @@ fn resolve_netns(
     resolved
 }
 
-/// Most threads (CPUs) one refresh uses.
-pub const REFRESH_THREADS: usize = 4;
-
 /// How the maps are opened: `ReadOnly` is enough for `dump` and `status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -240,9 +237,11 @@ impl Pins {
     /// Copies every tracked socket's counters into its record, now: runs the
     /// pinned `refresh_conns` program (BPF_PROG_TEST_RUN), which walks
     /// map_of_tcp_conns and looks each record's socket up by 4-tuple in the
-    /// kernel's TCP tables — one shard of the records per thread, on up to
-    /// `REFRESH_THREADS` CPUs (a run is not preemptible; shards keep each run
-    /// short and the wall time low). Sockets of other network namespaces are
+    /// kernel's TCP tables, in one run on one CPU. A run is not preemptible
+    /// (and holds that CPU's softirqs) for ≈ 0.5 µs per tracked socket; one
+    /// CPU at a time, never all of them: splitting the walk across threads
+    /// cost more CPU in total (every shard walks the whole map) and stalled
+    /// every CPU at once. Sockets of other network namespaces are
     /// reached through netnsids resolved first (see `netns`); a namespace the
     /// program meets for the first time is resolved and the refresh run once
     /// more.
@@ -278,41 +277,20 @@ impl Pins {
         Ok(stats)
     }
 
-    /// One sharded run of the refresh program.
+    /// One run of the refresh program over every record, on this thread.
     fn refresh_run(
         &self,
         fd: BorrowedFd<'_>,
         path: &Path,
         own: u64,
     ) -> Result<RefreshStats, PinnedError> {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, REFRESH_THREADS) as u32;
-        let run = |shard: u32| {
-            let mut cb = [0u32; 4];
-            cb[layout::REFRESH_CB_SHARD] = shard;
-            cb[layout::REFRESH_CB_NSHARDS] = threads;
-            cb[layout::REFRESH_CB_NETNS_LO] = own as u32;
-            cb[layout::REFRESH_CB_NETNS_HI] = (own >> 32) as u32;
-            sys::prog_run(fd, &cb)
-        };
-        let results: Vec<io::Result<(u32, [u32; 5])>> = if threads == 1 {
-            vec![run(0)]
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (1..threads).map(|i| s.spawn(move || run(i))).collect();
-                let mut out = vec![run(0)];
-                out.extend(handles.into_iter().map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(io::Error::other("refresh thread panicked")))
-                }));
-                out
-            })
-        };
-        let mut stats = RefreshStats::default();
-        for r in results {
-            let (refreshed, cb) = r.map_err(|source| match source.raw_os_error() {
+        let mut cb = [0u32; 4];
+        cb[layout::REFRESH_CB_SHARD] = 0;
+        cb[layout::REFRESH_CB_NSHARDS] = 1;
+        cb[layout::REFRESH_CB_NETNS_LO] = own as u32;
+        cb[layout::REFRESH_CB_NETNS_HI] = (own >> 32) as u32;
+        let (refreshed, out) =
+            sys::prog_run(fd, &cb).map_err(|source| match source.raw_os_error() {
                 Some(libc::EPERM) | Some(libc::EACCES) => {
                     PinnedError::Permission { path: path.into() }
                 }
@@ -321,11 +299,11 @@ impl Pins {
                     source,
                 },
             })?;
-            stats.refreshed += u64::from(refreshed);
-            stats.not_found += u64::from(cb[layout::REFRESH_CB_NETNS_LO]);
-            stats.netns_unknown += u64::from(cb[layout::REFRESH_CB_NETNS_HI]);
-        }
-        Ok(stats)
+        Ok(RefreshStats {
+            refreshed: u64::from(refreshed),
+            not_found: u64::from(out[layout::REFRESH_CB_NETNS_LO]),
+            netns_unknown: u64::from(out[layout::REFRESH_CB_NETNS_HI]),
+        })
     }
 
     /// The `netns` map, read-write (the refresh records netnsids in it), or
