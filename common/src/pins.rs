@@ -31,3 +31,16 @@ pub const MAPS: &[(&str, &str)] = &[
 pub fn link_path(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join(LINKS).join(name)
 }
+
+/// Where collect registers the one state dir that consumes a pin dir's close
+/// records (world-writable and sticky on Debian, cleared at boot like the pins).
+pub const CONSUMER_REGISTRY_DIR: &str = "/run/lock";
+
+/// The consumer registration file of `pin_dir` (its canonical path) under
+/// `registry`: `longconn-consumer-<FNV-1a 64 of the path>`.
+pub fn consumer_registration(registry: &Path, pin_dir: &str) -> PathBuf {
+    let fnv = pin_dir.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
+        (h ^ u64::from(c)).wrapping_mul(0x0100_0000_01b3)
+    });
+    registry.join(format!("longconn-consumer-{fnv:016x}"))
+}

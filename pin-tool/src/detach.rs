@@ -89,6 +89,13 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     let _ = fs::remove_dir(pin_dir.join(pins::LINKS));
+    // The reader's registration of its one consumer of these pins' close
+    // records goes with them (a new pin generation registers anew anyway).
+    let canonical = fs::canonicalize(pin_dir).unwrap_or_else(|_| pin_dir.to_owned());
+    let _ = fs::remove_file(pins::consumer_registration(
+        Path::new(pins::CONSUMER_REGISTRY_DIR),
+        &canonical.to_string_lossy(),
+    ));
     let leftovers: Vec<String> = fs::read_dir(pin_dir)
         .map(|dir| {
             dir.flatten()

@@ -317,6 +317,14 @@ fn a_second_consumer_of_a_pin_dir_is_refused() {
         "{}",
         stderr(&o)
     );
+    // The registration goes with the pins.
+    assert!(env.consumer_registration().exists());
+    let o = env.pin_cmd().arg("detach").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !env.consumer_registration().exists(),
+        "detach removes the consumer registration"
+    );
 }
 
 /// Item 5: a new label selection restarts the group totals and so moves

@@ -28,7 +28,7 @@ use std::{
 };
 
 /// Where registrations live.
-pub const REGISTRY_DIR: &str = "/run/lock";
+pub const REGISTRY_DIR: &str = longconn_common::pins::CONSUMER_REGISTRY_DIR;
 
 /// A registration: which state dir consumes which pin generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,19 +60,9 @@ impl Record {
     }
 }
 
-/// FNV-1a, 64 bits: a stable file name for a pin dir path.
-fn fnv64(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &c| {
-        (h ^ u64::from(c)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// The registration file of `pin_dir` (a canonical path) under `dir`.
 pub fn registration_path(dir: &Path, pin_dir: &str) -> PathBuf {
-    dir.join(format!(
-        "longconn-consumer-{:016x}",
-        fnv64(pin_dir.as_bytes())
-    ))
+    longconn_common::pins::consumer_registration(dir, pin_dir)
 }
 
 /// What `register` did.
