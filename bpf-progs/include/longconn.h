@@ -98,8 +98,10 @@ struct longconn_netns {
  * ctx in and out); it returns how many records it refreshed. */
 #define LONGCONN_REFRESH_CB_SHARD 0      /* in: this run's shard */
 #define LONGCONN_REFRESH_CB_NSHARDS 1    /* in: number of shards (0 or 1: all records) */
-#define LONGCONN_REFRESH_CB_NETNS_LO 2   /* in: reader's netns cookie, low 32 bits; out: sockets not found */
-#define LONGCONN_REFRESH_CB_NETNS_HI 3   /* in: reader's netns cookie, high 32 bits; out: records in an unresolved netns */
+#define LONGCONN_REFRESH_CB_NETNS_LO 2   /* in: reader's netns cookie, low 32 bits */
+#define LONGCONN_REFRESH_CB_NETNS_HI 3   /* in: reader's netns cookie, high 32 bits */
+#define LONGCONN_REFRESH_CB_OUT_NOT_FOUND 2      /* out: live records whose socket was not found */
+#define LONGCONN_REFRESH_CB_OUT_NETNS_UNKNOWN 3  /* out: live records in a netns without a netnsid */
 
 /* Single value of the `longconn_meta` array, written by longconn-pin after load. */
 struct longconn_meta {

@@ -505,9 +505,10 @@ static long refresh_one(void *map, __u64 *cookie, struct longconn_conn *c, struc
  * reads map_of_tcp_conns: copy every tracked socket's counters into its
  * record, now. This is what makes the default exact without any per-segment
  * hook. In skb->cb (LONGCONN_REFRESH_CB_*): a shard (cookie % nshards ==
- * shard) so that readers can split the work across CPUs, and the reader's
- * netns cookie; out: how many sockets were not found and how many records
- * wait for a netnsid. Returns how many records were refreshed.
+ * shard; the reader runs one shard of one, benchmarks use it to time the walk
+ * alone) and the reader's netns cookie; out: how many sockets were not found
+ * and how many records wait for a netnsid. Returns how many records were
+ * refreshed.
  */
 SEC("classifier")
 int longconn_refresh(struct __sk_buff *skb)
@@ -522,7 +523,7 @@ int longconn_refresh(struct __sk_buff *skb)
 	};
 
 	bpf_for_each_map_elem(&map_of_tcp_conns, refresh_one, &run, 0);
-	skb->cb[LONGCONN_REFRESH_CB_NETNS_LO] = run.not_found;
-	skb->cb[LONGCONN_REFRESH_CB_NETNS_HI] = run.netns_unknown;
+	skb->cb[LONGCONN_REFRESH_CB_OUT_NOT_FOUND] = run.not_found;
+	skb->cb[LONGCONN_REFRESH_CB_OUT_NETNS_UNKNOWN] = run.netns_unknown;
 	return (int)(run.refreshed & 0x7fffffff);
 }

@@ -92,11 +92,14 @@ pub struct NetnsEntry {
     pub nsid: u32,
 }
 
-/// `skb->cb` slots of the refresh program (LONGCONN_REFRESH_CB_*).
+/// `skb->cb` slots of the refresh program (LONGCONN_REFRESH_CB_*): its
+/// arguments in, its results out (slots 2 and 3 serve both).
 pub const REFRESH_CB_SHARD: usize = 0;
 pub const REFRESH_CB_NSHARDS: usize = 1;
 pub const REFRESH_CB_NETNS_LO: usize = 2;
 pub const REFRESH_CB_NETNS_HI: usize = 3;
+pub const REFRESH_CB_OUT_NOT_FOUND: usize = 2;
+pub const REFRESH_CB_OUT_NETNS_UNKNOWN: usize = 3;
 
 /// `struct longconn_meta`: the single value of the `meta` array.
 #[repr(C)]

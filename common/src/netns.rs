@@ -105,6 +105,24 @@ pub fn nsid_of(path: &Path) -> io::Result<u32> {
     let ns = fs::File::open(path)?;
     let fd = ns.as_raw_fd() as u32;
     let mut sock = Socket::new(NETLINK_ROUTE)?;
+    // The kernel answers at once; never wait on it for long.
+    let timeout = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: `timeout` is a valid timeval for SO_RCVTIMEO on our own socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
     if let Some(id) = get_nsid(&sock, fd)? {

@@ -4,12 +4,11 @@
 //! it says so and stops. Every error names the path and the next step.
 
 use std::{
+    collections::HashSet,
     io,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
-
-use std::collections::HashSet;
 
 use aya::maps::{Array, HashMap as AyaHashMap, Map, MapData, PerCpuArray};
 
@@ -238,7 +237,7 @@ impl Pins {
     /// pinned `refresh_conns` program (BPF_PROG_TEST_RUN), which walks
     /// map_of_tcp_conns and looks each record's socket up by 4-tuple in the
     /// kernel's TCP tables, in one run on one CPU. A run is not preemptible
-    /// (and holds that CPU's softirqs) for ≈ 0.5 µs per tracked socket; one
+    /// (and holds that CPU's softirqs) for 0.5–0.8 µs per tracked socket; one
     /// CPU at a time, never all of them: splitting the walk across threads
     /// cost more CPU in total (every shard walks the whole map) and stalled
     /// every CPU at once. Sockets of other network namespaces are
@@ -258,7 +257,7 @@ impl Pins {
             other => other?,
         };
         let own = netns::own_cookie().map_err(|source| PinnedError::Io {
-            path: "SO_NETNS_COOKIE".into(),
+            path: "/proc/self/ns/net".into(),
             source,
         })?;
         let mut netns_map = self.netns_map();
@@ -301,8 +300,8 @@ impl Pins {
             })?;
         Ok(RefreshStats {
             refreshed: u64::from(refreshed),
-            not_found: u64::from(out[layout::REFRESH_CB_NETNS_LO]),
-            netns_unknown: u64::from(out[layout::REFRESH_CB_NETNS_HI]),
+            not_found: u64::from(out[layout::REFRESH_CB_OUT_NOT_FOUND]),
+            netns_unknown: u64::from(out[layout::REFRESH_CB_OUT_NETNS_UNKNOWN]),
         })
     }
 
