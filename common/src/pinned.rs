@@ -244,7 +244,7 @@ impl Pins {
     /// reached through netnsids resolved first (see `netns`); a namespace the
     /// program meets for the first time is resolved and the refresh run once
     /// more.
-    pub fn refresh(&self) -> Result<RefreshStats, PinnedError> {
+    fn refresh(&self) -> Result<RefreshStats, PinnedError> {
         let path = self.path(pins::REFRESH);
         let fd = match open_fd(&path, Access::ReadWrite) {
             Err(PinnedError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -315,7 +315,7 @@ impl Pins {
 
     /// Forgets the netnsids of namespaces no live record refers to (they are
     /// looked up again if a record of theirs appears).
-    pub fn prune_netns(&self, live: &[ConnRecord]) {
+    fn prune_netns(&self, live: &[ConnRecord]) {
         let Some(mut m) = self.netns_map() else {
             return;
         };
@@ -331,14 +331,10 @@ impl Pins {
     }
 
     /// Every live record (and closed ones whose ring-buffer write failed),
-    /// refreshed from the sockets first, then read in batches. Records of the
-    /// wrong size are counted in the second value and skipped.
-    pub fn connections(&self) -> Result<(Vec<ConnRecord>, u64), PinnedError> {
-        self.refresh()?;
-        self.connections_unrefreshed()
-    }
-
-    /// As `connections`, with what the refresh could not reach.
+    /// refreshed from the sockets first, then read in batches, with what the
+    /// refresh could not reach. Records of the wrong size are counted in the
+    /// second value and skipped. With read-write access, netnsids of
+    /// namespaces no record refers to any more are forgotten.
     pub fn connections_refreshed(
         &self,
     ) -> Result<(Vec<ConnRecord>, u64, RefreshStats), PinnedError> {

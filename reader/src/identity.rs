@@ -273,13 +273,13 @@ pub fn split_key(key: &str) -> Vec<String> {
 }
 
 /// A group key of label values (the inverse of `split_key`).
-pub fn join_key<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
+pub fn join_key<S: AsRef<str>>(values: impl IntoIterator<Item = S>) -> String {
     let mut key = String::new();
     for (i, v) in values.into_iter().enumerate() {
         if i > 0 {
             key.push(KEY_SEP);
         }
-        escape_key_value(&mut key, v);
+        escape_key_value(&mut key, v.as_ref());
     }
     key
 }
@@ -287,8 +287,9 @@ pub fn join_key<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
 impl Identity {
     /// The group key for the selected labels (escaped values joined by KEY_SEP).
     pub fn key(&self, labels: &[String]) -> String {
-        let values: Vec<String> = labels.iter().map(|l| self.label(l)).collect();
-        join_key(values.iter().map(String::as_str))
+        // Straight into the key, no list of values: this runs for every
+        // connection every cycle.
+        join_key(labels.iter().map(|l| self.label(l)))
     }
 
     pub fn label(&self, name: &str) -> String {
