@@ -166,7 +166,7 @@ fn command_line(r: &Settings, cgroup_dir: &Path) -> String {
     if let Some(gid) = r.group {
         s.push_str(&format!(
             " --group {}",
-            group_name(gid).unwrap_or_else(|| gid.to_string())
+            longconn_common::groups::name_of(gid).unwrap_or_else(|| gid.to_string())
         ));
     }
     s
@@ -185,21 +185,11 @@ fn size(bytes: u64) -> String {
 fn group(g: Option<u32>) -> String {
     match g {
         None => "none (root only)".into(),
-        Some(gid) => match group_name(gid) {
+        Some(gid) => match longconn_common::groups::name_of(gid) {
             Some(n) => format!("{n} (gid {gid})"),
             None => format!("gid {gid}"),
         },
     }
-}
-
-/// The name of group `gid` in /etc/group.
-fn group_name(gid: u32) -> Option<String> {
-    let text = fs::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|line| {
-        let mut f = line.split(':');
-        let (n, _pw, id) = (f.next()?, f.next()?, f.next()?);
-        (id.parse() == Ok(gid)).then(|| n.to_owned())
-    })
 }
 
 #[cfg(test)]

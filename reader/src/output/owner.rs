@@ -12,6 +12,8 @@ use std::{
     sync::OnceLock,
 };
 
+use longconn_common::caps;
+
 use crate::argvalues::GroupArg;
 
 /// The group every output file gets; unset keeps the file's own group.
@@ -61,7 +63,10 @@ fn euid() -> u32 {
 fn may_use(gid: u32) -> bool {
     // SAFETY: getegid has no preconditions and cannot fail.
     let egid = unsafe { libc::getegid() };
-    euid() == 0 || egid == gid || supplementary_groups().contains(&gid) || has_cap_chown()
+    euid() == 0
+        || egid == gid
+        || supplementary_groups().contains(&gid)
+        || caps::has(caps::effective(), caps::CAP_CHOWN)
 }
 
 fn supplementary_groups() -> Vec<u32> {
@@ -75,18 +80,6 @@ fn supplementary_groups() -> Vec<u32> {
     let got = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
     groups.truncate(usize::try_from(got).unwrap_or(0));
     groups
-}
-
-/// CAP_CHOWN (bit 0) in the effective set, from /proc/self/status.
-fn has_cap_chown() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & 1 != 0)
 }
 
 /// Gives a freshly created output file to the output group, if one is set
