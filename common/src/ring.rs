@@ -67,6 +67,19 @@ pub struct RingRecord<'a> {
     pub end_pos: u64,
 }
 
+/// What one `peek` read: the records, where it stopped and how far the
+/// producer was when it started.
+pub struct Peeked<'a> {
+    pub records: Vec<RingRecord<'a>>,
+    /// Position just past the last record read (committed or discarded):
+    /// everything before it has been seen.
+    pub read_to: u64,
+    /// Producer position when the read started. `read_to < producer` when a
+    /// record still being written stopped the read: records reserved before
+    /// the read began may then only be seen by a later read.
+    pub producer: u64,
+}
+
 impl RingReader {
     /// `size` is the map's max_entries (a power-of-two multiple of the page size).
     pub fn open(fd: BorrowedFd<'_>, size: u32, writable: bool) -> io::Result<Self> {
@@ -114,7 +127,7 @@ impl RingReader {
 
     /// Committed records from `from` (a record boundary ≥ consumer position) up to
     /// the first one still being written. Discarded records are skipped.
-    pub fn peek(&self, from: u64) -> Vec<RingRecord<'_>> {
+    pub fn peek(&self, from: u64) -> Peeked<'_> {
         let (consumer, producer) = self.positions();
         let mut pos = from.max(consumer);
         let mut out = Vec::new();
@@ -147,7 +160,11 @@ impl RingReader {
             }
             pos = end_pos;
         }
-        out
+        Peeked {
+            records: out,
+            read_to: pos,
+            producer,
+        }
     }
 
     /// Releases everything before `pos` back to the kernel.

@@ -71,6 +71,7 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
         let ring = pins.ring()?;
         let mut v: Vec<ConnRecord> = ring
             .peek(0)
+            .records
             .iter()
             .filter_map(|r| ConnRecord::decode(r.data))
             .collect();

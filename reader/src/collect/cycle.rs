@@ -4,8 +4,10 @@
 //! Rules:
 //! - a connection is *opened* once, the first time it is seen (live or closed);
 //! - a close is applied once: ring records, closed records left in the map and
-//!   connections that vanished without either are merged by cookie, and a
-//!   cookie applied in a recent cycle is never applied again;
+//!   connections that vanished without either are merged by cookie; ring
+//!   records are new only past the applied ring position, and a close that
+//!   could still be read again is held in `State::settling` only until it can
+//!   no longer be (one cycle), so nothing about closes outlives the live set;
 //! - a live connection's exported counters never step back (max with the last
 //!   seen), and at close its contribution moves from "live" to the closed
 //!   totals with final counters >= the last live ones, so group sums never dip.
@@ -15,12 +17,9 @@ use std::{collections::BTreeMap, fmt::Write as _, io};
 use longconn_common::{layout, ConnRecord};
 
 use super::state::{
-    addr_bytes, ConnState, Counters, GroupKey, GroupTotals, IdSyms, Prev, State, Strings,
+    addr_bytes, ConnState, Counters, GroupKey, GroupTotals, IdSyms, Prev, Settling, State, Strings,
 };
 use crate::{clock::Clock, identity::Identity, output::access::AccessRecord, view};
-
-/// Closed cookies are remembered this long (boot-time ns) to drop duplicates.
-const RECENTLY_CLOSED_NS: u64 = 15 * 60 * 1_000_000_000;
 
 pub struct Inputs<'a> {
     pub now: Clock,
@@ -28,6 +27,10 @@ pub struct Inputs<'a> {
     pub map: Vec<ConnRecord>,
     /// Ring-buffer records not yet applied, with the position just past each.
     pub ring: Vec<(ConnRecord, u64)>,
+    /// Where the ring read stopped (everything before it was read) and the
+    /// producer position when it started (see `ring::Peeked`).
+    pub ring_read_to: u64,
+    pub ring_producer: u64,
     pub long_threshold_ns: u64,
     /// Emit a close record for connections shorter than the threshold too.
     pub short_close_records: bool,
@@ -278,7 +281,7 @@ pub fn apply(
     emit: &mut dyn FnMut(&AccessRecord),
 ) -> io::Result<Outcome> {
     let mut out = Outcome {
-        ring_commit: state.ring_applied,
+        ring_commit: state.ring_applied.max(inp.ring_read_to),
         ..Default::default()
     };
     let now = inp.now;
@@ -293,13 +296,13 @@ pub fn apply(
     let mut closes: BTreeMap<u64, ConnRecord> = BTreeMap::new();
     for (r, end) in &inp.ring {
         out.ring_commit = out.ring_commit.max(*end);
-        if !state.recently_closed.contains_key(&r.cookie) {
+        if *end > state.ring_applied && !state.settling.contains_key(&r.cookie) {
             closes.entry(r.cookie).or_insert(*r);
         }
     }
     for r in inp.map.iter().filter(|r| r.is_closed()) {
         out.map_deletes.push(r.cookie);
-        if !state.recently_closed.contains_key(&r.cookie) {
+        if !state.settling.contains_key(&r.cookie) {
             closes.entry(r.cookie).or_insert(*r);
         }
     }
@@ -347,7 +350,12 @@ pub fn apply(
         closed_now.push((*cookie, c, true));
     }
     // 3. Vanished: known last cycle, gone from the map, no close record.
+    //    A record for it can still come from the ring (reserved before the
+    //    map was read, behind one still being written): held until read past.
     for (cookie, mut c) in vanished {
+        state
+            .settling
+            .insert(cookie, Settling::RingBefore(inp.ring_producer));
         c.flags |= layout::F_CLOSED;
         if c.flags & layout::F_ESTABLISHED == 0 {
             c.flags |= layout::F_FAILED;
@@ -389,7 +397,12 @@ pub fn apply(
         if long {
             final_series.push(c);
         }
-        state.recently_closed.insert(cookie, now.boot_ns);
+    }
+    // Closes read from the map stay there until deleted after the commit:
+    // the next cycle deletes them before it reads the map, should this run
+    // not get to it.
+    for cookie in &out.map_deletes {
+        state.settling.insert(*cookie, Settling::Reap);
     }
 
     // 4. Live connections: open new ones, periodic record for long ones.
@@ -438,9 +451,11 @@ pub fn apply(
     drop(scan);
 
     state.final_series = final_series;
-    state
-        .recently_closed
-        .retain(|_, t| now.boot_ns.saturating_sub(*t) < RECENTLY_CLOSED_NS);
+    let read_to = out.ring_commit;
+    state.settling.retain(|_, until| match until {
+        Settling::Reap => true,
+        Settling::RingBefore(p) => *p > read_to,
+    });
     state.ring_applied = out.ring_commit;
     Ok(out)
 }
@@ -580,11 +595,25 @@ mod tests {
 
     fn cycle(state: &mut State, now_s: u64, map: Vec<ConnRecord>, ring: Vec<ConnRecord>) -> Out {
         let base = state.ring_applied;
-        let ring = ring
+        let ring: Vec<_> = ring
             .into_iter()
             .enumerate()
             .map(|(i, r)| (r, base + 192 * (i as u64 + 1)))
             .collect();
+        let read_to = ring.last().map_or(base, |(_, end)| *end);
+        ring_cycle(state, now_s, map, ring, read_to, read_to)
+    }
+
+    /// One cycle with ring records at given positions, the ring read up to
+    /// `read_to` while its producer was at `producer`.
+    fn ring_cycle(
+        state: &mut State,
+        now_s: u64,
+        map: Vec<ConnRecord>,
+        ring: Vec<(ConnRecord, u64)>,
+        read_to: u64,
+        producer: u64,
+    ) -> Out {
         run(
             state,
             Inputs {
@@ -594,6 +623,8 @@ mod tests {
                 },
                 map,
                 ring,
+                ring_read_to: read_to,
+                ring_producer: producer,
                 long_threshold_ns: 5 * S,
                 short_close_records: true,
                 names: &names,
@@ -671,8 +702,17 @@ mod tests {
             "a closed long connection is exported once more"
         );
 
-        // The same close again (replayed ring record) is not applied twice.
-        let o = cycle(&mut st, 30, vec![], vec![closed(rec(1, 1, 1600, 0), 24)]);
+        // The same close again (a ring record read again at its position,
+        // as after a kill before the release) is not applied twice.
+        let at = st.ring_applied;
+        let o = ring_cycle(
+            &mut st,
+            30,
+            vec![],
+            vec![(closed(rec(1, 1, 1600, 0), 24), at)],
+            at,
+            at,
+        );
         assert!(o.records.is_empty());
         assert_eq!(wl(&st).closed, 1);
         assert_eq!(sent_total(&st), 1600);
@@ -739,6 +779,8 @@ mod tests {
                     },
                     map: vec![rec(1, 1, 100, 0)],
                     ring: vec![],
+                    ring_read_to: 0,
+                    ring_producer: 0,
                     long_threshold_ns: 5 * S,
                     short_close_records: true,
                     names: &names,
@@ -823,5 +865,70 @@ mod tests {
         assert_eq!(st.ring_applied, 384);
         let o = cycle(&mut st, 11, vec![], vec![]);
         assert_eq!(o.ring_commit, 384);
+        // Discarded records are read past too (no record, a later position).
+        let o = ring_cycle(&mut st, 12, vec![], vec![], 576, 576);
+        assert_eq!(o.ring_commit, 576);
+    }
+
+    /// Issue 20: what is remembered about closes follows the live set, not
+    /// the close rate: after a cycle of 10 000 ring closes nothing is held.
+    #[test]
+    fn ring_closes_leave_nothing_behind() {
+        let mut st = State::default();
+        for c in 0..3u64 {
+            let ring = (0..10_000)
+                .map(|i| closed(rec(c * 10_000 + i + 1, 1, 10, 0), 2))
+                .collect();
+            let o = cycle(&mut st, 10 + c * 5, vec![], ring);
+            assert_eq!(o.records.len(), 10_000);
+            assert!(st.settling.is_empty(), "cycle {c}: {:?}", st.settling.len());
+        }
+        assert_eq!(wl(&st).closed, 30_000);
+    }
+
+    /// A close kept in the map (ring full) is held until its entry is reaped
+    /// (`take_reaps`, before the next read), and applied once whatever
+    /// happens in between.
+    #[test]
+    fn map_kept_closes_are_held_until_reaped() {
+        let mut st = State::default();
+        let o = cycle(&mut st, 10, vec![closed(rec(4, 9, 10, 0), 9)], vec![]);
+        assert_eq!((o.records.len(), o.map_deletes.clone()), (1, vec![4]));
+        assert_eq!(st.settling.get(&4), Some(&Settling::Reap));
+        // Killed before its delete, and this run's reap failed too.
+        let o = cycle(&mut st, 15, vec![closed(rec(4, 9, 10, 0), 9)], vec![]);
+        assert!(o.records.is_empty());
+        assert_eq!(wl(&st).closed, 1);
+        // The next run reaps it before reading: nothing is held after that.
+        assert_eq!(super::super::state::take_reaps(&mut st), vec![4]);
+        cycle(&mut st, 20, vec![], vec![]);
+        assert!(st.settling.is_empty());
+        assert_eq!(wl(&st).closed, 1);
+    }
+
+    /// A connection that left the map while its close record was behind one
+    /// still being written: applied without a record, then its record comes
+    /// a cycle later and is not applied again.
+    #[test]
+    fn a_late_ring_record_of_a_vanished_connection_counts_once() {
+        let mut st = State::default();
+        cycle(&mut st, 10, vec![rec(7, 1, 100, 0)], vec![]);
+        // Gone from the map; the read stopped at 0 with the producer at 384.
+        let o = ring_cycle(&mut st, 15, vec![], vec![], 0, 384);
+        assert_eq!(o.records.len(), 1);
+        assert_eq!(st.closes_without_record, 1);
+        assert_eq!(st.settling.get(&7), Some(&Settling::RingBefore(384)));
+        let o = ring_cycle(
+            &mut st,
+            20,
+            vec![],
+            vec![(closed(rec(7, 1, 120, 0), 12), 192)],
+            384,
+            384,
+        );
+        assert!(o.records.is_empty());
+        let t = wl(&st);
+        assert_eq!((t.opened, t.closed), (1, 1));
+        assert!(st.settling.is_empty(), "read past: nothing held");
     }
 }

@@ -380,17 +380,25 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     if generation_changed {
         state.pin_generation = pins.meta.pinned_at_ns;
         state.ring_applied = 0;
-        state.recently_closed.clear();
+        state.settling.clear();
+    }
+    // Closes applied from the map by the last commit leave it before it is
+    // read again (that run deletes them too, unless it was killed first).
+    for cookie in state::take_reaps(&mut state) {
+        pins.remove(cookie)?;
     }
 
     // Map first, then ring: a connection closing in between is seen in both,
-    // and the close wins; the other order could miss it in both.
+    // and the close wins; the other order could miss it in both. (The
+    // kernel writes a close to the ring before deleting its map entry.)
     let clock = Clock::now();
     let (map, bad_map, refresh) = pins.connections_refreshed()?;
     let ring = pins.ring()?;
     let mut bad_ring = 0u64;
-    let ring_records: Vec<(ConnRecord, u64)> = ring
-        .peek(state.ring_applied)
+    let peeked = ring.peek(state.ring_applied);
+    let (ring_read_to, ring_producer) = (peeked.read_to, peeked.producer);
+    let ring_records: Vec<(ConnRecord, u64)> = peeked
+        .records
         .into_iter()
         .filter_map(|r| match ConnRecord::decode(r.data) {
             Some(c) => Some((c, r.end_pos)),
@@ -472,6 +480,8 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
                     now: clock,
                     map,
                     ring: ring_records,
+                    ring_read_to,
+                    ring_producer,
                     long_threshold_ns: argvalues::nanos(a.long_threshold),
                     short_close_records: !a.no_short_close_records,
                     names: &names,

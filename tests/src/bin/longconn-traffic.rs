@@ -79,7 +79,11 @@ fn bind(addr: &str) -> std::io::Result<TcpListener> {
     }
 }
 
-fn run(line: &str, pairs: &mut HashMap<String, Pair>) -> Result<Option<String>, String> {
+fn run(
+    line: &str,
+    pairs: &mut HashMap<String, Pair>,
+    kept: &mut Option<TcpListener>,
+) -> Result<Option<String>, String> {
     let w: Vec<&str> = line.split_whitespace().collect();
     let e = |x: std::io::Error| x.to_string();
     match w.as_slice() {
@@ -140,6 +144,24 @@ fn run(line: &str, pairs: &mut HashMap<String, Pair>) -> Result<Option<String>, 
             };
             let failed = TcpStream::connect(&target).is_err();
             Ok(Some(format!(r#"{{"failed":{failed},"port":{port}}}"#)))
+        }
+        ["churnkeep", n] => {
+            let n: u64 = n.parse().map_err(|_| format!("bad count {n}"))?;
+            if kept.is_none() {
+                *kept = Some(bind(&loopback("4", None)).map_err(e)?);
+            }
+            let listener = kept.as_ref().ok_or("no listener")?;
+            let target = listener.local_addr().map_err(e)?;
+            for _ in 0..n {
+                let mut c = TcpStream::connect(target).map_err(e)?;
+                let (mut s, _) = listener.accept().map_err(e)?;
+                send(&mut c, &s, 1000).map_err(e)?;
+                send(&mut s, &c, 1000).map_err(e)?;
+            }
+            Ok(Some(format!(
+                r#"{{"churn":{n},"bytes_each_way":1000,"port":{}}}"#,
+                target.port()
+            )))
         }
         ["churn", n, rest @ ..] => {
             let n: u64 = n.parse().map_err(|_| format!("bad count {n}"))?;
@@ -210,6 +232,7 @@ fn run(line: &str, pairs: &mut HashMap<String, Pair>) -> Result<Option<String>, 
 
 fn main() {
     let mut pairs = HashMap::new();
+    let mut kept = None;
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     for line in stdin.lock().lines() {
@@ -217,7 +240,7 @@ fn main() {
         if line.trim().is_empty() {
             continue;
         }
-        match run(line.trim(), &mut pairs) {
+        match run(line.trim(), &mut pairs, &mut kept) {
             Ok(Some(answer)) => {
                 let _ = writeln!(out, "{answer}");
                 let _ = out.flush();

@@ -6,8 +6,9 @@
 //! body    N fixed-size connection records, sorted by cookie; then the rest:
 //!         boot id, home dir (v4), scalars, label lists, service map text,
 //!         interned strings, cgroup names, log positions (v4: path, dev,
-//!         inode, length; v3: name, length), group totals, recently closed
-//!         cookies, final series
+//!         inode, length; v3: name, length), group totals, settling
+//!         closes (v5: cookie, ring position or u64::MAX to reap; v3/v4:
+//!         cookie, time applied), final series
 //! trailer u64 N, u64 body length, u64 checksum of the body, 8 B "LCSTEND\n"
 //! ```
 //!
@@ -26,12 +27,15 @@ use std::{
     os::unix::fs::FileExt,
 };
 
-use super::{ConnState, Counters, GroupKey, GroupTotals, IdSyms, State, Strings, Sym};
+use super::{ConnState, Counters, GroupKey, GroupTotals, IdSyms, Settling, State, Strings, Sym};
 use crate::output::applog::Committed;
 
-pub const FORMAT_VERSION: u32 = 4;
-/// The previous format, still read: created in seconds, file lengths by
-/// name (dropped: not enough to cut a file), no home directory.
+pub const FORMAT_VERSION: u32 = 5;
+/// Older formats, still read. v4: closed cookies remembered for 15 minutes
+/// (each kept for one cycle, as its reader did). v3 also: created in
+/// seconds, file lengths by name (dropped: not enough to cut a file), no
+/// home directory.
+const V4: u32 = 4;
 const V3: u32 = 3;
 const MAGIC: &[u8; 16] = b"longconn state\n\0";
 const END: &[u8; 8] = b"LCSTEND\n";
@@ -350,10 +354,10 @@ fn write_head<W: Write>(e: &mut Enc<W>, s: &State) -> io::Result<()> {
             }
         }
     }
-    e.count(s.recently_closed.len())?;
-    for (cookie, at) in &s.recently_closed {
+    e.count(s.settling.len())?;
+    for (cookie, until) in &s.settling {
         e.u64(*cookie)?;
-        e.u64(*at)?;
+        e.u64(until.to_u64())?;
     }
     e.count(s.final_series.len())?;
     for c in &s.final_series {
@@ -597,7 +601,7 @@ fn check_frame(len: u64, head: &[u8], tail: &[u8]) -> Result<(u64, u64), String>
         return Err("truncated (no complete header)".to_owned());
     }
     let version = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
-    if !(version == FORMAT_VERSION || version == V3) || head[20..24] != [0; 4] {
+    if ![FORMAT_VERSION, V4, V3].contains(&version) || head[20..24] != [0; 4] {
         return Err(format!(
             "state version {version} (expected {FORMAT_VERSION})"
         ));
@@ -857,7 +861,11 @@ fn decode_head(r: &mut dyn Read, len: u64, version: u32) -> Result<State, String
     }
     for _ in 0..d.count(16)? {
         let cookie = d.u64()?;
-        s.recently_closed.insert(cookie, d.u64()?);
+        let until = match d.u64()? {
+            _ if version < FORMAT_VERSION => Settling::RingBefore(0),
+            v => Settling::from_u64(v),
+        };
+        s.settling.insert(cookie, until);
     }
     let n = d.count(CONN as u64)?;
     s.final_series.reserve_exact(n);
@@ -914,7 +922,8 @@ mod tests {
             },
         );
         s.services.insert((2, svc), GroupTotals::default());
-        s.recently_closed.insert(9, 99);
+        s.settling.insert(9, Settling::RingBefore(99));
+        s.settling.insert(10, Settling::Reap);
         for cookie in [3u64, 1 << 40, u64::MAX] {
             let c = ConnState {
                 seq: cookie % 7,
@@ -1047,10 +1056,10 @@ mod tests {
                 }
             }
         }
-        e.count(s.recently_closed.len()).unwrap();
-        for (cookie, at) in &s.recently_closed {
+        e.count(s.settling.len()).unwrap();
+        for cookie in s.settling.keys() {
             e.u64(*cookie).unwrap();
-            e.u64(*at).unwrap();
+            e.u64(1_234_567_890).unwrap(); // v3/v4: CLOCK_BOOTTIME ns applied
         }
         e.count(s.final_series.len()).unwrap();
         for c in &s.final_series {
@@ -1077,6 +1086,23 @@ mod tests {
         let got = decode(&encode_v3(&want)).unwrap();
         want.home.clear();
         want.logs.clear();
+        for until in want.settling.values_mut() {
+            *until = Settling::RingBefore(0);
+        }
+        assert_eq!(got, want);
+    }
+
+    /// v4 differs from v5 only in what a settling close's number means (the
+    /// time it was applied): each is kept for the first cycle only.
+    #[test]
+    fn a_v4_state_keeps_its_closed_cookies_for_one_cycle() {
+        let mut want = sample();
+        let mut bytes = encode(&want);
+        bytes[16..20].copy_from_slice(&V4.to_le_bytes());
+        let got = decode(&bytes).unwrap();
+        for until in want.settling.values_mut() {
+            *until = Settling::RingBefore(0);
+        }
         assert_eq!(got, want);
     }
 

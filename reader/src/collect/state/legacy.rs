@@ -138,7 +138,13 @@ fn convert(bytes: &[u8]) -> Result<State, String> {
         ring_applied: v.ring_applied,
         strings,
         conns,
-        recently_closed: v.recently_closed,
+        // Filtered for one cycle, as the older reader did: its closes still
+        // in the map are read in that cycle and marked to be reaped.
+        settling: v
+            .recently_closed
+            .into_keys()
+            .map(|c| (c, super::Settling::RingBefore(0)))
+            .collect(),
         workloads,
         services,
         workload_labels: v.workload_labels,

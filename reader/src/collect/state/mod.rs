@@ -278,6 +278,55 @@ impl ConnState {
     }
 }
 
+/// Why an applied close may still be read again, and until when.
+///
+/// The kernel hands a close to the ring and only then deletes the map entry;
+/// the reader reads the map and only then the ring. So a close is read again
+/// only (a) from the map, where a close the ring could not take stays until
+/// the reader deletes it after its commit, or (b) from the ring, when a
+/// connection vanished from the map while a record reserved before the read
+/// was still being written (the read stops at it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settling {
+    /// Kept in the map: delete the entry before the next read of the map.
+    Reap,
+    /// Applied without a record: a record for it can only lie before this
+    /// ring position (the producer's when the map was read).
+    RingBefore(u64),
+}
+
+impl Settling {
+    /// Encoded as one u64: `Reap` as u64::MAX (never a ring position).
+    pub fn to_u64(self) -> u64 {
+        match self {
+            Self::Reap => u64::MAX,
+            Self::RingBefore(p) => p.min(u64::MAX - 1),
+        }
+    }
+    pub fn from_u64(v: u64) -> Self {
+        if v == u64::MAX {
+            Self::Reap
+        } else {
+            Self::RingBefore(v)
+        }
+    }
+}
+
+/// Takes the closes whose map entries must go before the map is read again
+/// (`Settling::Reap`), in cookie order; the caller deletes them.
+pub fn take_reaps(state: &mut State) -> Vec<u64> {
+    let reaps: Vec<u64> = state
+        .settling
+        .iter()
+        .filter(|(_, until)| **until == Settling::Reap)
+        .map(|(cookie, _)| *cookie)
+        .collect();
+    for cookie in &reaps {
+        state.settling.remove(cookie);
+    }
+    reaps
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
     pub version: u32,
@@ -289,8 +338,11 @@ pub struct State {
     /// Every name the connections and groups below refer to.
     pub strings: Strings,
     pub conns: Conns,
-    /// Cookie -> CLOCK_BOOTTIME ns when its close was applied (duplicate guard).
-    pub recently_closed: BTreeMap<u64, u64>,
+    /// Closes already applied whose copy could still be read, cookie ->
+    /// until when (see `Settling`). Holds at most one cycle's closes: what
+    /// is remembered about closed connections follows the live set, never
+    /// the close rate times a time window.
+    pub settling: BTreeMap<u64, Settling>,
     /// (direction, label values) -> totals, for the labels in `workload_labels`.
     pub workloads: BTreeMap<GroupKey, GroupTotals>,
     /// (direction, label values) -> totals, for the labels in `service_labels`.
