@@ -205,6 +205,93 @@ fn ring_buffer_overflow_loses_no_close() {
     );
 }
 
+/// Makes `cmd` die (SIGSYS, like a SIGKILL: no handler runs) at its first
+/// `bpf(BPF_MAP_DELETE_ELEM, …)`: a seccomp filter installed between fork
+/// and exec. The reader's first delete in a cycle with nothing to reap is
+/// the first reaped closed record, right after its commit.
+fn killed_at_first_map_delete(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    const BPF_MAP_DELETE_ELEM: u32 = 3;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let (ld, jeq, ret) = (
+        (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+        (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        (libc::BPF_RET | libc::BPF_K) as u16,
+    );
+    let filter = [
+        f(ld, 0, 0, 4), // seccomp_data.arch
+        f(jeq, 0, 5, AUDIT_ARCH_X86_64),
+        f(ld, 0, 0, 0), // seccomp_data.nr
+        f(jeq, 0, 3, libc::SYS_bpf as u32),
+        f(ld, 0, 0, 16), // low half of args[0]: the bpf command
+        f(jeq, 0, 1, BPF_MAP_DELETE_ELEM),
+        f(ret, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
+        f(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: the closure runs between fork and exec and only makes two
+    // prctl calls on memory (the filter) that the fork copied and that
+    // stays valid until exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Issue 20: a collect killed after its commit, before it deleted the closes
+/// it applied from the map (the ring was full): the next run deletes them
+/// before reading the map, so each is applied once, and nothing about them
+/// is remembered after that.
+#[test]
+fn a_kill_between_commit_and_map_delete_applies_kept_closes_once() {
+    if !privileged_or_skip("a_kill_between_commit_and_map_delete_applies_kept_closes_once") {
+        return;
+    }
+    let mut env = TestEnv::new("reapkill");
+    env.pin(&["--ringbuf-bytes", "4096"]);
+    let mut gen = Traffic::start_in(&mut env);
+    let wl = env.workload();
+    gen.cmd("churn 100");
+    let kept = env.dump_json(&["--closed"]).len();
+    assert!(kept > 50, "the 4 KiB ring overflowed into the map: {kept}");
+    let mut cmd = env.collect_cmd();
+    killed_at_first_map_delete(&mut cmd);
+    let st = cmd.stderr(Stdio::null()).status().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGSYS),
+        "the collect died at its first map delete"
+    );
+    // Committed (every close is in the log), not yet deleted from the map.
+    assert_eq!(closes_by_cookie(&env.out_dir()).len(), 200);
+    let left = env.dump_json(&["--closed"]).len();
+    assert!(left > 50, "{left} applied closes still in the map");
+    let (st, err) = env.collect(&[]);
+    assert!(st.success(), "{err}");
+    let closes = closes_by_cookie(&env.out_dir());
+    let dup: Vec<_> = closes.iter().filter(|(_, &n)| n != 1).collect();
+    assert!(dup.is_empty(), "closes logged more than once: {dup:?}");
+    assert_reconciled(&series(&env, &env.out_dir()), &wl, 100);
+    assert_eq!(closes.len(), 200);
+    let dup: Vec<_> = closes.iter().filter(|(_, &n)| n != 1).collect();
+    assert!(dup.is_empty(), "closes logged more than once: {dup:?}");
+    assert!(env.dump_json(&["--closed"]).is_empty());
+}
+
 #[test]
 fn full_map_counts_untracked_connections_and_spares_existing_ones() {
     if !privileged_or_skip("full_map_counts_untracked_connections_and_spares_existing_ones") {
