@@ -104,16 +104,22 @@ fn collect_cycles_reconcile_with_generator_and_node_exporter() {
     let mut next_collect = Duration::from_secs(3);
     let mut prev: Option<Series> = None;
     let mut cycles = 0;
-    // 33 s: the long connection gets 10 kB every 2 s, short connections churn,
-    // collect runs every 3 s (11 cycles).
-    while started.elapsed() < Duration::from_secs(33) {
+    // 11 cycles at least 3 s apart (counted, not a wall-clock window: a
+    // loaded machine makes them later, never fewer); the long connection gets
+    // 10 kB every 2 s, short connections churn.
+    let want_cycles = 11;
+    while cycles < want_cycles {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "{cycles} cycles in 180 s"
+        );
         let t = started.elapsed();
         if t >= next_send {
             gen.cmd("send long c2s 10000");
             long_bytes += 10_000;
             gen.cmd("churn 5");
             churned += 5;
-            next_send += Duration::from_secs(2);
+            next_send = t + Duration::from_secs(2);
         }
         if t >= next_collect {
             let now = run_collect(&env, &[]);
@@ -122,20 +128,31 @@ fn collect_cycles_reconcile_with_generator_and_node_exporter() {
                 assert_monotonic(p, &now, cycles);
             }
             prev = Some(now);
-            next_collect += Duration::from_secs(3);
+            next_collect = started.elapsed() + Duration::from_secs(3);
         }
         sleep(Duration::from_millis(50));
     }
-    assert!(cycles >= 10, "only {cycles} cycles");
     gen.cmd("close long");
     gen.cmd("close idle");
-    sleep(Duration::from_millis(300));
-    let last = run_collect(&env, &[]);
+    // Poll until the closes are applied (not a fixed sleep).
+    let conns = churned + 1 + idle_pairs;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let last = loop {
+        let last = run_collect(&env, &[]);
+        let closed = prom::value(
+            &last,
+            "longconn_workload_connections_closed_total",
+            &[("workload", &wl), ("direction", "inbound")],
+        );
+        if closed == Some(conns as f64) || Instant::now() > deadline {
+            break last;
+        }
+        sleep(Duration::from_millis(100));
+    };
     assert_monotonic(prev.as_ref().unwrap(), &last, cycles + 1);
 
     // Reconcile closed totals with the generator, to the byte. Per connection,
     // tcp_info counts the FIN once each way and the active opener's SYN once.
-    let conns = churned + 1 + idle_pairs;
     let g = |name: &str, dir: &str| {
         prom::value(&last, name, &[("workload", &wl), ("direction", dir)])
             .unwrap_or_else(|| panic!("{name} {dir} missing"))
@@ -184,9 +201,11 @@ fn collect_cycles_reconcile_with_generator_and_node_exporter() {
         .filter(|r| r["local_port"] == long_client_port && r["workload"] == wl)
         .collect();
     let periodic = mine.iter().filter(|r| r["event"] == "periodic").count();
+    // The connection is 5 s old (--long-threshold) from the second cycle
+    // on (cycles are at least 3 s apart): a record in each of those.
     assert!(
-        periodic >= 9,
-        "expected a periodic record per cycle after 5 s, got {periodic}"
+        periodic >= want_cycles - 1,
+        "expected a periodic record per cycle after 5 s, got {periodic} in {want_cycles} cycles"
     );
     let seqs: Vec<u64> = mine.iter().map(|r| num(r, "seq")).collect();
     assert_eq!(

@@ -177,8 +177,18 @@ fn live_counters_equal_tcp_info_and_close_is_recorded_once() {
         .map(|(_, (_, v))| v["cookie"].as_u64().unwrap())
         .collect();
     gen.cmd("close asym");
-    sleep(Duration::from_millis(300));
-    let closed = env.dump_json(&["--closed"]);
+    // Poll until both closes are waiting (not a fixed sleep), then exact.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let closed = loop {
+        let closed = env.dump_json(&["--closed"]);
+        let seen = asym_cookies
+            .iter()
+            .all(|c| closed.iter().any(|v| v["cookie"].as_u64() == Some(*c)));
+        if seen || std::time::Instant::now() > deadline {
+            break closed;
+        }
+        sleep(Duration::from_millis(50));
+    };
     for cookie in &asym_cookies {
         let recs: Vec<&Value> = closed
             .iter()
