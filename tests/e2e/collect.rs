@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
@@ -12,6 +12,7 @@ use std::{
 
 use longconn_tests::{
     env::privileged_or_skip,
+    logs,
     prom::{self, NodeExporter, Series},
     traffic::Traffic,
     TestEnv,
@@ -103,16 +104,22 @@ fn collect_cycles_reconcile_with_generator_and_node_exporter() {
     let mut next_collect = Duration::from_secs(3);
     let mut prev: Option<Series> = None;
     let mut cycles = 0;
-    // 33 s: the long connection gets 10 kB every 2 s, short connections churn,
-    // collect runs every 3 s (11 cycles).
-    while started.elapsed() < Duration::from_secs(33) {
+    // 11 cycles at least 3 s apart (counted, not a wall-clock window: a
+    // loaded machine makes them later, never fewer); the long connection gets
+    // 10 kB every 2 s, short connections churn.
+    let want_cycles = 11;
+    while cycles < want_cycles {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "{cycles} cycles in 180 s"
+        );
         let t = started.elapsed();
         if t >= next_send {
             gen.cmd("send long c2s 10000");
             long_bytes += 10_000;
             gen.cmd("churn 5");
             churned += 5;
-            next_send += Duration::from_secs(2);
+            next_send = t + Duration::from_secs(2);
         }
         if t >= next_collect {
             let now = run_collect(&env, &[]);
@@ -121,20 +128,31 @@ fn collect_cycles_reconcile_with_generator_and_node_exporter() {
                 assert_monotonic(p, &now, cycles);
             }
             prev = Some(now);
-            next_collect += Duration::from_secs(3);
+            next_collect = started.elapsed() + Duration::from_secs(3);
         }
         sleep(Duration::from_millis(50));
     }
-    assert!(cycles >= 10, "only {cycles} cycles");
     gen.cmd("close long");
     gen.cmd("close idle");
-    sleep(Duration::from_millis(300));
-    let last = run_collect(&env, &[]);
+    // Poll until the closes are applied (not a fixed sleep).
+    let conns = churned + 1 + idle_pairs;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let last = loop {
+        let last = run_collect(&env, &[]);
+        let closed = prom::value(
+            &last,
+            "longconn_workload_connections_closed_total",
+            &[("workload", &wl), ("direction", "inbound")],
+        );
+        if closed == Some(conns as f64) || Instant::now() > deadline {
+            break last;
+        }
+        sleep(Duration::from_millis(100));
+    };
     assert_monotonic(prev.as_ref().unwrap(), &last, cycles + 1);
 
     // Reconcile closed totals with the generator, to the byte. Per connection,
     // tcp_info counts the FIN once each way and the active opener's SYN once.
-    let conns = churned + 1 + idle_pairs;
     let g = |name: &str, dir: &str| {
         prom::value(&last, name, &[("workload", &wl), ("direction", dir)])
             .unwrap_or_else(|| panic!("{name} {dir} missing"))
@@ -183,9 +201,11 @@ fn collect_cycles_reconcile_with_generator_and_node_exporter() {
         .filter(|r| r["local_port"] == long_client_port && r["workload"] == wl)
         .collect();
     let periodic = mine.iter().filter(|r| r["event"] == "periodic").count();
+    // The connection is 5 s old (--long-threshold) from the second cycle
+    // on (cycles are at least 3 s apart): a record in each of those.
     assert!(
-        periodic >= 9,
-        "expected a periodic record per cycle after 5 s, got {periodic}"
+        periodic >= want_cycles - 1,
+        "expected a periodic record per cycle after 5 s, got {periodic} in {want_cycles} cycles"
     );
     let seqs: Vec<u64> = mine.iter().map(|r| num(r, "seq")).collect();
     assert_eq!(
@@ -263,6 +283,75 @@ fn collect_cycles_reconcile_with_generator_and_node_exporter() {
     .is_some());
 }
 
+/// Whether `pid` has exec'd `exe` (its /proc/PID/exe points at it): a kill
+/// after this lands in the reader, not in the fork/exec of the test harness.
+fn wait_exec(pid: u32, exe: &Path) -> bool {
+    let link = PathBuf::from(format!("/proc/{pid}/exe"));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match std::fs::read_link(&link) {
+            Ok(p) if p == exe => return true,
+            Ok(_) => std::thread::yield_now(),
+            Err(_) => return false, // exited (or never started)
+        }
+    }
+    false
+}
+
+/// Every log format, rotated files included, read back and checked for
+/// exactly-once closes; all formats must carry the same closes. Returns the
+/// closes (from the CSV) and the number of files read per format.
+fn closes_in_every_log(dir: &Path, wl: &str) -> (BTreeMap<u64, logs::Record>, Vec<usize>) {
+    let mut per_format = Vec::new();
+    let mut counts = Vec::new();
+    for (name, read) in [
+        (
+            "access.csv",
+            logs::csv as fn(&[PathBuf]) -> Vec<logs::Record>,
+        ),
+        ("access.jsonl", logs::jsonl),
+        ("otlp-logs.jsonl", logs::otlp_logs),
+    ] {
+        let files = logs::files(dir, name);
+        counts.push(files.len());
+        let recs = read(&files);
+        per_format.push((name, logs::exactly_once(name, &recs, wl)));
+    }
+    let fields = [
+        "event",
+        "seq",
+        "direction",
+        "local_port",
+        "remote_port",
+        "bytes_sent",
+        "bytes_received",
+        "packets_sent",
+        "packets_received",
+    ];
+    let view = |m: &BTreeMap<u64, logs::Record>| -> BTreeMap<u64, Vec<String>> {
+        m.iter()
+            .map(|(c, r)| (*c, fields.iter().map(|f| r[*f].clone()).collect()))
+            .collect()
+    };
+    let csv = view(&per_format[0].1);
+    for (name, m) in &per_format[1..] {
+        let other = view(m);
+        let only_csv: Vec<_> = csv.keys().filter(|c| !other.contains_key(c)).collect();
+        let only_other: Vec<_> = other.keys().filter(|c| !csv.contains_key(c)).collect();
+        assert!(
+            only_csv.is_empty() && only_other.is_empty(),
+            "{name} and access.csv disagree on closes: only in access.csv {only_csv:?}, only in {name} {only_other:?}"
+        );
+        for (c, v) in &csv {
+            assert_eq!(
+                &other[c], v,
+                "{name} vs access.csv, close of cookie {c} ({fields:?})"
+            );
+        }
+    }
+    (per_format.swap_remove(0).1, counts)
+}
+
 #[test]
 fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
     if !privileged_or_skip("reader_killed_at_random_points_loses_and_duplicates_nothing") {
@@ -272,69 +361,115 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
     env.pin(&[]);
     let mut gen = Traffic::start_in(&mut env);
     let wl = env.workload();
+    // Small files: every format rotates many times while runs are killed.
+    // 1000 kept files: none is deleted, so every record can be counted.
+    let args = [
+        "--log-max-bytes",
+        "4KiB",
+        "--log-keep",
+        "1000",
+        "--access-log",
+        "csv,jsonl",
+        "--otlp",
+        "logs",
+    ];
+    let collect_cmd = || {
+        let mut c = env.collect_cmd();
+        c.args(args);
+        c
+    };
+    let exe = std::fs::canonicalize(longconn_tests::env::bin("longconn-reader")).unwrap();
     let mut churned = 0u64;
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut killed = 0;
+    let (mut killed, mut attempts, mut missed_exec) = (0u64, 0u64, 0u64);
     let mut prev: Option<Series> = None;
-    // Kill instants are spread over a whole cycle; the cycle's length is
-    // learned from the runs that finished before their kill.
-    let t = Instant::now();
-    run_collect(&env, &[]);
-    let mut cycle_us = (t.elapsed().as_micros() as u64).max(1000);
-    let cycles: usize = std::env::var("LONGCONN_KILL_CYCLES")
+    // Kills that landed after exec, spread over a whole cycle; the cycle's
+    // length is learned from the runs that finished before their kill.
+    let want: u64 = std::env::var("LONGCONN_KILL_COUNT")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    for i in 0..cycles {
-        if i % 5 == 0 {
+        .unwrap_or(300);
+    let t = Instant::now();
+    run_collect(&env, &args);
+    let mut cycle_us = (t.elapsed().as_micros() as u64).max(1000);
+    let started = Instant::now();
+    while killed < want {
+        assert!(
+            attempts < 10 * want,
+            "only {killed} of {attempts} collect runs were killed after exec ({missed_exec} exec not seen, cycle {cycle_us} us)"
+        );
+        attempts += 1;
+        if attempts % 3 == 0 {
             gen.cmd("churn 4");
             churned += 4;
         }
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_micros(seed % cycle_us);
-        let started = Instant::now();
-        let mut child = env
-            .collect_cmd()
+        // Up to 1.2 cycles: some runs finish, and the last phases
+        // (release, rotation) are hit as often as the first.
+        let delay = Duration::from_micros(seed % (cycle_us * 6 / 5));
+        let mut child = collect_cmd()
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let execd = wait_exec(child.id(), &exe);
         sleep(delay);
         let _ = child.kill();
         let st = child.wait().unwrap();
-        if st.code().is_none() {
-            killed += 1;
-        } else {
-            cycle_us = ((cycle_us + started.elapsed().as_micros() as u64) / 2).max(1000);
+        match (st.code(), execd) {
+            (None, true) => killed += 1,
+            (None, false) => missed_exec += 1,
+            (Some(_), _) => {}
+        }
+        // Every tenth attempt a whole run, timed: the kill window follows
+        // the cycle's real length (it grows with the files and the load).
+        if attempts % 10 == 0 {
+            let t = Instant::now();
+            let st = collect_cmd()
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "an unkilled run after kills failed: {st}");
+            cycle_us = ((3 * cycle_us + t.elapsed().as_micros() as u64) / 4).max(1000);
         }
         // Occasionally two readers at once: one waits or skips, neither corrupts.
-        if i % 97 == 7 {
-            let a = env.collect_cmd().spawn().unwrap();
-            let b = env.collect_cmd().spawn().unwrap();
+        if attempts % 97 == 7 {
+            let a = collect_cmd().spawn().unwrap();
+            let b = collect_cmd().spawn().unwrap();
             for mut c in [a, b] {
                 assert!(c.wait().unwrap().success());
             }
         }
         let p = env.out_dir().join("longconn.prom");
         if p.exists() {
-            if i % 100 == 0 {
+            if attempts % 100 == 0 {
                 prom::promtool_check(&p);
             }
             let now = prom::parse(&std::fs::read_to_string(&p).unwrap());
             if let Some(pr) = &prev {
-                assert_monotonic(pr, &now, i);
+                assert_monotonic(pr, &now, attempts as usize);
             }
             prev = Some(now);
         }
     }
-    assert!(
-        killed >= 10,
-        "only {killed} of 60 runs were killed mid-cycle; the test proves nothing"
-    );
-    sleep(Duration::from_millis(200));
-    let last = run_collect(&env, &[]);
+    let kill_time = started.elapsed();
+    // Poll (not sleep) until a clean run has every close.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let last = loop {
+        let last = run_collect(&env, &args);
+        let closed = prom::value(
+            &last,
+            "longconn_workload_connections_closed_total",
+            &[("workload", &wl), ("direction", "inbound")],
+        );
+        if closed == Some(churned as f64) || Instant::now() > deadline {
+            break last;
+        }
+        sleep(Duration::from_millis(100));
+    };
     let g = |name: &str, dir: &str| {
         prom::value(&last, name, &[("workload", &wl), ("direction", dir)])
             .unwrap_or_else(|| panic!("{name} {dir}"))
@@ -359,22 +494,34 @@ fn reader_killed_at_random_points_loses_and_duplicates_nothing() {
         g("longconn_workload_received_bytes_total", "inbound"),
         (churned * 1001) as f64
     );
-    let recs = access_records(&env.out_dir(), "access.csv");
-    let mut closes: BTreeMap<&str, u32> = BTreeMap::new();
-    for r in recs
-        .iter()
-        .filter(|r| r["event"] == "close" && r["workload"] == wl)
-    {
-        *closes.entry(r["cookie"].as_str()).or_default() += 1;
-    }
+    // Every log, every rotated file: each close exactly once, no gap, no
+    // torn line, the same closes in each format, with the generator's bytes.
+    let (closes, files) = closes_in_every_log(&env.out_dir(), &wl);
+    logs::schema_check("logs", &logs::files(&env.out_dir(), "otlp-logs.jsonl"));
     assert_eq!(
         closes.len() as u64,
         2 * churned,
-        "every close in the access log"
+        "every close in every log (both ends of {churned} connections)"
     );
-    let dup: Vec<_> = closes.iter().filter(|(_, &n)| n != 1).collect();
-    assert!(dup.is_empty(), "closes logged more than once: {dup:?}");
-    eprintln!("sigkill: {killed} of {cycles} collect runs killed within a {cycle_us} us cycle; {churned} connections reconciled");
+    for (cookie, r) in &closes {
+        let want = if r["direction"] == "outbound" {
+            ("1002", "1001")
+        } else {
+            ("1001", "1001")
+        };
+        assert_eq!(
+            (r["bytes_sent"].as_str(), r["bytes_received"].as_str()),
+            want,
+            "close of cookie {cookie}: generator wrote 1000 bytes each way"
+        );
+    }
+    eprintln!(
+        "sigkill: {killed} of {attempts} collect runs killed after exec ({missed_exec} kills before exec seen, not counted) within a {cycle_us} us cycle in {kill_time:?}; {churned} connections reconciled; files per format (csv, jsonl, otlp logs) {files:?}"
+    );
+    assert!(
+        files.iter().all(|&n| n >= 20),
+        "too little rotation during the kills: files per format (csv, jsonl, otlp logs) {files:?}"
+    );
 }
 
 #[test]

@@ -167,6 +167,20 @@ fn full_output_filesystem_consumes_nothing_until_space_frees() {
     drop(small);
 }
 
+/// `longconn-pin status` once `done` holds, or at a 10-s deadline (the
+/// caller's exact assertions then fail, printing it).
+fn poll_status(env: &TestEnv, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status =
+            String::from_utf8(env.pin_cmd().arg("status").output().unwrap().stdout).unwrap();
+        if done(&status) || std::time::Instant::now() > deadline {
+            return status;
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn ring_buffer_overflow_loses_no_close() {
     if !privileged_or_skip("ring_buffer_overflow_loses_no_close") {
@@ -177,8 +191,7 @@ fn ring_buffer_overflow_loses_no_close() {
     let mut gen = Traffic::start_in(&mut env);
     let wl = env.workload();
     gen.cmd("churn 200");
-    sleep(Duration::from_millis(200));
-    let status = String::from_utf8(env.pin_cmd().arg("status").output().unwrap().stdout).unwrap();
+    let status = poll_status(&env, |s| s.contains("closed awaiting the reader"));
     assert!(
         status.contains("closed awaiting the reader"),
         "status shows closes kept in the map: {status}"
@@ -306,8 +319,7 @@ fn full_map_counts_untracked_connections_and_spares_existing_ones() {
     gen.cmd("pair d 4");
     gen.cmd("pair e 4");
     gen.cmd("send a c2s 100000");
-    sleep(Duration::from_millis(200));
-    let status = String::from_utf8(env.pin_cmd().arg("status").output().unwrap().stdout).unwrap();
+    let status = poll_status(&env, |s| s.contains("6 tracked of 6"));
     assert!(status.contains("6 tracked of 6"), "{status}");
     assert!(
         status.contains("not tracked because map_of_tcp_conns was full"),

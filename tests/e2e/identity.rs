@@ -229,9 +229,25 @@ fn process_that_exits_keeps_its_connection_attributed() {
     );
     assert_eq!(inbound[0]["pid"].as_u64(), Some(u64::from(srv.pid())));
     collect_ok(&env, &[]);
-    sleep(Duration::from_millis(2500)); // sleep exits: the socket closes
-    collect_ok(&env, &[]);
-    let rows = csv_rows(&env.out_dir().join("access.csv"));
+    // `sleep 2` exits and the socket closes: poll until its close is logged.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let rows = loop {
+        collect_ok(&env, &[]);
+        let csv = env.out_dir().join("access.csv");
+        // No file until the first record (the connection is short).
+        let rows = if csv.exists() {
+            csv_rows(&csv)
+        } else {
+            Vec::new()
+        };
+        let closed = rows
+            .iter()
+            .any(|r| r["event"] == "close" && r["direction"] == "outbound");
+        if closed || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        sleep(Duration::from_millis(200));
+    };
     let close: Vec<_> = rows
         .iter()
         .filter(|r| r["event"] == "close" && r["direction"] == "outbound")

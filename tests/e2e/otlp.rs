@@ -1,43 +1,22 @@
 //! Issue 5: OTLP/JSON files the OpenTelemetry Collector ingests as-is, checked
-//! with the official protobuf schema, and equal to longconn.prom and the
-//! access log.
+//! with the official protobuf schema, their values against authorities that
+//! are not longconn's: the bytes the generator wrote and `ss -tin` at the
+//! same instant.
 
-use std::{collections::BTreeMap, path::PathBuf, process::Command, thread::sleep, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    thread::sleep,
+    time::{Duration, Instant},
+};
 
-use longconn_tests::{env::privileged_or_skip, prom, traffic::Traffic, TestEnv};
+use longconn_tests::{
+    env::privileged_or_skip,
+    logs, prom,
+    ss::{self, SockKey, TcpInfo},
+    traffic::Traffic,
+    TestEnv,
+};
 use serde_json::Value;
-
-/// The python with opentelemetry-proto (scripts/test makes a venv and sets it).
-fn schema_python() -> Option<PathBuf> {
-    match std::env::var_os("LONGCONN_OTLP_PYTHON") {
-        Some(p) => Some(p.into()),
-        None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("LONGCONN_OTLP_PYTHON unset under CI=true: scripts/test sets it")
-        }
-        None => {
-            eprintln!("SKIP schema check: LONGCONN_OTLP_PYTHON unset (scripts/test sets it)");
-            None
-        }
-    }
-}
-
-fn schema_check(kind: &str, file: &std::path::Path) {
-    let Some(py) = schema_python() else { return };
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("otlp_check.py");
-    let out = Command::new(py)
-        .arg(script)
-        .arg(kind)
-        .arg(file)
-        .output()
-        .expect("run otlp_check.py");
-    assert!(
-        out.status.success(),
-        "official OTLP schema rejects {}: {}{}",
-        file.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn attr_label(key: &str) -> Option<String> {
     Some(match key {
@@ -51,13 +30,7 @@ fn attr_label(key: &str) -> Option<String> {
 }
 
 fn attr_value(v: &Value) -> String {
-    let v = &v["value"];
-    for k in ["stringValue", "intValue"] {
-        if let Some(s) = v[k].as_str() {
-            return s.to_owned();
-        }
-    }
-    v.to_string()
+    logs::attr_value(v)
 }
 
 /// Prometheus-shaped series from one ExportMetricsServiceRequest, plus each
@@ -110,29 +83,70 @@ fn otlp_series(
     (series, starts)
 }
 
+/// `ss -tin` for `ports` once two reads in a row agree and `ready` holds
+/// (the last ACKs of a transfer have arrived): a quiescent instant.
+fn quiescent_ss(
+    ports: &[u16],
+    sockets: usize,
+    ready: impl Fn(&HashMap<SockKey, TcpInfo>) -> bool,
+) -> HashMap<SockKey, TcpInfo> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut prev = ss::tcp_info(ports);
+    loop {
+        sleep(Duration::from_millis(50));
+        let now = ss::tcp_info(ports);
+        if now == prev && now.len() == sockets && ready(&now) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ss -tin never settled for ports {ports:?}: {now:#?}"
+        );
+        prev = now;
+    }
+}
+
 #[test]
-fn otlp_files_parse_with_the_official_schema_and_equal_prom_and_access_log() {
-    if !privileged_or_skip(
-        "otlp_files_parse_with_the_official_schema_and_equal_prom_and_access_log",
-    ) {
+fn otlp_files_parse_with_the_official_schema_and_equal_generator_and_ss() {
+    if !privileged_or_skip("otlp_files_parse_with_the_official_schema_and_equal_generator_and_ss") {
         return;
     }
     let mut env = TestEnv::new("otlp");
     env.pin(&[]);
     let mut gen = Traffic::start_in(&mut env);
-    gen.cmd("pair long 4");
-    gen.cmd("pair v6 6");
+    let wl = env.workload();
+    let long = gen.cmd("pair long 4");
+    let v6 = gen.cmd("pair v6 6");
+    let port = |v: &Value, k: &str| v[k].as_u64().unwrap() as u16;
+    let ports = [port(&long, "server_port"), port(&v6, "server_port")];
+    // Generator counts: (long c2s, long s2c, v6 c2s, v6 s2c), churned.
+    let (mut long_c2s, mut v6_s2c, mut churned) = (0u64, 0u64, 0u64);
+    let born = Instant::now();
+    let threshold = Duration::from_secs(1);
     let mut prev: Option<(prom::Series, BTreeMap<_, String>)> = None;
-    let mut checked_starts = 0;
+    let (mut checked_starts, mut checked_conn) = (0, 0);
     for cycle in 0..4 {
-        gen.cmd("send long c2s 50000");
-        gen.cmd("send v6 s2c 20000");
+        long_c2s += gen.cmd("send long c2s 50000")["bytes"].as_u64().unwrap();
+        v6_s2c += gen.cmd("send v6 s2c 20000")["bytes"].as_u64().unwrap();
         gen.cmd("churn 3");
-        if cycle == 0 {
-            sleep(Duration::from_secs(5)); // the pairs become long connections
+        churned += 3;
+        // The pairs become long connections (poll the clock, not a fixed sleep).
+        while born.elapsed() < threshold + Duration::from_millis(200) {
+            sleep(Duration::from_millis(50));
         }
-        let (st, err) = env.collect(&["--long-threshold", "5s"]);
+        // What the kernel says just before and just after the cycle: the
+        // connection is quiescent, so both reads are the cycle's instant.
+        let acked = |m: &HashMap<SockKey, TcpInfo>| {
+            m.values()
+                .map(|i| i.bytes_acked)
+                .collect::<std::collections::BTreeSet<_>>()
+                .is_superset(&[long_c2s + 1, v6_s2c].into())
+        };
+        let before = quiescent_ss(&ports, 4, acked);
+        let (st, err) = env.collect(&["--long-threshold", "1s"]);
         assert!(st.success(), "{err}");
+        let after = ss::tcp_info(&ports);
+        assert_eq!(before, after, "traffic moved during the cycle");
         let lines = std::fs::read_to_string(env.out_dir().join("otlp-metrics.jsonl")).unwrap();
         let last = lines.lines().last().unwrap();
         assert_eq!(
@@ -141,16 +155,124 @@ fn otlp_files_parse_with_the_official_schema_and_equal_prom_and_access_log() {
             "one metrics line per cycle"
         );
         let (series, starts) = otlp_series(last);
-        // Series by series equal to this cycle's longconn.prom (NaN-free).
-        let prom_text = std::fs::read_to_string(env.out_dir().join("longconn.prom")).unwrap();
-        let p = prom::parse(&prom_text);
+        // Per connection: every counter and RTT equals ss -tin.
+        for ((la, lp, ra, rp), i) in &after {
+            let labels = [
+                ("local_address", la.as_str()),
+                ("local_port", &lp.to_string()),
+                ("remote_address", ra.as_str()),
+                ("remote_port", &rp.to_string()),
+            ];
+            let find = |name: &str| {
+                let hits: Vec<f64> = series
+                    .iter()
+                    .filter(|((n, l), _)| {
+                        n == name
+                            && labels
+                                .iter()
+                                .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+                    })
+                    .map(|(_, v)| *v)
+                    .collect();
+                assert_eq!(hits.len(), 1, "OTLP {name} of {labels:?}: {hits:?}");
+                hits[0]
+            };
+            for (name, want) in [
+                ("longconn_connection_sent_bytes_total", i.bytes_acked),
+                ("longconn_connection_received_bytes_total", i.bytes_received),
+                ("longconn_connection_sent_packets_total", i.segs_out),
+                ("longconn_connection_received_packets_total", i.segs_in),
+                ("longconn_connection_retransmits_total", i.total_retrans),
+            ] {
+                assert_eq!(find(name), want as f64, "{name} of {labels:?} vs ss {i:?}");
+            }
+            for (name, want_us) in [
+                ("longconn_connection_srtt_seconds", i.srtt_us),
+                ("longconn_connection_min_rtt_seconds", i.min_rtt_us),
+            ] {
+                let got = find(name);
+                assert!(
+                    (got * 1e6 - want_us as f64).abs() < 0.5,
+                    "{name} of {labels:?}: OTLP {got} s, ss {want_us} us"
+                );
+            }
+            checked_conn += 1;
+        }
+        // Per connection and per workload: the generator's bytes. tcp_info
+        // counts the active opener's SYN in bytes_acked, and each FIN once
+        // each way (closed churn connections: 1000 data bytes each way).
+        let conn = |lp: u16, name: &str| {
+            series
+                .iter()
+                .find(|((n, l), _)| n == name && l.get("local_port") == Some(&lp.to_string()))
+                .map(|(_, v)| *v)
+                .unwrap_or_else(|| panic!("no OTLP {name} for local port {lp}"))
+        };
         assert_eq!(
-            series.len(),
-            p.len(),
-            "same number of series in OTLP and .prom"
+            conn(
+                port(&long, "client_port"),
+                "longconn_connection_sent_bytes_total"
+            ),
+            (long_c2s + 1) as f64,
+            "long client: data + SYN"
         );
-        for (k, v) in &p {
-            assert_eq!(series.get(k), Some(v), "OTLP value of {k:?}");
+        assert_eq!(
+            conn(
+                port(&v6, "client_port"),
+                "longconn_connection_received_bytes_total"
+            ),
+            v6_s2c as f64,
+            "v6 client received what the server wrote"
+        );
+        let w = |name: &str, dir: &str| {
+            prom::value(&series, name, &[("workload", &wl), ("direction", dir)])
+                .unwrap_or_else(|| panic!("OTLP {name} {dir} missing"))
+        };
+        for (name, dir, want) in [
+            (
+                "longconn_workload_connections_opened_total",
+                "outbound",
+                churned + 2,
+            ),
+            (
+                "longconn_workload_connections_opened_total",
+                "inbound",
+                churned + 2,
+            ),
+            (
+                "longconn_workload_connections_closed_total",
+                "outbound",
+                churned,
+            ),
+            (
+                "longconn_workload_connections_closed_total",
+                "inbound",
+                churned,
+            ),
+            ("longconn_workload_active_connections", "outbound", 2),
+            ("longconn_workload_active_connections", "inbound", 2),
+            (
+                "longconn_workload_sent_bytes_total",
+                "outbound",
+                churned * 1002 + long_c2s + 1 + 1,
+            ),
+            (
+                "longconn_workload_received_bytes_total",
+                "outbound",
+                churned * 1001 + v6_s2c,
+            ),
+            (
+                "longconn_workload_sent_bytes_total",
+                "inbound",
+                churned * 1001 + v6_s2c,
+            ),
+            (
+                "longconn_workload_received_bytes_total",
+                "inbound",
+                churned * 1001 + long_c2s,
+            ),
+        ] {
+            assert_eq!(w(name, dir), want as f64, "{name} {dir} vs the generator");
         }
         if let Some((pseries, pstarts)) = &prev {
             for (k, s) in &starts {
@@ -171,15 +293,59 @@ fn otlp_files_parse_with_the_official_schema_and_equal_prom_and_access_log() {
         checked_starts > 50,
         "start times compared for {checked_starts} series only"
     );
+    assert_eq!(
+        checked_conn,
+        4 * 4,
+        "4 sockets compared with ss in 4 cycles"
+    );
     gen.cmd("close long");
-    sleep(Duration::from_millis(200));
-    let (st, err) = env.collect(&[]);
-    assert!(st.success(), "{err}");
+    // Poll until the close is in the logs (not a fixed sleep).
+    let long_client = port(&long, "client_port").to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let closes = loop {
+        let (st, err) = env.collect(&["--long-threshold", "1s"]);
+        assert!(st.success(), "{err}");
+        let recs = logs::otlp_logs(&logs::files(&env.out_dir(), "otlp-logs.jsonl"));
+        let closes = logs::exactly_once("otlp-logs.jsonl", &recs, &wl);
+        if closes.values().any(|r| r["local_port"] == long_client) {
+            break closes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the long connection's close never reached otlp-logs.jsonl"
+        );
+        sleep(Duration::from_millis(100));
+    };
 
-    schema_check("metrics", &env.out_dir().join("otlp-metrics.jsonl"));
-    schema_check("logs", &env.out_dir().join("otlp-logs.jsonl"));
+    logs::schema_check("metrics", &[env.out_dir().join("otlp-metrics.jsonl")]);
+    logs::schema_check("logs", &[env.out_dir().join("otlp-logs.jsonl")]);
 
-    // Log records equal access-log records, one for one.
+    // Log records: each close once, with the generator's bytes.
+    assert_eq!(
+        closes.len() as u64,
+        2 * churned + 2,
+        "closes: churn + the long pair"
+    );
+    for r in closes.values() {
+        let lp = r["local_port"].as_str();
+        let want = if lp == long_client {
+            (long_c2s + 2, 1)
+        } else if lp == port(&long, "server_port").to_string() {
+            (1, long_c2s + 1)
+        } else if r["direction"] == "outbound" {
+            (1002, 1001)
+        } else {
+            (1001, 1001)
+        };
+        assert_eq!(
+            (
+                r["bytes_sent"].parse::<u64>().unwrap(),
+                r["bytes_received"].parse::<u64>().unwrap()
+            ),
+            want,
+            "OTLP close record vs the generator: {r:?}"
+        );
+    }
     let mut otlp_recs = Vec::new();
     for line in std::fs::read_to_string(env.out_dir().join("otlp-logs.jsonl"))
         .unwrap()
@@ -209,6 +375,8 @@ fn otlp_files_parse_with_the_official_schema_and_equal_prom_and_access_log() {
             ));
         }
     }
+    // And one for one the access log's records (the same cycle's records in
+    // two encodings).
     let mut csv = csv::Reader::from_path(env.out_dir().join("access.csv")).unwrap();
     let h = csv.headers().unwrap().clone();
     let idx = |n: &str| h.iter().position(|x| x == n).unwrap();

@@ -4,6 +4,7 @@
 //! authority on what the kernel's tcp_info says.
 
 pub mod env;
+pub mod logs;
 pub mod netns;
 pub mod prom;
 pub mod ss;
