@@ -1,0 +1,454 @@
+use serde::Serialize;
+
+use super::*;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MetricsRequest {
+    resource_metrics: [ResourceMetrics; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResourceMetrics {
+    resource: ResourceJson,
+    scope_metrics: [ScopeMetrics; 1],
+}
+
+#[derive(Serialize)]
+struct ResourceJson {
+    attributes: Vec<KeyValue>,
+}
+
+#[derive(Serialize)]
+struct Scope {
+    name: &'static str,
+    version: &'static str,
+}
+
+const SCOPE: Scope = Scope {
+    name: SCOPE_NAME,
+    version: SCOPE_VERSION,
+};
+
+#[derive(Serialize)]
+struct ScopeMetrics {
+    scope: Scope,
+    metrics: Vec<Metric>,
+}
+
+#[derive(Serialize)]
+struct Metric {
+    name: String,
+    description: String,
+    unit: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gauge: Option<Gauge>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sum: Option<Sum>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Gauge {
+    data_points: Vec<NumberDataPoint>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Sum {
+    data_points: Vec<NumberDataPoint>,
+    aggregation_temporality: i32,
+    is_monotonic: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NumberDataPoint {
+    start_time_unix_nano: String,
+    time_unix_nano: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    as_int: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    as_double: Option<f64>,
+    attributes: Vec<KeyValue>,
+}
+
+#[derive(Serialize)]
+pub(super) struct KeyValue {
+    key: String,
+    value: AnyValue,
+}
+
+#[derive(Serialize)]
+enum AnyValue {
+    #[serde(rename = "stringValue")]
+    String(String),
+    /// Decimal int64.
+    #[serde(rename = "intValue")]
+    Int(String),
+    /// Finite only.
+    #[serde(rename = "doubleValue")]
+    Double(f64),
+    #[serde(rename = "boolValue")]
+    Bool(bool),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LogsRequest {
+    resource_logs: [ResourceLogs; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResourceLogs {
+    resource: ResourceJson,
+    scope_logs: [ScopeLogs; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ScopeLogs {
+    scope: Scope,
+    log_records: Vec<LogRecord>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LogRecord {
+    time_unix_nano: String,
+    observed_time_unix_nano: String,
+    severity_number: i32,
+    severity_text: &'static str,
+    body: AnyValue,
+    attributes: Vec<KeyValue>,
+}
+
+fn kv(key: impl Into<String>, value: AnyValue) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value,
+    }
+}
+
+fn string(s: &str) -> AnyValue {
+    AnyValue::String(s.to_owned())
+}
+
+fn resource(res: &Resource) -> ResourceJson {
+    ResourceJson {
+        attributes: vec![
+            kv("service.name", string(SERVICE_NAME)),
+            kv("host.name", string(&res.host_name)),
+        ],
+    }
+}
+
+/// Serializes a request built only of strings, integers, bools and finite
+/// f64s: serde_json has no error for these, so an error is a bug here.
+pub(super) fn to_line<T: Serialize>(request: &T) -> String {
+    match serde_json::to_string(request) {
+        Ok(line) => line,
+        Err(e) => unreachable!("encoding an OTLP request failed: {e}"),
+    }
+}
+
+fn point_attributes(labels: &[(String, String)], io: Option<&'static str>) -> Vec<KeyValue> {
+    let mut out: Vec<KeyValue> = labels
+        .iter()
+        .map(|(name, value)| {
+            let v = match (is_port(name), value.parse::<i64>()) {
+                (true, Ok(port)) => AnyValue::Int(port.to_string()),
+                _ => string(value),
+            };
+            kv(attribute_key(name), v)
+        })
+        .collect();
+    let address = labels
+        .iter()
+        .find(|(name, value)| is_address(name) && !value.is_empty());
+    if let Some((_, address)) = address {
+        out.push(kv("network.transport", string("tcp")));
+        out.push(kv("network.type", string(network_type(address))));
+    }
+    if let Some(io) = io {
+        out.push(kv("network.io.direction", string(io)));
+    }
+    out
+}
+
+/// `"asInt"` for exact integers, `"asDouble"` for other finite values, None
+/// (skip the point) for NaN and infinities.
+fn point_value(v: f64) -> Option<(Option<String>, Option<f64>)> {
+    if !v.is_finite() {
+        None
+    } else if v.fract() == 0.0 && v.abs() < EXACT {
+        // -0.0 prints as 0.
+        Some((Some((v as i64).to_string()), None))
+    } else {
+        Some((None, Some(v)))
+    }
+}
+
+/// The serde-driven `metrics_request` the hand-written one must equal.
+pub(super) fn metrics_request(
+    families: &[Family],
+    res: &Resource,
+    group_start_unix_nano: u64,
+    now_unix_nano: u64,
+) -> String {
+    let connection_starts: std::collections::HashMap<Vec<(&str, &str)>, u64> = families
+        .iter()
+        .filter(|f| f.name == CONNECTION_START)
+        .flat_map(|f| f.samples.iter())
+        .filter_map(|s| Some((label_key(&s.labels), seconds_to_nanos(s.value)?)))
+        .collect();
+    let now = now_unix_nano.to_string();
+
+    let mut metrics = Vec::new();
+    for family in families {
+        let per_connection = family.name.starts_with(CONNECTION_PREFIX);
+        let io = io_direction(&family.name);
+        let mut samples: Vec<&Sample> = family.samples.iter().collect();
+        samples.sort_by(|a, b| label_values(a).cmp(label_values(b)));
+        let data_points: Vec<NumberDataPoint> = samples
+            .into_iter()
+            .filter_map(|sample| {
+                let (as_int, as_double) = point_value(sample.value)?;
+                let start = per_connection
+                    .then(|| connection_starts.get(&label_key(&sample.labels)).copied())
+                    .flatten()
+                    .unwrap_or(group_start_unix_nano)
+                    .min(now_unix_nano);
+                Some(NumberDataPoint {
+                    start_time_unix_nano: start.to_string(),
+                    time_unix_nano: now.clone(),
+                    as_int,
+                    as_double,
+                    attributes: point_attributes(&sample.labels, io),
+                })
+            })
+            .collect();
+        if data_points.is_empty() {
+            continue;
+        }
+        let name = metric_name(family);
+        let (gauge, sum) = match family.kind {
+            Kind::Gauge => (Some(Gauge { data_points }), None),
+            Kind::Counter => (
+                None,
+                Some(Sum {
+                    data_points,
+                    aggregation_temporality: CUMULATIVE,
+                    is_monotonic: true,
+                }),
+            ),
+        };
+        metrics.push(Metric {
+            name: name.to_owned(),
+            description: family.help.clone(),
+            unit: unit(name),
+            gauge,
+            sum,
+        });
+    }
+
+    to_line(&MetricsRequest {
+        resource_metrics: [ResourceMetrics {
+            resource: resource(res),
+            scope_metrics: [ScopeMetrics {
+                scope: SCOPE,
+                metrics,
+            }],
+        }],
+    })
+}
+
+/// `addr:port`, IPv6 addresses in brackets.
+fn endpoint(address: &str, port: u16) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
+/// The log body: the record as one sentence.
+fn sentence(r: &AccessRecord) -> String {
+    format!(
+        "{} {} {} -> {} {}{} for {:.1}s: sent {} B (+{}), received {} B (+{}), retransmits {}, lost {}, srtt {}us",
+        r.event,
+        r.direction,
+        endpoint(&r.local_address, r.local_port),
+        endpoint(&r.remote_address, r.remote_port),
+        r.state,
+        if r.failed { " (connect failed)" } else { "" },
+        r.duration_seconds,
+        r.bytes_sent,
+        r.bytes_sent_delta,
+        r.bytes_received,
+        r.bytes_received_delta,
+        r.retransmits,
+        r.lost_packets,
+        r.srtt_us,
+    )
+}
+
+/// Every field of the record (in declaration order, which `CSV_COLUMNS`
+/// follows), then the network attributes derived from the addresses.
+///
+/// The fields come from the record's serde form, so a field added to
+/// `AccessRecord` is exported without a change here: integers as intValue
+/// (beyond int64 as their decimal stringValue), floats as doubleValue (a
+/// non-finite one, which serde writes as null, is left out), bools as
+/// boolValue, strings as stringValue.
+pub(super) fn record_attributes(r: &AccessRecord) -> Vec<KeyValue> {
+    // Built field by field (no serde_json::Value): this runs once per access
+    // record, tens of thousands of times per cycle under churn. Order and
+    // names follow CSV_COLUMNS; a test checks it against the serde form.
+    let text = |v: &str| Some(AnyValue::String(v.to_owned()));
+    let uint = |v: u64| {
+        Some(if i64::try_from(v).is_ok() {
+            AnyValue::Int(v.to_string())
+        } else {
+            AnyValue::String(v.to_string())
+        })
+    };
+    let fields: [(&str, Option<AnyValue>); 36] = [
+        ("report_time", text(&r.report_time)),
+        ("event", text(&r.event)),
+        ("cookie", uint(r.cookie)),
+        ("seq", uint(r.seq)),
+        ("start_time", text(&r.start_time)),
+        (
+            "duration_seconds",
+            r.duration_seconds
+                .is_finite()
+                .then_some(AnyValue::Double(r.duration_seconds)),
+        ),
+        ("direction", text(&r.direction)),
+        ("local_address", text(&r.local_address)),
+        ("local_port", uint(r.local_port.into())),
+        ("remote_address", text(&r.remote_address)),
+        ("remote_port", uint(r.remote_port.into())),
+        ("state", text(&r.state)),
+        ("failed", Some(AnyValue::Bool(r.failed))),
+        ("bytes_sent", uint(r.bytes_sent)),
+        ("bytes_received", uint(r.bytes_received)),
+        ("packets_sent", uint(r.packets_sent)),
+        ("packets_received", uint(r.packets_received)),
+        ("retransmits", uint(r.retransmits)),
+        ("lost_packets", uint(r.lost_packets)),
+        ("bytes_sent_delta", uint(r.bytes_sent_delta)),
+        ("bytes_received_delta", uint(r.bytes_received_delta)),
+        ("packets_sent_delta", uint(r.packets_sent_delta)),
+        ("packets_received_delta", uint(r.packets_received_delta)),
+        ("retransmits_delta", uint(r.retransmits_delta)),
+        ("lost_packets_delta", uint(r.lost_packets_delta)),
+        ("srtt_us", uint(r.srtt_us.into())),
+        ("min_rtt_us", uint(r.min_rtt_us.into())),
+        ("workload", text(&r.workload)),
+        ("service", text(&r.service)),
+        ("pid", uint(r.pid.into())),
+        ("comm", text(&r.comm)),
+        ("cgroup_id", uint(r.cgroup_id)),
+        ("container_id", text(&r.container_id)),
+        ("pod_uid", text(&r.pod_uid)),
+        ("netns_cookie", uint(r.netns_cookie)),
+        ("service_namespace", text(&r.service_namespace)),
+    ];
+    let mut out: Vec<KeyValue> = fields
+        .into_iter()
+        .filter_map(|(name, value)| Some(kv(attribute_key(name), value?)))
+        .collect();
+    out.push(kv("network.transport", string("tcp")));
+    let address = [&r.local_address, &r.remote_address]
+        .into_iter()
+        .find(|a| !a.is_empty());
+    if let Some(address) = address {
+        out.push(kv("network.type", string(network_type(address))));
+    }
+    out
+}
+
+/// The serde-driven form the direct one must equal (tests only).
+pub(super) fn record_attributes_via_serde(r: &AccessRecord) -> Vec<KeyValue> {
+    use crate::output::access::CSV_COLUMNS;
+    let mut fields = match serde_json::to_value(r) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        // A struct of plain fields always serializes to an object.
+        Ok(other) => unreachable!("AccessRecord serialized to {other}"),
+        Err(e) => unreachable!("AccessRecord did not serialize: {e}"),
+    };
+    let mut ordered: Vec<(String, serde_json::Value)> = CSV_COLUMNS
+        .iter()
+        .filter_map(|&name| Some((name.to_owned(), fields.remove(name)?)))
+        .collect();
+    // Defensive: a field CSV_COLUMNS lacks (access.rs tests forbid that).
+    ordered.extend(fields);
+    let mut out: Vec<KeyValue> = ordered
+        .into_iter()
+        .filter_map(|(name, value)| Some(kv(attribute_key(&name), any_value(value)?)))
+        .collect();
+    out.push(kv("network.transport", string("tcp")));
+    let address = [&r.local_address, &r.remote_address]
+        .into_iter()
+        .find(|a| !a.is_empty());
+    if let Some(address) = address {
+        out.push(kv("network.type", string(network_type(address))));
+    }
+    out
+}
+
+fn any_value(value: serde_json::Value) -> Option<AnyValue> {
+    use serde_json::Value;
+    Some(match value {
+        Value::Null => return None,
+        Value::Bool(b) => AnyValue::Bool(b),
+        Value::String(s) => AnyValue::String(s),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                AnyValue::Int(i.to_string())
+            } else if let Some(u) = n.as_u64() {
+                AnyValue::String(u.to_string())
+            } else {
+                // serde_json numbers are finite.
+                AnyValue::Double(n.as_f64()?)
+            }
+        }
+        nested @ (Value::Array(_) | Value::Object(_)) => AnyValue::String(nested.to_string()),
+    })
+}
+
+/// The serde-driven `logs_request` the hand-written one must equal.
+pub(super) fn logs_request(
+    records: &[AccessRecord],
+    res: &Resource,
+    now_unix_nano: u64,
+) -> Option<String> {
+    if records.is_empty() {
+        return None;
+    }
+    let observed = now_unix_nano.to_string();
+    let log_records = records
+        .iter()
+        .map(|r| LogRecord {
+            time_unix_nano: rfc3339_nanos(&r.report_time).to_string(),
+            observed_time_unix_nano: observed.clone(),
+            severity_number: SEVERITY_INFO,
+            severity_text: "INFO",
+            body: AnyValue::String(sentence(r)),
+            attributes: record_attributes(r),
+        })
+        .collect();
+    Some(to_line(&LogsRequest {
+        resource_logs: [ResourceLogs {
+            resource: resource(res),
+            scope_logs: [ScopeLogs {
+                scope: SCOPE,
+                log_records,
+            }],
+        }],
+    }))
+}
