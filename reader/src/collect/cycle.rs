@@ -12,14 +12,19 @@
 //!   seen), and at close its contribution moves from "live" to the closed
 //!   totals with final counters >= the last live ones, so group sums never dip.
 
-use std::{collections::BTreeMap, fmt::Write as _, io};
+use std::{collections::BTreeMap, io};
 
 use longconn_common::{layout, ConnRecord};
 
 use super::state::{
     addr_bytes, ConnState, Counters, GroupKey, GroupTotals, IdSyms, Prev, Settling, State, Strings,
 };
-use crate::{clock::Clock, identity::Identity, output::access::AccessRecord, view};
+use crate::{
+    clock::Clock,
+    identity::Identity,
+    output::event::{AccessEvent, EventKind},
+    view,
+};
 
 pub struct Inputs<'a> {
     pub now: Clock,
@@ -42,6 +47,9 @@ pub struct Inputs<'a> {
     /// Whether anything reads the access records (else they are counted,
     /// sequence numbers advance, but none is formatted).
     pub records: bool,
+    /// A long connection with no change since its last record gets one
+    /// again (a heartbeat) only this long after it (boot-time ns).
+    pub idle_record_ns: u64,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +91,7 @@ fn conn_state(
             |p| p.start_unix_ns,
         ),
         seq: prev.map_or(0, |p| p.seq),
+        recorded_ns: prev.map_or(0, |p| p.recorded_ns),
         last: prev.map_or(now, |p| p.last.max(now)),
         reported: prev.map_or(Counters::default(), |p| p.reported),
         start_ns: r.start_ns,
@@ -108,133 +117,44 @@ pub fn group_key(direction: u32, name: &str) -> String {
     format!("{}|{name}", view::direction_name(direction))
 }
 
-/// `t` (Unix ns) as RFC 3339 UTC with microseconds, as chrono's
-/// `to_rfc3339_opts(Micros, true)` writes it, into `out` (cleared first).
-pub fn rfc3339_micros(out: &mut String, t: i64) {
-    out.clear();
-    let secs = t.div_euclid(1_000_000_000);
-    let micros = t.rem_euclid(1_000_000_000) / 1000;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    if !(0..=9999).contains(&y) {
-        let _ = write!(
-            out,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-            sod / 3600,
-            (sod / 60) % 60,
-            sod % 60
-        );
-        return;
-    }
-    // Digits by hand: this runs for every record.
-    let mut b = *b"0000-00-00T00:00:00.000000Z";
-    let mut put = |at: usize, width: usize, mut v: i64| {
-        for i in (at..at + width).rev() {
-            b[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, 4, y);
-    put(5, 2, m);
-    put(8, 2, d);
-    put(11, 2, sod / 3600);
-    put(14, 2, (sod / 60) % 60);
-    put(17, 2, sod % 60);
-    put(20, 6, micros);
-    out.extend(b.iter().map(|&c| char::from(c)));
-}
-
-/// `ip` as its `Display` text into `out` (cleared first); IPv4 without
-/// the formatting machinery (two addresses per record, every record).
-pub fn address(out: &mut String, ip: std::net::IpAddr) {
-    out.clear();
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                if o >= 100 {
-                    out.push(char::from(b'0' + o / 100));
-                }
-                if o >= 10 {
-                    out.push(char::from(b'0' + o / 10 % 10));
-                }
-                out.push(char::from(b'0' + o % 10));
-            }
-        }
-        v6 => {
-            let _ = write!(out, "{v6}");
-        }
-    }
-}
-
-/// Fills the reusable `rec` (no allocation once its strings have grown)
-/// with connection `c`'s record for this cycle.
-#[allow(clippy::too_many_arguments)]
-fn record(
-    rec: &mut AccessRecord,
-    strings: &Strings,
+/// Connection `c`'s access event for this cycle (names borrowed from
+/// `strings`).
+fn event<'s>(
+    strings: &'s Strings,
     c: &ConnState,
-    report_time: &str,
-    event: &str,
+    report_unix_ns: i64,
+    kind: EventKind,
     cookie: u64,
     end_ns: u64,
-) {
-    let d = c.last.saturating_sub(c.reported);
-    let set = |s: &mut String, v: &str| {
-        s.clear();
-        s.push_str(v);
-    };
-    set(&mut rec.report_time, report_time);
-    set(&mut rec.event, event);
-    rec.cookie = cookie;
-    rec.seq = c.seq;
-    rfc3339_micros(&mut rec.start_time, c.start_unix_ns);
-    rec.duration_seconds = end_ns.saturating_sub(c.start_ns) as f64 / 1e9;
-    set(&mut rec.direction, view::direction_name(c.direction));
-    address(&mut rec.local_address, c.local_ip());
-    rec.local_port = c.local_port;
-    address(&mut rec.remote_address, c.remote_ip());
-    rec.remote_port = c.remote_port;
-    set(&mut rec.state, layout::tcp_state_name(c.state));
-    rec.failed = c.flags & layout::F_FAILED != 0;
-    rec.bytes_sent = c.last.bytes_sent;
-    rec.bytes_received = c.last.bytes_received;
-    rec.packets_sent = c.last.packets_sent;
-    rec.packets_received = c.last.packets_received;
-    rec.retransmits = c.last.retransmits;
-    rec.lost_packets = c.last.lost_packets;
-    rec.bytes_sent_delta = d.bytes_sent;
-    rec.bytes_received_delta = d.bytes_received;
-    rec.packets_sent_delta = d.packets_sent;
-    rec.packets_received_delta = d.packets_received;
-    rec.retransmits_delta = d.retransmits;
-    rec.lost_packets_delta = d.lost_packets;
-    rec.srtt_us = c.srtt_us;
-    rec.min_rtt_us = c.min_rtt_us;
-    set(&mut rec.workload, strings.get(c.id.workload));
-    set(&mut rec.service, strings.get(c.id.service));
-    rec.pid = c.id.pid;
-    set(&mut rec.comm, strings.get(c.id.comm));
-    rec.cgroup_id = c.cgroup_id;
-    set(&mut rec.container_id, strings.get(c.id.container_id));
-    set(&mut rec.pod_uid, strings.get(c.id.pod_uid));
-    rec.netns_cookie = c.id.netns_cookie;
-    set(
-        &mut rec.service_namespace,
-        strings.get(c.id.service_namespace),
-    );
+) -> AccessEvent<'s> {
+    AccessEvent {
+        report_unix_ns,
+        kind,
+        cookie,
+        seq: c.seq,
+        start_unix_ns: c.start_unix_ns,
+        duration_ns: end_ns.saturating_sub(c.start_ns),
+        direction: view::direction_name(c.direction),
+        local: c.local_ip(),
+        local_port: c.local_port,
+        remote: c.remote_ip(),
+        remote_port: c.remote_port,
+        state: layout::tcp_state_name(c.state),
+        failed: c.flags & layout::F_FAILED != 0,
+        total: c.last,
+        delta: c.last.saturating_sub(c.reported),
+        srtt_us: c.srtt_us,
+        min_rtt_us: c.min_rtt_us,
+        workload: strings.get(c.id.workload),
+        service: strings.get(c.id.service),
+        pid: c.id.pid,
+        comm: strings.get(c.id.comm),
+        cgroup_id: c.cgroup_id,
+        container_id: strings.get(c.id.container_id),
+        pod_uid: strings.get(c.id.pod_uid),
+        netns_cookie: c.id.netns_cookie,
+        service_namespace: strings.get(c.id.service_namespace),
+    }
 }
 
 fn open(state: &mut State, c: &ConnState) {
@@ -278,19 +198,14 @@ pub fn apply(
     mut inp: Inputs<'_>,
     prev: &Prev,
     keep: &mut dyn FnMut(u64, &ConnState) -> io::Result<()>,
-    emit: &mut dyn FnMut(&AccessRecord),
+    emit: &mut dyn FnMut(&AccessEvent<'_>),
 ) -> io::Result<Outcome> {
     let mut out = Outcome {
         ring_commit: state.ring_applied.max(inp.ring_read_to),
         ..Default::default()
     };
     let now = inp.now;
-    let mut report_time = String::new();
-    rfc3339_micros(
-        &mut report_time,
-        now.wall(now.boot_ns).timestamp_nanos_opt().unwrap_or(0),
-    );
-    let mut rec = AccessRecord::default();
+    let report_unix_ns = now.wall(now.boot_ns).timestamp_nanos_opt().unwrap_or(0);
 
     // 1. Closes: ring first, then closed records left in the map; one per cookie.
     let mut closes: BTreeMap<u64, ConnRecord> = BTreeMap::new();
@@ -381,16 +296,14 @@ pub fn apply(
         if long || inp.short_close_records {
             c.seq += 1;
             if inp.records {
-                record(
-                    &mut rec,
+                emit(&event(
                     &state.strings,
                     &c,
-                    &report_time,
-                    "close",
+                    report_unix_ns,
+                    EventKind::Close,
                     cookie,
                     end,
-                );
-                emit(&rec);
+                ));
             }
             out.records += 1;
         }
@@ -429,22 +342,26 @@ pub fn apply(
         if p.is_none() {
             open(state, &c);
         }
-        if now.boot_ns.saturating_sub(c.start_ns) >= inp.long_threshold_ns {
+        // A long connection's record: the first, any change, else a
+        // heartbeat every `idle_record_ns`.
+        let long = now.boot_ns.saturating_sub(c.start_ns) >= inp.long_threshold_ns;
+        let changed = c.last != c.reported || p.as_ref().is_some_and(|p| p.state != c.state);
+        let heartbeat = now.boot_ns.saturating_sub(c.recorded_ns) >= inp.idle_record_ns;
+        if long && (c.seq == 0 || changed || heartbeat) {
             c.seq += 1;
             if inp.records {
-                record(
-                    &mut rec,
+                emit(&event(
                     &state.strings,
                     &c,
-                    &report_time,
-                    "periodic",
+                    report_unix_ns,
+                    EventKind::Periodic,
                     cookie,
                     now.boot_ns,
-                );
-                emit(&rec);
+                ));
             }
             out.records += 1;
             c.reported = c.last;
+            c.recorded_ns = now.boot_ns;
         }
         keep(cookie, &c)?;
     }
@@ -557,7 +474,7 @@ mod tests {
 
     /// An outcome with the records emitted.
     struct Out {
-        records: Vec<AccessRecord>,
+        records: Vec<crate::output::access::AccessRecord>,
         ring_commit: u64,
         map_deletes: Vec<u64>,
     }
@@ -575,7 +492,7 @@ mod tests {
                 kept.push((k, *c));
                 Ok(())
             },
-            &mut |r| records.push(r.clone()),
+            &mut |e| records.push(crate::output::access::AccessRecord::from_event(e)),
         )
         .unwrap();
         state.conns = Conns::from_sorted(kept);
@@ -630,6 +547,7 @@ mod tests {
                 names: &names,
                 relabel: None,
                 records: true,
+                idle_record_ns: 5 * S,
             },
         )
     }
@@ -786,6 +704,7 @@ mod tests {
                     names: &names,
                     relabel: None,
                     records: true,
+                    idle_record_ns: 5 * S,
                 },
             )
         };
@@ -802,54 +721,6 @@ mod tests {
             (9.0, 14.0),
             "durations from CLOCK_BOOTTIME"
         );
-    }
-
-    #[test]
-    fn rfc3339_micros_equals_chrono() {
-        let mut g = longconn_common::testgen::Gen::new(9);
-        let mut got = String::new();
-        let edges = [
-            0i64,
-            1,
-            -1,
-            999,
-            -1000,
-            951_782_400_000_000_000,
-            i64::MAX,
-            i64::MIN,
-        ];
-        let random = (0..200_000).map(|_| g.next() as i64);
-        for t in edges.into_iter().chain(random) {
-            rfc3339_micros(&mut got, t);
-            let want = chrono::DateTime::from_timestamp_nanos(t)
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-            assert_eq!(got, want, "{t}");
-        }
-    }
-
-    #[test]
-    fn addresses_equal_display() {
-        let mut g = longconn_common::testgen::Gen::new(3);
-        let mut got = String::new();
-        for _ in 0..100_000 {
-            let n = g.next();
-            let ip = if n % 5 == 0 {
-                std::net::IpAddr::from([
-                    n as u16,
-                    0,
-                    (n >> 16) as u16,
-                    0,
-                    0,
-                    0,
-                    (n >> 32) as u16,
-                    1,
-                ])
-            } else {
-                std::net::IpAddr::from((n as u32).to_be_bytes())
-            };
-            address(&mut got, ip);
-            assert_eq!(got, ip.to_string());
-        }
     }
 
     #[test]
@@ -930,5 +801,48 @@ mod tests {
         let t = wl(&st);
         assert_eq!((t.opened, t.closed), (1, 1));
         assert!(st.settling.is_empty(), "read past: nothing held");
+    }
+
+    /// An idle long connection gets a record when it changes and otherwise
+    /// one heartbeat per idle-record interval; its close is always recorded.
+    #[test]
+    fn idle_long_connections_get_heartbeats() {
+        let mut st = State::default();
+        let step = |st: &mut State, now_s: u64, sent: u64| {
+            run(
+                st,
+                Inputs {
+                    now: Clock {
+                        boot_ns: now_s * S,
+                        wall_ns: 1_700_000_000 * S as i128,
+                    },
+                    map: vec![rec(1, 1, sent, 0)],
+                    ring: vec![],
+                    ring_read_to: 0,
+                    ring_producer: 0,
+                    long_threshold_ns: 5 * S,
+                    short_close_records: true,
+                    names: &names,
+                    relabel: None,
+                    records: true,
+                    idle_record_ns: 60 * S,
+                },
+            )
+            .records
+            .len()
+        };
+        // First record once long; then nothing while idle, until 60 s after it.
+        let got: Vec<usize> = [(10, 100), (15, 100), (20, 100), (65, 100), (70, 100)]
+            .into_iter()
+            .map(|(t, sent)| step(&mut st, t, sent))
+            .collect();
+        assert_eq!(got, vec![1, 0, 0, 0, 1], "heartbeat 60 s after the first");
+        // A change is recorded in the next cycle, with its delta.
+        assert_eq!(step(&mut st, 75, 150), 1);
+        assert_eq!(step(&mut st, 80, 150), 0);
+        let o = cycle(&mut st, 85, vec![], vec![closed(rec(1, 1, 150, 0), 84)]);
+        assert_eq!(o.records.len(), 1, "the close is always recorded");
+        assert_eq!(o.records[0].bytes_sent_delta, 0);
+        assert_eq!(o.records[0].seq, 4);
     }
 }

@@ -13,6 +13,8 @@ mod metrics;
 mod sink;
 mod state;
 
+pub use self::state::Counters;
+
 /// A populated state, encoded, for the property tests.
 #[cfg(test)]
 pub fn test_state_bytes() -> Vec<u8> {
@@ -67,9 +69,8 @@ use crate::{
     clock::Clock,
     identity,
     output::{
-        access,
         applog::{self, AppendLog, Committed},
-        atomic, otlp, promtext,
+        atomic, otlp, promtext, AppendFile,
     },
     servicemap::ServiceMap,
 };
@@ -78,11 +79,7 @@ pub const DEFAULT_TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
 pub const DEFAULT_LOG_DIR: &str = "/var/log/longconn";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/longconn";
 pub const PROM_FILE: &str = "longconn.prom";
-pub const CSV_FILE: &str = "access.csv";
-pub const JSONL_FILE: &str = "access.jsonl";
 pub const STATE_FILE: &str = "state.bin";
-pub const OTLP_METRICS_FILE: &str = "otlp-metrics.jsonl";
-pub const OTLP_LOGS_FILE: &str = "otlp-logs.jsonl";
 
 #[derive(Debug, clap::Args)]
 pub struct CollectArgs {
@@ -101,15 +98,24 @@ pub struct CollectArgs {
     #[arg(long, value_name = "DIR", help = format!("Where the reader keeps its totals and lock [default: {DEFAULT_STATE_DIR}]"))]
     state_dir: Option<PathBuf>,
 
-    /// A connection open at least this long is a long connection: it gets an
-    /// access record every cycle and its own metric series.
+    /// A connection open at least this long is a long connection: it gets
+    /// access records while it lives and its own metric series.
     #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = argvalues::duration)]
     long_threshold: Duration,
 
+    /// A long connection gets an access record in every cycle it changed
+    /// (bytes, packets, state); an idle one gets one (a heartbeat) this
+    /// often. `5s` records every long connection every cycle. Its metric
+    /// series are written every cycle whatever this says.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = argvalues::duration)]
+    idle_record_interval: Duration,
+
     /// Access-log formats to write: csv, jsonl, both (csv,jsonl) or none.
+    /// One format by default: CSV, the most compact (about 230 B a record),
+    /// self-describing by its header and read by every tool.
     #[arg(
         long,
-        default_value = "csv,jsonl",
+        default_value = "csv",
         value_name = "LIST",
         value_enum,
         value_delimiter = ','
@@ -117,10 +123,11 @@ pub struct CollectArgs {
     access_log: Vec<AccessFormat>,
 
     /// OpenTelemetry files to write (OTLP/JSON, one line per cycle, for the
-    /// Collector's otlpjsonfile receiver): metrics, logs, both (metrics,logs) or none.
+    /// Collector's otlpjsonfile receiver): metrics, logs, both (metrics,logs)
+    /// or none (the default: turn them on where a Collector reads them).
     #[arg(
         long,
-        default_value = "metrics,logs",
+        default_value = "none",
         value_name = "LIST",
         value_enum,
         value_delimiter = ','
@@ -235,35 +242,34 @@ fn mkdir_exact(dir: &Path, mode: u32) -> std::io::Result<()> {
     }
 }
 
-/// The append-only files this run writes (access logs, OTLP lines), by name.
-fn files(dirs: &Dirs, a: &CollectArgs) -> Vec<(String, AppendLog)> {
-    let mut out = Vec::new();
-    let mut add = |file: &str, header: Vec<u8>| {
-        if out.iter().any(|(f, _)| f == file) {
-            return; // listed twice
+/// The append-only files this run writes (access logs, OTLP lines).
+fn files(dirs: &Dirs, a: &CollectArgs) -> Vec<(AppendFile, AppendLog)> {
+    let mut out: Vec<(AppendFile, AppendLog)> = Vec::new();
+    let wanted = a
+        .access_log
+        .iter()
+        .filter_map(|f| match f {
+            AccessFormat::Csv => Some(AppendFile::AccessCsv),
+            AccessFormat::Jsonl => Some(AppendFile::AccessJsonl),
+            AccessFormat::None => None,
+        })
+        .chain(a.otlp.iter().filter_map(|k| match k {
+            OtlpKind::Metrics => Some(AppendFile::OtlpMetrics),
+            OtlpKind::Logs => Some(AppendFile::OtlpLogs),
+            OtlpKind::None => None,
+        }));
+    for file in wanted {
+        if out.iter().any(|(f, _)| *f == file) {
+            continue; // listed twice
         }
         let log = AppendLog {
-            path: dirs.log.join(file),
+            path: dirs.log.join(file.name()),
             max_bytes: a.log_max_bytes,
             keep: a.log_keep,
-            header,
+            header: file.header(),
             mode: 0o640,
         };
-        out.push((file.to_owned(), log));
-    };
-    for fmt in &a.access_log {
-        match fmt {
-            AccessFormat::Csv => add(CSV_FILE, access::csv_header()),
-            AccessFormat::Jsonl => add(JSONL_FILE, Vec::new()),
-            AccessFormat::None => {}
-        }
-    }
-    for kind in &a.otlp {
-        match kind {
-            OtlpKind::Metrics => add(OTLP_METRICS_FILE, Vec::new()),
-            OtlpKind::Logs => add(OTLP_LOGS_FILE, Vec::new()),
-            OtlpKind::None => {}
-        }
+        out.push((file, log));
     }
     out
 }
@@ -450,14 +456,9 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     // 1. Append this cycle's records to each file (a killed run's
     //    uncommitted tail is cut first where the state knows the file; see
     //    `applog`), streamed as the cycle makes them.
-    let sink_names = sink::Names {
-        csv: CSV_FILE,
-        jsonl: JSONL_FILE,
-        otlp_logs: OTLP_LOGS_FILE,
-    };
-    let known: BTreeMap<String, Committed> = files
+    let known: BTreeMap<AppendFile, Committed> = files
         .iter()
-        .filter_map(|(f, log)| Some((f.clone(), *state.logs.get(&log_key(log))?)))
+        .filter_map(|(f, log)| Some((*f, *state.logs.get(&log_key(log))?)))
         .collect();
     // The new state is written as the cycle goes: its live connections first.
     let mut saver = state::Saver::begin(&state_path, 0o600)?;
@@ -468,7 +469,6 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     );
     let (outcome, mut written) = sink::with_sink(
         &files,
-        &sink_names,
         &known,
         &resource,
         now_ns,
@@ -486,9 +486,8 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
                     short_close_records: !a.no_short_close_records,
                     names: &names,
                     relabel: relabel.then_some((&a.workload_labels.0, &a.service_labels.0)),
-                    records: files
-                        .iter()
-                        .any(|(f, _)| [CSV_FILE, JSONL_FILE, OTLP_LOGS_FILE].contains(&f.as_str())),
+                    records: files.iter().any(|(f, _)| f.takes_events()),
+                    idle_record_ns: argvalues::nanos(a.idle_record_interval),
                 },
                 &prev,
                 &mut |cookie, c| {
@@ -519,7 +518,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = saturated.filter(|n| *n > 0.0) {
         eprintln!("longconn-reader: {n} workload/service groups have a summed counter at 2^64-1, held there instead of wrapping (see {})", metrics::SATURATED_GROUPS);
     }
-    if let Some((file, log)) = files.iter().find(|(f, _)| f == OTLP_METRICS_FILE) {
+    if let Some((file, log)) = files.iter().find(|(f, _)| *f == AppendFile::OtlpMetrics) {
         let group_start_ns = state.created_unix_ns.max(0) as u64;
         let line = otlp::metrics_request(&families, &resource, group_start_ns, now_ns);
         let mut tail = log.tail(known.get(file).copied());
@@ -529,7 +528,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
             .finish()
             .with_context(|| format!("cannot append to {}", log.path.display()))?
         {
-            written.insert(file.clone(), w);
+            written.insert(*file, w);
         }
     }
     // 2. Commit point: totals, applied ring position and file positions at

@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! header  16 B magic "longconn state\n\0", u32 format version, u32 0
-//! body    N fixed-size connection records, sorted by cookie; then the rest:
+//! body    N fixed-size connection records, sorted by cookie (v5: when the
+//!         last access record was made where v4 kept the kernel's last
+//!         update); then the rest:
 //!         boot id, home dir (v4), scalars, label lists, service map text,
 //!         interned strings, cgroup names, log positions (v4: path, dev,
 //!         inode, length; v3: name, length), group totals, settling
@@ -178,7 +180,7 @@ fn conn_bytes(cookie: u64, c: &ConnState) -> [u8; CONN] {
     for v in [
         c.start_ns,
         c.start_unix_ns as u64,
-        c.update_ns,
+        c.recorded_ns,
         c.cgroup_id,
         c.id.netns_cookie,
     ] {
@@ -747,7 +749,10 @@ fn conn_of(b: &[u8; CONN], strings: usize) -> R<(u64, ConnState)> {
                 reported: counters_of(k[1]),
                 start_ns: w[0],
                 start_unix_ns: w[1] as i64,
-                update_ns: w[2],
+                // v4 kept the kernel's last update here: about the last
+                // cycle, a fair start for the idle-record interval.
+                recorded_ns: w[2],
+                update_ns: 0,
                 cgroup_id: w[3],
                 local,
                 remote,

@@ -247,7 +247,12 @@ pub struct ConnState {
     pub start_ns: u64,
     /// Wall-clock start (Unix ns), fixed when first seen.
     pub start_unix_ns: i64,
+    /// The kernel record's last update (closes: when it closed); not kept
+    /// between cycles.
     pub update_ns: u64,
+    /// When its last access record was made (CLOCK_BOOTTIME ns): idle
+    /// connections get the next one an idle-record interval later.
+    pub recorded_ns: u64,
     pub cgroup_id: u64,
     pub local: [u8; 16],
     pub remote: [u8; 16],

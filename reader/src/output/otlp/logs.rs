@@ -1,58 +1,42 @@
-//! OTLP logs: one LogRecord per access record, streamed into bounded lines.
+//! OTLP logs: one LogRecord per access event, streamed into bounded lines.
+//! The attributes are a `Visit` printer of the event (keys from its field
+//! table), leaving out what says nothing: optional fields that are empty or
+//! zero, and the report time, which is the record's `timeUnixNano`.
 
 use super::*;
+use crate::output::{
+    event::{self, AccessEvent, Field, Value, Visit},
+    text,
+};
 
-/// One ExportLogsServiceRequest with one LogRecord per access record, as one
-/// JSON line; None when there are no records (a request without log records
-/// is not written).
-///
-/// Written by hand, byte for byte as serde_json writes the request
-/// `reference::logs_request` builds: this runs once per access record, up to
-/// 100 000 times per cycle.
+/// One ExportLogsServiceRequest with one LogRecord per event, as one JSON
+/// line; None when there are none (a request without log records is not
+/// written). `LogsWriter` in one go, for tests.
 #[cfg(test)]
 pub fn logs_request(
-    records: &[AccessRecord],
+    events: &[AccessEvent<'_>],
     res: &Resource,
     now_unix_nano: u64,
 ) -> Option<String> {
-    if records.is_empty() {
-        return None;
+    let mut out = Vec::new();
+    let mut w = LogsWriter::new(res, now_unix_nano, usize::MAX);
+    for e in events {
+        w.push(&mut out, e);
     }
-    let mut out = Vec::with_capacity(
-        crate::output::access::estimate(records, LOG_RECORD_FIXED) + 300 + res.host_name.len(),
-    );
-    request_start(&mut out, "Logs", res);
-    let mut observed = Vec::with_capacity(20);
-    jsonw::u64(&mut observed, now_unix_nano);
-    // Records of one cycle share their report time: parse each text once.
-    let mut last_time: Option<(&str, u64)> = None;
-    for (i, r) in records.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let time = match last_time {
-            Some((text, nanos)) if text == r.report_time => nanos,
-            _ => {
-                let nanos = rfc3339_nanos(&r.report_time);
-                last_time = Some((&r.report_time, nanos));
-                nanos
-            }
-        };
-        log_record(&mut out, r, time, &observed);
-    }
-    out.extend_from_slice(b"]}]}]}");
-    Some(utf8(out))
+    w.finish(&mut out);
+    (!out.is_empty()).then(|| {
+        out.pop(); // the newline: a request is returned without it
+        utf8(out)
+    })
 }
 
-/// `logs_request` streamed: the same lines, byte for byte, for records
-/// handed over one at a time, a new line every `per_line` records.
+/// Log records handed over one at a time, as request lines of at most
+/// `per_line` records each.
 pub struct LogsWriter<'a> {
     res: &'a Resource,
     observed: Vec<u8>,
     per_line: usize,
     in_line: usize,
-    /// The last report time parsed, as text and Unix nanos.
-    time: Option<(String, u64)>,
 }
 
 impl<'a> LogsWriter<'a> {
@@ -64,26 +48,17 @@ impl<'a> LogsWriter<'a> {
             observed,
             per_line: per_line.max(1),
             in_line: 0,
-            time: None,
         }
     }
 
-    /// Appends `r`'s log record to `out` (opening, closing lines as needed).
-    pub fn push(&mut self, out: &mut Vec<u8>, r: &AccessRecord) {
+    /// Appends `e`'s log record to `out` (opening, closing lines as needed).
+    pub fn push(&mut self, out: &mut Vec<u8>, e: &AccessEvent<'_>) {
         if self.in_line == 0 {
             request_start(out, "Logs", self.res);
         } else {
             out.push(b',');
         }
-        let time = match &self.time {
-            Some((text, nanos)) if *text == r.report_time => *nanos,
-            _ => {
-                let nanos = rfc3339_nanos(&r.report_time);
-                self.time = Some((r.report_time.clone(), nanos));
-                nanos
-            }
-        };
-        log_record(out, r, time, &self.observed);
+        log_record(out, e, &self.observed);
         self.in_line += 1;
         if self.in_line == self.per_line {
             self.finish(out);
@@ -99,182 +74,125 @@ impl<'a> LogsWriter<'a> {
     }
 }
 
-/// Bytes of a log record outside the record's strings (written once in the
-/// body and once as attributes), numbers at typical lengths.
-#[cfg(test)]
-pub(super) const LOG_RECORD_FIXED: usize = 2700;
+/// The attributes of one log record.
+struct Attributes<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
 
-/// One LogRecord: times, severity, the sentence as body, then every field
-/// of the record as an attribute (`CSV_COLUMNS` order, keys from
-/// `attribute_key`), then `network.transport` and `network.type`.
-fn log_record(out: &mut Vec<u8>, r: &AccessRecord, time_unix_nano: u64, observed: &[u8]) {
-    // Every field by name, so a field added to the struct does not compile
-    // until it is exported here too.
-    let AccessRecord {
-        report_time,
-        event,
-        cookie,
-        seq,
-        start_time,
-        duration_seconds,
-        direction,
-        local_address,
-        local_port,
-        remote_address,
-        remote_port,
-        state,
-        failed,
-        bytes_sent,
-        bytes_received,
-        packets_sent,
-        packets_received,
-        retransmits,
-        lost_packets,
-        bytes_sent_delta,
-        bytes_received_delta,
-        packets_sent_delta,
-        packets_received_delta,
-        retransmits_delta,
-        lost_packets_delta,
-        srtt_us,
-        min_rtt_us,
-        workload,
-        service,
-        pid,
-        comm,
-        cgroup_id,
-        container_id,
-        pod_uid,
-        netns_cookie,
-        service_namespace,
-    } = r;
+impl Visit for Attributes<'_> {
+    fn field(&mut self, f: &'static Field, v: Value<'_>) {
+        if (f.optional && v.is_empty()) || std::ptr::eq(f, &event::f::REPORT_TIME) {
+            return;
+        }
+        let out = &mut *self.out;
+        if !std::mem::take(&mut self.first) {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"key":""#);
+        out.extend_from_slice(f.otel.as_bytes());
+        out.extend_from_slice(br#"","value":{""#);
+        match v {
+            Value::Text(s) | Value::Symbol(s) => {
+                out.extend_from_slice(br#"stringValue":""#);
+                jsonw::str_contents(out, s);
+                out.push(b'"');
+            }
+            Value::Uint(n) => {
+                out.extend_from_slice(if i64::try_from(n).is_ok() {
+                    br#"intValue":""#
+                } else {
+                    br#"stringValue":""#
+                });
+                jsonw::u64(out, n);
+                out.push(b'"');
+            }
+            Value::Seconds(ns) => {
+                out.extend_from_slice(br#"doubleValue":"#);
+                jsonw::f64(out, ns as f64 / 1e9);
+            }
+            Value::Time(t) => {
+                out.extend_from_slice(br#"stringValue":""#);
+                text::rfc3339_micros(out, t);
+                out.push(b'"');
+            }
+            Value::Addr(ip) => {
+                out.extend_from_slice(br#"stringValue":""#);
+                text::ip(out, ip);
+                out.push(b'"');
+            }
+            Value::Bool(b) => {
+                out.extend_from_slice(br#"boolValue":"#);
+                out.extend_from_slice(if b { b"true" } else { b"false" });
+            }
+        }
+        out.extend_from_slice(b"}}");
+    }
+}
+
+/// One LogRecord: times, severity, the sentence as body, the event's
+/// attributes, then `network.transport` and `network.type`.
+fn log_record(out: &mut Vec<u8>, e: &AccessEvent<'_>, observed: &[u8]) {
     out.extend_from_slice(br#"{"timeUnixNano":""#);
-    jsonw::u64(out, time_unix_nano);
+    jsonw::u64(out, e.report_unix_ns.max(0) as u64);
     out.extend_from_slice(br#"","observedTimeUnixNano":""#);
     out.extend_from_slice(observed);
     out.extend_from_slice(br#"","severityNumber":"#);
     jsonw::u64(out, SEVERITY_INFO as u64);
     out.extend_from_slice(br#","severityText":"INFO","body":{"stringValue":""#);
-    sentence_into(out, r);
+    sentence_into(out, e);
     out.extend_from_slice(br#""},"attributes":["#);
-
-    // The first attribute has no leading comma.
-    text_attr(out, &attr!("longconn.report_time")[1..], report_time);
-    text_attr(out, attr!("longconn.event"), event);
-    uint_attr(out, attr!("longconn.cookie"), *cookie);
-    uint_attr(out, attr!("longconn.seq"), *seq);
-    text_attr(out, attr!("longconn.start_time"), start_time);
-    if duration_seconds.is_finite() {
-        out.extend_from_slice(attr!("longconn.duration_seconds"));
-        out.extend_from_slice(br#"doubleValue":"#);
-        jsonw::f64(out, *duration_seconds);
-        out.extend_from_slice(b"}}");
-    }
-    text_attr(out, attr!("longconn.direction"), direction);
-    text_attr(out, attr!("network.local.address"), local_address);
-    uint_attr(out, attr!("network.local.port"), (*local_port).into());
-    text_attr(out, attr!("network.peer.address"), remote_address);
-    uint_attr(out, attr!("network.peer.port"), (*remote_port).into());
-    text_attr(out, attr!("longconn.state"), state);
-    out.extend_from_slice(attr!("longconn.failed"));
-    out.extend_from_slice(if *failed {
-        br#"boolValue":true}}"#.as_slice()
-    } else {
-        br#"boolValue":false}}"#.as_slice()
-    });
-    uint_attr(out, attr!("longconn.bytes_sent"), *bytes_sent);
-    uint_attr(out, attr!("longconn.bytes_received"), *bytes_received);
-    uint_attr(out, attr!("longconn.packets_sent"), *packets_sent);
-    uint_attr(out, attr!("longconn.packets_received"), *packets_received);
-    uint_attr(out, attr!("longconn.retransmits"), *retransmits);
-    uint_attr(out, attr!("longconn.lost_packets"), *lost_packets);
-    uint_attr(out, attr!("longconn.bytes_sent_delta"), *bytes_sent_delta);
-    uint_attr(
-        out,
-        attr!("longconn.bytes_received_delta"),
-        *bytes_received_delta,
-    );
-    uint_attr(
-        out,
-        attr!("longconn.packets_sent_delta"),
-        *packets_sent_delta,
-    );
-    uint_attr(
-        out,
-        attr!("longconn.packets_received_delta"),
-        *packets_received_delta,
-    );
-    uint_attr(out, attr!("longconn.retransmits_delta"), *retransmits_delta);
-    uint_attr(
-        out,
-        attr!("longconn.lost_packets_delta"),
-        *lost_packets_delta,
-    );
-    uint_attr(out, attr!("longconn.srtt_us"), (*srtt_us).into());
-    uint_attr(out, attr!("longconn.min_rtt_us"), (*min_rtt_us).into());
-    text_attr(out, attr!("longconn.workload"), workload);
-    text_attr(out, attr!("longconn.service"), service);
-    uint_attr(out, attr!("longconn.pid"), (*pid).into());
-    text_attr(out, attr!("longconn.comm"), comm);
-    uint_attr(out, attr!("longconn.cgroup_id"), *cgroup_id);
-    text_attr(out, attr!("longconn.container_id"), container_id);
-    text_attr(out, attr!("longconn.pod_uid"), pod_uid);
-    uint_attr(out, attr!("longconn.netns_cookie"), *netns_cookie);
-    text_attr(out, attr!("longconn.service_namespace"), service_namespace);
-
+    e.visit(&mut Attributes { out, first: true });
     text_attr(out, attr!("network.transport"), "tcp");
-    let address = [local_address, remote_address]
-        .into_iter()
-        .find(|a| !a.is_empty());
-    if let Some(address) = address {
-        text_attr(out, attr!("network.type"), network_type(address));
-    }
+    text_attr(
+        out,
+        attr!("network.type"),
+        if e.local.is_ipv4() { "ipv4" } else { "ipv6" },
+    );
     out.extend_from_slice(b"]}");
 }
 
-/// The log body, escaped for a JSON string: the record as one sentence
-/// (what `sentence` formats).
-fn sentence_into(out: &mut Vec<u8>, r: &AccessRecord) {
-    let text = jsonw::str_contents;
-    let endpoint = |out: &mut Vec<u8>, address: &str, port: u16| {
-        if address.contains(':') {
+/// The log body, escaped for a JSON string: the event as one sentence.
+fn sentence_into(out: &mut Vec<u8>, e: &AccessEvent<'_>) {
+    let endpoint = |out: &mut Vec<u8>, ip: std::net::IpAddr, port: u16| {
+        if ip.is_ipv6() {
             out.push(b'[');
-            text(out, address);
+            text::ip(out, ip);
             out.extend_from_slice(b"]:");
         } else {
-            text(out, address);
+            text::ip(out, ip);
             out.push(b':');
         }
         jsonw::u64(out, port.into());
     };
-    text(out, &r.event);
+    out.extend_from_slice(e.kind.name().as_bytes());
     out.push(b' ');
-    text(out, &r.direction);
+    out.extend_from_slice(e.direction.as_bytes());
     out.push(b' ');
-    endpoint(out, &r.local_address, r.local_port);
+    endpoint(out, e.local, e.local_port);
     out.extend_from_slice(b" -> ");
-    endpoint(out, &r.remote_address, r.remote_port);
+    endpoint(out, e.remote, e.remote_port);
     out.push(b' ');
-    text(out, &r.state);
-    if r.failed {
+    out.extend_from_slice(e.state.as_bytes());
+    if e.failed {
         out.extend_from_slice(b" (connect failed)");
     }
     out.extend_from_slice(b" for ");
-    one_decimal(out, r.duration_seconds);
+    one_decimal(out, e.duration_ns as f64 / 1e9);
     out.extend_from_slice(b"s: sent ");
-    jsonw::u64(out, r.bytes_sent);
+    jsonw::u64(out, e.total.bytes_sent);
     out.extend_from_slice(b" B (+");
-    jsonw::u64(out, r.bytes_sent_delta);
+    jsonw::u64(out, e.delta.bytes_sent);
     out.extend_from_slice(b"), received ");
-    jsonw::u64(out, r.bytes_received);
+    jsonw::u64(out, e.total.bytes_received);
     out.extend_from_slice(b" B (+");
-    jsonw::u64(out, r.bytes_received_delta);
+    jsonw::u64(out, e.delta.bytes_received);
     out.extend_from_slice(b"), retransmits ");
-    jsonw::u64(out, r.retransmits);
+    jsonw::u64(out, e.total.retransmits);
     out.extend_from_slice(b", lost ");
-    jsonw::u64(out, r.lost_packets);
+    jsonw::u64(out, e.total.lost_packets);
     out.extend_from_slice(b", srtt ");
-    jsonw::u64(out, r.srtt_us.into());
+    jsonw::u64(out, e.srtt_us.into());
     out.extend_from_slice(b"us");
 }
 

@@ -24,7 +24,6 @@
 //! - `startTimeUnixNano` never exceeds `timeUnixNano`.
 
 use super::{
-    access::AccessRecord,
     jsonw,
     promtext::{Family, Kind, Sample},
 };

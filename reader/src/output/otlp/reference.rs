@@ -1,5 +1,7 @@
 use serde::Serialize;
 
+use crate::output::access::AccessRecord;
+
 use super::*;
 
 #[derive(Serialize)]
@@ -295,18 +297,11 @@ fn sentence(r: &AccessRecord) -> String {
     )
 }
 
-/// Every field of the record (in declaration order, which `CSV_COLUMNS`
-/// follows), then the network attributes derived from the addresses.
-///
-/// The fields come from the record's serde form, so a field added to
-/// `AccessRecord` is exported without a change here: integers as intValue
-/// (beyond int64 as their decimal stringValue), floats as doubleValue (a
-/// non-finite one, which serde writes as null, is left out), bools as
-/// boolValue, strings as stringValue.
+/// The attributes of a record: every field but the report time (it is the
+/// record's `timeUnixNano`), under its OpenTelemetry key, leaving out the
+/// optional ones that are empty, zero or false; then the network
+/// attributes. Listed here by hand, apart from `AccessEvent::visit`.
 pub(super) fn record_attributes(r: &AccessRecord) -> Vec<KeyValue> {
-    // Built field by field (no serde_json::Value): this runs once per access
-    // record, tens of thousands of times per cycle under churn. Order and
-    // names follow CSV_COLUMNS; a test checks it against the serde form.
     let text = |v: &str| Some(AnyValue::String(v.to_owned()));
     let uint = |v: u64| {
         Some(if i64::try_from(v).is_ok() {
@@ -315,110 +310,70 @@ pub(super) fn record_attributes(r: &AccessRecord) -> Vec<KeyValue> {
             AnyValue::String(v.to_string())
         })
     };
-    let fields: [(&str, Option<AnyValue>); 36] = [
-        ("report_time", text(&r.report_time)),
-        ("event", text(&r.event)),
-        ("cookie", uint(r.cookie)),
-        ("seq", uint(r.seq)),
-        ("start_time", text(&r.start_time)),
+    let some_text = |v: &str| (!v.is_empty()).then(|| AnyValue::String(v.to_owned()));
+    let some_uint = |v: u64| if v == 0 { None } else { uint(v) };
+    let fields: [(&str, Option<AnyValue>); 35] = [
+        ("longconn.event", text(&r.event)),
+        ("longconn.cookie", uint(r.cookie)),
+        ("longconn.seq", uint(r.seq)),
+        ("longconn.start_time", text(&r.start_time)),
         (
-            "duration_seconds",
-            r.duration_seconds
-                .is_finite()
-                .then_some(AnyValue::Double(r.duration_seconds)),
+            "longconn.duration_seconds",
+            Some(AnyValue::Double(r.duration_seconds)),
         ),
-        ("direction", text(&r.direction)),
-        ("local_address", text(&r.local_address)),
-        ("local_port", uint(r.local_port.into())),
-        ("remote_address", text(&r.remote_address)),
-        ("remote_port", uint(r.remote_port.into())),
-        ("state", text(&r.state)),
-        ("failed", Some(AnyValue::Bool(r.failed))),
-        ("bytes_sent", uint(r.bytes_sent)),
-        ("bytes_received", uint(r.bytes_received)),
-        ("packets_sent", uint(r.packets_sent)),
-        ("packets_received", uint(r.packets_received)),
-        ("retransmits", uint(r.retransmits)),
-        ("lost_packets", uint(r.lost_packets)),
-        ("bytes_sent_delta", uint(r.bytes_sent_delta)),
-        ("bytes_received_delta", uint(r.bytes_received_delta)),
-        ("packets_sent_delta", uint(r.packets_sent_delta)),
-        ("packets_received_delta", uint(r.packets_received_delta)),
-        ("retransmits_delta", uint(r.retransmits_delta)),
-        ("lost_packets_delta", uint(r.lost_packets_delta)),
-        ("srtt_us", uint(r.srtt_us.into())),
-        ("min_rtt_us", uint(r.min_rtt_us.into())),
-        ("workload", text(&r.workload)),
-        ("service", text(&r.service)),
-        ("pid", uint(r.pid.into())),
-        ("comm", text(&r.comm)),
-        ("cgroup_id", uint(r.cgroup_id)),
-        ("container_id", text(&r.container_id)),
-        ("pod_uid", text(&r.pod_uid)),
-        ("netns_cookie", uint(r.netns_cookie)),
-        ("service_namespace", text(&r.service_namespace)),
+        ("longconn.direction", text(&r.direction)),
+        ("network.local.address", text(&r.local_address)),
+        ("network.local.port", uint(r.local_port.into())),
+        ("network.peer.address", text(&r.remote_address)),
+        ("network.peer.port", uint(r.remote_port.into())),
+        ("longconn.state", text(&r.state)),
+        ("longconn.failed", r.failed.then_some(AnyValue::Bool(true))),
+        ("longconn.bytes_sent", uint(r.bytes_sent)),
+        ("longconn.bytes_received", uint(r.bytes_received)),
+        ("longconn.packets_sent", uint(r.packets_sent)),
+        ("longconn.packets_received", uint(r.packets_received)),
+        ("longconn.retransmits", uint(r.retransmits)),
+        ("longconn.lost_packets", uint(r.lost_packets)),
+        ("longconn.bytes_sent_delta", some_uint(r.bytes_sent_delta)),
+        (
+            "longconn.bytes_received_delta",
+            some_uint(r.bytes_received_delta),
+        ),
+        (
+            "longconn.packets_sent_delta",
+            some_uint(r.packets_sent_delta),
+        ),
+        (
+            "longconn.packets_received_delta",
+            some_uint(r.packets_received_delta),
+        ),
+        ("longconn.retransmits_delta", some_uint(r.retransmits_delta)),
+        (
+            "longconn.lost_packets_delta",
+            some_uint(r.lost_packets_delta),
+        ),
+        ("longconn.srtt_us", uint(r.srtt_us.into())),
+        ("longconn.min_rtt_us", uint(r.min_rtt_us.into())),
+        ("longconn.workload", text(&r.workload)),
+        ("longconn.service", text(&r.service)),
+        ("process.pid", some_uint(r.pid.into())),
+        ("process.executable.name", some_text(&r.comm)),
+        ("longconn.cgroup_id", some_uint(r.cgroup_id)),
+        ("container.id", some_text(&r.container_id)),
+        ("k8s.pod.uid", some_text(&r.pod_uid)),
+        ("longconn.netns_cookie", some_uint(r.netns_cookie)),
+        (
+            "longconn.service_namespace",
+            some_text(&r.service_namespace),
+        ),
     ];
     let mut out: Vec<KeyValue> = fields
         .into_iter()
-        .filter_map(|(name, value)| Some(kv(attribute_key(name), value?)))
+        .filter_map(|(key, value)| Some(kv(key, value?)))
         .collect();
     out.push(kv("network.transport", string("tcp")));
-    let address = [&r.local_address, &r.remote_address]
-        .into_iter()
-        .find(|a| !a.is_empty());
-    if let Some(address) = address {
-        out.push(kv("network.type", string(network_type(address))));
-    }
+    out.push(kv("network.type", string(network_type(&r.local_address))));
     out
-}
-
-/// The serde-driven form the direct one must equal (tests only).
-pub(super) fn record_attributes_via_serde(r: &AccessRecord) -> Vec<KeyValue> {
-    use crate::output::access::CSV_COLUMNS;
-    let mut fields = match serde_json::to_value(r) {
-        Ok(serde_json::Value::Object(fields)) => fields,
-        // A struct of plain fields always serializes to an object.
-        Ok(other) => unreachable!("AccessRecord serialized to {other}"),
-        Err(e) => unreachable!("AccessRecord did not serialize: {e}"),
-    };
-    let mut ordered: Vec<(String, serde_json::Value)> = CSV_COLUMNS
-        .iter()
-        .filter_map(|&name| Some((name.to_owned(), fields.remove(name)?)))
-        .collect();
-    // Defensive: a field CSV_COLUMNS lacks (access.rs tests forbid that).
-    ordered.extend(fields);
-    let mut out: Vec<KeyValue> = ordered
-        .into_iter()
-        .filter_map(|(name, value)| Some(kv(attribute_key(&name), any_value(value)?)))
-        .collect();
-    out.push(kv("network.transport", string("tcp")));
-    let address = [&r.local_address, &r.remote_address]
-        .into_iter()
-        .find(|a| !a.is_empty());
-    if let Some(address) = address {
-        out.push(kv("network.type", string(network_type(address))));
-    }
-    out
-}
-
-fn any_value(value: serde_json::Value) -> Option<AnyValue> {
-    use serde_json::Value;
-    Some(match value {
-        Value::Null => return None,
-        Value::Bool(b) => AnyValue::Bool(b),
-        Value::String(s) => AnyValue::String(s),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                AnyValue::Int(i.to_string())
-            } else if let Some(u) = n.as_u64() {
-                AnyValue::String(u.to_string())
-            } else {
-                // serde_json numbers are finite.
-                AnyValue::Double(n.as_f64()?)
-            }
-        }
-        nested @ (Value::Array(_) | Value::Object(_)) => AnyValue::String(nested.to_string()),
-    })
 }
 
 /// The serde-driven `logs_request` the hand-written one must equal.
