@@ -201,18 +201,16 @@ fn service_map_reload_keeps_live_connections_and_names_new_ones() {
     gen.cmd("pair new 4");
     gen.cmd("send old c2s 7000");
     gen.cmd("send new c2s 3000");
-    let s = poll(10, "every acked byte in the service totals", || {
+    let sent = |s: &Series, svc: &str| service(s, svc, "sent_bytes_total").unwrap_or(0.0);
+    let s = poll(10, "all 11002 acked bytes in the service totals", || {
         let s = collect_ok(&env, &with_map);
-        let (a, b) = (
-            service(&s, "alpha", "sent_bytes_total"),
-            service(&s, "beta", "sent_bytes_total"),
-        );
-        if (a, b) == (Some(8001.0), Some(3001.0)) {
-            return Some(s);
-        }
-        eprintln!("sent bytes: alpha {a:?} (want 8001), beta {b:?} (want 3001)");
-        None
+        (sent(&s, "alpha") + sent(&s, "beta") == 11002.0).then_some(s)
     });
+    assert_eq!(
+        (sent(&s, "alpha"), sent(&s, "beta")),
+        (8001.0, 3001.0),
+        "sent bytes (alpha, beta): `old` (8001) must stay in alpha, `new` (3001) is beta"
+    );
     assert_eq!(
         service(&s, "alpha", "active_connections"),
         Some(1.0),
@@ -351,12 +349,10 @@ fn output_files_belong_to_the_group_prometheus_by_default() {
         for f in &files {
             let m = std::fs::metadata(f).unwrap();
             assert_eq!(
-                (m.gid(), m.mode() & 0o7777),
-                (want, 0o640),
-                "{label}: {} has gid {} mode {:o}, expected gid {want} mode 640",
-                f.display(),
-                m.gid(),
-                m.mode() & 0o7777
+                (m.gid(), format!("{:o}", m.mode() & 0o7777)),
+                (want, "640".to_owned()),
+                "{label}: {} (gid, mode)",
+                f.display()
             );
         }
         let state = std::fs::metadata(out.join("state.bin")).unwrap();
