@@ -7,7 +7,7 @@ LONGCONN_PACKAGES=(
   clang-19 libbpf-dev          # eBPF programs: compiler and libbpf headers
   bpftool iproute2             # tests: program/link inspection, ss -tin
   nftables iperf3              # tests and benchmarks: loss injection, load
-  time strace                  # benchmarks: peak RSS (GNU time -f %M), refresh wall time
+  time strace                  # benchmarks: peak RSS, refresh wall time; tests: pin's capabilities (strace delays a syscall)
   prometheus-node-exporter     # tests: a real textfile-collector scrape
   prometheus                   # promtool check metrics
   python3 python3-venv         # tests: OTLP/JSON checked with the official schema (PyPI opentelemetry-proto)

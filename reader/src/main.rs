@@ -12,6 +12,8 @@ mod identity;
 mod output;
 mod servicemap;
 mod termsafe;
+#[cfg(test)]
+mod testskip;
 mod view;
 
 use std::{path::PathBuf, process::ExitCode};

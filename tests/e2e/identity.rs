@@ -158,7 +158,8 @@ fn service_map_names_destinations_and_bad_files_keep_the_last_good_map() {
     );
 
     // A bad line: one error naming file:line, exit 1, the last good map stays.
-    std::fs::write(&map, "::/0,*,api,backend\n10.0.0.0/40,80,bad,\n").unwrap();
+    // The file's good line names another service: applying it would show.
+    std::fs::write(&map, "::/0,*,not-applied,backend\n10.0.0.0/40,80,bad,\n").unwrap();
     gen.cmd(&format!("pair later 6"));
     let (st, err) = env.collect(&["--services", map_s]);
     assert_eq!(st.code(), Some(1), "partial failure exits 1: {err}");
@@ -178,12 +179,17 @@ fn service_map_names_destinations_and_bad_files_keep_the_last_good_map() {
         Some(2.0),
         "new connection named by the last good map"
     );
-    assert!(prom::value(
-        &s,
-        "longconn_service_active_connections",
-        &[("service", "bad")]
-    )
-    .is_none());
+    for svc in ["bad", "not-applied"] {
+        assert!(
+            prom::value(
+                &s,
+                "longconn_service_active_connections",
+                &[("service", svc)]
+            )
+            .is_none(),
+            "a line of the rejected file was applied: service {svc} exists"
+        );
+    }
 }
 
 #[test]

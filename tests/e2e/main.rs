@@ -10,5 +10,6 @@ mod hardening_pin;
 mod hardening_state;
 mod identity;
 mod otlp;
+mod promises;
 mod soak;
 mod transparency;

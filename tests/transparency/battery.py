@@ -17,7 +17,9 @@ namespace given with --netns (TCP Fast Open cases).
 
 Usage: battery.py [--netns /run/netns/NAME] [--only REGEX] [--list] [--timing]
 Output: one JSON object {case_name: observation} on stdout. Exit 0, or 3 when
-the global deadline passed.
+the global deadline passed. A case that raises records "exception:TYPE:ERRNO"
+(a broken case, never an observation); one this kernel cannot run records
+"needs-feature:FEATURE: why" (raise NeedsFeature).
 """
 
 import array
@@ -75,6 +77,16 @@ BLOCKING_NRS = {
 }.get(os.uname().machine)
 
 CASES = []  # (name, function)
+
+
+class NeedsFeature(Exception):
+    """Raised by a case this kernel cannot run; names the kernel feature it
+    needs. The only way a case may not be required (tests/e2e/transparency.rs
+    treats any other exception as a broken case, and this one as a failure
+    under CI=true)."""
+
+    def __init__(self, feature, why):
+        super().__init__("%s: %s" % (feature, why))
 OPEN = []  # sockets and fds of the running case, closed after it
 
 
@@ -1072,7 +1084,13 @@ def errqueue_ranges(c, level_types):
 @per_family("io.zerocopy")
 def io_zerocopy(fam):
     c, s = pair(fam)
-    r = [attempt(c.setsockopt, S.SOL_SOCKET, SO_ZEROCOPY, 1), c.getsockopt(S.SOL_SOCKET, SO_ZEROCOPY)]
+    try:
+        c.setsockopt(S.SOL_SOCKET, SO_ZEROCOPY, 1)
+    except OSError as e:
+        if e.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+            raise NeedsFeature("MSG_ZEROCOPY", "setsockopt(SO_ZEROCOPY): %s" % ename(e))
+        raise
+    r = [c.getsockopt(S.SOL_SOCKET, SO_ZEROCOPY)]
     payload = b"Z" * 65536
     n = 4
     sent = sum(c.send(payload, MSG_ZEROCOPY) for _ in range(n))
@@ -1485,7 +1503,12 @@ def tfo_connect(fam, ls, payload, use_connect_opt):
 
 def tfo_case(fam, use_connect_opt):
     ls = listener(fam)
-    ls.setsockopt(S.IPPROTO_TCP, S.TCP_FASTOPEN, 16)
+    try:
+        ls.setsockopt(S.IPPROTO_TCP, S.TCP_FASTOPEN, 16)
+    except OSError as e:
+        if e.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+            raise NeedsFeature("TFO", "setsockopt(TCP_FASTOPEN): %s" % ename(e))
+        raise
     before = netstat(TFO_KEYS)
     r = [tfo_connect(fam, ls, b"first-%d" % i, use_connect_opt) for i in range(3)]
     after = netstat(TFO_KEYS)
@@ -1556,7 +1579,9 @@ def run_cases(cases, only, timing):
         CURRENT[0] = name
         try:
             results[name] = fn()
-        except Exception as e:  # noqa: BLE001 - an unexpected error is an observation too
+        except NeedsFeature as e:
+            results[name] = "needs-feature:%s" % e
+        except Exception as e:  # noqa: BLE001 - reported as a broken case, never compared
             results[name] = "exception:%s:%s" % (type(e).__name__, ename(e))
         finally:
             for o in reversed(OPEN):
