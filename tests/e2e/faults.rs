@@ -537,6 +537,7 @@ fn outputs_have_safe_modes_and_symlinks_are_never_followed() {
         return;
     }
     let mut env = TestEnv::new("perms");
+    env.all_outputs();
     env.pin(&[]);
     let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&env.pin_dir), 0o700);

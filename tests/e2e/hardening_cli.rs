@@ -95,6 +95,7 @@ fn names_with_separator_and_control_bytes_stay_distinct_and_escaped() {
         return;
     }
     let mut env = TestEnv::new("hard_names");
+    env.all_outputs();
     env.pin(&[]);
     let cg_a = env.child_cgroup("a\u{1f}b");
     let cg_b = env.child_cgroup("a");

@@ -87,6 +87,7 @@ fn state_resets_never_remove_committed_log_records() {
         return;
     }
     let mut env = TestEnv::new("resetlogs");
+    env.all_outputs();
     env.pin(&[]);
     let mut gen = Traffic::start_in(&mut env);
     let out = env.out_dir();
@@ -335,6 +336,7 @@ fn a_label_change_moves_the_start_time() {
         return;
     }
     let mut env = TestEnv::new("relabel");
+    env.all_outputs();
     env.pin(&[]);
     let mut gen = Traffic::start_in(&mut env);
     gen.cmd("churn 2");
@@ -390,6 +392,7 @@ fn hard_linked_logs_are_set_aside_and_modes_reset() {
         return;
     }
     let mut env = TestEnv::new("hardlink");
+    env.all_outputs();
     env.pin(&[]);
     let mut gen = Traffic::start_in(&mut env);
     let out = env.out_dir();
@@ -504,6 +507,7 @@ fn created_directories_and_files_ignore_the_umask() {
         return;
     }
     let mut env = TestEnv::new("umask");
+    env.all_outputs();
     env.pin(&[]);
     let mut gen = Traffic::start_in(&mut env);
     let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
@@ -517,6 +521,7 @@ fn created_directories_and_files_ignore_the_umask() {
         );
         let mut cmd = env.reader_cmd();
         cmd.arg("collect")
+            .args(longconn_tests::env::ALL_OUTPUTS)
             .arg("--textfile-dir")
             .arg(&text)
             .arg("--log-dir")

@@ -112,6 +112,7 @@ fn otlp_files_parse_with_the_official_schema_and_equal_generator_and_ss() {
         return;
     }
     let mut env = TestEnv::new("otlp");
+    env.all_outputs();
     env.pin(&[]);
     let mut gen = Traffic::start_in(&mut env);
     let wl = env.workload();

@@ -304,6 +304,7 @@ fn output_files_belong_to_the_group_prometheus_by_default() {
     let prometheus = gid_of("prometheus");
     let nogroup = gid_of("nogroup");
     let mut env = TestEnv::new("owner");
+    env.all_outputs();
     env.pin(&[]);
     let mut gen = Traffic::start_in(&mut env);
     for (label, extra, want) in [
@@ -320,6 +321,7 @@ fn output_files_belong_to_the_group_prometheus_by_default() {
                 .arg("--out-dir")
                 .arg(&out)
                 .args(["--log-max-bytes", "4KiB", "--take-over"])
+                .args(longconn_tests::env::ALL_OUTPUTS)
                 .args(extra)
                 .output()
                 .unwrap();

@@ -86,12 +86,17 @@ pub fn privileged_or_skip(test: &str) -> bool {
     false
 }
 
+/// `collect` options that turn on every output.
+pub const ALL_OUTPUTS: &[&str] = &["--access-log", "csv,jsonl", "--otlp", "metrics,logs"];
+
 pub struct TestEnv {
     pub name: String,
     pub pin_dir: PathBuf,
     pub cgroup: PathBuf,
     pub dir: tempfile::TempDir,
     children: Vec<Child>,
+    /// Arguments every `collect_cmd` gets (see `all_outputs`).
+    collect_extra: Vec<&'static str>,
 }
 
 impl TestEnv {
@@ -108,7 +113,14 @@ impl TestEnv {
             cgroup,
             dir: tempfile::tempdir().expect("tempdir"),
             children: Vec::new(),
+            collect_extra: Vec::new(),
         }
+    }
+
+    /// Every collect of this test writes every output (both access-log
+    /// formats and both OTLP files), not only the defaults.
+    pub fn all_outputs(&mut self) {
+        self.collect_extra = ALL_OUTPUTS.to_vec();
     }
 
     pub fn pin_cmd(&self) -> Command {
@@ -265,6 +277,7 @@ impl TestEnv {
     pub fn collect_cmd(&self) -> Command {
         let mut cmd = self.reader_cmd();
         cmd.arg("collect").arg("--out-dir").arg(self.out_dir());
+        cmd.args(&self.collect_extra);
         cmd
     }
 
