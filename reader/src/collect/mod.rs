@@ -1,10 +1,21 @@
 //! `collect`: one reader cycle, then exit. Run every 5 s by a systemd timer.
 //!
-//! Exactly-once, even if killed at any instant: the cycle's records and the
-//! positions it consumed are first committed to the state file; only then is
-//! the kernel side released (ring-buffer consumer position, reaped map
-//! entries) and are the outputs written; a run that finds uncommitted outputs
-//! in the state replays them idempotently before doing anything else.
+//! A cycle runs these phases, in this order (`run`):
+//! 1. prepare: directories, the lock, the state, the pins (this state their
+//!    one consumer), closes applied from the map last cycle deleted;
+//! 2. read kernel: the refreshed connection map, then the ring's closes;
+//! 3. account: the totals (`cycle`), each access record appended to the
+//!    logs as it is made, each live connection to the new state;
+//! 4. write uncommitted: the OTLP metrics line;
+//! 5. commit: the state file, with the ring position and file positions;
+//! 6. release: ring space and the map's applied closes, back to the kernel;
+//! 7. publish: longconn.prom;
+//! 8. rotate: full logs move aside.
+//!
+//! Exactly-once, even if killed at any instant: nothing is released before
+//! the commit; appended bytes past a file's committed length are cut by the
+//! next run (`applog`), and what the kernel still holds is applied once by
+//! position and by `State::settling`.
 
 mod consumer;
 mod cycle;
@@ -297,31 +308,98 @@ fn log_key(log: &AppendLog) -> String {
     log.path.to_string_lossy().into_owned()
 }
 
+/// What one cycle carries from phase to phase.
+struct Cycle<'a> {
+    a: &'a CollectArgs,
+    pin_dir: &'a Path,
+    started: Instant,
+    dirs: Dirs,
+    files: Vec<(AppendFile, AppendLog)>,
+    state_path: PathBuf,
+    state: State,
+    /// Last cycle's connections, read back as this one goes.
+    prev: Prev,
+    services: ServiceMap,
+    /// The label selections changed: every group key is recomputed.
+    relabel: bool,
+    /// Something went wrong that did not stop the cycle (exit 1 at the end).
+    partial_failure: bool,
+    /// The pins are new to this state (another pin generation).
+    new_generation: bool,
+}
+
+/// What the kernel holds now.
+struct KernelRead {
+    clock: Clock,
+    /// Live records (and closes the ring could not take), refreshed.
+    map: Vec<ConnRecord>,
+    /// Close records past the applied position, with the position after each.
+    ring: Vec<(ConnRecord, u64)>,
+    ring_read_to: u64,
+    ring_producer: u64,
+    refresh: longconn_common::pinned::RefreshStats,
+}
+
+/// What the cycle made and wrote, not yet committed.
+struct Accounted {
+    outcome: cycle::Outcome,
+    written: BTreeMap<AppendFile, applog::Written>,
+    saver: Option<state::Saver>,
+    families: Vec<promtext::Family>,
+    /// When the kernel was read (Unix ns): the time of every data point.
+    now_ns: u64,
+}
+
+/// One cycle, phase by phase (see the module doc).
 pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
-    let t0 = Instant::now();
+    let started = Instant::now();
+    let Some((mut cy, _lock)) = prepare(pin_dir, a, started)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let pins = open_pins(&mut cy)?;
+    let read = read_kernel(&mut cy, &pins)?;
+    let mut done = account(&mut cy, &pins, read)?;
+    write_metrics_uncommitted(&cy, &mut done)?;
+    commit(&mut cy, &mut done)?;
+    release(&pins, &done.outcome)?;
+    publish(&cy, &done.families)?;
+    rotate(&mut cy)?;
+    Ok(if cy.partial_failure {
+        ExitCode::from(crate::exit::FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Prepare: directories, the lock (None: another collect holds it, skip
+/// this cycle), the state (or new totals), files a killed run left to
+/// publish, label and service-map changes.
+fn prepare<'a>(
+    pin_dir: &'a Path,
+    a: &'a CollectArgs,
+    started: Instant,
+) -> anyhow::Result<Option<(Cycle<'a>, fs::File)>> {
     crate::output::owner::choose(a.group.as_ref())?;
     let mut dirs = Dirs::from(a);
     dirs.state = make_dir(&dirs.state, 0o700)?;
     dirs.log = make_dir(&dirs.log, 0o750)?;
     dirs.textfile = make_dir(&dirs.textfile, 0o755)?;
-    let files = files(&dirs, a);
     let home = dirs.state.to_string_lossy().into_owned();
     let lock_path = dirs.state.join("collect.lock");
-    let Some(_lock) = lock::acquire(&lock_path, a.lock_wait)? else {
+    let Some(held) = lock::acquire(&lock_path, a.lock_wait)? else {
         eprintln!(
             "longconn-reader: another collect still holds {} after {:?}; skipping this cycle",
             lock_path.display(),
             a.lock_wait
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(None);
     };
-
     // A run killed mid-write leaves its temp files (the state's can be tens of MB).
     atomic::remove_stale_temps(&dirs.state, STATE_FILE);
     atomic::remove_stale_temps(&dirs.textfile, PROM_FILE);
     let state_path = dirs.state.join(STATE_FILE);
     let no_conns = || Prev::Mem(state::Conns::default());
-    let (mut state, prev) = match state::load(&state_path, &home)? {
+    let (state, prev) = match state::load(&state_path, &home)? {
         LoadOutcome::Loaded(mut s, prev) if s.boot_id == state::boot_id() => {
             s.home.clone_from(&home);
             (*s, prev)
@@ -339,71 +417,108 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         applog::recover(Path::new(path), known)
             .with_context(|| format!("cannot publish {path}"))?;
     }
-    let mut partial_failure = false;
-    let mut relabel = false;
-    if state.workload_labels != a.workload_labels.0 || state.service_labels != a.service_labels.0 {
-        if !state.workload_labels.is_empty() {
-            eprintln!("longconn-reader: group labels changed to workload [{}], service [{}]: group totals restart (a counter reset)", a.workload_labels.0.join(","), a.service_labels.0.join(","));
-        }
-        state.workloads.clear();
-        state.services.clear();
-        // The group totals restart: so does the exported start time.
-        state.created_unix_ns = now_unix_ns().max(state.created_unix_ns + 1);
-        state.workload_labels = a.workload_labels.0.clone();
-        state.service_labels = a.service_labels.0.clone();
-        // Every previous connection's group keys are recomputed as it is read.
-        relabel = true;
-    }
-    let services = match &a.services {
-        None => ServiceMap::default(),
-        Some(path) => match ServiceMap::load(path) {
-            Ok((map, text)) => {
-                state.services_text = Some(text);
-                map
-            }
-            Err(e) => {
-                partial_failure = true;
-                let kept = state
-                    .services_text
-                    .as_deref()
-                    .and_then(|t| ServiceMap::parse(t, "last good map").ok());
-                eprintln!(
-                    "longconn-reader: {e}; {}",
-                    if kept.is_some() {
-                        "keeping the last good service map"
-                    } else {
-                        "no earlier good map: services stay address:port"
-                    }
-                );
-                kept.unwrap_or_default()
-            }
-        },
+    let mut cy = Cycle {
+        a,
+        pin_dir,
+        started,
+        files: files(&dirs, a),
+        dirs,
+        state_path,
+        state,
+        prev,
+        services: ServiceMap::default(),
+        relabel: false,
+        partial_failure: false,
+        new_generation: false,
     };
-    let pins = Pins::open(pin_dir, Access::ReadWrite)?;
-    register_consumer(pin_dir, pins.meta.pinned_at_ns, &home, a.take_over)?;
-    let generation_changed = state.pin_generation != pins.meta.pinned_at_ns;
+    relabel_if_changed(&mut cy);
+    cy.services = load_services(&mut cy);
+    Ok(Some((cy, held)))
+}
 
-    if generation_changed {
+/// New label selections restart the group totals (a counter reset).
+fn relabel_if_changed(cy: &mut Cycle<'_>) {
+    let (a, state) = (cy.a, &mut cy.state);
+    if state.workload_labels == a.workload_labels.0 && state.service_labels == a.service_labels.0 {
+        return;
+    }
+    if !state.workload_labels.is_empty() {
+        eprintln!("longconn-reader: group labels changed to workload [{}], service [{}]: group totals restart (a counter reset)", a.workload_labels.0.join(","), a.service_labels.0.join(","));
+    }
+    state.workloads.clear();
+    state.services.clear();
+    // The group totals restart: so does the exported start time.
+    state.created_unix_ns = now_unix_ns().max(state.created_unix_ns + 1);
+    state.workload_labels = a.workload_labels.0.clone();
+    state.service_labels = a.service_labels.0.clone();
+    // Every previous connection's group keys are recomputed as it is read.
+    cy.relabel = true;
+}
+
+/// The service map; a bad file keeps the last good one (and exit 1).
+fn load_services(cy: &mut Cycle<'_>) -> ServiceMap {
+    let Some(path) = &cy.a.services else {
+        return ServiceMap::default();
+    };
+    match ServiceMap::load(path) {
+        Ok((map, text)) => {
+            cy.state.services_text = Some(text);
+            map
+        }
+        Err(e) => {
+            cy.partial_failure = true;
+            let kept = cy
+                .state
+                .services_text
+                .as_deref()
+                .and_then(|t| ServiceMap::parse(t, "last good map").ok());
+            eprintln!(
+                "longconn-reader: {e}; {}",
+                if kept.is_some() {
+                    "keeping the last good service map"
+                } else {
+                    "no earlier good map: services stay address:port"
+                }
+            );
+            kept.unwrap_or_default()
+        }
+    }
+}
+
+/// Prepare, kernel side: the pins, this state registered as their one
+/// consumer, a new pin generation noticed, and closes applied from the map
+/// by the last commit deleted before the map is read again (that run
+/// deletes them too, unless it was killed first).
+fn open_pins(cy: &mut Cycle<'_>) -> anyhow::Result<Pins> {
+    let pins = Pins::open(cy.pin_dir, Access::ReadWrite)?;
+    let home = cy.state.home.clone();
+    register_consumer(cy.pin_dir, pins.meta.pinned_at_ns, &home, cy.a.take_over)?;
+    let state = &mut cy.state;
+    cy.new_generation = state.pin_generation != pins.meta.pinned_at_ns;
+    if cy.new_generation {
         state.pin_generation = pins.meta.pinned_at_ns;
         state.ring_applied = 0;
         state.settling.clear();
     }
-    // Closes applied from the map by the last commit leave it before it is
-    // read again (that run deletes them too, unless it was killed first).
-    for cookie in state::take_reaps(&mut state) {
+    for cookie in state::take_reaps(state) {
         pins.remove(cookie)?;
     }
+    Ok(pins)
+}
 
-    // Map first, then ring: a connection closing in between is seen in both,
-    // and the close wins; the other order could miss it in both. (The
-    // kernel writes a close to the ring before deleting its map entry.)
+/// Read kernel: the refreshed map, then the ring. Map first: a connection
+/// closing in between is seen in both, and the close wins; the other order
+/// could miss it in both. (The kernel writes a close to the ring before
+/// deleting its map entry.)
+fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
+    let state = &mut cy.state;
     let clock = Clock::now();
     let (map, bad_map, refresh) = pins.connections_refreshed()?;
     let ring = pins.ring()?;
     let mut bad_ring = 0u64;
     let peeked = ring.peek(state.ring_applied);
     let (ring_read_to, ring_producer) = (peeked.read_to, peeked.producer);
-    let ring_records: Vec<(ConnRecord, u64)> = peeked
+    let records: Vec<(ConnRecord, u64)> = peeked
         .records
         .into_iter()
         .filter_map(|r| match ConnRecord::decode(r.data) {
@@ -419,14 +534,14 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     // but this state releases records past its committed position.
     // A state new to these pins starts where the kernel's consumer is.
     let (released, _) = ring.positions();
-    if generation_changed {
+    if cy.new_generation {
         state.ring_applied = state.ring_applied.max(released);
     } else if released > state.ring_applied {
-        partial_failure = true;
+        cy.partial_failure = true;
         eprintln!(
             "longconn-reader: another collect released {} bytes of close records of {} since this state's last cycle (about {} closes, in its outputs, not here); run one collect per pin dir",
             released - state.ring_applied,
-            pin_dir.display(),
+            cy.pin_dir.display(),
             (released - state.ring_applied) / RING_RECORD_BYTES
         );
         state.ring_applied = released;
@@ -436,60 +551,70 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     // the cycle; it is mapped again to release what was applied.
     drop(ring);
     state.malformed_records += bad_map + bad_ring;
-
-    let mut cgroup_names = std::mem::take(&mut state.cgroup_names);
     identity::resolve_cgroups(
-        &mut cgroup_names,
-        map.iter().chain(ring_records.iter().map(|(r, _)| r)),
+        &mut state.cgroup_names,
+        map.iter().chain(records.iter().map(|(r, _)| r)),
     );
-    let names = |r: &ConnRecord| {
-        let id = identity::identify(r, &cgroup_names, &services);
-        let (w, s) = (id.key(&a.workload_labels.0), id.key(&a.service_labels.0));
-        (id, w, s)
-    };
-    let tracked = map.iter().filter(|r| !r.is_closed()).count() as u64;
+    Ok(KernelRead {
+        clock,
+        map,
+        ring: records,
+        ring_read_to,
+        ring_producer,
+        refresh,
+    })
+}
+
+/// Account: apply the read to the totals (`cycle::apply`); each access
+/// record is appended to the logs as it is made (uncommitted: a killed
+/// run's tail is cut by the next one, see `applog`), each live connection
+/// to the new state; then this cycle's metric families.
+fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<Accounted> {
+    let a = cy.a;
+    let tracked = read.map.iter().filter(|r| !r.is_closed()).count() as u64;
     let resource = otlp::Resource {
         host_name: host_name(),
     };
-    let now_ns = u64::try_from(clock.wall_ns).unwrap_or(0);
-
-    // 1. Append this cycle's records to each file (a killed run's
-    //    uncommitted tail is cut first where the state knows the file; see
-    //    `applog`), streamed as the cycle makes them.
-    let known: BTreeMap<AppendFile, Committed> = files
-        .iter()
-        .filter_map(|(f, log)| Some((*f, *state.logs.get(&log_key(log))?)))
-        .collect();
-    // The new state is written as the cycle goes: its live connections first.
-    let mut saver = state::Saver::begin(&state_path, 0o600)?;
+    let now_ns = u64::try_from(read.clock.wall_ns).unwrap_or(0);
+    let known = known_files(cy);
+    let mut saver = state::Saver::begin(&cy.state_path, 0o600)?;
     let mut live = metrics::Live::new(
         a.max_connection_series,
         argvalues::nanos(a.long_threshold),
-        clock.boot_ns,
+        read.clock.boot_ns,
     );
-    let (outcome, mut written) = sink::with_sink(
-        &files,
+    let cgroup_names = std::mem::take(&mut cy.state.cgroup_names);
+    let services = &cy.services;
+    let names = |r: &ConnRecord| {
+        let id = identity::identify(r, &cgroup_names, services);
+        let (w, s) = (id.key(&a.workload_labels.0), id.key(&a.service_labels.0));
+        (id, w, s)
+    };
+    let (outcome, written) = sink::with_sink(
+        &cy.files,
         &known,
         &resource,
         now_ns,
         OTLP_LOGS_PER_LINE,
         |emit| {
             cycle::apply(
-                &mut state,
+                &mut cy.state,
                 cycle::Inputs {
-                    now: clock,
-                    map,
-                    ring: ring_records,
-                    ring_read_to,
-                    ring_producer,
+                    now: read.clock,
+                    map: read.map,
+                    ring: read.ring,
+                    ring_read_to: read.ring_read_to,
+                    ring_producer: read.ring_producer,
                     long_threshold_ns: argvalues::nanos(a.long_threshold),
                     short_close_records: !a.no_short_close_records,
                     names: &names,
-                    relabel: relabel.then_some((&a.workload_labels.0, &a.service_labels.0)),
-                    records: files.iter().any(|(f, _)| f.takes_events()),
+                    relabel: cy
+                        .relabel
+                        .then_some((&a.workload_labels.0, &a.service_labels.0)),
+                    records: cy.files.iter().any(|(f, _)| f.takes_events()),
                     idle_record_ns: argvalues::nanos(a.idle_record_interval),
                 },
-                &prev,
+                &cy.prev,
                 &mut |cookie, c| {
                     live.add(c);
                     saver.push(cookie, c)
@@ -499,71 +624,115 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     let outcome =
-        outcome.with_context(|| format!("cannot read or write {}", state_path.display()))?;
-    drop(prev);
-    state.cgroup_names = cgroup_names;
+        outcome.with_context(|| format!("cannot read or write {}", cy.state_path.display()))?;
+    cy.prev = Prev::Mem(state::Conns::default());
+    cy.state.cgroup_names = cgroup_names;
 
     let counters = pins.counters()?;
     let stats = metrics::SelfStats {
         now_unix: chrono::Utc::now().timestamp_micros() as f64 / 1e6,
-        cycle_seconds: t0.elapsed().as_secs_f64(),
+        cycle_seconds: cy.started.elapsed().as_secs_f64(),
         tracked,
         capacity: u64::from(pins.capacity()),
         ringbuf_drops: counters.ringbuf_full,
         map_full_drops: counters.map_full + counters.map_error,
-        refresh_unreachable: (refresh.not_found, refresh.netns_unknown),
+        refresh_unreachable: (read.refresh.not_found, read.refresh.netns_unknown),
     };
-    let families = metrics::families(&state, live, &stats);
+    let families = metrics::families(&cy.state, live, &stats);
     let saturated = metrics::lookup(&families, metrics::SATURATED_GROUPS, &Default::default());
     if let Some(n) = saturated.filter(|n| *n > 0.0) {
         eprintln!("longconn-reader: {n} workload/service groups have a summed counter at 2^64-1, held there instead of wrapping (see {})", metrics::SATURATED_GROUPS);
     }
-    if let Some((file, log)) = files.iter().find(|(f, _)| *f == AppendFile::OtlpMetrics) {
-        let group_start_ns = state.created_unix_ns.max(0) as u64;
-        let line = otlp::metrics_request(&families, &resource, group_start_ns, now_ns);
-        let mut tail = log.tail(known.get(file).copied());
-        tail.buf().extend_from_slice(line.as_bytes());
-        tail.buf().push(b'\n');
-        if let Some(w) = tail
-            .finish()
-            .with_context(|| format!("cannot append to {}", log.path.display()))?
-        {
-            written.insert(*file, w);
-        }
+    Ok(Accounted {
+        outcome,
+        written,
+        saver: Some(saver),
+        families,
+        now_ns,
+    })
+}
+
+/// What the state knows of each file this run writes.
+fn known_files(cy: &Cycle<'_>) -> BTreeMap<AppendFile, Committed> {
+    cy.files
+        .iter()
+        .filter_map(|(f, log)| Some((*f, *cy.state.logs.get(&log_key(log))?)))
+        .collect()
+}
+
+/// Write uncommitted: the cycle's OTLP metrics line.
+fn write_metrics_uncommitted(cy: &Cycle<'_>, done: &mut Accounted) -> anyhow::Result<()> {
+    let Some((file, log)) = cy.files.iter().find(|(f, _)| *f == AppendFile::OtlpMetrics) else {
+        return Ok(());
+    };
+    let resource = otlp::Resource {
+        host_name: host_name(),
+    };
+    let group_start_ns = cy.state.created_unix_ns.max(0) as u64;
+    let line = otlp::metrics_request(&done.families, &resource, group_start_ns, done.now_ns);
+    let mut tail = log.tail(known_files(cy).get(file).copied());
+    tail.buf().extend_from_slice(line.as_bytes());
+    tail.buf().push(b'\n');
+    if let Some(w) = tail
+        .finish()
+        .with_context(|| format!("cannot append to {}", log.path.display()))?
+    {
+        done.written.insert(*file, w);
     }
-    // 2. Commit point: totals, applied ring position and file positions at
-    //    once. Files not written this cycle (a format switched off, another
-    //    log dir) stay known while they are still there.
+    Ok(())
+}
+
+/// Commit: totals, the applied ring position and file positions at once
+/// (the state file's rename); then files new this cycle are published.
+/// Files not written this cycle (a format switched off, another log dir)
+/// stay known while they are still there.
+fn commit(cy: &mut Cycle<'_>, done: &mut Accounted) -> anyhow::Result<()> {
+    let state = &mut cy.state;
     state.logs.retain(|path, k| still_there(path, k));
-    for (file, log) in &files {
-        if let Some(w) = written.get(file) {
+    for (file, log) in &cy.files {
+        if let Some(w) = done.written.get(file) {
             state.logs.insert(log_key(log), w.pos);
         }
     }
-    saver.commit(&state)?;
-    for (file, log) in &files {
-        if written.get(file).is_some_and(|w| w.created) {
+    if let Some(saver) = done.saver.take() {
+        saver.commit(state)?;
+    }
+    for (file, log) in &cy.files {
+        if done.written.get(file).is_some_and(|w| w.created) {
             log.publish()
                 .with_context(|| format!("cannot publish {}", log.path.display()))?;
         }
     }
-    remove_legacy_state(&state_path)?;
-    // 3. Only now release the kernel side: a run killed before this re-reads
-    //    the same records and skips them by the committed ring position.
+    remove_legacy_state(&cy.state_path)
+}
+
+/// Release: only now the kernel side: ring space and the closes applied
+/// from the map. A run killed before this reads the same records again and
+/// skips them (the committed ring position; `State::settling`).
+fn release(pins: &Pins, outcome: &cycle::Outcome) -> anyhow::Result<()> {
     pins.ring()?
         .commit(outcome.ring_commit)
         .with_context(|| format!("cannot release ring buffer {}", pins.dir.display()))?;
     for cookie in &outcome.map_deletes {
         pins.remove(*cookie)?;
     }
-    let prom = dirs.textfile.join(PROM_FILE);
-    atomic::write_atomic(&prom, promtext::encode(&families).as_bytes(), 0o640)
-        .with_context(|| format!("cannot write {}", prom.display()))?;
-    // 4. Rotate full files (only committed bytes move) and record it.
+    Ok(())
+}
+
+/// Publish: longconn.prom for node_exporter, atomically.
+fn publish(cy: &Cycle<'_>, families: &[promtext::Family]) -> anyhow::Result<()> {
+    let prom = cy.dirs.textfile.join(PROM_FILE);
+    atomic::write_atomic(&prom, promtext::encode(families).as_bytes(), 0o640)
+        .with_context(|| format!("cannot write {}", prom.display()))
+}
+
+/// Rotate: full files move aside (only committed bytes), recorded in the
+/// state.
+fn rotate(cy: &mut Cycle<'_>) -> anyhow::Result<()> {
     let mut rotated = false;
-    for (_, log) in &files {
+    for (_, log) in &cy.files {
         let key = log_key(log);
-        let Some(&pos) = state.logs.get(&key) else {
+        let Some(&pos) = cy.state.logs.get(&key) else {
             continue;
         };
         let after = log
@@ -571,17 +740,13 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot rotate {}", log.path.display()))?;
         if after != Some(pos) {
             rotated = true;
-            state.logs.remove(&key);
+            cy.state.logs.remove(&key);
         }
     }
     if rotated {
-        state::resave(&state_path, &state, 0o600)?;
+        state::resave(&cy.state_path, &cy.state, 0o600)?;
     }
-    Ok(if partial_failure {
-        ExitCode::from(crate::exit::FAILURE)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(())
 }
 
 /// Bytes one close record takes in the ring (header included), for messages.
