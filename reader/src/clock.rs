@@ -33,9 +33,4 @@ impl Clock {
         let ns = self.wall_ns - i128::from(self.boot_ns) + i128::from(boot_ns);
         DateTime::from_timestamp_nanos(ns.clamp(0, i128::from(i64::MAX)) as i64)
     }
-
-    /// Seconds from `boot_ns` to now (0 if in the future).
-    pub fn age_secs(&self, boot_ns: u64) -> f64 {
-        self.boot_ns.saturating_sub(boot_ns) as f64 / 1e9
-    }
 }

@@ -1,14 +1,25 @@
 //! `dump`: live connections for ad-hoc inspection, as a table or JSON.
 //!
 //! Read-only: never consumes close records (that is `collect`'s job), so it is
-//! safe to run at any time beside the timer.
+//! safe to run at any time beside the timer. Each connection is shown as its
+//! access event (`view::event`): `--json` streams one object a line with
+//! the event's `dump` keys, the table picks columns from the same event.
 
 use std::{io::Write, path::Path, process::ExitCode, time::Duration};
 
 use longconn_common::{pinned::Access, ConnRecord, Pins};
 
 use crate::{
-    argvalues, clock::Clock, human, identity, servicemap::ServiceMap, termsafe, view::ConnView,
+    argvalues,
+    clock::Clock,
+    human,
+    identity::{self, Identity},
+    output::{
+        access,
+        event::{Field, Value},
+    },
+    servicemap::ServiceMap,
+    termsafe, view,
 };
 
 #[derive(Debug, clap::Args)]
@@ -99,67 +110,88 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
     };
     let mut cgroup_names = std::collections::BTreeMap::new();
     identity::resolve_cgroups(&mut cgroup_names, &records);
-    let views: Vec<ConnView> = records
-        .iter()
-        .map(|r| ConnView::new(r, &clock, identity::identify(r, &cgroup_names, &services)))
-        .filter(|v| {
-            args.workload.as_ref().is_none_or(|w| {
-                v.workload.contains(w.as_str())
-                    || v.container_id.contains(w.as_str())
-                    || v.pod_uid.contains(w.as_str())
-            }) && args
-                .service
-                .as_ref()
-                .is_none_or(|s| v.service.contains(s.as_str()))
-        })
-        .collect();
+    let selected = |r: &ConnRecord| {
+        let id = identity::identify(r, &cgroup_names, &services);
+        let keep = args.workload.as_ref().is_none_or(|w| {
+            id.workload.contains(w.as_str())
+                || id.container_id.contains(w.as_str())
+                || id.pod_uid.contains(w.as_str())
+        }) && args
+            .service
+            .as_ref()
+            .is_none_or(|s| id.service.contains(s.as_str()));
+        keep.then_some(id)
+    };
 
-    // Stdout is line-buffered: without this, one write(2) per JSON line.
+    // Stdout is line-buffered: without this, one write(2) per line.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if args.json {
-        // serde escapes control characters below U+0020; DEL and C1 too.
-        {
-            let mut json = termsafe::JsonC1::new(&mut out);
-            serde_json::to_writer_pretty(&mut json, &views)?;
-            json.flush()?;
+        // Streamed: one object a line, never all in memory. JSON escapes
+        // control characters below U+0020; DEL and C1 are escaped too.
+        let mut json = termsafe::JsonC1::new(&mut out);
+        let mut buf = Vec::with_capacity(1024);
+        let mut n = 0usize;
+        for r in &records {
+            let Some(id) = selected(r) else { continue };
+            buf.clear();
+            buf.extend_from_slice(if n == 0 { b"[\n" } else { b",\n" });
+            access::json_object(&mut buf, &view::event(r, &clock, &id), dump_key);
+            json.write_all(&buf)?;
+            n += 1;
         }
-        writeln!(out)?;
+        json.write_all(if n == 0 { b"[]\n" } else { b"\n]\n" })?;
+        json.flush()?;
     } else {
-        write_table(&mut out, &views)?;
+        let rows: Vec<(&ConnRecord, Identity)> = records
+            .iter()
+            .filter_map(|r| Some((r, selected(r)?)))
+            .collect();
+        write_table(&mut out, &clock, &rows)?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_table(out: &mut impl Write, views: &[ConnView]) -> std::io::Result<()> {
-    let endpoint = |addr: &str, port: u16| {
-        if addr.contains(':') {
-            format!("[{addr}]:{port}")
+/// `dump --json` keys: the event's fields that have one.
+fn dump_key(f: &'static Field, _: &Value<'_>) -> Option<&'static str> {
+    (!f.dump.is_empty()).then_some(f.dump)
+}
+
+fn write_table(
+    out: &mut impl Write,
+    clock: &Clock,
+    rows: &[(&ConnRecord, Identity)],
+) -> std::io::Result<()> {
+    let endpoint = |ip: std::net::IpAddr, port: u16| {
+        if ip.is_ipv6() {
+            format!("[{ip}]:{port}")
         } else {
-            format!("{addr}:{port}")
+            format!("{ip}:{port}")
         }
     };
-    let rows: Vec<[String; 13]> = views
+    let rows: Vec<[String; 13]> = rows
         .iter()
-        .map(|v| {
+        .map(|(r, id)| {
+            let v = view::event(r, clock, id);
+            let t = &v.total;
             [
                 if v.direction == "outbound" {
                     "out".into()
                 } else {
                     "in".into()
                 },
-                endpoint(&v.local_addr, v.local_port),
-                endpoint(&v.remote_addr, v.remote_port),
+                endpoint(v.local, v.local_port),
+                endpoint(v.remote, v.remote_port),
                 if v.failed {
                     "FAILED".into()
                 } else {
                     v.state.into()
                 },
-                human::duration(v.duration_seconds),
-                human::bytes(v.bytes_sent),
-                human::bytes(v.bytes_received),
-                format!("{}/{}", v.packets_sent, v.packets_received),
-                format!("{}/{}", v.retransmits, v.lost_packets),
+                human::duration(v.duration_ns as f64 / 1e9),
+                human::bytes(t.bytes_sent),
+                human::bytes(t.bytes_received),
+                format!("{}/{}", t.packets_sent, t.packets_received),
+                format!("{}/{}", t.retransmits, t.lost_packets),
                 format!(
                     "{}/{}",
                     human::micros(v.srtt_us),
@@ -168,10 +200,10 @@ fn write_table(out: &mut impl Write, views: &[ConnView]) -> std::io::Result<()> 
                 if v.pid == 0 {
                     "-".into()
                 } else {
-                    format!("{}/{}", termsafe::escape(&v.comm), v.pid)
+                    format!("{}/{}", termsafe::escape(v.comm), v.pid)
                 },
-                termsafe::escape(&v.workload).into_owned(),
-                termsafe::escape(&v.service).into_owned(),
+                termsafe::escape(v.workload).into_owned(),
+                termsafe::escape(v.service).into_owned(),
             ]
         })
         .collect();

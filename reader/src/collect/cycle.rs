@@ -154,6 +154,8 @@ fn event<'s>(
         pod_uid: strings.get(c.id.pod_uid),
         netns_cookie: c.id.netns_cookie,
         service_namespace: strings.get(c.id.service_namespace),
+        bytes_retrans: 0,
+        update_age_ns: 0,
     }
 }
 

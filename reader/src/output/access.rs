@@ -24,7 +24,7 @@ pub fn csv_header() -> Vec<u8> {
 
 /// A value as CSV and JSON share it; `Text` is left to the caller (quoting
 /// differs).
-fn plain(out: &mut Vec<u8>, v: Value<'_>, float: fn(&mut Vec<u8>, f64)) {
+pub(crate) fn plain(out: &mut Vec<u8>, v: Value<'_>, float: fn(&mut Vec<u8>, f64)) {
     match v {
         Value::Text(s) | Value::Symbol(s) => out.extend_from_slice(s.as_bytes()),
         Value::Uint(n) => jsonw::u64(out, n),
@@ -41,7 +41,10 @@ struct CsvRow<'o> {
 }
 
 impl Visit for CsvRow<'_> {
-    fn field(&mut self, _: &'static Field, v: Value<'_>) {
+    fn field(&mut self, f: &'static Field, v: Value<'_>) {
+        if !f.log {
+            return;
+        }
         if !std::mem::take(&mut self.first) {
             self.out.push(b',');
         }
@@ -59,23 +62,27 @@ pub fn csv_row(out: &mut Vec<u8>, ev: &AccessEvent<'_>) {
     out.push(b'\n');
 }
 
-struct JsonLine<'o> {
+/// Which key, if any, a JSON printer gives a field.
+pub(crate) type KeyOf = fn(&'static Field, &Value<'_>) -> Option<&'static str>;
+
+struct JsonObject<'o> {
     out: &'o mut Vec<u8>,
     first: bool,
+    key: KeyOf,
 }
 
-impl Visit for JsonLine<'_> {
+impl Visit for JsonObject<'_> {
     fn field(&mut self, f: &'static Field, v: Value<'_>) {
-        if f.optional && v.is_empty() {
+        let Some(key) = (self.key)(f, &v) else {
             return;
-        }
+        };
         self.out
             .extend_from_slice(if std::mem::take(&mut self.first) {
                 b"{\""
             } else {
                 b",\""
             });
-        self.out.extend_from_slice(f.name.as_bytes());
+        self.out.extend_from_slice(key.as_bytes());
         self.out.extend_from_slice(b"\":");
         match v {
             Value::Uint(_) | Value::Seconds(_) | Value::Bool(_) => plain(self.out, v, jsonw::f64),
@@ -93,11 +100,23 @@ impl Visit for JsonLine<'_> {
     }
 }
 
-/// One compact JSON object, followed by '\n'.
+/// One compact JSON object of the fields `key` names, in `visit` order.
+pub(crate) fn json_object(out: &mut Vec<u8>, ev: &AccessEvent<'_>, key: KeyOf) {
+    ev.visit(&mut JsonObject {
+        out: &mut *out,
+        first: true,
+        key,
+    });
+    out.push(b'}');
+}
+
+/// One compact JSON object, followed by '\n': the access-log fields under
+/// their names, optional ones only when they say something.
 pub fn jsonl_line(out: &mut Vec<u8>, ev: &AccessEvent<'_>) {
-    let mut line = JsonLine { out, first: true };
-    ev.visit(&mut line);
-    out.extend_from_slice(b"}\n");
+    json_object(out, ev, |f, v| {
+        (f.log && !(f.optional && v.is_empty())).then_some(f.name)
+    });
+    out.push(b'\n');
 }
 
 /// The access record as serde sees it: the oracle the encoders above are
@@ -318,6 +337,8 @@ pub(crate) mod testdata {
                 pod_uid,
                 netns_cookie: self.netns_cookie,
                 service_namespace,
+                bytes_retrans: 0,
+                update_age_ns: 0,
             }
         }
     }

@@ -4,8 +4,9 @@
 //! is a `Visit` printer of it, and text exists only inside those printers.
 //!
 //! Invariant: `visit` hands every field, in the CSV column order, to the
-//! visitor; a field marked `optional` may be left out of the compact forms
-//! (JSON Lines, OTLP) when it is empty or zero, never anything else.
+//! visitor; the access-log printers take those marked `log`, `dump` those
+//! with a `dump` key; a field marked `optional` may be left out of the
+//! compact forms (JSON Lines, OTLP) when it is empty or zero.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -70,6 +71,10 @@ pub struct AccessEvent<'a> {
     pub netns_cookie: u64,
     /// Namespace of the service-map rule that named `service`; empty if none.
     pub service_namespace: &'a str,
+    /// Bytes retransmitted (tcp_info bytes_retrans; `dump` only).
+    pub bytes_retrans: u64,
+    /// How long ago the kernel record was last updated (`dump` only).
+    pub update_age_ns: u64,
 }
 
 impl Default for AccessEvent<'_> {
@@ -101,6 +106,8 @@ impl Default for AccessEvent<'_> {
             pod_uid: "",
             netns_cookie: 0,
             service_namespace: "",
+            bytes_retrans: 0,
+            update_age_ns: 0,
         }
     }
 }
@@ -135,14 +142,19 @@ impl Value<'_> {
     }
 }
 
-/// A field of the access event: its name in CSV and JSON Lines, and its
-/// OpenTelemetry attribute key.
+/// A field of the access event: its name in CSV and JSON Lines, its
+/// OpenTelemetry attribute key, and its key in `dump --json`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Field {
     pub name: &'static str,
     pub otel: &'static str,
     /// Left out of compact forms when empty or zero (it says nothing then).
     pub optional: bool,
+    /// In the access logs (CSV, JSON Lines, OTLP logs).
+    pub log: bool,
+    /// Its key in `dump --json` (the stable contract of DESIGN.md); empty:
+    /// not shown by `dump`.
+    pub dump: &'static str,
 }
 
 /// A printer of access events.
@@ -151,52 +163,59 @@ pub trait Visit {
 }
 
 macro_rules! fields {
-    ($($id:ident: $name:literal, $otel:literal, $optional:literal;)*) => {
+    ($($id:ident: $name:literal, $otel:literal, $optional:literal, $log:literal, $dump:literal;)*) => {
         /// Every field, in CSV column order.
         pub mod f {
             use super::Field;
-            $(pub static $id: Field = Field { name: $name, otel: $otel, optional: $optional };)*
+            $(pub static $id: Field = Field {
+                name: $name, otel: $otel, optional: $optional, log: $log, dump: $dump,
+            };)*
         }
     };
 }
 
 fields! {
-    REPORT_TIME: "report_time", "longconn.report_time", false;
-    EVENT: "event", "longconn.event", false;
-    COOKIE: "cookie", "longconn.cookie", false;
-    SEQ: "seq", "longconn.seq", false;
-    START_TIME: "start_time", "longconn.start_time", false;
-    DURATION: "duration_seconds", "longconn.duration_seconds", false;
-    DIRECTION: "direction", "longconn.direction", false;
-    LOCAL_ADDRESS: "local_address", "network.local.address", false;
-    LOCAL_PORT: "local_port", "network.local.port", false;
-    REMOTE_ADDRESS: "remote_address", "network.peer.address", false;
-    REMOTE_PORT: "remote_port", "network.peer.port", false;
-    STATE: "state", "longconn.state", false;
-    FAILED: "failed", "longconn.failed", true;
-    BYTES_SENT: "bytes_sent", "longconn.bytes_sent", false;
-    BYTES_RECEIVED: "bytes_received", "longconn.bytes_received", false;
-    PACKETS_SENT: "packets_sent", "longconn.packets_sent", false;
-    PACKETS_RECEIVED: "packets_received", "longconn.packets_received", false;
-    RETRANSMITS: "retransmits", "longconn.retransmits", false;
-    LOST_PACKETS: "lost_packets", "longconn.lost_packets", false;
-    BYTES_SENT_DELTA: "bytes_sent_delta", "longconn.bytes_sent_delta", true;
-    BYTES_RECEIVED_DELTA: "bytes_received_delta", "longconn.bytes_received_delta", true;
-    PACKETS_SENT_DELTA: "packets_sent_delta", "longconn.packets_sent_delta", true;
-    PACKETS_RECEIVED_DELTA: "packets_received_delta", "longconn.packets_received_delta", true;
-    RETRANSMITS_DELTA: "retransmits_delta", "longconn.retransmits_delta", true;
-    LOST_PACKETS_DELTA: "lost_packets_delta", "longconn.lost_packets_delta", true;
-    SRTT: "srtt_us", "longconn.srtt_us", false;
-    MIN_RTT: "min_rtt_us", "longconn.min_rtt_us", false;
-    WORKLOAD: "workload", "longconn.workload", false;
-    SERVICE: "service", "longconn.service", false;
-    PID: "pid", "process.pid", true;
-    COMM: "comm", "process.executable.name", true;
-    CGROUP_ID: "cgroup_id", "longconn.cgroup_id", true;
-    CONTAINER_ID: "container_id", "container.id", true;
-    POD_UID: "pod_uid", "k8s.pod.uid", true;
-    NETNS_COOKIE: "netns_cookie", "longconn.netns_cookie", true;
-    SERVICE_NAMESPACE: "service_namespace", "longconn.service_namespace", true;
+    // id: CSV/JSONL name, OTel key, optional, in the logs, dump --json key;
+    REPORT_TIME: "report_time", "longconn.report_time", false, true, "";
+    EVENT: "event", "longconn.event", false, true, "";
+    COOKIE: "cookie", "longconn.cookie", false, true, "cookie";
+    SEQ: "seq", "longconn.seq", false, true, "";
+    START_TIME: "start_time", "longconn.start_time", false, true, "start_time";
+    DURATION: "duration_seconds", "longconn.duration_seconds", false, true, "duration_seconds";
+    DIRECTION: "direction", "longconn.direction", false, true, "direction";
+    LOCAL_ADDRESS: "local_address", "network.local.address", false, true, "local_addr";
+    LOCAL_PORT: "local_port", "network.local.port", false, true, "local_port";
+    REMOTE_ADDRESS: "remote_address", "network.peer.address", false, true, "remote_addr";
+    REMOTE_PORT: "remote_port", "network.peer.port", false, true, "remote_port";
+    STATE: "state", "longconn.state", false, true, "state";
+    FAILED: "failed", "longconn.failed", true, true, "failed";
+    BYTES_SENT: "bytes_sent", "longconn.bytes_sent", false, true, "bytes_sent";
+    BYTES_RECEIVED: "bytes_received", "longconn.bytes_received", false, true, "bytes_received";
+    PACKETS_SENT: "packets_sent", "longconn.packets_sent", false, true, "packets_sent";
+    PACKETS_RECEIVED: "packets_received", "longconn.packets_received", false, true, "packets_received";
+    RETRANSMITS: "retransmits", "longconn.retransmits", false, true, "retransmits";
+    LOST_PACKETS: "lost_packets", "longconn.lost_packets", false, true, "lost_packets";
+    BYTES_SENT_DELTA: "bytes_sent_delta", "longconn.bytes_sent_delta", true, true, "";
+    BYTES_RECEIVED_DELTA: "bytes_received_delta", "longconn.bytes_received_delta", true, true, "";
+    PACKETS_SENT_DELTA: "packets_sent_delta", "longconn.packets_sent_delta", true, true, "";
+    PACKETS_RECEIVED_DELTA: "packets_received_delta", "longconn.packets_received_delta", true, true, "";
+    RETRANSMITS_DELTA: "retransmits_delta", "longconn.retransmits_delta", true, true, "";
+    LOST_PACKETS_DELTA: "lost_packets_delta", "longconn.lost_packets_delta", true, true, "";
+    SRTT: "srtt_us", "longconn.srtt_us", false, true, "srtt_us";
+    MIN_RTT: "min_rtt_us", "longconn.min_rtt_us", false, true, "min_rtt_us";
+    WORKLOAD: "workload", "longconn.workload", false, true, "workload";
+    SERVICE: "service", "longconn.service", false, true, "service";
+    PID: "pid", "process.pid", true, true, "pid";
+    COMM: "comm", "process.executable.name", true, true, "comm";
+    CGROUP_ID: "cgroup_id", "longconn.cgroup_id", true, true, "cgroup_id";
+    CONTAINER_ID: "container_id", "container.id", true, true, "container_id";
+    POD_UID: "pod_uid", "k8s.pod.uid", true, true, "pod_uid";
+    NETNS_COOKIE: "netns_cookie", "longconn.netns_cookie", true, true, "netns_cookie";
+    SERVICE_NAMESPACE: "service_namespace", "longconn.service_namespace", true, true, "service_namespace";
+    // What only `dump` shows of a live connection.
+    BYTES_RETRANS: "bytes_retrans", "longconn.bytes_retrans", true, false, "bytes_retrans";
+    UPDATE_AGE: "last_update_seconds_ago", "", false, false, "last_update_seconds_ago";
+    CLOSED: "closed", "", false, false, "closed";
 }
 
 impl AccessEvent<'_> {
@@ -240,10 +259,14 @@ impl AccessEvent<'_> {
         v.field(&f::POD_UID, Text(self.pod_uid));
         v.field(&f::NETNS_COOKIE, Uint(self.netns_cookie));
         v.field(&f::SERVICE_NAMESPACE, Text(self.service_namespace));
+        v.field(&f::BYTES_RETRANS, Uint(self.bytes_retrans));
+        v.field(&f::UPDATE_AGE, Seconds(self.update_age_ns));
+        v.field(&f::CLOSED, Bool(self.kind == EventKind::Close));
     }
 }
 
-/// Every field, in order (from `visit`, so never out of step with it).
+/// Every field of the access logs, in order (from `visit`, so never out
+/// of step with it).
 pub fn all_fields() -> Vec<&'static Field> {
     struct Names(Vec<&'static Field>);
     impl Visit for Names {
@@ -253,5 +276,6 @@ pub fn all_fields() -> Vec<&'static Field> {
     }
     let mut n = Names(Vec::new());
     AccessEvent::default().visit(&mut n);
+    n.0.retain(|f| f.log);
     n.0
 }

@@ -82,7 +82,7 @@ struct Attributes<'o> {
 
 impl Visit for Attributes<'_> {
     fn field(&mut self, f: &'static Field, v: Value<'_>) {
-        if (f.optional && v.is_empty()) || std::ptr::eq(f, &event::f::REPORT_TIME) {
+        if !f.log || (f.optional && v.is_empty()) || std::ptr::eq(f, &event::f::REPORT_TIME) {
             return;
         }
         let out = &mut *self.out;
