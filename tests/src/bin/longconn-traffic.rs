@@ -79,6 +79,23 @@ fn bind(addr: &str) -> std::io::Result<TcpListener> {
     }
 }
 
+/// `n` connections to `listener`: open, 1000 bytes each way, close.
+fn churn(listener: &TcpListener, n: &str) -> Result<Option<String>, String> {
+    let e = |err: std::io::Error| err.to_string();
+    let n: u64 = n.parse().map_err(|_| format!("bad count {n}"))?;
+    let target = listener.local_addr().map_err(e)?;
+    for _ in 0..n {
+        let mut c = TcpStream::connect(target).map_err(e)?;
+        let (mut s, _) = listener.accept().map_err(e)?;
+        send(&mut c, &s, 1000).map_err(e)?;
+        send(&mut s, &c, 1000).map_err(e)?;
+    }
+    Ok(Some(format!(
+        r#"{{"churn":{n},"bytes_each_way":1000,"port":{}}}"#,
+        target.port()
+    )))
+}
+
 fn run(
     line: &str,
     pairs: &mut HashMap<String, Pair>,
@@ -146,38 +163,13 @@ fn run(
             Ok(Some(format!(r#"{{"failed":{failed},"port":{port}}}"#)))
         }
         ["churnkeep", n] => {
-            let n: u64 = n.parse().map_err(|_| format!("bad count {n}"))?;
             if kept.is_none() {
                 *kept = Some(bind(&loopback("4", None)).map_err(e)?);
             }
-            let listener = kept.as_ref().ok_or("no listener")?;
-            let target = listener.local_addr().map_err(e)?;
-            for _ in 0..n {
-                let mut c = TcpStream::connect(target).map_err(e)?;
-                let (mut s, _) = listener.accept().map_err(e)?;
-                send(&mut c, &s, 1000).map_err(e)?;
-                send(&mut s, &c, 1000).map_err(e)?;
-            }
-            Ok(Some(format!(
-                r#"{{"churn":{n},"bytes_each_way":1000,"port":{}}}"#,
-                target.port()
-            )))
+            churn(kept.as_ref().ok_or("no listener")?, n)
         }
         ["churn", n, rest @ ..] => {
-            let n: u64 = n.parse().map_err(|_| format!("bad count {n}"))?;
-            let addr = loopback("4", rest.first().copied());
-            let listener = bind(&addr).map_err(e)?;
-            let target = listener.local_addr().map_err(e)?;
-            for _ in 0..n {
-                let mut c = TcpStream::connect(target).map_err(e)?;
-                let (mut s, _) = listener.accept().map_err(e)?;
-                send(&mut c, &s, 1000).map_err(e)?;
-                send(&mut s, &c, 1000).map_err(e)?;
-            }
-            Ok(Some(format!(
-                r#"{{"churn":{n},"bytes_each_way":1000,"port":{}}}"#,
-                target.port()
-            )))
+            churn(&bind(&loopback("4", rest.first().copied())).map_err(e)?, n)
         }
         ["pairs", prefix, n, family] => {
             let n: usize = n.parse().map_err(|_| format!("bad count {n}"))?;
