@@ -281,7 +281,8 @@ impl Pins {
             .filter(|&i| records[i].flags & layout::F_CLOSED == 0)
             .collect();
         let mut stats = RefreshStats::default();
-        let mut unknown = self.refresh_chunks(fd.as_fd(), own, &work, records, &live, &mut stats)?;
+        let mut unknown =
+            self.refresh_chunks(fd.as_fd(), own, &work, records, &live, &mut stats)?;
         if !unknown.is_empty() {
             if let Some(m) = &mut netns_map {
                 if resolve_netns(m, own, &mut tried) > 0 {
@@ -313,11 +314,9 @@ impl Pins {
                 expected: format!("value size {}", RefreshSlot::SIZE),
             });
         }
-        WorkArray::map(data.fd().as_fd(), slots).map_err(|source| {
-            match source.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => PinnedError::Permission { path },
-                _ => PinnedError::Io { path, source },
-            }
+        WorkArray::map(data.fd().as_fd(), slots).map_err(|source| match source.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => PinnedError::Permission { path },
+            _ => PinnedError::Io { path, source },
         })
     }
 
