@@ -106,6 +106,9 @@ struct longconn_netns {
  */
 #define LONGCONN_REFRESH_CHUNK 2048
 
+/* Benchmarks only: find each record, look no socket up (what the chunking costs). */
+#define LONGCONN_REFRESH_LOOKUP_ONLY 0x1
+
 /* longconn_refresh_slot.status, written by the program */
 #define LONGCONN_REFRESH_OK 1            /* refreshed: the counters below are the socket's */
 #define LONGCONN_REFRESH_GONE 2          /* no record with this cookie any more (closed since) */
@@ -133,6 +136,7 @@ struct longconn_refresh_slot {
 /* The refresh program's arguments and results in skb->cb (BPF_PROG_TEST_RUN
  * ctx in and out); it returns how many records it refreshed. */
 #define LONGCONN_REFRESH_CB_COUNT 0      /* in: slots of longconn_refresh_work to refresh (from 0) */
+#define LONGCONN_REFRESH_CB_FLAGS 1      /* in: LONGCONN_REFRESH_LOOKUP_ONLY or 0 */
 #define LONGCONN_REFRESH_CB_NETNS_LO 2   /* in: reader's netns cookie, low 32 bits */
 #define LONGCONN_REFRESH_CB_NETNS_HI 3   /* in: reader's netns cookie, high 32 bits */
 #define LONGCONN_REFRESH_CB_OUT_NOT_FOUND 2      /* out: live records whose socket was not found */

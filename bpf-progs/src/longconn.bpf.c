@@ -414,6 +414,7 @@ struct refresh_run {
 	struct __sk_buff *skb; /* the run's context: socket lookups need it */
 	__u64 reader_netns;    /* cookie of the reader's network namespace */
 	__u64 now;
+	__u32 lookup_only; /* benchmarks: find the records, touch no socket */
 	__u32 refreshed;
 	__u32 not_found;     /* no socket with the record's 4-tuple and cookie */
 	__u32 netns_unknown; /* the record's namespace has no netnsid for this reader yet */
@@ -542,6 +543,10 @@ static long refresh_slot(__u64 i, struct refresh_run *run)
 		s->status = LONGCONN_REFRESH_GONE;
 		return 0;
 	}
+	if (run->lookup_only) {
+		s->status = LONGCONN_REFRESH_NOT_FOUND;
+		return 0;
+	}
 	s->status = refresh_one(cookie, c, run);
 	if (s->status == LONGCONN_REFRESH_OK)
 		copy_out(s, c);
@@ -569,6 +574,8 @@ int longconn_refresh(struct __sk_buff *skb)
 				skb->cb[LONGCONN_REFRESH_CB_NETNS_LO],
 	};
 	__u32 count = skb->cb[LONGCONN_REFRESH_CB_COUNT];
+
+	run.lookup_only = skb->cb[LONGCONN_REFRESH_CB_FLAGS] & LONGCONN_REFRESH_LOOKUP_ONLY;
 
 	if (count > LONGCONN_REFRESH_CHUNK)
 		count = LONGCONN_REFRESH_CHUNK;
