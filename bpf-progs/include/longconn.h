@@ -9,7 +9,7 @@
 #ifndef LONGCONN_H
 #define LONGCONN_H
 
-#define LONGCONN_LAYOUT_VERSION 4
+#define LONGCONN_LAYOUT_VERSION 5
 #define LONGCONN_META_MAGIC 0x6c636f6e6e6d6574ULL /* "lconnmet" */
 
 /* longconn_conn.direction */
@@ -94,10 +94,49 @@ struct longconn_netns {
 	__u32 nsid;                /* netnsid seen from reader_netns_cookie */
 };
 
+/*
+ * Read-time refresh in bounded runs (layout 5). A reader reads the map first,
+ * then writes up to LONGCONN_REFRESH_CHUNK cookies into the pinned, mmapable
+ * array `longconn_refresh_work` (one slot each) and runs the refresh program
+ * (BPF_PROG_TEST_RUN), which refreshes those records only and writes each
+ * refreshed record's counters back into its slot: one run holds its CPU for
+ * one chunk, whatever the map size, and the reader gets the values without
+ * reading the map again. Readers serialise their use of the array (flock on
+ * the pin dir).
+ */
+#define LONGCONN_REFRESH_CHUNK 2048
+
+/* Benchmarks only: find each record, look no socket up (what the chunking costs). */
+#define LONGCONN_REFRESH_LOOKUP_ONLY 0x1
+
+/* longconn_refresh_slot.status, written by the program */
+#define LONGCONN_REFRESH_OK 1            /* refreshed: the counters below are the socket's */
+#define LONGCONN_REFRESH_GONE 2          /* no record with this cookie any more (closed since) */
+#define LONGCONN_REFRESH_CLOSED 3        /* the record is final (closed): left as is */
+#define LONGCONN_REFRESH_NOT_FOUND 4     /* no socket with the record's 4-tuple and cookie */
+#define LONGCONN_REFRESH_NETNS_UNKNOWN 5 /* the record's netns has no netnsid for this reader yet */
+
+/* Value of `longconn_refresh_work`: a cookie in, the refreshed counters out. */
+struct longconn_refresh_slot {
+	__u64 cookie;    /* in: the record to refresh */
+	__u64 update_ns; /* out (all below): valid when status is LONGCONN_REFRESH_OK */
+	__u64 bytes_sent;
+	__u64 bytes_received;
+	__u64 packets_sent;
+	__u64 packets_received;
+	__u64 retransmits;
+	__u64 lost_packets;
+	__u64 bytes_retrans;
+	__u32 srtt_us;
+	__u32 min_rtt_us;
+	__u32 state;
+	__u32 status; /* LONGCONN_REFRESH_*; the reader zeroes it */
+};
+
 /* The refresh program's arguments and results in skb->cb (BPF_PROG_TEST_RUN
  * ctx in and out); it returns how many records it refreshed. */
-#define LONGCONN_REFRESH_CB_SHARD 0      /* in: this run's shard */
-#define LONGCONN_REFRESH_CB_NSHARDS 1    /* in: number of shards (0 or 1: all records) */
+#define LONGCONN_REFRESH_CB_COUNT 0      /* in: slots of longconn_refresh_work to refresh (from 0) */
+#define LONGCONN_REFRESH_CB_FLAGS 1      /* in: LONGCONN_REFRESH_LOOKUP_ONLY or 0 */
 #define LONGCONN_REFRESH_CB_NETNS_LO 2   /* in: reader's netns cookie, low 32 bits */
 #define LONGCONN_REFRESH_CB_NETNS_HI 3   /* in: reader's netns cookie, high 32 bits */
 #define LONGCONN_REFRESH_CB_OUT_NOT_FOUND 2      /* out: live records whose socket was not found */

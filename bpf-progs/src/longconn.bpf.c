@@ -6,14 +6,16 @@
  *
  * Tracking starts in sockops (connect or passive establish, on the attached
  * cgroup v2 subtree). Freshness comes from reading, not from the data path: a
- * reader runs the program `longconn_refresh` (pinned as `refresh_conns`,
- * BPF_PROG_TEST_RUN) just before it reads the map; it walks map_of_tcp_conns,
- * looks each record's socket up by its 4-tuple in the kernel's TCP socket
+ * reader reads the map, then runs the program `longconn_refresh` (pinned as
+ * `refresh_conns`, BPF_PROG_TEST_RUN) once per chunk of the records it read
+ * (cookies in the pinned work array `longconn_refresh_work`); it looks each
+ * record up, looks its socket up by its 4-tuple in the kernel's TCP socket
  * tables (bpf_skc_lookup_tcp, in the record's network namespace through a
  * netnsid), checks that the socket found carries the record's cookie, and
  * copies its tcp_sock counters — the fields `ss -tin` reads, at the moment of
- * the read. Nothing is attached to or stored in any socket, so applications
- * cannot behave differently (an earlier design kept sockets in a sockhash,
+ * the read — into the record and back to the reader through the work array.
+ * Nothing is attached to or stored in any socket, so applications cannot
+ * behave differently (an earlier design kept sockets in a sockhash,
  * which swaps their proto ops for tcp_bpf's and changed blocking reads). The
  * default attaches nothing per segment: only sockops callbacks at connect,
  * establish and close (the close record is taken at TCP_CLOSE, from final
@@ -61,6 +63,16 @@ struct {
 	__uint(max_entries, 4096);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } longconn_netns SEC(".maps");
+
+/* The refresh's work: cookies in, refreshed counters out (struct
+ * longconn_refresh_slot), one run's chunk; mmapped by readers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct longconn_refresh_slot);
+	__uint(max_entries, LONGCONN_REFRESH_CHUNK);
+	__uint(map_flags, BPF_F_MMAPABLE);
+} longconn_refresh_work SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -402,12 +414,10 @@ struct refresh_run {
 	struct __sk_buff *skb; /* the run's context: socket lookups need it */
 	__u64 reader_netns;    /* cookie of the reader's network namespace */
 	__u64 now;
-	__u32 shard;
-	__u32 nshards;
+	__u32 lookup_only; /* benchmarks: find the records, touch no socket */
 	__u32 refreshed;
 	__u32 not_found;     /* no socket with the record's 4-tuple and cookie */
 	__u32 netns_unknown; /* the record's namespace has no netnsid for this reader yet */
-	__u32 _pad;
 };
 
 static __always_inline bool v4_mapped(const __u32 *a)
@@ -466,49 +476,93 @@ static __always_inline bool netns_arg(struct longconn_conn *c, struct refresh_ru
 	return false;
 }
 
-/* bpf_for_each_map_elem callback: refresh one record from its socket, if it is still there. */
-static long refresh_one(void *map, __u64 *cookie, struct longconn_conn *c, struct refresh_run *run)
+/* What a reader gets back for a refreshed record: the fields the refresh writes. */
+static __always_inline void copy_out(struct longconn_refresh_slot *s, struct longconn_conn *c)
+{
+	s->update_ns = c->update_ns;
+	s->bytes_sent = c->bytes_sent;
+	s->bytes_received = c->bytes_received;
+	s->packets_sent = c->packets_sent;
+	s->packets_received = c->packets_received;
+	s->retransmits = c->retransmits;
+	s->lost_packets = c->lost_packets;
+	s->bytes_retrans = c->bytes_retrans;
+	s->srtt_us = c->srtt_us;
+	s->min_rtt_us = c->min_rtt_us;
+	s->state = c->state;
+}
+
+/* Refresh one record from its socket, if it is still there; returns LONGCONN_REFRESH_*. */
+static __always_inline __u32 refresh_one(__u64 cookie, struct longconn_conn *c,
+					 struct refresh_run *run)
 {
 	struct bpf_sock *sk;
 	struct tcp_sock *tp;
+	__u32 status = LONGCONN_REFRESH_NOT_FOUND;
 	__u64 netns;
 
-	if (run->nshards > 1 && *cookie % run->nshards != run->shard)
-		return 0;
 	/* A final record (kept in the map: ring buffer full) stays as closed. */
 	if (c->flags & LONGCONN_F_CLOSED)
-		return 0;
+		return LONGCONN_REFRESH_CLOSED;
 	if (!netns_arg(c, run, &netns)) {
 		run->netns_unknown++;
-		return 0;
+		return LONGCONN_REFRESH_NETNS_UNKNOWN;
 	}
 	sk = lookup_sock(run->skb, c, netns);
 	if (!sk) {
 		run->not_found++;
-		return 0;
+		return LONGCONN_REFRESH_NOT_FOUND;
 	}
 	tp = bpf_skc_to_tcp_sock(sk);
 	/* Identity: a reused 4-tuple (or the listener the lookup falls back to) is another socket. */
-	if (tp && tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter == *cookie) {
+	if (tp && tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter == cookie) {
 		copy_counters(c, tp);
 		c->update_ns = run->now;
 		run->refreshed++;
+		status = LONGCONN_REFRESH_OK;
 	} else {
 		run->not_found++;
 	}
 	bpf_sk_release(sk);
+	return status;
+}
+
+/* bpf_loop callback: slot `i` of the work array. */
+static long refresh_slot(__u64 i, struct refresh_run *run)
+{
+	__u32 idx = (__u32)i;
+	struct longconn_refresh_slot *s = bpf_map_lookup_elem(&longconn_refresh_work, &idx);
+	struct longconn_conn *c;
+	__u64 cookie;
+
+	if (!s)
+		return 1;
+	cookie = s->cookie;
+	c = bpf_map_lookup_elem(&map_of_tcp_conns, &cookie);
+	if (!c) {
+		s->status = LONGCONN_REFRESH_GONE;
+		return 0;
+	}
+	if (run->lookup_only) {
+		s->status = LONGCONN_REFRESH_NOT_FOUND;
+		return 0;
+	}
+	s->status = refresh_one(cookie, c, run);
+	if (s->status == LONGCONN_REFRESH_OK)
+		copy_out(s, c);
 	return 0;
 }
 
 /*
- * Run by a reader (BPF_PROG_TEST_RUN on the pinned program) just before it
- * reads map_of_tcp_conns: copy every tracked socket's counters into its
- * record, now. This is what makes the default exact without any per-segment
- * hook. In skb->cb (LONGCONN_REFRESH_CB_*): a shard (cookie % nshards ==
- * shard; the reader runs one shard of one, benchmarks use it to time the walk
- * alone) and the reader's netns cookie; out: how many sockets were not found
- * and how many records wait for a netnsid. Returns how many records were
- * refreshed.
+ * Run by a reader (BPF_PROG_TEST_RUN on the pinned program) right after it
+ * has read map_of_tcp_conns, once per chunk of what it read: copy the
+ * socket's counters of each record named in slots 0..count-1 of
+ * longconn_refresh_work into the record, now, and into the slot. This is
+ * what makes the default exact without any per-segment hook; the chunk
+ * bounds how long one run holds its CPU (not preemptible, softirqs off) at
+ * any map size. In skb->cb (LONGCONN_REFRESH_CB_*): the count and the
+ * reader's netns cookie; out: how many sockets were not found and how many
+ * records wait for a netnsid. Returns how many records were refreshed.
  */
 SEC("classifier")
 int longconn_refresh(struct __sk_buff *skb)
@@ -516,13 +570,16 @@ int longconn_refresh(struct __sk_buff *skb)
 	struct refresh_run run = {
 		.skb = skb,
 		.now = bpf_ktime_get_boot_ns(),
-		.shard = skb->cb[LONGCONN_REFRESH_CB_SHARD],
-		.nshards = skb->cb[LONGCONN_REFRESH_CB_NSHARDS],
 		.reader_netns = (__u64)skb->cb[LONGCONN_REFRESH_CB_NETNS_HI] << 32 |
 				skb->cb[LONGCONN_REFRESH_CB_NETNS_LO],
 	};
+	__u32 count = skb->cb[LONGCONN_REFRESH_CB_COUNT];
 
-	bpf_for_each_map_elem(&map_of_tcp_conns, refresh_one, &run, 0);
+	run.lookup_only = skb->cb[LONGCONN_REFRESH_CB_FLAGS] & LONGCONN_REFRESH_LOOKUP_ONLY;
+
+	if (count > LONGCONN_REFRESH_CHUNK)
+		count = LONGCONN_REFRESH_CHUNK;
+	bpf_loop(count, refresh_slot, &run, 0);
 	skb->cb[LONGCONN_REFRESH_CB_OUT_NOT_FOUND] = run.not_found;
 	skb->cb[LONGCONN_REFRESH_CB_OUT_NETNS_UNKNOWN] = run.netns_unknown;
 	return (int)(run.refreshed & 0x7fffffff);

@@ -7,7 +7,7 @@
 use std::{collections::HashMap, mem::offset_of};
 
 use longconn_common::{
-    layout::{ListenKey, Owner},
+    layout::{ListenKey, Owner, RefreshSlot},
     ConnRecord, Meta, NetnsEntry,
 };
 
@@ -124,6 +124,26 @@ fn rust_mirror_matches_compiled_btf() {
         "longconn_netns",
         NetnsEntry,
         [reader_netns_cookie, ino, nsid]
+    );
+    check_struct!(
+        structs,
+        "longconn_refresh_slot",
+        RefreshSlot,
+        [
+            cookie,
+            update_ns,
+            bytes_sent,
+            bytes_received,
+            packets_sent,
+            packets_received,
+            retransmits,
+            lost_packets,
+            bytes_retrans,
+            srtt_us,
+            min_rtt_us,
+            state,
+            status
+        ]
     );
     check_struct!(
         structs,

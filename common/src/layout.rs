@@ -6,7 +6,7 @@
 //! maps and the ring buffer are decoded with a length check, never transmuted.
 
 /// Bumped on any change to a record below; pinned in `meta` and checked by readers.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// `Meta::magic`: "lconnmet".
 pub const META_MAGIC: u64 = 0x6c63_6f6e_6e6d_6574;
 
@@ -94,12 +94,59 @@ pub struct NetnsEntry {
 
 /// `skb->cb` slots of the refresh program (LONGCONN_REFRESH_CB_*): its
 /// arguments in, its results out (slots 2 and 3 serve both).
-pub const REFRESH_CB_SHARD: usize = 0;
-pub const REFRESH_CB_NSHARDS: usize = 1;
+pub const REFRESH_CB_COUNT: usize = 0;
 pub const REFRESH_CB_NETNS_LO: usize = 2;
 pub const REFRESH_CB_NETNS_HI: usize = 3;
 pub const REFRESH_CB_OUT_NOT_FOUND: usize = 2;
 pub const REFRESH_CB_OUT_NETNS_UNKNOWN: usize = 3;
+
+/// Slots of the refresh work array (LONGCONN_REFRESH_CHUNK): records per refresh run.
+pub const REFRESH_CHUNK: u32 = 2048;
+/// `RefreshSlot::status` (LONGCONN_REFRESH_*).
+pub const REFRESH_OK: u32 = 1;
+pub const REFRESH_GONE: u32 = 2;
+pub const REFRESH_CLOSED: u32 = 3;
+pub const REFRESH_NOT_FOUND: u32 = 4;
+pub const REFRESH_NETNS_UNKNOWN: u32 = 5;
+
+/// `struct longconn_refresh_slot`: value of the `refresh_work` array, a
+/// cookie in, the refreshed counters out (valid when `status` is REFRESH_OK).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefreshSlot {
+    pub cookie: u64,
+    pub update_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub retransmits: u64,
+    pub lost_packets: u64,
+    pub bytes_retrans: u64,
+    pub srtt_us: u32,
+    pub min_rtt_us: u32,
+    pub state: u32,
+    pub status: u32,
+}
+
+impl RefreshSlot {
+    pub const SIZE: usize = std::mem::size_of::<Self>();
+
+    /// Copies what the refresh read from the socket into `r`.
+    pub fn apply(&self, r: &mut ConnRecord) {
+        r.update_ns = self.update_ns;
+        r.bytes_sent = self.bytes_sent;
+        r.bytes_received = self.bytes_received;
+        r.packets_sent = self.packets_sent;
+        r.packets_received = self.packets_received;
+        r.retransmits = self.retransmits;
+        r.lost_packets = self.lost_packets;
+        r.bytes_retrans = self.bytes_retrans;
+        r.srtt_us = self.srtt_us;
+        r.min_rtt_us = self.min_rtt_us;
+        r.state = self.state;
+    }
+}
 
 /// `struct longconn_meta`: the single value of the `meta` array.
 #[repr(C)]
@@ -122,6 +169,8 @@ unsafe impl aya::Pod for ConnRecord {}
 unsafe impl aya::Pod for Meta {}
 // SAFETY: as above.
 unsafe impl aya::Pod for NetnsEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for RefreshSlot {}
 
 /// Per-CPU kernel counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -274,6 +323,7 @@ mod tests {
     fn sizes_match_header() {
         assert_eq!(std::mem::size_of::<ConnRecord>(), 184);
         assert_eq!(std::mem::size_of::<Meta>(), 40);
+        assert_eq!(std::mem::size_of::<RefreshSlot>(), 88);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod mounts;
 pub mod netns;
 pub mod pinned;
 pub mod pins;
+pub mod refresh;
 pub mod ring;
 pub mod sys;
 pub mod testgen;

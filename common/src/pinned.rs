@@ -8,16 +8,22 @@ use std::{
     io,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::maps::{Array, HashMap as AyaHashMap, Map, MapData, PerCpuArray};
 
 use crate::{
-    layout::{self, ConnRecord, Counters, Meta, NetnsEntry},
+    layout::{self, ConnRecord, Counters, Meta, NetnsEntry, RefreshSlot},
     mounts, netns, pins,
+    refresh::{DirLock, WorkArray},
     ring::RingReader,
     sys,
 };
+
+/// How long a reader waits for the refresh work array while another reader
+/// uses it (each holds it for one chunk, a few ms).
+const REFRESH_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinnedError {
@@ -41,6 +47,8 @@ pub enum PinnedError {
         path: PathBuf,
         source: aya::maps::MapError,
     },
+    #[error("another reader has held the refresh lock of {dir} for {}s: run again, or find the stopped reader holding it (`lslocks`)", REFRESH_LOCK_WAIT.as_secs())]
+    Busy { dir: PathBuf },
 }
 
 impl PinnedError {
@@ -51,7 +59,7 @@ impl PinnedError {
             Self::NotPinned { .. } | Self::Layout { .. } => 6,
             Self::Permission { .. } => 4,
             Self::NoBpffs { .. } => 3,
-            Self::Io { .. } | Self::Map { .. } => 1,
+            Self::Io { .. } | Self::Map { .. } | Self::Busy { .. } => 1,
         }
     }
 }
@@ -233,18 +241,20 @@ impl Pins {
         self.dir.join(name)
     }
 
-    /// Copies every tracked socket's counters into its record, now: runs the
-    /// pinned `refresh_conns` program (BPF_PROG_TEST_RUN), which walks
-    /// map_of_tcp_conns and looks each record's socket up by 4-tuple in the
-    /// kernel's TCP tables, in one run on one CPU. A run is not preemptible
-    /// (and holds that CPU's softirqs) for 0.5–0.8 µs per tracked socket; one
-    /// CPU at a time, never all of them: splitting the walk across threads
-    /// cost more CPU in total (every shard walks the whole map) and stalled
-    /// every CPU at once. Sockets of other network namespaces are
-    /// reached through netnsids resolved first (see `netns`); a namespace the
-    /// program meets for the first time is resolved and the refresh run once
-    /// more.
-    fn refresh(&self) -> Result<RefreshStats, PinnedError> {
+    /// Copies the socket's counters into each live record of `records` (as
+    /// just read from the map) and into the map, now: runs the pinned
+    /// `refresh_conns` program (BPF_PROG_TEST_RUN) once per chunk of at most
+    /// `refresh_work`'s slot count, naming the chunk's cookies in that
+    /// mmapped array and reading the refreshed counters back from it. The
+    /// program looks each record's socket up by 4-tuple in the kernel's TCP
+    /// tables; a run is not preemptible (and holds its CPU's softirqs) for
+    /// 0.5–0.9 µs per socket, so a chunk of 2048 holds one CPU ≈ 1–2 ms
+    /// whatever the map size. Records that closed since the map was read
+    /// keep the values read (the ring, read after, carries their close).
+    /// Sockets of other network namespaces are reached through netnsids
+    /// resolved first (see `netns`); records of a namespace the program
+    /// meets for the first time are refreshed once more after it is resolved.
+    fn refresh(&self, records: &mut [ConnRecord]) -> Result<RefreshStats, PinnedError> {
         let path = self.path(pins::REFRESH);
         let fd = match open_fd(&path, Access::ReadWrite) {
             Err(PinnedError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -260,49 +270,117 @@ impl Pins {
             path: "/proc/self/ns/net".into(),
             source,
         })?;
+        let work = self.work_array()?;
         let mut netns_map = self.netns_map();
         let mut tried = HashSet::new();
         if let Some(m) = &mut netns_map {
             resolve_netns(m, own, &mut tried);
         }
-        let mut stats = self.refresh_run(fd.as_fd(), &path, own)?;
-        if stats.netns_unknown > 0 {
+        // A final record (kept in the map: ring buffer full) stays as closed.
+        let live: Vec<usize> = (0..records.len())
+            .filter(|&i| records[i].flags & layout::F_CLOSED == 0)
+            .collect();
+        let mut stats = RefreshStats::default();
+        let mut unknown =
+            self.refresh_chunks(fd.as_fd(), own, &work, records, &live, &mut stats)?;
+        if !unknown.is_empty() {
             if let Some(m) = &mut netns_map {
                 if resolve_netns(m, own, &mut tried) > 0 {
-                    stats = self.refresh_run(fd.as_fd(), &path, own)?;
+                    unknown =
+                        self.refresh_chunks(fd.as_fd(), own, &work, records, &unknown, &mut stats)?;
                 }
             }
         }
+        stats.netns_unknown = unknown.len() as u64;
         Ok(stats)
     }
 
-    /// One run of the refresh program over every record, on this thread.
-    fn refresh_run(
+    /// The `refresh_work` array, mapped (read-write whatever the access: the
+    /// reader names the records to refresh in it).
+    fn work_array(&self) -> Result<WorkArray, PinnedError> {
+        let path = self.path(pins::REFRESH_WORK);
+        let data = open_map(&path, Access::ReadWrite)?;
+        let (value_size, slots) = data
+            .info()
+            .map(|i| (i.value_size() as usize, i.max_entries() as usize))
+            .map_err(|source| PinnedError::Map {
+                path: path.clone(),
+                source,
+            })?;
+        if value_size != RefreshSlot::SIZE || slots == 0 {
+            return Err(PinnedError::Layout {
+                path,
+                found: format!("value size {value_size}, {slots} slots"),
+                expected: format!("value size {}", RefreshSlot::SIZE),
+            });
+        }
+        WorkArray::map(data.fd().as_fd(), slots).map_err(|source| match source.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => PinnedError::Permission { path },
+            _ => PinnedError::Io { path, source },
+        })
+    }
+
+    /// Refreshes `records[i]` for each i of `which`, one run per chunk of the
+    /// work array, each under the pin dir's lock. Adds to `stats` what was
+    /// refreshed and not found; returns the records whose namespace has no
+    /// netnsid for this reader yet.
+    fn refresh_chunks(
         &self,
-        fd: BorrowedFd<'_>,
-        path: &Path,
+        prog: BorrowedFd<'_>,
         own: u64,
-    ) -> Result<RefreshStats, PinnedError> {
+        work: &WorkArray,
+        records: &mut [ConnRecord],
+        which: &[usize],
+        stats: &mut RefreshStats,
+    ) -> Result<Vec<usize>, PinnedError> {
+        let mut unknown = Vec::new();
+        for chunk in which.chunks(work.slots()) {
+            let _lock = DirLock::acquire(&self.dir, REFRESH_LOCK_WAIT)
+                .map_err(|source| PinnedError::Io {
+                    path: self.dir.clone(),
+                    source,
+                })?
+                .ok_or_else(|| PinnedError::Busy {
+                    dir: self.dir.clone(),
+                })?;
+            for (slot, &r) in chunk.iter().enumerate() {
+                work.set(slot, records[r].cookie);
+            }
+            self.refresh_run(prog, own, chunk.len() as u32)?;
+            for (slot, &r) in chunk.iter().enumerate() {
+                let s = work.get(slot);
+                if s.cookie != records[r].cookie {
+                    continue;
+                }
+                match s.status {
+                    layout::REFRESH_OK => {
+                        s.apply(&mut records[r]);
+                        stats.refreshed += 1;
+                    }
+                    layout::REFRESH_NOT_FOUND => stats.not_found += 1,
+                    layout::REFRESH_NETNS_UNKNOWN => unknown.push(r),
+                    _ => {}
+                }
+            }
+        }
+        Ok(unknown)
+    }
+
+    /// One run of the refresh program over the first `count` slots of the
+    /// work array, on this thread.
+    fn refresh_run(&self, fd: BorrowedFd<'_>, own: u64, count: u32) -> Result<(), PinnedError> {
         let mut cb = [0u32; 4];
-        cb[layout::REFRESH_CB_SHARD] = 0;
-        cb[layout::REFRESH_CB_NSHARDS] = 1;
+        cb[layout::REFRESH_CB_COUNT] = count;
         cb[layout::REFRESH_CB_NETNS_LO] = own as u32;
         cb[layout::REFRESH_CB_NETNS_HI] = (own >> 32) as u32;
-        let (refreshed, out) =
-            sys::prog_run(fd, &cb).map_err(|source| match source.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => {
-                    PinnedError::Permission { path: path.into() }
-                }
-                _ => PinnedError::Io {
-                    path: path.into(),
-                    source,
-                },
-            })?;
-        Ok(RefreshStats {
-            refreshed: u64::from(refreshed),
-            not_found: u64::from(out[layout::REFRESH_CB_OUT_NOT_FOUND]),
-            netns_unknown: u64::from(out[layout::REFRESH_CB_OUT_NETNS_UNKNOWN]),
-        })
+        sys::prog_run(fd, &cb).map_err(|source| {
+            let path = self.path(pins::REFRESH);
+            match source.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::EACCES) => PinnedError::Permission { path },
+                _ => PinnedError::Io { path, source },
+            }
+        })?;
+        Ok(())
     }
 
     /// The `netns` map, read-write (the refresh records netnsids in it), or
@@ -331,15 +409,15 @@ impl Pins {
     }
 
     /// Every live record (and closed ones whose ring-buffer write failed),
-    /// refreshed from the sockets first, then read in batches, with what the
-    /// refresh could not reach. Records of the wrong size are counted in the
-    /// second value and skipped. With read-write access, netnsids of
-    /// namespaces no record refers to any more are forgotten.
+    /// read in batches, then refreshed from the sockets (see `refresh`),
+    /// with what the refresh could not reach. Records of the wrong size are
+    /// counted in the second value and skipped. With read-write access,
+    /// netnsids of namespaces no record refers to any more are forgotten.
     pub fn connections_refreshed(
         &self,
     ) -> Result<(Vec<ConnRecord>, u64, RefreshStats), PinnedError> {
-        let stats = self.refresh()?;
-        let (records, bad) = self.connections_unrefreshed()?;
+        let (mut records, bad) = self.connections_unrefreshed()?;
+        let stats = self.refresh(&mut records)?;
         if self.access == Access::ReadWrite {
             self.prune_netns(&records);
         }

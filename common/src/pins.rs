@@ -16,6 +16,8 @@ pub const META: &str = "meta";
 pub const NETNS: &str = "netns";
 /// Program run by readers (BPF_PROG_TEST_RUN): refreshes every live record from its socket.
 pub const REFRESH: &str = "refresh_conns";
+/// Work array of the refresh (mmapable array): cookies in, refreshed counters out, one run's chunk.
+pub const REFRESH_WORK: &str = "refresh_work";
 /// Directory of pinned bpf_links, one per attached program.
 pub const LINKS: &str = "links";
 
@@ -26,6 +28,7 @@ pub const MAPS: &[(&str, &str)] = &[
     ("longconn_counters", COUNTERS),
     ("longconn_meta", META),
     ("longconn_netns", NETNS),
+    ("longconn_refresh_work", REFRESH_WORK),
 ];
 
 pub fn link_path(pin_dir: &Path, name: &str) -> PathBuf {

@@ -69,7 +69,7 @@ pub fn names(dir: &Path) -> Vec<Owned> {
             pins::CONNS => Some(MapType::Hash),
             pins::CLOSED => Some(MapType::RingBuf),
             pins::COUNTERS => Some(MapType::PerCpuArray),
-            pins::META => Some(MapType::Array),
+            pins::META | pins::REFRESH_WORK => Some(MapType::Array),
             _ => None,
         };
         v.push(Owned {

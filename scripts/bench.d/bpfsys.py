@@ -106,3 +106,33 @@ def prog_test_run_cb(fd, cb):
     retval, = struct.unpack_from("<I", attr, 4)
     duration, = struct.unpack_from("<I", attr, 36)
     return retval, duration, struct.unpack_from("<5I", out, 48)
+
+
+BPF_MAP_LOOKUP_BATCH = 24
+
+
+def map_keys_u64(fd, value_size, chunk=4096):
+    """Every key of a hash map with 8-byte keys, by BPF_MAP_LOOKUP_BATCH."""
+    keys = (ctypes.c_uint64 * chunk)()
+    values = ctypes.create_string_buffer(chunk * value_size)
+    tok_in = ctypes.create_string_buffer(8)
+    tok_out = ctypes.create_string_buffer(8)
+    out, first = [], True
+    while True:
+        attr = ctypes.create_string_buffer(_ATTR_SIZE)
+        # in_batch, out_batch, keys, values (__aligned_u64), count, map_fd (__u32), elem_flags, flags
+        struct.pack_into("<QQQQIIQQ", attr, 0, 0 if first else _addr(tok_in), _addr(tok_out),
+                         _addr(keys), _addr(values), chunk, fd, 0, 0)
+        done = False
+        try:
+            bpf(BPF_MAP_LOOKUP_BATCH, attr)
+        except OSError as e:
+            if e.errno != 2:  # ENOENT: the last batch
+                raise
+            done = True
+        n = struct.unpack_from("<I", attr, 32)[0]
+        out.extend(keys[:n])
+        if done:
+            return out
+        ctypes.memmove(tok_in, tok_out, 8)
+        first = False

@@ -375,6 +375,7 @@ fn pins_get_explicit_modes_whatever_the_umask() {
             "netns",
             "counters",
             "refresh_conns",
+            "refresh_work",
         ] {
             check(&env.pin_dir.join(name), pin_mode, gid);
         }
