@@ -348,6 +348,21 @@ def measure_size(a, pin, label, conns, out, with_ss, extra=(), reps=None):
     return r
 
 
+def measure_active(a, pin, gens, out):
+    """Bytes per cycle when every connection moved since the last cycle."""
+    res = []
+    for rep in range(a.reps):
+        gens.poke()
+        before = out_sizes(out)
+        dt, _, rc, err = timed(collect_argv(pin, out))
+        if rc != 0:
+            raise RuntimeError(f"collect failed ({rc}): {err}")
+        res.append(written(before, out_sizes(out)))
+        log(f"active rep {rep + 1}/{a.reps}: collect {dt * 1000:.0f} ms, "
+            f"{sum(res[-1].values()) / 1024 / 1024:.1f} MiB written")
+    return res
+
+
 class Generators:
     """conngen.py processes inside a cgroup, each on its own 127.0.0.x."""
 
@@ -372,6 +387,16 @@ class Generators:
             if '"ready"' not in line:
                 raise RuntimeError(f"conngen did not get ready (exit {p.poll()}): {line!r}")
             self.procs.append(p)
+
+    def poke(self):
+        """Every pair sends 10 bytes each way: active in the next cycle."""
+        for p in self.procs:
+            p.stdin.write("poke\n")
+            p.stdin.flush()
+        for p in self.procs:
+            line = p.stdout.readline()
+            if '"poked"' not in line:
+                raise RuntimeError(f"conngen did not poke (exit {p.poll()}): {line!r}")
 
     def stop(self):
         for p in self.procs:
@@ -411,6 +436,8 @@ def scale(a, want_reader, want_output):
             r = measure_size(a, pin, f"{size} pairs", tracked, os.path.join(WORK, f"out-{size}"),
                              True)
             r.update({"pairs": size, "ss_listed": listed})
+            if size == 50000 or (a.quick and size == max(sizes)):
+                r["active_written"] = measure_active(a, pin, gens, os.path.join(WORK, f"out-{size}"))
             results["real"].append(r)
             shutil.rmtree(os.path.join(WORK, f"out-{size}"), ignore_errors=True)
     finally:
@@ -489,8 +516,9 @@ benchmark's cgroup, pinned with `--hooks default --max-connections
 Both ends are tracked, so N pairs = 2N map entries. Once every connection is
 older than the 5 s long-connection threshold: one warm-up `collect` (the first
 cycle, which creates the state), then {a.reps} rounds of `longconn-reader collect
---out-dir D --log-max-bytes 64GiB` (all outputs: access.csv, access.jsonl,
-longconn.prom, state.bin, otlp-metrics.jsonl, otlp-logs.jsonl),
+--out-dir D --log-max-bytes 64GiB` (the default outputs: access.csv,
+longconn.prom, state.bin; idle connections get an access record only every
+`--idle-record-interval`, 60 s),
 `longconn-reader dump --json >/dev/null`, `ss -tinH
 >/dev/null` (every TCP socket on the host, the same sockets plus a few others).
 Wall time and the process's own peak RSS (GNU `time -f %M`), median (min–max).
@@ -520,6 +548,8 @@ def emit_output(a, res):
         sets.append((f"{res['synthetic']['entries']:,} synthetic", res["synthetic"]))
     names = sorted({k for _, r in sets for w in r["written"] for k in w},
                    key=lambda k: (OUTPUTS.index(k) if k in OUTPUTS else 99, k))
+    sets += [(f"{r['pairs']:,} pairs, all active", dict(r, written=r["active_written"]))
+             for r in res["real"] if r.get("active_written")]
     for label, r in sets:
         for k in names:
             xs = [w.get(k, 0) for w in r["written"]]
@@ -536,7 +566,8 @@ def emit_output(a, res):
 Command: {cmdline('output')} (measured on the `collect` runs of section 4)
 
 Per steady-state cycle ({a.reps} cycles after the first for real connections,
-{SYNTH_REPS} for the synthetic set; every connection long and idle): growth of
+{SYNTH_REPS} for the synthetic set; every connection long and idle, and in the
+"all active" rows every pair sent 10 bytes each way just before the cycle): growth of
 the append-only files (access.csv, access.jsonl, otlp-metrics.jsonl,
 otlp-logs.jsonl; rotation is pushed out of the way with `--log-max-bytes
 64GiB`); for `longconn.prom` and `state.bin`, which each cycle rewrites whole

@@ -6,7 +6,9 @@
 Listens on ADDR (a 127.0.0.x address) at a free port, opens PAIRS client
 connections to it and accepts them, sends 100 bytes each way on every pair,
 prints {"ready": PAIRS, "addr": ..., "port": ...} and holds everything open
-until stdin reaches EOF (or SIGTERM). It then closes with SO_LINGER 0 (RST),
+until stdin reaches EOF (or SIGTERM). A line "poke" on stdin makes every pair
+send 10 bytes each way (read by the peer), then prints {"poked": PAIRS}: the
+connections are active in the next reader cycle. It then closes with SO_LINGER 0 (RST),
 so tearing down 100 000 sockets leaves no TIME_WAIT behind. Each process
 raises its open-file limit to the hard limit; keep PAIRS <= (limit - 16) / 2.
 """
@@ -60,8 +62,18 @@ def main():
         c.recv(100, socket.MSG_WAITALL)
     backlog.clear()
     print(json.dumps({"ready": pairs, "addr": addr, "port": port}), flush=True)
+    pairs_list = [(socks[i], socks[i + 1]) for i in range(0, len(socks), 2)]
     try:
-        sys.stdin.read()
+        for line in sys.stdin:
+            if line.strip() != "poke":
+                continue
+            for c, s in pairs_list:
+                c.sendall(b"p" * 10)
+                s.sendall(b"q" * 10)
+            for c, s in pairs_list:
+                s.recv(10, socket.MSG_WAITALL)
+                c.recv(10, socket.MSG_WAITALL)
+            print(json.dumps({"poked": pairs}), flush=True)
     except KeyboardInterrupt:
         pass
     close_all()
