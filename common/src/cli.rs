@@ -6,8 +6,13 @@
 use std::process::ExitCode;
 
 /// Parses the command line, or prints the error on one line and says which
-/// exit code to end with.
+/// exit code to end with. First, a closed stdout (`status | head`) ends the
+/// program quietly, as it does `ss` or `cat`: Rust ignores SIGPIPE, so a
+/// print would otherwise panic.
 pub fn parse<T: clap::Parser>(program: &str) -> Result<T, ExitCode> {
+    // SAFETY: setting a signal's disposition to its default, before any
+    // thread is started; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match T::try_parse() {
         Ok(cli) => Ok(cli),
         Err(e)

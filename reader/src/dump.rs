@@ -127,8 +127,8 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if args.json {
         // Streamed: one object a line, never all in memory. JSON escapes
-        // control characters below U+0020; DEL and C1 are escaped too.
-        let mut json = termsafe::JsonC1::new(&mut out);
+        // control characters below U+0020; DEL and C1 are escaped too, in
+        // the rare object that holds a byte from 0x7f up.
         let mut buf = Vec::with_capacity(1024);
         let mut n = 0usize;
         for r in &records {
@@ -136,11 +136,14 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
             buf.clear();
             buf.extend_from_slice(if n == 0 { b"[\n" } else { b",\n" });
             access::json_object(&mut buf, &view::event(r, &clock, &id), dump_key);
-            json.write_all(&buf)?;
+            if buf.iter().any(|&b| b >= 0x7f) {
+                termsafe::JsonC1::new(&mut out).write_all(&buf)?;
+            } else {
+                out.write_all(&buf)?;
+            }
             n += 1;
         }
-        json.write_all(if n == 0 { b"[]\n" } else { b"\n]\n" })?;
-        json.flush()?;
+        out.write_all(if n == 0 { b"[]\n" } else { b"\n]\n" })?;
     } else {
         let rows: Vec<(&ConnRecord, Identity)> = records
             .iter()
