@@ -156,3 +156,48 @@ fn pin_twice_is_harmless_and_detach_is_idempotent() {
     }
     assert!(!env.pin_dir.exists());
 }
+
+/// Output into a pipe nobody reads (`status | head -1` once head is gone)
+/// ends each command quietly, by SIGPIPE as `ss` or `cat` do: never a panic.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    if !privileged_or_skip("a_closed_stdout_ends_quietly") {
+        return;
+    }
+    let env = TestEnv::new("sigpipe");
+    env.pin(&[]);
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills the two-int array it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the read end is ours and closed once; the write end is
+    // handed to each child and closed by the OwnedFd below.
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: fds[1] is an open fd we own from here on.
+    let write_end =
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+    for mut cmd in [
+        {
+            let mut c = env.pin_cmd();
+            c.arg("status");
+            c
+        },
+        {
+            let mut c = env.reader_cmd();
+            c.args(["dump", "--json"]);
+            c
+        },
+    ] {
+        let out = cmd
+            .stdout(write_end.try_clone().unwrap())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{cmd:?}: {err}");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(libc::SIGPIPE),
+            "{cmd:?}: {err}"
+        );
+    }
+}
