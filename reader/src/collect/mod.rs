@@ -70,6 +70,7 @@ use crate::{
         access,
         applog::{self, AppendLog, Committed},
         atomic, otlp, promtext,
+        snapshot::table::SATURATED_GROUPS,
     },
     servicemap::ServiceMap,
 };
@@ -514,14 +515,22 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         map_full_drops: counters.map_full + counters.map_error,
         refresh_unreachable: (refresh.not_found, refresh.netns_unknown),
     };
-    let families = metrics::families(&state, live, &stats);
-    let saturated = metrics::lookup(&families, metrics::SATURATED_GROUPS, &Default::default());
-    if let Some(n) = saturated.filter(|n| *n > 0.0) {
-        eprintln!("longconn-reader: {n} workload/service groups have a summed counter at 2^64-1, held there instead of wrapping (see {})", metrics::SATURATED_GROUPS);
+    // Both metric outputs are made now: the snapshot borrows the state,
+    // which the commit below changes.
+    let (snapshot, saturated) = metrics::snapshot(&state, live, &stats);
+    if saturated > 0 {
+        eprintln!("longconn-reader: {saturated} workload/service groups have a summed counter at 2^64-1, held there instead of wrapping (see {})", SATURATED_GROUPS.desc().name);
     }
-    if let Some((file, log)) = files.iter().find(|(f, _)| f == OTLP_METRICS_FILE) {
-        let group_start_ns = state.created_unix_ns.max(0) as u64;
-        let line = otlp::metrics_request(&families, &resource, group_start_ns, now_ns);
+    let prom_text = promtext::encode(&snapshot);
+    let otlp_line = files
+        .iter()
+        .any(|(f, _)| f == OTLP_METRICS_FILE)
+        .then(|| otlp::metrics_request(&snapshot, &resource, now_ns));
+    drop(snapshot);
+    if let (Some((file, log)), Some(line)) = (
+        files.iter().find(|(f, _)| f == OTLP_METRICS_FILE),
+        otlp_line,
+    ) {
         let mut tail = log.tail(known.get(file).copied());
         tail.buf().extend_from_slice(line.as_bytes());
         tail.buf().push(b'\n');
@@ -558,7 +567,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         pins.remove(*cookie)?;
     }
     let prom = dirs.textfile.join(PROM_FILE);
-    atomic::write_atomic(&prom, promtext::encode(&families).as_bytes(), 0o640)
+    atomic::write_atomic(&prom, prom_text.as_bytes(), 0o640)
         .with_context(|| format!("cannot write {}", prom.display()))?;
     // 4. Rotate full files (only committed bytes move) and record it.
     let mut rotated = false;

@@ -4,9 +4,12 @@
 pub mod access;
 pub mod applog;
 pub mod atomic;
+#[cfg(test)]
+pub mod golden;
 pub mod jsonw;
 pub mod otlp;
 pub mod owner;
 pub mod promtext;
+pub mod snapshot;
 
 pub(crate) use owner::apply_group;
