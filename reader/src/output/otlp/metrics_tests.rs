@@ -90,7 +90,9 @@ fn names_units_and_io_direction_come_from_the_table() {
         ("longconn_workload_retransmits", "{packet}", None),
         ("longconn_workload_connections_opened", "{connection}", None),
         ("longconn_connection_srtt_seconds", "s", None),
-        ("longconn_ringbuf_drops", "1", None),
+        ("longconn_ringbuf_drops", "{record}", None),
+        ("longconn_map_full_drops", "{connection}", None),
+        ("longconn_reader_saturated_groups", "{group}", None),
         (
             "longconn_refresh_unreachable_connections",
             "{connection}",

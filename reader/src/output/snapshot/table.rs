@@ -14,14 +14,18 @@ pub enum Kind {
     Gauge,
 }
 
-/// What a family measures, as UCUM (or `{annotation}` for counts of things).
+/// What a family measures, as UCUM (or `{annotation}` for counts of things:
+/// never `1`, which OTel reads as a ratio).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
     Bytes,
     Seconds,
     Connections,
     Packets,
-    One,
+    /// Close or map records.
+    Records,
+    /// Workload or service label sets.
+    Groups,
 }
 
 impl Unit {
@@ -31,7 +35,8 @@ impl Unit {
             Unit::Seconds => "s",
             Unit::Connections => "{connection}",
             Unit::Packets => "{packet}",
-            Unit::One => "1",
+            Unit::Records => "{record}",
+            Unit::Groups => "{group}",
         }
     }
 }
@@ -340,42 +345,42 @@ pub static METRICS: [Desc; ROWS] = join(&[
             "longconn_ringbuf_drops_total",
             "Close records that did not fit the ring buffer (kept in the map and reaped by the reader, so not lost)",
             Kind::Counter,
-            Unit::One,
+            Unit::Records,
             None,
         ),
         Desc::new(
             "longconn_map_full_drops_total",
             "Connections not tracked because map_of_tcp_conns was full or the insert failed",
             Kind::Counter,
-            Unit::One,
+            Unit::Connections,
             None,
         ),
         Desc::new(
             "longconn_closes_without_record_total",
             "Connections that disappeared without a close record (accounted from their last live values)",
             Kind::Counter,
-            Unit::One,
+            Unit::Connections,
             None,
         ),
         Desc::new(
             "longconn_malformed_records_total",
             "Map or ring-buffer records of the wrong size, skipped",
             Kind::Counter,
-            Unit::One,
+            Unit::Records,
             None,
         ),
         Desc::new(
             "longconn_reader_connection_series_omitted",
             "Long connections not exported per connection because of --max-connection-series",
             Kind::Gauge,
-            Unit::One,
+            Unit::Connections,
             None,
         ),
         Desc::new(
             "longconn_reader_saturated_groups",
             "Workload and service label sets whose summed counters reached 2^64-1 and are held there instead of wrapping",
             Kind::Gauge,
-            Unit::One,
+            Unit::Groups,
             None,
         ),
         Desc::new(
@@ -390,7 +395,7 @@ pub static METRICS: [Desc; ROWS] = join(&[
 
 /// The blocks above as one array (checked to fill it exactly).
 const fn join<const N: usize>(blocks: &[&[Desc]]) -> [Desc; N] {
-    let filler = Desc::new("", "", Kind::Gauge, Unit::One, None);
+    let filler = Desc::new("", "", Kind::Gauge, Unit::Seconds, None);
     let mut out = [filler; N];
     let (mut b, mut k) = (0, 0);
     while b < blocks.len() {
