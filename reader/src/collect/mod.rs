@@ -515,24 +515,17 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         map_full_drops: counters.map_full + counters.map_error,
         refresh_unreachable: (refresh.not_found, refresh.netns_unknown),
     };
-    // Both metric outputs are made now: the snapshot borrows the state,
-    // which the commit below changes.
+    // Both metric outputs are made now (the OTLP one straight into its
+    // file's buffer): the snapshot borrows the state, which the commit
+    // below changes.
     let (snapshot, saturated) = metrics::snapshot(&state, live, &stats);
     if saturated > 0 {
         eprintln!("longconn-reader: {saturated} workload/service groups have a summed counter at 2^64-1, held there instead of wrapping (see {})", SATURATED_GROUPS.desc().name);
     }
     let prom_text = promtext::encode(&snapshot);
-    let otlp_line = files
-        .iter()
-        .any(|(f, _)| f == OTLP_METRICS_FILE)
-        .then(|| otlp::metrics_request(&snapshot, &resource, now_ns));
-    drop(snapshot);
-    if let (Some((file, log)), Some(line)) = (
-        files.iter().find(|(f, _)| f == OTLP_METRICS_FILE),
-        otlp_line,
-    ) {
+    if let Some((file, log)) = files.iter().find(|(f, _)| f == OTLP_METRICS_FILE) {
         let mut tail = log.tail(known.get(file).copied());
-        tail.buf().extend_from_slice(line.as_bytes());
+        otlp::write_metrics_request(tail.buf(), &snapshot, &resource, now_ns);
         tail.buf().push(b'\n');
         if let Some(w) = tail
             .finish()
@@ -541,6 +534,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
             written.insert(file.clone(), w);
         }
     }
+    drop(snapshot);
     // 2. Commit point: totals, applied ring position and file positions at
     //    once. Files not written this cycle (a format switched off, another
     //    log dir) stay known while they are still there.

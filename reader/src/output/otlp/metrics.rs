@@ -7,6 +7,16 @@ use super::*;
 use crate::output::snapshot::{Label, Snapshot, Value};
 
 /// One ExportMetricsServiceRequest for the cycle, as one JSON line.
+#[cfg(test)]
+pub fn metrics_request(snapshot: &Snapshot, res: &Resource, now_unix_nano: u64) -> String {
+    let mut out = Vec::new();
+    write_metrics_request(&mut out, snapshot, res, now_unix_nano);
+    utf8(out)
+}
+
+/// Appends one ExportMetricsServiceRequest for the cycle to `out`, as one
+/// JSON line without its newline (straight into the file's buffer: at
+/// 100k series the request is hundreds of MB).
 ///
 /// Each point starts at its series' start (a connection's start, or the
 /// state's for groups and the reader's own figures), never after
@@ -14,15 +24,20 @@ use crate::output::snapshot::{Label, Snapshot, Value};
 ///
 /// Written by hand, byte for byte as serde_json writes the request
 /// `reference::metrics_request` builds.
-pub fn metrics_request(snapshot: &Snapshot, res: &Resource, now_unix_nano: u64) -> String {
+pub fn write_metrics_request(
+    out: &mut Vec<u8>,
+    snapshot: &Snapshot,
+    res: &Resource,
+    now_unix_nano: u64,
+) {
     let mut now = Vec::with_capacity(20);
     jsonw::u64(&mut now, now_unix_nano);
     let mut buf = String::new();
 
     let points: usize = snapshot.families().map(|(_, p)| p.len()).sum();
     // A point with a connection's labels is about 700 bytes.
-    let mut out = Vec::with_capacity(512 + 800 * points);
-    request_start(&mut out, "Metrics", res);
+    out.reserve(512 + 800 * points);
+    request_start(out, "Metrics", res);
     let mut first_metric = true;
     for (desc, points) in snapshot.families() {
         // Written in place, taken back if no point is representable.
@@ -31,11 +46,11 @@ pub fn metrics_request(snapshot: &Snapshot, res: &Resource, now_unix_nano: u64) 
             out.push(b',');
         }
         out.extend_from_slice(br#"{"name":""#);
-        jsonw::str_contents(&mut out, desc.otel_name);
+        jsonw::str_contents(out, desc.otel_name);
         out.extend_from_slice(br#"","description":""#);
-        jsonw::str_contents(&mut out, desc.help);
+        jsonw::str_contents(out, desc.help);
         out.extend_from_slice(br#"","unit":""#);
-        jsonw::str_contents(&mut out, desc.unit.ucum());
+        jsonw::str_contents(out, desc.unit.ucum());
         out.extend_from_slice(match desc.kind {
             Kind::Gauge => br#"","gauge":{"dataPoints":["#.as_slice(),
             Kind::Counter => br#"","sum":{"dataPoints":["#,
@@ -51,22 +66,22 @@ pub fn metrics_request(snapshot: &Snapshot, res: &Resource, now_unix_nano: u64) 
             any_point = true;
             let series = snapshot.series(point.series);
             out.extend_from_slice(br#"{"startTimeUnixNano":""#);
-            jsonw::u64(&mut out, series.start_unix_ns.min(now_unix_nano));
+            jsonw::u64(out, series.start_unix_ns.min(now_unix_nano));
             out.extend_from_slice(br#"","timeUnixNano":""#);
             out.extend_from_slice(&now);
             match as_int(point.value) {
                 Some(v) => {
                     out.extend_from_slice(br#"","asInt":""#);
-                    int(&mut out, v);
+                    int(out, v);
                     out.extend_from_slice(br#"","attributes":["#);
                 }
                 None => {
                     out.extend_from_slice(br#"","asDouble":"#);
-                    jsonw::f64(&mut out, as_double(point.value));
+                    jsonw::f64(out, as_double(point.value));
                     out.extend_from_slice(br#","attributes":["#);
                 }
             }
-            point_attributes(&mut out, &series.labels, desc.io, &mut buf);
+            point_attributes(out, &series.labels, desc.io, &mut buf);
             out.extend_from_slice(b"]}");
         }
         if !any_point {
@@ -81,7 +96,6 @@ pub fn metrics_request(snapshot: &Snapshot, res: &Resource, now_unix_nano: u64) 
         });
     }
     out.extend_from_slice(b"]}]}]}");
-    utf8(out)
 }
 
 /// `asInt` for counts within int64 and exact integral floats below 2^53;

@@ -120,6 +120,7 @@ fn request_start(out: &mut Vec<u8>, kind: &str, res: &Resource) {
 
 /// The request as a String: the encoders write only the bytes of `&str`s
 /// and ASCII.
+#[cfg(test)]
 fn utf8(out: Vec<u8>) -> String {
     match String::from_utf8(out) {
         Ok(line) => line,
@@ -151,7 +152,9 @@ mod metrics;
 #[cfg(test)]
 pub use logs::logs_request;
 pub use logs::LogsWriter;
+#[cfg(test)]
 pub use metrics::metrics_request;
+pub use metrics::write_metrics_request;
 
 #[cfg(test)]
 mod metrics_tests;
