@@ -247,6 +247,7 @@ fn escape_key_value(out: &mut String, v: &str) {
 /// The label values of a group key made by `Identity::key` (or `join_key`),
 /// in order. A `\` followed by anything but `\` or `s` stands for itself, so
 /// keys written before values were escaped read back as they were.
+#[cfg(test)]
 pub fn split_key(key: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
@@ -270,6 +271,38 @@ pub fn split_key(key: &str) -> Vec<String> {
     }
     out.push(cur);
     out
+}
+
+/// The `index`-th value of a group key made by `join_key`, as `split_key`
+/// reads it: a slice of the key, or unescaped into `buf` (cleared) when it
+/// holds an escape; None past the last value. KEY_SEP never occurs inside
+/// an escaped value, so every one in the key separates two.
+pub fn key_value<'k>(key: &'k str, index: usize, buf: &'k mut String) -> Option<&'k str> {
+    let part = key.split(KEY_SEP).nth(index)?;
+    if !part.contains('\\') {
+        return Some(part);
+    }
+    buf.clear();
+    let mut chars = part.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some('\\')) => {
+                chars.next();
+                buf.push('\\');
+            }
+            ('\\', Some('s')) => {
+                chars.next();
+                buf.push(KEY_SEP);
+            }
+            (c, _) => buf.push(c),
+        }
+    }
+    Some(buf)
+}
+
+/// How many values a group key holds (`split_key(key).len()`).
+pub fn key_len(key: &str) -> usize {
+    key.split(KEY_SEP).count()
 }
 
 /// A group key of label values (the inverse of `split_key`).
@@ -360,6 +393,8 @@ mod tests {
         assert_eq!(split_key(&b.key(&labels)), vec!["/a", "b\u{1f}x"]);
         // A key written before escaping (no \\ or \s in it) reads back as it was.
         assert_eq!(split_key("/sys\\a\u{1f}c\\"), vec!["/sys\\a", "c\\"]);
+        let mut buf = String::new();
+        assert_eq!(key_value("/sys\\a\u{1f}c\\", 1, &mut buf), Some("c\\"));
         // Any values round-trip, so distinct value lists give distinct keys.
         let mut g = longconn_common::testgen::Gen::new(8);
         let mut seen = std::collections::HashMap::new();
@@ -370,6 +405,12 @@ mod tests {
                 .collect();
             let key = join_key(values.iter().map(String::as_str));
             assert_eq!(split_key(&key), values, "{key:?}");
+            let mut buf = String::new();
+            assert_eq!(key_len(&key), values.len(), "{key:?}");
+            for (i, v) in values.iter().enumerate() {
+                assert_eq!(key_value(&key, i, &mut buf), Some(v.as_str()), "{key:?}");
+            }
+            assert_eq!(key_value(&key, values.len(), &mut buf), None);
             if let Some(other) = seen.insert(key.clone(), values.clone()) {
                 assert_eq!(other, values, "{key:?}");
             }

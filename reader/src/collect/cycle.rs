@@ -113,6 +113,7 @@ fn conn_state(
 }
 
 /// A group's key as text ("direction|label values"), for outputs.
+#[cfg(test)]
 pub fn group_key(direction: u32, name: &str) -> String {
     format!("{}|{name}", view::direction_name(direction))
 }
@@ -406,7 +407,9 @@ impl LiveSums {
 }
 
 /// Exported counters of a group: closed totals plus its live connections,
-/// by group key text ("direction|label values").
+/// by group key text ("direction|label values"), for tests (the metrics use
+/// `metrics::group_sums`).
+#[cfg(test)]
 pub fn group_counters(
     state: &State,
     live: &LiveSums,

@@ -1,7 +1,10 @@
-//! The Prometheus families of one cycle, for node_exporter's textfile collector.
+//! The metric `Snapshot` of one cycle: group sums, the chosen
+//! per-connection series and the reader's own figures, as typed points in
+//! the families of the metric table (`output::snapshot::table`).
 //!
-//! The set of families, their HELP and TYPE never change between cycles (a
-//! family with no samples is still declared), so scrapes stay consistent.
+//! The set of families never changes between cycles (a family with no
+//! points is still declared), so scrapes stay consistent; memory follows
+//! the live set: at most `--max-connection-series` connection series.
 
 use std::{
     cmp::Reverse,
@@ -9,13 +12,15 @@ use std::{
 };
 
 use super::{
-    cycle::{group_counters, LiveSums},
-    state::{ConnState, Counters, State, Strings, Sym},
+    cycle::LiveSums,
+    state::{ConnState, Counters, GroupKey, GroupTotals, State, Sym},
 };
 use crate::{
     identity,
-    output::promtext::{Family, Kind, Sample},
-    view,
+    output::snapshot::{
+        table::{self, COUNTER_FIELDS},
+        Label, Metric, Reason, Snapshot, Value,
+    },
 };
 
 /// A multiply-rotate hasher for the per-connection dedupe set (keys are
@@ -60,154 +65,99 @@ pub struct SelfStats {
     pub refresh_unreachable: (u64, u64),
 }
 
-fn fam(name: &str, help: &str, kind: Kind) -> Family {
-    Family {
-        name: name.into(),
-        help: help.into(),
-        kind,
-        samples: Vec::new(),
-    }
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
 type Pick = fn(&Counters) -> u64;
-const COUNTER_FIELDS: [(&str, &str, Pick); 6] = [
-    (
-        "sent_bytes_total",
-        "Bytes sent and acknowledged by the peer (tcp_info bytes_acked)",
-        |c| c.bytes_sent,
-    ),
-    (
-        "received_bytes_total",
-        "Bytes received (tcp_info bytes_received)",
-        |c| c.bytes_received,
-    ),
-    (
-        "sent_packets_total",
-        "Segments sent (tcp_info segs_out)",
-        |c| c.packets_sent,
-    ),
-    (
-        "received_packets_total",
-        "Segments received (tcp_info segs_in)",
-        |c| c.packets_received,
-    ),
-    (
-        "retransmits_total",
-        "Segments retransmitted (tcp_info total_retrans)",
-        |c| c.retransmits,
-    ),
-    (
-        "lost_packets_total",
-        "Segments the kernel marked lost (running total of tcp_sock.lost)",
-        |c| c.lost_packets,
-    ),
+/// The counter rows of a group or connection block, in table order.
+const PICKS: [Pick; COUNTER_FIELDS] = [
+    |c| c.bytes_sent,
+    |c| c.bytes_received,
+    |c| c.packets_sent,
+    |c| c.packets_received,
+    |c| c.retransmits,
+    |c| c.lost_packets,
 ];
 
-/// A group's families, and how many of its label sets have a sum held at
-/// u64::MAX (saturated instead of wrapping).
-fn group_families(state: &State, live: &LiveSums, by_service: bool) -> (Vec<Family>, usize) {
-    let prefix = if by_service {
-        "longconn_service"
+/// Closed totals plus live sums per group key: the exported values.
+fn group_sums(
+    state: &State,
+    live: &LiveSums,
+    by_service: bool,
+) -> BTreeMap<GroupKey, (GroupTotals, Counters, u64)> {
+    let (groups, live) = if by_service {
+        (&state.services, &live.services)
     } else {
-        "longconn_workload"
+        (&state.workloads, &live.workloads)
     };
-    let label_names = if by_service {
-        &state.service_labels
-    } else {
-        &state.workload_labels
-    };
-    let what = if by_service {
-        "service (remote endpoint; local listening endpoint for inbound)"
-    } else {
-        "workload (cgroup)"
-    };
-    let mut opened = fam(
-        &format!("{prefix}_connections_opened_total"),
-        &format!("TCP connections opened, per {what} and direction"),
-        Kind::Counter,
-    );
-    let mut closed = fam(
-        &format!("{prefix}_connections_closed_total"),
-        &format!("Established TCP connections that closed, per {what} and direction"),
-        Kind::Counter,
-    );
-    let mut failed = fam(
-        &format!("{prefix}_connections_failed_total"),
-        &format!("Connects that never established, per {what} and direction"),
-        Kind::Counter,
-    );
-    let mut active = fam(
-        &format!("{prefix}_active_connections"),
-        &format!("Tracked live TCP connections, per {what} and direction"),
-        Kind::Gauge,
-    );
-    let mut counters: Vec<Family> = COUNTER_FIELDS
+    let mut sums: BTreeMap<GroupKey, (GroupTotals, Counters, u64)> = groups
         .iter()
-        .map(|(suffix, help, _)| {
-            fam(
-                &format!("{prefix}_{suffix}"),
-                &format!("{help}, per {what} and direction"),
-                Kind::Counter,
-            )
-        })
+        .map(|(k, t)| (*k, (*t, t.closed_counters, 0)))
         .collect();
-    let mut saturated = 0;
-    for (key, (totals, sum, live)) in group_counters(state, live, by_service) {
-        saturated += usize::from(sum.saturated());
-        let (direction, values) = key.split_once('|').unwrap_or(("unknown", key.as_str()));
-        let mut l: Vec<(String, String)> = label_names
-            .iter()
-            .cloned()
-            .zip(identity::split_key(values))
-            .collect();
-        l.push(("direction".into(), direction.into()));
-        opened.samples.push(Sample {
-            labels: l.clone(),
-            value: totals.opened as f64,
-        });
-        closed.samples.push(Sample {
-            labels: l.clone(),
-            value: totals.closed as f64,
-        });
-        failed.samples.push(Sample {
-            labels: l.clone(),
-            value: totals.failed as f64,
-        });
-        active.samples.push(Sample {
-            labels: l.clone(),
-            value: live as f64,
-        });
-        for (f, (_, _, pick)) in counters.iter_mut().zip(COUNTER_FIELDS.iter()) {
-            f.samples.push(Sample {
-                labels: l.clone(),
-                value: pick(&sum) as f64,
-            });
-        }
+    for (key, (counters, n)) in live {
+        let e = sums.entry(*key).or_default();
+        e.1.add(*counters);
+        e.2 += n;
     }
-    let mut out = vec![opened, closed, failed, active];
-    out.append(&mut counters);
-    (out, saturated)
+    sums
 }
 
-fn conn_labels(c: &ConnState, strings: &Strings) -> Vec<(String, String)> {
-    labels(&[
-        ("direction", view::direction_name(c.direction)),
-        ("local_address", &c.local_ip().to_string()),
-        ("local_port", &c.local_port.to_string()),
-        ("remote_address", &c.remote_ip().to_string()),
-        ("remote_port", &c.remote_port.to_string()),
-        // The same 4-tuple can exist in several network namespaces at once.
-        ("netns", &c.id.netns_cookie.to_string()),
-        ("workload", strings.get(c.id.workload)),
-        ("service", strings.get(c.id.service)),
-    ])
+/// A group block's points; returns how many of its label sets have a sum
+/// held at u64::MAX (saturated instead of wrapping).
+fn group_points<'a>(
+    snap: &mut Snapshot<'a>,
+    state: &'a State,
+    live: &LiveSums,
+    by_service: bool,
+) -> usize {
+    let (block, label_names) = if by_service {
+        (table::SERVICE, &state.service_labels)
+    } else {
+        (table::WORKLOAD, &state.workload_labels)
+    };
+    let start = state_start(state);
+    let mut saturated = 0;
+    for ((direction, key), (totals, sum, live)) in group_sums(state, live, by_service) {
+        saturated += usize::from(sum.saturated());
+        let key = state.strings.get(key);
+        let n = label_names.len().min(identity::key_len(key));
+        let mut labels: Vec<Label<'a>> = label_names[..n]
+            .iter()
+            .enumerate()
+            .map(|(index, name)| Label::Group { name, key, index })
+            .collect();
+        labels.push(Label::Direction(direction));
+        let series = snap.add_series(labels, start);
+        let count = |n: u64| Value::Count(n);
+        snap.push(block.at(table::GROUP_OPENED), series, count(totals.opened));
+        snap.push(block.at(table::GROUP_CLOSED), series, count(totals.closed));
+        snap.push(block.at(table::GROUP_FAILED), series, count(totals.failed));
+        snap.push(block.at(table::GROUP_ACTIVE), series, count(live));
+        for (i, pick) in PICKS.iter().enumerate() {
+            snap.push(
+                block.at(table::GROUP_COUNTERS + i),
+                series,
+                count(pick(&sum)),
+            );
+        }
+    }
+    saturated
+}
+
+/// When the reader's totals started (Unix ns): the start of every series
+/// but a connection's.
+fn state_start(state: &State) -> u64 {
+    u64::try_from(state.created_unix_ns).unwrap_or(0)
+}
+
+fn conn_labels<'a>(c: &ConnState, state: &'a State) -> Vec<Label<'a>> {
+    vec![
+        Label::Direction(c.direction),
+        Label::LocalAddress(c.local_ip()),
+        Label::LocalPort(c.local_port),
+        Label::RemoteAddress(c.remote_ip()),
+        Label::RemotePort(c.remote_port),
+        Label::Netns(c.id.netns_cookie),
+        Label::Workload(state.strings.get(c.id.workload)),
+        Label::Service(state.strings.get(c.id.service)),
+    ]
 }
 
 /// A per-connection series' label set (addresses, netns cookie and names as stored).
@@ -346,123 +296,70 @@ fn hash128(key: &LabelKey) -> u128 {
     (u128::from(a.finish()) << 64) | u128::from(b.finish() ^ 0x9e37_79b9_7f4a_7c15)
 }
 
-/// Per long connection, busiest first, capped; returns the families and how many were omitted.
-fn connection_families(state: &State, live: Live) -> (Vec<Family>, usize) {
+/// Per long connection, busiest first, capped; returns how many were omitted.
+fn connection_points<'a>(snap: &mut Snapshot<'a>, state: &'a State, live: Live) -> usize {
     let (chosen, omitted) = live.chosen(&state.final_series);
-    let chosen: Vec<(&ConnState, Vec<(String, String)>)> = chosen
-        .iter()
-        .map(|c| (c, conn_labels(c, &state.strings)))
-        .collect();
-
-    let mut counters: Vec<Family> = COUNTER_FIELDS
-        .iter()
-        .map(|(suffix, help, _)| {
-            fam(
-                &format!("longconn_connection_{suffix}"),
-                &format!("{help}, per long connection"),
-                Kind::Counter,
-            )
-        })
-        .collect();
-    let mut srtt = fam(
-        "longconn_connection_srtt_seconds",
-        "Smoothed round-trip time, per long connection",
-        Kind::Gauge,
-    );
-    let mut min_rtt = fam(
-        "longconn_connection_min_rtt_seconds",
-        "Minimum round-trip time seen, per long connection",
-        Kind::Gauge,
-    );
-    let mut start = fam(
-        "longconn_connection_start_time_seconds",
-        "When the connection was opened (Unix seconds), per long connection",
-        Kind::Gauge,
-    );
-    for (c, l) in chosen {
-        for (f, (_, _, pick)) in counters.iter_mut().zip(COUNTER_FIELDS.iter()) {
-            f.samples.push(Sample {
-                labels: l.clone(),
-                value: pick(&c.last) as f64,
-            });
+    let block = table::CONNECTION;
+    for c in &chosen {
+        // A start before 1970 is not a time: the state's start instead.
+        let start = match u64::try_from(c.start_unix_ns) {
+            Ok(ns) if ns > 0 => ns,
+            _ => state_start(state),
+        };
+        let series = snap.add_series(conn_labels(c, state), start);
+        for (i, pick) in PICKS.iter().enumerate() {
+            snap.push(block.at(i), series, Value::Count(pick(&c.last)));
         }
-        srtt.samples.push(Sample {
-            labels: l.clone(),
-            value: f64::from(c.srtt_us) / 1e6,
-        });
-        min_rtt.samples.push(Sample {
-            labels: l.clone(),
-            value: f64::from(c.min_rtt_us) / 1e6,
-        });
-        start.samples.push(Sample {
-            labels: l,
-            value: (c.start_unix_ns as f64 / 1e6).round() / 1e3,
-        });
+        let seconds = |us: u32| Value::Real(f64::from(us) / 1e6);
+        snap.push(block.at(table::CONN_SRTT), series, seconds(c.srtt_us));
+        snap.push(block.at(table::CONN_MIN_RTT), series, seconds(c.min_rtt_us));
+        // Unix seconds to the millisecond.
+        let start_s = (c.start_unix_ns as f64 / 1e6).round() / 1e3;
+        snap.push(block.at(table::CONN_START), series, Value::Real(start_s));
     }
-    counters.extend([srtt, min_rtt, start]);
-    (counters, omitted)
+    omitted
 }
 
-pub fn families(state: &State, live: Live, stats: &SelfStats) -> Vec<Family> {
-    let (mut out, saturated_w) = group_families(state, &live.sums, false);
-    let (by_service, saturated_s) = group_families(state, &live.sums, true);
-    out.extend(by_service);
-    let (conns, omitted) = connection_families(state, live);
-    out.extend(conns);
-    let one = |name: &str, help: &str, kind: Kind, value: f64| Family {
-        name: name.into(),
-        help: help.into(),
-        kind,
-        samples: vec![Sample {
-            labels: Vec::new(),
-            value,
-        }],
-    };
-    out.extend([
-        one("longconn_reader_last_success_timestamp_seconds", "When the last collect cycle finished writing (Unix seconds)", Kind::Gauge, stats.now_unix),
-        one("longconn_reader_cycle_duration_seconds", "Wall time of the last collect cycle up to writing this file", Kind::Gauge, stats.cycle_seconds),
-        one("longconn_reader_state_start_time_seconds", "When the reader's totals started; a change means the counters were reset", Kind::Gauge, state.created_unix_ns as f64 / 1e9),
-        one("longconn_tracked_connections", "Entries in map_of_tcp_conns", Kind::Gauge, stats.tracked as f64),
-        one("longconn_map_capacity_connections", "Capacity of map_of_tcp_conns (longconn-pin --max-connections)", Kind::Gauge, stats.capacity as f64),
-        one("longconn_ringbuf_drops_total", "Close records that did not fit the ring buffer (kept in the map and reaped by the reader, so not lost)", Kind::Counter, stats.ringbuf_drops as f64),
-        one("longconn_map_full_drops_total", "Connections not tracked because map_of_tcp_conns was full or the insert failed", Kind::Counter, stats.map_full_drops as f64),
-        one("longconn_closes_without_record_total", "Connections that disappeared without a close record (accounted from their last live values)", Kind::Counter, state.closes_without_record as f64),
-        one("longconn_malformed_records_total", "Map or ring-buffer records of the wrong size, skipped", Kind::Counter, state.malformed_records as f64),
-        one("longconn_reader_connection_series_omitted", "Long connections not exported per connection because of --max-connection-series", Kind::Gauge, omitted as f64),
-        one(SATURATED_GROUPS, "Workload and service label sets whose summed counters reached 2^64-1 and are held there instead of wrapping", Kind::Gauge, (saturated_w + saturated_s) as f64),
-    ]);
-    let unreachable = |reason: &str, n: u64| Sample {
-        labels: vec![("reason".into(), reason.into())],
-        value: n as f64,
-    };
-    out.push(Family {
-        name: "longconn_refresh_unreachable_connections".into(),
-        help: "Live connections whose counters the last read-time refresh could not read (their values are from the last kernel-side update): socket not found by its 4-tuple and cookie, or a network namespace this reader has no netnsid for".into(),
-        kind: Kind::Gauge,
-        samples: vec![
-            unreachable("socket_not_found", stats.refresh_unreachable.0),
-            unreachable("netns_unreachable", stats.refresh_unreachable.1),
-        ],
-    });
-    out
-}
-
-/// The family counting saturated group sums (collect warns when it is not 0).
-pub const SATURATED_GROUPS: &str = "longconn_reader_saturated_groups";
-
-/// For tests and `dump`: the value of one sample by family and labels.
-#[allow(dead_code)]
-pub fn lookup(families: &[Family], name: &str, want: &BTreeMap<&str, &str>) -> Option<f64> {
-    families
-        .iter()
-        .find(|f| f.name == name)?
-        .samples
-        .iter()
-        .find_map(|s| {
-            want.iter()
-                .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
-                .then_some(s.value)
-        })
+/// The cycle's Snapshot, sorted, and how many group label sets have a
+/// saturated sum (`table::SATURATED_GROUPS`).
+pub fn snapshot<'a>(state: &'a State, live: Live, stats: &SelfStats) -> (Snapshot<'a>, u64) {
+    let mut snap = Snapshot::default();
+    let saturated = group_points(&mut snap, state, &live.sums, false)
+        + group_points(&mut snap, state, &live.sums, true);
+    let omitted = connection_points(&mut snap, state, live);
+    let saturated = saturated as u64;
+    let start = state_start(state);
+    let none = snap.add_series(Vec::new(), start);
+    let (real, count) = (Value::Real, Value::Count);
+    let singles: [(Metric, Value); 11] = [
+        (table::LAST_SUCCESS, real(stats.now_unix)),
+        (table::CYCLE_DURATION, real(stats.cycle_seconds)),
+        (table::STATE_START, real(state.created_unix_ns as f64 / 1e9)),
+        (table::TRACKED, count(stats.tracked)),
+        (table::CAPACITY, count(stats.capacity)),
+        (table::RINGBUF_DROPS, count(stats.ringbuf_drops)),
+        (table::MAP_FULL_DROPS, count(stats.map_full_drops)),
+        (
+            table::CLOSES_WITHOUT_RECORD,
+            count(state.closes_without_record),
+        ),
+        (table::MALFORMED, count(state.malformed_records)),
+        (table::SERIES_OMITTED, count(omitted as u64)),
+        (table::SATURATED_GROUPS, count(saturated)),
+    ];
+    for (metric, value) in singles {
+        snap.push(metric, none, value);
+    }
+    let (not_found, netns) = stats.refresh_unreachable;
+    for (reason, n) in [
+        (Reason::SocketNotFound, not_found),
+        (Reason::NetnsUnreachable, netns),
+    ] {
+        let series = snap.add_series(vec![Label::Reason(reason)], start);
+        snap.push(table::REFRESH_UNREACHABLE, series, count(n));
+    }
+    snap.sort();
+    (snap, saturated)
 }
 
 #[cfg(test)]
@@ -495,12 +392,21 @@ mod tests {
         }
     }
 
-    fn samples<'a>(families: &'a [Family], name: &str) -> Vec<&'a Sample> {
-        families
+    /// A family's points as (label name, text) pairs and values.
+    fn samples(snap: &Snapshot, metric: Metric) -> Vec<(Vec<(String, String)>, Value)> {
+        let mut buf = String::new();
+        snap.points(metric)
             .iter()
-            .find(|f| f.name == name)
-            .map(|f| f.samples.iter().collect())
-            .unwrap_or_default()
+            .map(|p| {
+                let labels = snap
+                    .series(p.series)
+                    .labels
+                    .iter()
+                    .map(|l| (l.name().to_owned(), l.text(&mut buf).to_owned()))
+                    .collect();
+                (labels, p.value)
+            })
+            .collect()
     }
 
     /// Workloads whose names collided when values were joined raw with 0x1f
@@ -556,8 +462,8 @@ mod tests {
                 ..Default::default()
             });
         }
-        let families = families(&st, live, &stats());
-        let opened = samples(&families, "longconn_workload_connections_opened_total");
+        let (snap, saturated) = snapshot(&st, live, &stats());
+        let opened = samples(&snap, table::WORKLOAD.at(table::GROUP_OPENED));
         assert_eq!(opened.len(), 3);
         for (i, (w, c)) in names.iter().enumerate() {
             let want: Vec<(String, String)> =
@@ -567,23 +473,24 @@ mod tests {
                     .collect();
             let s = opened
                 .iter()
-                .find(|s| s.labels == want)
+                .find(|s| s.0 == want)
                 .unwrap_or_else(|| panic!("{want:?} in {opened:?}"));
-            assert_eq!(s.value, i as f64 + 1.0);
+            assert_eq!(s.1, Value::Count(i as u64 + 1));
         }
-        let conns = samples(&families, "longconn_connection_sent_bytes_total");
+        let conns = samples(&snap, table::CONNECTION);
         let netns: Vec<&str> = conns
             .iter()
-            .filter_map(|s| s.labels.iter().find(|(k, _)| k == "netns"))
+            .filter_map(|s| s.0.iter().find(|(k, _)| k == "netns"))
             .map(|(_, v)| v.as_str())
             .collect();
         assert_eq!(netns, vec!["4096", "8192"]);
+        assert_eq!(saturated, 0);
         assert_eq!(
-            lookup(&families, SATURATED_GROUPS, &BTreeMap::new()),
-            Some(0.0)
+            samples(&snap, table::SATURATED_GROUPS),
+            vec![(vec![], Value::Count(0))]
         );
 
-        let text = crate::output::promtext::encode(&families);
+        let text = crate::output::promtext::encode(&snap);
         let promtool = std::path::Path::new("/usr/bin/promtool");
         if promtool.exists() {
             let dir = tempfile::tempdir().unwrap();
@@ -628,14 +535,15 @@ mod tests {
                 ..Default::default()
             });
         }
-        let families = families(&st, live, &stats());
-        let sent = samples(&families, "longconn_workload_sent_bytes_total");
+        let (snap, saturated) = snapshot(&st, live, &stats());
+        let sent = samples(&snap, table::WORKLOAD.at(table::GROUP_COUNTERS));
         assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].value, u64::MAX as f64, "saturated, not wrapped");
+        assert_eq!(sent[0].1, Value::Count(u64::MAX), "saturated, not wrapped");
         // The workload group and the service group (same key) both.
+        assert_eq!(saturated, 2);
         assert_eq!(
-            lookup(&families, SATURATED_GROUPS, &BTreeMap::new()),
-            Some(2.0)
+            samples(&snap, table::SATURATED_GROUPS),
+            vec![(vec![], Value::Count(2))]
         );
         let mut c = Counters {
             packets_sent: u64::MAX - 1,

@@ -6,7 +6,8 @@
 //! 2. read kernel: the refreshed connection map, then the ring's closes;
 //! 3. account: the totals (`cycle`), each access record appended to the
 //!    logs as it is made, each live connection to the new state;
-//! 4. write uncommitted: the OTLP metrics line;
+//! 4. write uncommitted: the metric snapshot, as the OTLP metrics line and
+//!    as longconn.prom's text;
 //! 5. commit: the state file, with the ring position and file positions;
 //! 6. release: ring space and the map's applied closes, back to the kernel;
 //! 7. publish: longconn.prom;
@@ -81,7 +82,9 @@ use crate::{
     identity,
     output::{
         applog::{self, AppendLog, Committed},
-        atomic, otlp, promtext, AppendFile,
+        atomic, otlp, promtext,
+        snapshot::table::SATURATED_GROUPS,
+        AppendFile,
     },
     servicemap::ServiceMap,
 };
@@ -345,7 +348,10 @@ struct Accounted {
     outcome: cycle::Outcome,
     written: BTreeMap<AppendFile, applog::Written>,
     saver: Option<state::Saver>,
-    families: Vec<promtext::Family>,
+    /// The live sums and the reader's own figures, until the snapshot.
+    metrics: Option<(metrics::Live, metrics::SelfStats)>,
+    /// longconn.prom's text, published after the release.
+    prom_text: String,
     /// When the kernel was read (Unix ns): the time of every data point.
     now_ns: u64,
 }
@@ -362,7 +368,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     write_metrics_uncommitted(&cy, &mut done)?;
     commit(&mut cy, &mut done)?;
     release(&pins, &done.outcome)?;
-    publish(&cy, &done.families)?;
+    publish(&cy, &done.prom_text)?;
     rotate(&mut cy)?;
     Ok(if cy.partial_failure {
         ExitCode::from(crate::exit::FAILURE)
@@ -638,16 +644,12 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
         map_full_drops: counters.map_full + counters.map_error,
         refresh_unreachable: (read.refresh.not_found, read.refresh.netns_unknown),
     };
-    let families = metrics::families(&cy.state, live, &stats);
-    let saturated = metrics::lookup(&families, metrics::SATURATED_GROUPS, &Default::default());
-    if let Some(n) = saturated.filter(|n| *n > 0.0) {
-        eprintln!("longconn-reader: {n} workload/service groups have a summed counter at 2^64-1, held there instead of wrapping (see {})", metrics::SATURATED_GROUPS);
-    }
     Ok(Accounted {
         outcome,
         written,
         saver: Some(saver),
-        families,
+        metrics: Some((live, stats)),
+        prom_text: String::new(),
         now_ns,
     })
 }
@@ -660,18 +662,27 @@ fn known_files(cy: &Cycle<'_>) -> BTreeMap<AppendFile, Committed> {
         .collect()
 }
 
-/// Write uncommitted: the cycle's OTLP metrics line.
+/// Write uncommitted: this cycle's metric snapshot as longconn.prom's text
+/// (published after the release) and as the OTLP metrics line (straight
+/// into its file's buffer). Both are made now: the snapshot borrows the
+/// state, which the commit changes.
 fn write_metrics_uncommitted(cy: &Cycle<'_>, done: &mut Accounted) -> anyhow::Result<()> {
+    let Some((live, stats)) = done.metrics.take() else {
+        return Ok(());
+    };
+    let (snapshot, saturated) = metrics::snapshot(&cy.state, live, &stats);
+    if saturated > 0 {
+        eprintln!("longconn-reader: {saturated} workload/service groups have a summed counter at 2^64-1, held there instead of wrapping (see {})", SATURATED_GROUPS.desc().name);
+    }
+    done.prom_text = promtext::encode(&snapshot);
     let Some((file, log)) = cy.files.iter().find(|(f, _)| *f == AppendFile::OtlpMetrics) else {
         return Ok(());
     };
     let resource = otlp::Resource {
         host_name: host_name(),
     };
-    let group_start_ns = cy.state.created_unix_ns.max(0) as u64;
-    let line = otlp::metrics_request(&done.families, &resource, group_start_ns, done.now_ns);
     let mut tail = log.tail(known_files(cy).get(file).copied());
-    tail.buf().extend_from_slice(line.as_bytes());
+    otlp::write_metrics_request(tail.buf(), &snapshot, &resource, done.now_ns);
     tail.buf().push(b'\n');
     if let Some(w) = tail
         .finish()
@@ -720,9 +731,9 @@ fn release(pins: &Pins, outcome: &cycle::Outcome) -> anyhow::Result<()> {
 }
 
 /// Publish: longconn.prom for node_exporter, atomically.
-fn publish(cy: &Cycle<'_>, families: &[promtext::Family]) -> anyhow::Result<()> {
+fn publish(cy: &Cycle<'_>, prom_text: &str) -> anyhow::Result<()> {
     let prom = cy.dirs.textfile.join(PROM_FILE);
-    atomic::write_atomic(&prom, promtext::encode(families).as_bytes(), 0o640)
+    atomic::write_atomic(&prom, prom_text.as_bytes(), 0o640)
         .with_context(|| format!("cannot write {}", prom.display()))
 }
 

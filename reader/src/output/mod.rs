@@ -5,6 +5,8 @@ pub mod access;
 pub mod applog;
 pub mod atomic;
 pub mod event;
+#[cfg(test)]
+pub mod golden;
 pub mod jsonw;
 pub mod otlp;
 pub mod owner;
@@ -44,5 +46,6 @@ impl AppendFile {
         self != Self::OtlpMetrics
     }
 }
+pub mod snapshot;
 
 pub(crate) use owner::apply_group;

@@ -1,91 +1,87 @@
-//! OTLP metrics: one ExportMetricsServiceRequest per cycle.
+//! OTLP metrics: one ExportMetricsServiceRequest per cycle, a printer of
+//! the cycle's `Snapshot`. Names, units and I/O directions come from the
+//! metric table, ports and addresses from typed labels, start times from
+//! each series.
 
 use super::*;
+use crate::output::snapshot::{Label, Snapshot, Value};
 
 /// One ExportMetricsServiceRequest for the cycle, as one JSON line.
+#[cfg(test)]
+pub fn metrics_request(snapshot: &Snapshot, res: &Resource, now_unix_nano: u64) -> String {
+    let mut out = Vec::new();
+    write_metrics_request(&mut out, snapshot, res, now_unix_nano);
+    utf8(out)
+}
+
+/// Appends one ExportMetricsServiceRequest for the cycle to `out`, as one
+/// JSON line without its newline (straight into the file's buffer: at
+/// 100k series the request is hundreds of MB).
 ///
-/// `group_start_unix_nano` is the start time of every workload, service and
-/// self series: the reader state's creation time (a state reset gives a new
-/// one, which tells consumers the cumulative sums restarted). Per-connection
-/// series (families named `longconn_connection_*`) start at their
-/// connection's start time, taken from the `longconn_connection_start_time_seconds`
-/// sample with the same labels; a series without one uses the group start.
-/// Families without a representable sample are left out.
+/// Each point starts at its series' start (a connection's start, or the
+/// state's for groups and the reader's own figures), never after
+/// `now_unix_nano`. Families without a representable point are left out.
 ///
 /// Written by hand, byte for byte as serde_json writes the request
 /// `reference::metrics_request` builds.
-pub fn metrics_request(
-    families: &[Family],
+pub fn write_metrics_request(
+    out: &mut Vec<u8>,
+    snapshot: &Snapshot,
     res: &Resource,
-    group_start_unix_nano: u64,
     now_unix_nano: u64,
-) -> String {
-    let connection_starts: std::collections::HashMap<Vec<(&str, &str)>, u64> = families
-        .iter()
-        .filter(|f| f.name == CONNECTION_START)
-        .flat_map(|f| f.samples.iter())
-        .filter_map(|s| Some((label_key(&s.labels), seconds_to_nanos(s.value)?)))
-        .collect();
+) {
     let mut now = Vec::with_capacity(20);
     jsonw::u64(&mut now, now_unix_nano);
+    let mut buf = String::new();
 
-    let points: usize = families.iter().map(|f| f.samples.len()).sum();
+    let points: usize = snapshot.families().map(|(_, p)| p.len()).sum();
     // A point with a connection's labels is about 700 bytes.
-    let mut out = Vec::with_capacity(512 + 800 * points);
-    request_start(&mut out, "Metrics", res);
+    out.reserve(512 + 800 * points);
+    request_start(out, "Metrics", res);
     let mut first_metric = true;
-    for family in families {
-        let per_connection = family.name.starts_with(CONNECTION_PREFIX);
-        let io = io_direction(&family.name);
-        let mut samples: Vec<&Sample> = family.samples.iter().collect();
-        samples.sort_by(|a, b| label_values(a).cmp(label_values(b)));
-
-        // Written in place, taken back if no sample is representable.
+    for (desc, points) in snapshot.families() {
+        // Written in place, taken back if no point is representable.
         let metric_start = out.len();
         if !first_metric {
             out.push(b',');
         }
-        let name = metric_name(family);
         out.extend_from_slice(br#"{"name":""#);
-        jsonw::str_contents(&mut out, name);
+        jsonw::str_contents(out, desc.otel_name);
         out.extend_from_slice(br#"","description":""#);
-        jsonw::str_contents(&mut out, &family.help);
+        jsonw::str_contents(out, desc.help);
         out.extend_from_slice(br#"","unit":""#);
-        jsonw::str_contents(&mut out, unit(name));
-        out.extend_from_slice(match family.kind {
+        jsonw::str_contents(out, desc.unit.ucum());
+        out.extend_from_slice(match desc.kind {
             Kind::Gauge => br#"","gauge":{"dataPoints":["#.as_slice(),
             Kind::Counter => br#"","sum":{"dataPoints":["#,
         });
         let mut any_point = false;
-        for sample in samples {
-            let v = sample.value;
-            if !v.is_finite() {
+        for point in points {
+            if matches!(point.value, Value::Real(v) if !v.is_finite()) {
                 continue;
             }
             if any_point {
                 out.push(b',');
             }
             any_point = true;
-            let start = per_connection
-                .then(|| connection_starts.get(&label_key(&sample.labels)).copied())
-                .flatten()
-                .unwrap_or(group_start_unix_nano)
-                .min(now_unix_nano);
+            let series = snapshot.series(point.series);
             out.extend_from_slice(br#"{"startTimeUnixNano":""#);
-            jsonw::u64(&mut out, start);
+            jsonw::u64(out, series.start_unix_ns.min(now_unix_nano));
             out.extend_from_slice(br#"","timeUnixNano":""#);
             out.extend_from_slice(&now);
-            if v.fract() == 0.0 && v.abs() < EXACT {
-                // `"asInt"` for exact integers; -0.0 prints as 0.
-                out.extend_from_slice(br#"","asInt":""#);
-                int(&mut out, v as i64);
-                out.extend_from_slice(br#"","attributes":["#);
-            } else {
-                out.extend_from_slice(br#"","asDouble":"#);
-                jsonw::f64(&mut out, v);
-                out.extend_from_slice(br#","attributes":["#);
+            match as_int(point.value) {
+                Some(v) => {
+                    out.extend_from_slice(br#"","asInt":""#);
+                    int(out, v);
+                    out.extend_from_slice(br#"","attributes":["#);
+                }
+                None => {
+                    out.extend_from_slice(br#"","asDouble":"#);
+                    jsonw::f64(out, as_double(point.value));
+                    out.extend_from_slice(br#","attributes":["#);
+                }
             }
-            point_attributes(&mut out, &sample.labels, io);
+            point_attributes(out, &series.labels, desc.io, &mut buf);
             out.extend_from_slice(b"]}");
         }
         if !any_point {
@@ -93,36 +89,52 @@ pub fn metrics_request(
             continue;
         }
         first_metric = false;
-        out.extend_from_slice(match family.kind {
+        out.extend_from_slice(match desc.kind {
             Kind::Gauge => b"]}}".as_slice(),
             // CUMULATIVE, monotonic.
             Kind::Counter => br#"],"aggregationTemporality":2,"isMonotonic":true}}"#,
         });
     }
     out.extend_from_slice(b"]}]}]}");
-    utf8(out)
 }
 
-/// A data point's attributes: one per label (ports that parse as integers
-/// as `intValue`), network attributes when an address label is set, and the
-/// I/O direction the family's name implies.
-fn point_attributes(out: &mut Vec<u8>, labels: &[(String, String)], io: Option<&'static str>) {
-    for (i, (name, value)) in labels.iter().enumerate() {
+/// `asInt` for counts within int64 and exact integral floats below 2^53;
+/// None means `asDouble`.
+pub(super) fn as_int(v: Value) -> Option<i64> {
+    match v {
+        Value::Count(n) => i64::try_from(n).ok(),
+        // -0.0 becomes 0.
+        Value::Real(v) => (v.fract() == 0.0 && v.abs() < EXACT).then_some(v as i64),
+    }
+}
+
+pub(super) fn as_double(v: Value) -> f64 {
+    match v {
+        Value::Count(n) => n as f64,
+        Value::Real(v) => v,
+    }
+}
+
+/// A data point's attributes: one per label (ports as `intValue`), the
+/// network attributes when the series has an address, and the family's
+/// I/O direction.
+fn point_attributes(out: &mut Vec<u8>, labels: &[Label], io: Option<Io>, buf: &mut String) {
+    for (i, label) in labels.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(br#"{"key":""#);
-        let (key, name_part) = attribute_key_parts(name);
+        let (key, name_part) = label.otel_key();
         jsonw::str_contents(out, key);
         jsonw::str_contents(out, name_part);
-        match (is_port(name), value.parse::<i64>()) {
-            (true, Ok(port)) => {
+        match label.port() {
+            Some(port) => {
                 out.extend_from_slice(br#"","value":{"intValue":""#);
-                int(out, port);
+                jsonw::u64(out, port.into());
             }
-            _ => {
+            None => {
                 out.extend_from_slice(br#"","value":{"stringValue":""#);
-                jsonw::str_contents(out, value);
+                jsonw::str_contents(out, label.text(buf));
             }
         }
         out.extend_from_slice(br#""}}"#);
@@ -132,14 +144,20 @@ fn point_attributes(out: &mut Vec<u8>, labels: &[(String, String)], io: Option<&
         text_attr(out, if comma { start } else { &start[1..] }, value);
         comma = true;
     };
-    let address = labels
-        .iter()
-        .find(|(name, value)| is_address(name) && !value.is_empty());
-    if let Some((_, address)) = address {
+    if let Some(address) = labels.iter().find_map(Label::address) {
         add(out, attr!("network.transport"), "tcp");
-        add(out, attr!("network.type"), network_type(address));
+        add(out, attr!("network.type"), ip_type(address));
     }
     if let Some(io) = io {
-        add(out, attr!("network.io.direction"), io);
+        add(out, attr!("network.io.direction"), io.name());
+    }
+}
+
+/// OTel `network.type` of an address.
+pub(super) fn ip_type(address: std::net::IpAddr) -> &'static str {
+    if address.is_ipv6() {
+        "ipv6"
+    } else {
+        "ipv4"
     }
 }

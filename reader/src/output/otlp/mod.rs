@@ -25,7 +25,7 @@
 
 use super::{
     jsonw,
-    promtext::{Family, Kind, Sample},
+    snapshot::{Io, Kind},
 };
 
 /// Who produced the data; `service.name` is always "longconn".
@@ -36,29 +36,12 @@ pub struct Resource {
 const SERVICE_NAME: &str = "longconn";
 const SCOPE_NAME: &str = "longconn-reader";
 const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Families whose series belong to one connection.
-const CONNECTION_PREFIX: &str = "longconn_connection_";
-/// The family giving each connection's start time, in Unix seconds.
-const CONNECTION_START: &str = "longconn_connection_start_time_seconds";
 /// `AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE`.
 const CUMULATIVE: i32 = 2;
 /// `SeverityNumber.SEVERITY_NUMBER_INFO`.
 const SEVERITY_INFO: i32 = 9;
 /// Integral values below this magnitude are exact in an f64 and fit an int64.
 const EXACT: f64 = (1u64 << 53) as f64;
-
-/// The OTel attribute key of a Prometheus label or access-record field, in
-/// two parts to write one after the other: a fixed key, or "longconn." and
-/// the name.
-fn attribute_key_parts(name: &str) -> (&'static str, &str) {
-    match name {
-        "local_address" => ("network.local.address", ""),
-        "local_port" => ("network.local.port", ""),
-        "remote_address" => ("network.peer.address", ""),
-        "remote_port" => ("network.peer.port", ""),
-        other => ("longconn.", other),
-    }
-}
 
 /// The OTel attribute key of a Prometheus label or access-record field, as
 /// the serde-based reference encoders build it.
@@ -73,78 +56,13 @@ fn attribute_key(name: &str) -> String {
     }
 }
 
-fn is_port(name: &str) -> bool {
-    matches!(name, "local_port" | "remote_port")
-}
-
-fn is_address(name: &str) -> bool {
-    matches!(name, "local_address" | "remote_address")
-}
-
+#[cfg(test)]
 fn network_type(address: &str) -> &'static str {
     if address.contains(':') {
         "ipv6"
     } else {
         "ipv4"
     }
-}
-
-/// The OTel metric name: counters lose the Prometheus `_total` suffix.
-fn metric_name(family: &Family) -> &str {
-    match family.kind {
-        Kind::Counter => family.name.strip_suffix("_total").unwrap_or(&family.name),
-        Kind::Gauge => &family.name,
-    }
-}
-
-/// UCUM unit (or `{annotation}` for counts of things) from the name.
-fn unit(name: &str) -> &'static str {
-    if name.contains("_bytes") {
-        "By"
-    } else if name.ends_with("_seconds") {
-        "s"
-    } else if name.contains("connections") {
-        "{connection}"
-    } else if name.contains("_packets") || name.contains("retransmits") {
-        "{packet}"
-    } else {
-        "1"
-    }
-}
-
-/// The semantic-convention byte/packet direction a family's name implies.
-fn io_direction(name: &str) -> Option<&'static str> {
-    if name.contains("sent_") {
-        Some("transmit")
-    } else if name.contains("received_") {
-        Some("receive")
-    } else {
-        None
-    }
-}
-
-/// Unix seconds (rounded to the millisecond `metrics.rs` keeps) as nanos;
-/// None for values that are not a time after 1970.
-fn seconds_to_nanos(seconds: f64) -> Option<u64> {
-    if !(seconds.is_finite() && seconds > 0.0) {
-        return None;
-    }
-    // Saturating cast, then checked: far-future values are not times either.
-    ((seconds * 1e3).round() as u64).checked_mul(1_000_000)
-}
-
-fn label_values(sample: &Sample) -> impl Iterator<Item = &str> {
-    sample.labels.iter().map(|(_, v)| v.as_str())
-}
-
-/// A label set independent of label order.
-fn label_key(labels: &[(String, String)]) -> Vec<(&str, &str)> {
-    let mut key: Vec<(&str, &str)> = labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    key.sort_unstable();
-    key
 }
 
 /// The start of an attribute, up to the value's type name:
@@ -160,18 +78,6 @@ fn text_attr(out: &mut Vec<u8>, start: &[u8], value: &str) {
     out.extend_from_slice(start);
     out.extend_from_slice(br#"stringValue":""#);
     jsonw::str_contents(out, value);
-    out.extend_from_slice(br#""}}"#);
-}
-
-/// An `intValue` attribute, or the decimal `stringValue` beyond int64.
-fn uint_attr(out: &mut Vec<u8>, start: &[u8], value: u64) {
-    out.extend_from_slice(start);
-    out.extend_from_slice(if i64::try_from(value).is_ok() {
-        br#"intValue":""#
-    } else {
-        br#"stringValue":""#
-    });
-    jsonw::u64(out, value);
     out.extend_from_slice(br#""}}"#);
 }
 
@@ -202,6 +108,7 @@ fn request_start(out: &mut Vec<u8>, kind: &str, res: &Resource) {
 
 /// The request as a String: the encoders write only the bytes of `&str`s
 /// and ASCII.
+#[cfg(test)]
 fn utf8(out: Vec<u8>) -> String {
     match String::from_utf8(out) {
         Ok(line) => line,
@@ -219,6 +126,7 @@ fn int(out: &mut Vec<u8>, v: i64) {
 
 /// RFC 3339 as Unix nanos; 0 ("unknown" in OTLP) when it does not parse or
 /// is before 1970.
+#[cfg(test)]
 fn rfc3339_nanos(text: &str) -> u64 {
     chrono::DateTime::parse_from_rfc3339(text)
         .ok()
@@ -233,8 +141,12 @@ mod metrics;
 #[cfg(test)]
 pub use logs::logs_request;
 pub use logs::LogsWriter;
+#[cfg(test)]
 pub use metrics::metrics_request;
+pub use metrics::write_metrics_request;
 
+#[cfg(test)]
+mod metrics_tests;
 /// The serde-based encoders the hand-written ones must equal byte for byte
 /// (the previous implementation, kept for the property tests).
 #[cfg(test)]

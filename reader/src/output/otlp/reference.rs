@@ -3,6 +3,7 @@ use serde::Serialize;
 use crate::output::access::AccessRecord;
 
 use super::*;
+use crate::output::snapshot::{Label, Snapshot, Value};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -156,87 +157,89 @@ pub(super) fn to_line<T: Serialize>(request: &T) -> String {
     }
 }
 
-fn point_attributes(labels: &[(String, String)], io: Option<&'static str>) -> Vec<KeyValue> {
+/// A label's value as the previous, text-labelled model held it.
+fn label_text(label: &Label) -> String {
+    match label {
+        Label::Direction(d) => crate::view::direction_name(*d).to_owned(),
+        Label::LocalAddress(a) | Label::RemoteAddress(a) => a.to_string(),
+        Label::LocalPort(p) | Label::RemotePort(p) => p.to_string(),
+        Label::Netns(n) => n.to_string(),
+        Label::Workload(s) | Label::Service(s) => (*s).to_owned(),
+        Label::Reason(r) => r.name().to_owned(),
+        Label::Group { key, index, .. } => crate::identity::split_key(key)
+            .into_iter()
+            .nth(*index)
+            .unwrap_or_default(),
+    }
+}
+
+fn point_attributes(labels: &[Label], io: Option<Io>) -> Vec<KeyValue> {
     let mut out: Vec<KeyValue> = labels
         .iter()
-        .map(|(name, value)| {
-            let v = match (is_port(name), value.parse::<i64>()) {
-                (true, Ok(port)) => AnyValue::Int(port.to_string()),
-                _ => string(value),
+        .map(|label| {
+            let name = label.name();
+            let text = label_text(label);
+            let v = match (name, text.parse::<i64>()) {
+                ("local_port" | "remote_port", Ok(port)) => AnyValue::Int(port.to_string()),
+                _ => AnyValue::String(text),
             };
             kv(attribute_key(name), v)
         })
         .collect();
     let address = labels
         .iter()
-        .find(|(name, value)| is_address(name) && !value.is_empty());
-    if let Some((_, address)) = address {
+        .find(|l| matches!(l.name(), "local_address" | "remote_address"));
+    if let Some(address) = address {
         out.push(kv("network.transport", string("tcp")));
-        out.push(kv("network.type", string(network_type(address))));
+        out.push(kv(
+            "network.type",
+            string(network_type(&label_text(address))),
+        ));
     }
     if let Some(io) = io {
-        out.push(kv("network.io.direction", string(io)));
+        out.push(kv("network.io.direction", string(io.name())));
     }
     out
 }
 
-/// `"asInt"` for exact integers, `"asDouble"` for other finite values, None
-/// (skip the point) for NaN and infinities.
-fn point_value(v: f64) -> Option<(Option<String>, Option<f64>)> {
-    if !v.is_finite() {
-        None
-    } else if v.fract() == 0.0 && v.abs() < EXACT {
+/// `"asInt"` for exact integers within int64, `"asDouble"` for other
+/// finite values, None (skip the point) for NaN and infinities.
+fn point_value(v: Value) -> Option<(Option<String>, Option<f64>)> {
+    match v {
+        Value::Count(n) if n <= i64::MAX as u64 => Some((Some(n.to_string()), None)),
+        Value::Count(n) => Some((None, Some(n as f64))),
+        Value::Real(v) if !v.is_finite() => None,
         // -0.0 prints as 0.
-        Some((Some((v as i64).to_string()), None))
-    } else {
-        Some((None, Some(v)))
+        Value::Real(v) if v.fract() == 0.0 && v.abs() < EXACT => {
+            Some((Some((v as i64).to_string()), None))
+        }
+        Value::Real(v) => Some((None, Some(v))),
     }
 }
 
 /// The serde-driven `metrics_request` the hand-written one must equal.
-pub(super) fn metrics_request(
-    families: &[Family],
-    res: &Resource,
-    group_start_unix_nano: u64,
-    now_unix_nano: u64,
-) -> String {
-    let connection_starts: std::collections::HashMap<Vec<(&str, &str)>, u64> = families
-        .iter()
-        .filter(|f| f.name == CONNECTION_START)
-        .flat_map(|f| f.samples.iter())
-        .filter_map(|s| Some((label_key(&s.labels), seconds_to_nanos(s.value)?)))
-        .collect();
+pub(super) fn metrics_request(snapshot: &Snapshot, res: &Resource, now_unix_nano: u64) -> String {
     let now = now_unix_nano.to_string();
-
     let mut metrics = Vec::new();
-    for family in families {
-        let per_connection = family.name.starts_with(CONNECTION_PREFIX);
-        let io = io_direction(&family.name);
-        let mut samples: Vec<&Sample> = family.samples.iter().collect();
-        samples.sort_by(|a, b| label_values(a).cmp(label_values(b)));
-        let data_points: Vec<NumberDataPoint> = samples
-            .into_iter()
-            .filter_map(|sample| {
-                let (as_int, as_double) = point_value(sample.value)?;
-                let start = per_connection
-                    .then(|| connection_starts.get(&label_key(&sample.labels)).copied())
-                    .flatten()
-                    .unwrap_or(group_start_unix_nano)
-                    .min(now_unix_nano);
+    for (desc, points) in snapshot.families() {
+        let data_points: Vec<NumberDataPoint> = points
+            .iter()
+            .filter_map(|point| {
+                let (as_int, as_double) = point_value(point.value)?;
+                let series = snapshot.series(point.series);
                 Some(NumberDataPoint {
-                    start_time_unix_nano: start.to_string(),
+                    start_time_unix_nano: series.start_unix_ns.min(now_unix_nano).to_string(),
                     time_unix_nano: now.clone(),
                     as_int,
                     as_double,
-                    attributes: point_attributes(&sample.labels, io),
+                    attributes: point_attributes(&series.labels, desc.io),
                 })
             })
             .collect();
         if data_points.is_empty() {
             continue;
         }
-        let name = metric_name(family);
-        let (gauge, sum) = match family.kind {
+        let (gauge, sum) = match desc.kind {
             Kind::Gauge => (Some(Gauge { data_points }), None),
             Kind::Counter => (
                 None,
@@ -248,9 +251,9 @@ pub(super) fn metrics_request(
             ),
         };
         metrics.push(Metric {
-            name: name.to_owned(),
-            description: family.help.clone(),
-            unit: unit(name),
+            name: desc.otel_name.to_owned(),
+            description: desc.help.to_owned(),
+            unit: desc.unit.ucum(),
             gauge,
             sum,
         });

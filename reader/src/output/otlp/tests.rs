@@ -4,7 +4,6 @@ use crate::output::access::testdata::{self, OwnedEvent};
 use crate::output::access::AccessRecord;
 use crate::output::event::{all_fields, EventKind};
 
-const START: u64 = 1_764_000_000_000_000_000;
 const NOW: u64 = 1_764_000_005_000_000_000;
 
 fn res() -> Resource {
@@ -13,46 +12,9 @@ fn res() -> Resource {
     }
 }
 
-fn sample(labels: &[(&str, &str)], value: f64) -> Sample {
-    Sample {
-        labels: labels
-            .iter()
-            .map(|&(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        value,
-    }
-}
-
-fn family(name: &str, kind: Kind, samples: Vec<Sample>) -> Family {
-    Family {
-        name: name.to_string(),
-        help: format!("Help of {name}"),
-        kind,
-        samples,
-    }
-}
-
 fn parse(line: &str) -> serde_json::Value {
     assert!(!line.contains('\n'), "{line}");
     serde_json::from_str(line).unwrap()
-}
-
-/// The metrics of a request, by name.
-fn metrics(line: &str) -> Vec<serde_json::Value> {
-    let v = parse(line);
-    v["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn points(metric: &serde_json::Value) -> &Vec<serde_json::Value> {
-    let data = if metric.get("sum").is_some() {
-        &metric["sum"]
-    } else {
-        &metric["gauge"]
-    };
-    data["dataPoints"].as_array().unwrap()
 }
 
 fn attr<'a>(point: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
@@ -62,352 +24,6 @@ fn attr<'a>(point: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::V
         .iter()
         .find(|kv| kv["key"] == key)
         .map(|kv| &kv["value"])
-}
-
-#[test]
-fn counter_exact() {
-    let families = [family(
-        "longconn_workload_sent_bytes_total",
-        Kind::Counter,
-        vec![sample(
-            &[("workload", "web"), ("direction", "outbound")],
-            1048577.0,
-        )],
-    )];
-    let want = r#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"longconn"}},{"key":"host.name","value":{"stringValue":"h1"}}]},"scopeMetrics":[{"scope":{"name":"longconn-reader","version":"VERSION"},"metrics":[{"name":"longconn_workload_sent_bytes","description":"Help of longconn_workload_sent_bytes_total","unit":"By","sum":{"dataPoints":[{"startTimeUnixNano":"1764000000000000000","timeUnixNano":"1764000005000000000","asInt":"1048577","attributes":[{"key":"longconn.workload","value":{"stringValue":"web"}},{"key":"longconn.direction","value":{"stringValue":"outbound"}},{"key":"network.io.direction","value":{"stringValue":"transmit"}}]}],"aggregationTemporality":2,"isMonotonic":true}}]}]}]}"#
-        .replace("VERSION", env!("CARGO_PKG_VERSION"));
-    assert_eq!(metrics_request(&families, &res(), START, NOW), want);
-}
-
-#[test]
-fn gauge_exact_and_empty_families_skipped() {
-    let families = [
-        family("longconn_map_full_drops_total", Kind::Counter, vec![]),
-        family(
-            "longconn_rtt_seconds",
-            Kind::Gauge,
-            vec![sample(&[], f64::NAN)],
-        ),
-        family(
-            "longconn_reader_cycle_duration_seconds",
-            Kind::Gauge,
-            vec![sample(&[], 0.000081)],
-        ),
-    ];
-    let want = r#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"longconn"}},{"key":"host.name","value":{"stringValue":"h1"}}]},"scopeMetrics":[{"scope":{"name":"longconn-reader","version":"VERSION"},"metrics":[{"name":"longconn_reader_cycle_duration_seconds","description":"Help of longconn_reader_cycle_duration_seconds","unit":"s","gauge":{"dataPoints":[{"startTimeUnixNano":"1764000000000000000","timeUnixNano":"1764000005000000000","asDouble":0.000081,"attributes":[]}]}}]}]}]}"#
-        .replace("VERSION", env!("CARGO_PKG_VERSION"));
-    assert_eq!(metrics_request(&families, &res(), START, NOW), want);
-}
-
-#[test]
-fn no_families_is_still_a_valid_request() {
-    let line = metrics_request(&[], &res(), START, NOW);
-    assert_eq!(metrics(&line).len(), 0);
-}
-
-#[test]
-fn values() {
-    // (value, asInt, asDouble); neither means the point is skipped.
-    let cases: &[(f64, Option<&str>, Option<f64>)] = &[
-        (0.0, Some("0"), None),
-        (-0.0, Some("0"), None),
-        (-3.0, Some("-3"), None),
-        (1048577.0, Some("1048577"), None),
-        (((1u64 << 53) - 1) as f64, Some("9007199254740991"), None),
-        ((1u64 << 53) as f64, None, Some(9007199254740992.0)),
-        (1e300, None, Some(1e300)),
-        (0.5, None, Some(0.5)),
-        (f64::NAN, None, None),
-        (f64::INFINITY, None, None),
-        (f64::NEG_INFINITY, None, None),
-    ];
-    for &(v, int, double) in cases {
-        let families = [family("longconn_x", Kind::Gauge, vec![sample(&[], v)])];
-        let line = metrics_request(&families, &res(), START, NOW);
-        let m = metrics(&line);
-        if int.is_none() && double.is_none() {
-            assert!(m.is_empty(), "{v}: {line}");
-            continue;
-        }
-        let p = &points(&m[0])[0];
-        assert_eq!(p["asInt"].as_str(), int, "{v}");
-        assert_eq!(p["asDouble"].as_f64(), double, "{v}");
-    }
-}
-
-#[test]
-fn nan_sample_skipped_others_kept() {
-    let families = [family(
-        "longconn_connection_srtt_seconds",
-        Kind::Gauge,
-        vec![
-            sample(&[("workload", "a")], f64::NAN),
-            sample(&[("workload", "b")], 0.25),
-        ],
-    )];
-    let line = metrics_request(&families, &res(), START, NOW);
-    let m = metrics(&line);
-    let p = points(&m[0]);
-    assert_eq!(p.len(), 1);
-    assert_eq!(
-        attr(&p[0], "longconn.workload").unwrap()["stringValue"],
-        "b"
-    );
-    assert_eq!(p[0]["asDouble"], 0.25);
-}
-
-#[test]
-fn names_units_and_io_direction() {
-    // (family, kind, metric name, unit, network.io.direction)
-    let cases: &[(&str, Kind, &str, &str, Option<&str>)] = &[
-        (
-            "longconn_workload_sent_bytes_total",
-            Kind::Counter,
-            "longconn_workload_sent_bytes",
-            "By",
-            Some("transmit"),
-        ),
-        (
-            "longconn_service_received_bytes_total",
-            Kind::Counter,
-            "longconn_service_received_bytes",
-            "By",
-            Some("receive"),
-        ),
-        (
-            "longconn_connection_sent_packets_total",
-            Kind::Counter,
-            "longconn_connection_sent_packets",
-            "{packet}",
-            Some("transmit"),
-        ),
-        (
-            "longconn_connection_received_packets_total",
-            Kind::Counter,
-            "longconn_connection_received_packets",
-            "{packet}",
-            Some("receive"),
-        ),
-        (
-            "longconn_workload_retransmits_total",
-            Kind::Counter,
-            "longconn_workload_retransmits",
-            "{packet}",
-            None,
-        ),
-        (
-            "longconn_workload_lost_packets_total",
-            Kind::Counter,
-            "longconn_workload_lost_packets",
-            "{packet}",
-            None,
-        ),
-        (
-            "longconn_workload_connections_opened_total",
-            Kind::Counter,
-            "longconn_workload_connections_opened",
-            "{connection}",
-            None,
-        ),
-        (
-            "longconn_service_active_connections",
-            Kind::Gauge,
-            "longconn_service_active_connections",
-            "{connection}",
-            None,
-        ),
-        (
-            "longconn_map_capacity_connections",
-            Kind::Gauge,
-            "longconn_map_capacity_connections",
-            "{connection}",
-            None,
-        ),
-        (
-            "longconn_connection_srtt_seconds",
-            Kind::Gauge,
-            "longconn_connection_srtt_seconds",
-            "s",
-            None,
-        ),
-        (
-            "longconn_reader_state_start_time_seconds",
-            Kind::Gauge,
-            "longconn_reader_state_start_time_seconds",
-            "s",
-            None,
-        ),
-        (
-            "longconn_ringbuf_drops_total",
-            Kind::Counter,
-            "longconn_ringbuf_drops",
-            "1",
-            None,
-        ),
-        (
-            "longconn_connection_series_omitted",
-            Kind::Gauge,
-            "longconn_connection_series_omitted",
-            "1",
-            None,
-        ),
-        // Only a counter's `_total` is stripped.
-        (
-            "longconn_odd_total",
-            Kind::Gauge,
-            "longconn_odd_total",
-            "1",
-            None,
-        ),
-    ];
-    for &(name, kind, want_name, want_unit, want_io) in cases {
-        let families = [family(name, kind, vec![sample(&[("workload", "w")], 1.0)])];
-        let line = metrics_request(&families, &res(), START, NOW);
-        let m = &metrics(&line)[0];
-        assert_eq!(m["name"], want_name, "{name}");
-        assert_eq!(m["unit"], want_unit, "{name}");
-        assert_eq!(m["description"], format!("Help of {name}"), "{name}");
-        match kind {
-            Kind::Counter => {
-                assert_eq!(m["sum"]["aggregationTemporality"], 2, "{name}");
-                assert_eq!(m["sum"]["isMonotonic"], true, "{name}");
-                assert!(m.get("gauge").is_none(), "{name}");
-            }
-            Kind::Gauge => assert!(m.get("sum").is_none(), "{name}"),
-        }
-        let p = &points(m)[0];
-        assert_eq!(
-            attr(p, "network.io.direction").and_then(|v| v["stringValue"].as_str()),
-            want_io,
-            "{name}"
-        );
-    }
-}
-
-fn conn_labels(local: &str, lport: &str, remote: &str, rport: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("direction", "inbound".into()),
-        ("local_address", local.into()),
-        ("local_port", lport.into()),
-        ("remote_address", remote.into()),
-        ("remote_port", rport.into()),
-        ("workload", "system.slice/db.service".into()),
-        ("service", "".into()),
-    ]
-}
-
-fn conn_sample(labels: &[(&str, String)], value: f64) -> Sample {
-    Sample {
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-        value,
-    }
-}
-
-#[test]
-fn connection_attributes_and_start_times() {
-    let v6 = conn_labels("2001:db8::1", "5432", "2001:db8::2", "43210");
-    let v4 = conn_labels("10.0.0.1", "5432", "10.0.0.2", "43211");
-    let mut v4_reordered = v4.clone();
-    v4_reordered.reverse();
-    let families = [
-        family(
-            "longconn_connection_received_bytes_total",
-            Kind::Counter,
-            vec![conn_sample(&v6, 7.0), conn_sample(&v4, 8.0)],
-        ),
-        family(
-            CONNECTION_START,
-            Kind::Gauge,
-            vec![
-                conn_sample(&v6, 1_763_999_000.125),
-                // Label order does not matter; a start after now is clamped.
-                conn_sample(&v4_reordered, 1_764_000_006.0),
-            ],
-        ),
-        family(
-            "longconn_connection_series_omitted",
-            Kind::Gauge,
-            vec![sample(&[], 0.0)],
-        ),
-        family(
-            "longconn_workload_active_connections",
-            Kind::Gauge,
-            vec![sample(&[("workload", "w"), ("direction", "outbound")], 1.0)],
-        ),
-    ];
-    let line = metrics_request(&families, &res(), START, NOW);
-    let m = metrics(&line);
-    assert_eq!(m.len(), 4);
-
-    // Sorted by label values: inbound, 10.0.0.1 < 2001:db8::1.
-    let p = points(&m[0]);
-    let (p4, p6) = (&p[0], &p[1]);
-    assert_eq!(p6["startTimeUnixNano"], "1763999000125000000");
-    assert_eq!(p4["startTimeUnixNano"], NOW.to_string());
-    for (point, net, local, lport, rport) in [
-        (p6, "ipv6", "2001:db8::1", "5432", "43210"),
-        (p4, "ipv4", "10.0.0.1", "5432", "43211"),
-    ] {
-        assert_eq!(point["timeUnixNano"], NOW.to_string());
-        let want = [
-            (
-                "longconn.direction",
-                serde_json::json!({"stringValue": "inbound"}),
-            ),
-            (
-                "network.local.address",
-                serde_json::json!({"stringValue": local}),
-            ),
-            ("network.local.port", serde_json::json!({"intValue": lport})),
-            ("network.peer.port", serde_json::json!({"intValue": rport})),
-            (
-                "longconn.workload",
-                serde_json::json!({"stringValue": "system.slice/db.service"}),
-            ),
-            ("longconn.service", serde_json::json!({"stringValue": ""})),
-            (
-                "network.transport",
-                serde_json::json!({"stringValue": "tcp"}),
-            ),
-            ("network.type", serde_json::json!({"stringValue": net})),
-            (
-                "network.io.direction",
-                serde_json::json!({"stringValue": "receive"}),
-            ),
-        ];
-        for (key, value) in want {
-            assert_eq!(attr(point, key), Some(&value), "{key}");
-        }
-        assert_eq!(point["attributes"].as_array().unwrap().len(), 10);
-    }
-    // The start-time family itself starts at each connection's start.
-    assert_eq!(points(&m[1])[1]["startTimeUnixNano"], "1763999000125000000");
-    // No labels to match: the group start.
-    assert_eq!(points(&m[2])[0]["startTimeUnixNano"], START.to_string());
-    // Group series: no network attributes.
-    let g = &points(&m[3])[0];
-    assert_eq!(g["startTimeUnixNano"], START.to_string());
-    assert_eq!(attr(g, "network.transport"), None);
-    assert_eq!(attr(g, "network.type"), None);
-}
-
-#[test]
-fn bad_port_label_stays_a_string() {
-    let families = [family(
-        "longconn_x",
-        Kind::Gauge,
-        vec![sample(&[("local_port", "http")], 1.0)],
-    )];
-    let line = metrics_request(&families, &res(), START, NOW);
-    let m = metrics(&line);
-    let p = &points(&m[0])[0];
-    assert_eq!(
-        attr(p, "network.local.port").unwrap()["stringValue"],
-        "http"
-    );
 }
 
 fn record() -> OwnedEvent {
@@ -566,66 +182,21 @@ fn time_parsing() {
     for &(text, want) in cases {
         assert_eq!(rfc3339_nanos(text), want, "{text:?}");
     }
-    let seconds: &[(f64, Option<u64>)] = &[
-        (1_763_999_000.125, Some(1_763_999_000_125_000_000)),
-        (1_763_999_000.000_4, Some(1_763_999_000_000_000_000)),
-        (0.0, None),
-        (-1.0, None),
-        (f64::NAN, None),
-        (1e30, None),
-    ];
-    for &(s, want) in seconds {
-        assert_eq!(seconds_to_nanos(s), want, "{s}");
-    }
 }
 
 /// Requests shaped like a real cycle, with every edge this module handles.
 fn sample_lines() -> (Vec<String>, Vec<String>) {
-    let v6 = conn_labels("2001:db8::1", "5432", "2001:db8::2", "43210");
-    let v4 = conn_labels("10.0.0.1", "5432", "10.0.0.2", "43211");
-    let families = vec![
-        family(
-            "longconn_workload_connections_opened_total",
-            Kind::Counter,
-            vec![
-                sample(&[("workload", "a\"b\nc\\"), ("direction", "outbound")], 3.0),
-                sample(&[("workload", "é"), ("direction", "inbound")], 1e300),
-            ],
-        ),
-        family("longconn_workload_retransmits_total", Kind::Counter, vec![]),
-        family(
-            "longconn_connection_sent_bytes_total",
-            Kind::Counter,
-            vec![conn_sample(&v6, 1048577.0), conn_sample(&v4, -0.0)],
-        ),
-        family(
-            "longconn_connection_srtt_seconds",
-            Kind::Gauge,
-            vec![conn_sample(&v6, 0.000085), conn_sample(&v4, f64::NAN)],
-        ),
-        family(
-            CONNECTION_START,
-            Kind::Gauge,
-            vec![
-                conn_sample(&v6, 1_763_999_000.125),
-                conn_sample(&v4, 1_763_999_001.0),
-            ],
-        ),
-        family(
-            "longconn_connection_series_omitted",
-            Kind::Gauge,
-            vec![sample(&[], 0.0)],
-        ),
-    ];
+    use crate::output::golden;
+    let keys = golden::workload_keys();
+    let snapshot = golden::fixture(&keys);
     let metrics = vec![
-        metrics_request(&families, &res(), START, NOW),
-        metrics_request(&[], &res(), START, NOW),
+        metrics_request(&snapshot, &res(), NOW),
+        metrics_request(&Default::default(), &res(), NOW),
         metrics_request(
-            &families,
+            &snapshot,
             &Resource {
                 host_name: String::new(),
             },
-            0,
             0,
         ),
     ];
@@ -854,60 +425,12 @@ fn bench_encoders() {
     );
 
     // The metrics request of a cycle at the default 1000 connection series.
-    let conns: Vec<Vec<(String, String)>> = (0..1000u64)
-        .map(|i| {
-            let r = AccessRecord::from_event(&testdata::realistic(i).event());
-            vec![
-                ("direction".into(), r.direction),
-                ("local_address".into(), r.local_address),
-                ("local_port".into(), r.local_port.to_string()),
-                ("remote_address".into(), r.remote_address),
-                ("remote_port".into(), r.remote_port.to_string()),
-                ("workload".into(), r.workload),
-                ("service".into(), r.service),
-            ]
-        })
-        .collect();
-    let families: Vec<Family> = [
-        "sent_bytes_total",
-        "received_bytes_total",
-        "sent_packets_total",
-        "received_packets_total",
-        "retransmits_total",
-        "lost_packets_total",
-        "srtt_seconds",
-        "min_rtt_seconds",
-        "start_time_seconds",
-    ]
-    .iter()
-    .enumerate()
-    .map(|(f, suffix)| Family {
-        name: format!("longconn_connection_{suffix}"),
-        help: format!("Help of {suffix}"),
-        kind: if suffix.ends_with("_total") {
-            Kind::Counter
-        } else {
-            Kind::Gauge
-        },
-        samples: conns
-            .iter()
-            .enumerate()
-            .map(|(i, labels)| Sample {
-                labels: labels.clone(),
-                value: if f == 8 {
-                    1_763_999_000.125 + i as f64
-                } else {
-                    (i * 1_234_567 % 9_999_999) as f64 / [1.0, 1e6][f / 6]
-                },
-            })
-            .collect(),
-    })
-    .collect();
-    let points = 9 * conns.len();
+    let snapshot = super::metrics_tests::realistic_snapshot(1000);
+    let points: usize = snapshot.families().map(|(_, p)| p.len()).sum();
     // In turns, best of 7 each, in ms per request.
-    let run = |encode: fn(&[Family], &Resource, u64, u64) -> String| {
+    let run = |encode: fn(&crate::output::snapshot::Snapshot, &Resource, u64) -> String| {
         let start = std::time::Instant::now();
-        black_box(encode(black_box(&families), host, START, NOW));
+        black_box(encode(black_box(&snapshot), host, NOW));
         start.elapsed().as_nanos() as f64 / 1e6
     };
     let (b, a) = (0..7).fold((f64::INFINITY, f64::INFINITY), |(b, a), _| {
@@ -920,140 +443,13 @@ fn bench_encoders() {
         "   metrics: before {b:7.1} ms/request, after {a:6.1} ms/request ({:.1}x) of {points} data points",
         b / a
     );
-}
-
-/// Families with every awkward name, label and value.
-fn generated_families(g: &mut longconn_common::testgen::Gen) -> Vec<Family> {
-    const NAMES: &[&str] = &[
-        "longconn_workload_sent_bytes_total",
-        "longconn_connection_received_packets_total",
-        "longconn_connection_srtt_seconds",
-        CONNECTION_START,
-        "longconn_workload_connections_opened_total",
-        "longconn_x_retransmits",
-        "longconn_total",
-        "a\"b\\c\n\u{1}é",
-    ];
-    const LABELS: &[&str] = &[
-        "direction",
-        "local_address",
-        "local_port",
-        "remote_address",
-        "remote_port",
-        "workload",
-        "service",
-        "x\"y",
-    ];
-    const VALUES: &[&str] = &[
-        "10.0.0.1",
-        "2001:db8::1",
-        "",
-        "80",
-        "+80",
-        "0080",
-        "-1",
-        "99999999999999999999",
-        "9223372036854775807",
-        "-9223372036854775808",
-        "a\"b\nc\\\u{0}é",
-        "outbound",
-    ];
-    let value = |g: &mut longconn_common::testgen::Gen| match g.below(6) {
-        0 => f64::from_bits(g.next()),
-        1 => [
-            0.0,
-            -0.0,
-            f64::NAN,
-            f64::INFINITY,
-            -3.0,
-            1e300,
-            0.5,
-            EXACT,
-            EXACT - 1.0,
-            -EXACT,
-            1e21,
-            1e-7,
-        ][g.below(12)],
-        2 => 1_763_999_000.0 + g.below(4) as f64 + [0.0, 0.125, 0.0004][g.below(3)],
-        _ => (g.next() >> g.below(64)) as f64 / [1.0, 1e6, 3.0][g.below(3)],
+    let run = || {
+        let start = std::time::Instant::now();
+        black_box(crate::output::promtext::encode(black_box(&snapshot)));
+        start.elapsed().as_nanos() as f64 / 1e6
     };
-    // A few label sets, shared between families as in a real cycle.
-    let sets: Vec<Vec<(String, String)>> = (0..1 + g.below(6))
-        .map(|_| {
-            (0..g.below(8))
-                .map(|_| {
-                    let name = if g.below(6) == 0 {
-                        g.text(LABELS)
-                    } else {
-                        LABELS[g.below(LABELS.len())].to_owned()
-                    };
-                    let v = if g.below(3) == 0 {
-                        g.text(VALUES)
-                    } else {
-                        VALUES[g.below(VALUES.len())].to_owned()
-                    };
-                    (name, v)
-                })
-                .collect()
-        })
-        .collect();
-    (0..g.below(6))
-        .map(|_| Family {
-            name: if g.below(5) == 0 {
-                g.text(NAMES)
-            } else {
-                NAMES[g.below(NAMES.len())].to_owned()
-            },
-            help: g.text(&["Help", "a\"b\n"]),
-            kind: if g.below(2) == 0 {
-                Kind::Counter
-            } else {
-                Kind::Gauge
-            },
-            samples: (0..g.below(5))
-                .map(|_| {
-                    let mut labels = sets[g.below(sets.len())].clone();
-                    if g.below(4) == 0 {
-                        labels.reverse();
-                    }
-                    Sample {
-                        labels,
-                        value: value(g),
-                    }
-                })
-                .collect(),
-        })
-        .collect()
-}
-
-/// The hand-written metrics request equals the serde one byte for byte.
-#[test]
-fn metrics_request_equals_the_serde_reference() {
-    let mut g = longconn_common::testgen::Gen::new(37);
-    let hosts = [
-        res(),
-        Resource {
-            host_name: String::new(),
-        },
-        Resource {
-            host_name: "h\"\u{1}é".into(),
-        },
-    ];
-    for i in 0..30_000 {
-        let families = generated_families(&mut g);
-        let host = &hosts[i % hosts.len()];
-        let (start, now) = match i % 4 {
-            0 => (START, NOW),
-            1 => (NOW, START),
-            2 => (0, u64::MAX),
-            _ => (g.next(), g.next()),
-        };
-        assert_eq!(
-            metrics_request(&families, host, start, now),
-            reference::metrics_request(&families, host, start, now),
-            "{families:?}"
-        );
-    }
+    let best = (0..7).map(|_| run()).fold(f64::INFINITY, f64::min);
+    println!("      prom: {best:6.1} ms/file of {points} points");
 }
 
 #[test]
