@@ -204,6 +204,15 @@ fn soak_mixed_churn_and_long_connections() {
         ("state.bin", "B", trend(steady, |s| s.state_bytes), 16384.0),
         ("cycle time", "ms", trend(steady, |s| s.cycle * 1e3), 40.0),
     ];
+    for s in &samples {
+        eprintln!(
+            "soak: cycle at {:6.1} s: {:5.0} ms, peak RSS {:6.0} KiB, state.bin {:8.0} B",
+            s.at,
+            s.cycle * 1e3,
+            s.rss_kib,
+            s.state_bytes
+        );
+    }
     eprintln!(
         "soak: {secs} s, {total_churn} short connections ({rate:.0}/s, {churners} generator(s)), 200 long pairs; {} cycles",
         samples.len()
