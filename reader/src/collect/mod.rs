@@ -461,7 +461,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
         .filter_map(|(f, log)| Some((*f, *state.logs.get(&log_key(log))?)))
         .collect();
     // The new state is written as the cycle goes: its live connections first.
-    let mut saver = state::Saver::begin(&state_path, 0o600)?;
+    let mut saver = state::Saver::begin(&state_path, 0o600, &prev)?;
     let mut live = metrics::Live::new(
         a.max_connection_series,
         argvalues::nanos(a.long_threshold),
