@@ -641,7 +641,7 @@ pub struct Saver {
 }
 
 enum How {
-    Journal(journal::Appender),
+    Journal(Box<journal::Appender>),
     Base {
         tmp: PathBuf,
         w: Option<codec::Writer<io::BufWriter<fs::File>>>,
@@ -664,7 +664,7 @@ impl Saver {
                 )?;
                 return Ok(Self {
                     path: path.to_owned(),
-                    how: How::Journal(a),
+                    how: How::Journal(Box::new(a)),
                 });
             }
         }
@@ -863,6 +863,9 @@ mod tests {
         assert_eq!(names, ["state.bin", "state.journal"]);
     }
 
+    /// A committed state, its connections and the journal's length then.
+    type Committed3 = (State, Vec<(u64, ConnState)>, u64);
+
     /// One cycle as `collect` makes it: load, save `conns` (in order), commit.
     fn cycle(p: &Path, s: &State, conns: &[(u64, ConnState)]) {
         let prev = match load(p, "/h").unwrap() {
@@ -881,7 +884,7 @@ mod tests {
     /// journal bytes; a new base comes once the journal outgrows the base.
     /// Returns the committed (state, connections) and the journal length
     /// after each commit.
-    fn cycles(p: &Path) -> Vec<(State, Vec<(u64, ConnState)>, u64)> {
+    fn cycles(p: &Path) -> Vec<Committed3> {
         let jp = journal::path_for(p);
         let mut s = State {
             boot_id: "b".into(),
