@@ -273,8 +273,8 @@ floor" removes the calibration cost per run, which exists only while
 
 
 # ======================================================================= 4+5. reader and output
-OUTPUTS = ["access.csv", "access.jsonl", "longconn.prom", "state.bin", "otlp-metrics.jsonl",
-           "otlp-logs.jsonl"]
+OUTPUTS = ["access.csv", "access.jsonl", "longconn.prom", "state.bin", "state.journal",
+           "otlp-metrics.jsonl", "otlp-logs.jsonl"]
 # A 1M-entry collect takes minutes here: the synthetic case times one steady-state
 # collect after the first cycle, not --reps of them.
 SYNTH_REPS = 1
@@ -282,8 +282,15 @@ APPEND_ONLY = {"access.csv", "access.jsonl"}
 
 
 def out_sizes(d):
-    """{output name: bytes}; rotated access logs (name.N) count toward their log."""
+    """{output name: bytes}; rotated access logs (name.N) count toward their log.
+    The state's files also give their inode (key "<name>@ino"): the base
+    (state.bin) is rewritten only now and then, the journal appended to."""
     sizes = {}
+    for f in ("state.bin", "state.journal"):
+        try:
+            sizes[f + "@ino"] = os.stat(os.path.join(d, f)).st_ino
+        except FileNotFoundError:
+            pass
     for f in os.listdir(d):
         base = f
         parts = f.split(".")
@@ -299,7 +306,14 @@ def written(before, after):
     files rewritten atomically each cycle."""
     w = {}
     for k, v in after.items():
-        w[k] = v - before.get(k, 0) if (k in APPEND_ONLY or k.endswith(".jsonl")) else v
+        if k.endswith("@ino"):
+            continue
+        if k in ("state.bin", "state.journal"):
+            same = before.get(k + "@ino") == after.get(k + "@ino")
+            w[k] = (v - before.get(k, 0) if same and v >= before.get(k, 0) else v) \
+                if k == "state.journal" else (0 if same else v)
+        else:
+            w[k] = v - before.get(k, 0) if (k in APPEND_ONLY or k.endswith(".jsonl")) else v
     return w
 
 
@@ -570,8 +584,10 @@ Per steady-state cycle ({a.reps} cycles after the first for real connections,
 "all active" rows every pair sent 10 bytes each way just before the cycle): growth of
 the append-only files (access.csv, access.jsonl, otlp-metrics.jsonl,
 otlp-logs.jsonl; rotation is pushed out of the way with `--log-max-bytes
-64GiB`); for `longconn.prom` and `state.bin`, which each cycle rewrites whole
-(temp file + rename), the new file's size. Per connection = per tracked socket
+64GiB`); for `longconn.prom`, which each cycle rewrites whole (temp file +
+rename), the new file's size; for the state, the growth of `state.journal`
+(its size when new) and the size of `state.bin` in cycles that wrote a new
+base (a new inode), 0 in the others. Per connection = per tracked socket
 (map entry).
 
 {table(["set", "map entries", "output", "bytes per cycle (median)", "min–max", "bytes per connection"], rows)}

@@ -24,7 +24,7 @@ use std::{
 
 use longconn_tests::{env::privileged_or_skip, prom, traffic::Traffic, TestEnv};
 
-/// One collect: (seconds into the run, wall seconds, peak RSS KiB, state.bin bytes).
+/// One collect: (seconds into the run, wall seconds, peak RSS KiB, state bytes).
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     at: f64,
@@ -52,9 +52,12 @@ fn timed_collect(env: &TestEnv, started: Instant) -> Sample {
         at: started.elapsed().as_secs_f64(),
         cycle: t.elapsed().as_secs_f64(),
         rss_kib: ru.ru_maxrss as f64,
-        state_bytes: std::fs::metadata(env.out_dir().join("state.bin"))
+        // The state: its base and the journal of changes since.
+        state_bytes: ["state.bin", "state.journal"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(env.out_dir().join(f)).ok())
             .map(|m| m.len() as f64)
-            .unwrap_or(0.0),
+            .sum(),
     }
 }
 
@@ -201,12 +204,17 @@ fn soak_mixed_churn_and_long_connections() {
             trend(steady, |s| s.rss_kib),
             2048.0,
         ),
-        ("state.bin", "B", trend(steady, |s| s.state_bytes), 16384.0),
+        (
+            "state (state.bin + state.journal)",
+            "B",
+            trend(steady, |s| s.state_bytes),
+            16384.0,
+        ),
         ("cycle time", "ms", trend(steady, |s| s.cycle * 1e3), 40.0),
     ];
     for s in &samples {
         eprintln!(
-            "soak: cycle at {:6.1} s: {:5.0} ms, peak RSS {:6.0} KiB, state.bin {:8.0} B",
+            "soak: cycle at {:6.1} s: {:5.0} ms, peak RSS {:6.0} KiB, state {:8.0} B",
             s.at,
             s.cycle * 1e3,
             s.rss_kib,

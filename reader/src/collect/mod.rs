@@ -583,7 +583,7 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
     };
     let now_ns = u64::try_from(read.clock.wall_ns).unwrap_or(0);
     let known = known_files(cy);
-    let mut saver = state::Saver::begin(&cy.state_path, 0o600)?;
+    let mut saver = state::Saver::begin(&cy.state_path, 0o600, &cy.prev)?;
     let mut live = metrics::Live::new(
         a.max_connection_series,
         argvalues::nanos(a.long_threshold),

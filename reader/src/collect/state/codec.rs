@@ -5,9 +5,11 @@
 //! header  16 B magic "longconn state\n\0", u32 format version, u32 0
 //! body    N fixed-size connection records, sorted by cookie (v5: when the
 //!         last access record was made where v4 kept the kernel's last
-//!         update); then the rest:
-//!         boot id, home dir (v4), scalars, label lists, service map text,
-//!         interned strings, cgroup names, log positions (v4: path, dev,
+//!         update); then the rest ("the head"):
+//!         boot id, home dir (v4), generation (v6), scalars, label lists,
+//!         service map text, interned strings (v6: u64 total, u64 first
+//!         one stored, then those from it on; a base stores all), cgroup
+//!         names, log positions (v4: path, dev,
 //!         inode, length; v3: name, length), group totals, settling
 //!         closes (v5: cookie, ring position or u64::MAX to reap; v3/v4:
 //!         cookie, time applied), final series
@@ -21,32 +23,39 @@
 //! connections on disk for `PrevFile::scan` (read twice a cycle, in order,
 //! never all in memory). A truncated, corrupt or foreign file is a
 //! described problem, never a panic or a misread.
+//!
+//! Since v6 this file is the base of the state and `journal` holds the
+//! cycles since it; the generation (random, new with each base) ties a
+//! journal to its base. The head is also what each journal entry stores.
 
 use std::{
     collections::BTreeMap,
     fs::File,
     io::{self, BufReader, Read, Write},
     os::unix::fs::FileExt,
+    sync::Arc,
 };
 
-use super::{ConnState, Counters, GroupKey, GroupTotals, IdSyms, Settling, State, Strings, Sym};
+use super::{ConnState, Counters, GroupKey, GroupTotals, IdSyms, Settling, State, Strings};
 use crate::output::applog::Committed;
 
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// Older formats, still read. v4: closed cookies remembered for 15 minutes
 /// (each kept for one cycle, as its reader did). v3 also: created in
 /// seconds, file lengths by name (dropped: not enough to cut a file), no
 /// home directory.
+/// v5: no generation (no journal), the whole name table in one list.
+const V5: u32 = 5;
 const V4: u32 = 4;
 const V3: u32 = 3;
 const MAGIC: &[u8; 16] = b"longconn state\n\0";
 const END: &[u8; 8] = b"LCSTEND\n";
-const HEADER: usize = 24;
+pub(super) const HEADER: usize = 24;
 const TRAILER: usize = 32;
 /// Encoded size of one connection record (cookie included).
 pub const CONN: usize = 8 + 8 + 48 + 48 + 8 * 5 + 32 + 4 + 4 * 5 + 4 + 4 * 6 + 8;
 /// A name table this large is compacted at load when most of it is unused.
-const COMPACT_AT: usize = 1024;
+pub(super) const COMPACT_AT: usize = 1024;
 
 /// A fast 64-bit checksum over 32-byte blocks in four lanes (detects
 /// truncation and corruption; not a defence against forgery, which needs
@@ -88,21 +97,21 @@ impl Hasher {
 }
 
 /// `Hasher` over bytes in any chunks.
-struct StreamHash {
+pub(super) struct StreamHash {
     h: Hasher,
     pending: Vec<u8>,
     total: u64,
 }
 
 impl StreamHash {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             h: Hasher::new(),
             pending: Vec::with_capacity(32),
             total: 0,
         }
     }
-    fn update(&mut self, mut b: &[u8]) {
+    pub(super) fn update(&mut self, mut b: &[u8]) {
         self.total += b.len() as u64;
         if !self.pending.is_empty() {
             let take = (32 - self.pending.len()).min(b.len());
@@ -118,14 +127,14 @@ impl StreamHash {
         self.h.blocks(&b[..whole]);
         self.pending.extend_from_slice(&b[whole..]);
     }
-    fn finish(self) -> u64 {
+    pub(super) fn finish(self) -> u64 {
         self.h.finish(&self.pending, self.total)
     }
 }
 
 /// Buffered, checksummed body writer.
-struct Enc<W: Write> {
-    w: W,
+pub(super) struct Enc<W: Write> {
+    pub(super) w: W,
     buf: Vec<u8>,
     hash: StreamHash,
 }
@@ -133,23 +142,41 @@ struct Enc<W: Write> {
 const BUF: usize = 1 << 16;
 
 impl<W: Write> Enc<W> {
-    fn put(&mut self, b: &[u8]) -> io::Result<()> {
+    pub(super) fn new(w: W) -> Self {
+        Self {
+            w,
+            buf: Vec::with_capacity(BUF + CONN + 64),
+            hash: StreamHash::new(),
+        }
+    }
+    /// Body bytes so far.
+    pub(super) fn written(&self) -> u64 {
+        self.hash.total + self.buf.len() as u64
+    }
+    /// Flushes and returns (body length, checksum); the hash starts over.
+    pub(super) fn finish_body(&mut self) -> io::Result<(u64, u64)> {
+        self.flush_buf()?;
+        let total = self.hash.total;
+        let sum = std::mem::replace(&mut self.hash, StreamHash::new()).finish();
+        Ok((total, sum))
+    }
+    pub(super) fn put(&mut self, b: &[u8]) -> io::Result<()> {
         self.buf.extend_from_slice(b);
         if self.buf.len() >= BUF {
             self.flush_buf()?;
         }
         Ok(())
     }
-    fn flush_buf(&mut self) -> io::Result<()> {
+    pub(super) fn flush_buf(&mut self) -> io::Result<()> {
         self.hash.update(&self.buf);
         self.w.write_all(&self.buf)?;
         self.buf.clear();
         Ok(())
     }
-    fn u32(&mut self, v: u32) -> io::Result<()> {
+    pub(super) fn u32(&mut self, v: u32) -> io::Result<()> {
         self.put(&v.to_le_bytes())
     }
-    fn u64(&mut self, v: u64) -> io::Result<()> {
+    pub(super) fn u64(&mut self, v: u64) -> io::Result<()> {
         self.put(&v.to_le_bytes())
     }
     fn str(&mut self, s: &str) -> io::Result<()> {
@@ -163,7 +190,7 @@ impl<W: Write> Enc<W> {
     }
 }
 
-fn conn_bytes(cookie: u64, c: &ConnState) -> [u8; CONN] {
+pub(super) fn conn_bytes(cookie: u64, c: &ConnState) -> [u8; CONN] {
     let mut b = [0u8; CONN];
     let mut at = 0;
     let mut put = |x: &[u8]| {
@@ -217,7 +244,7 @@ fn conn_bytes(cookie: u64, c: &ConnState) -> [u8; CONN] {
     b
 }
 
-fn counters_arr(c: Counters) -> [u64; 6] {
+pub(super) fn counters_arr(c: Counters) -> [u64; 6] {
     [
         c.bytes_sent,
         c.bytes_received,
@@ -228,7 +255,7 @@ fn counters_arr(c: Counters) -> [u64; 6] {
     ]
 }
 
-fn counters_of(a: [u64; 6]) -> Counters {
+pub(super) fn counters_of(a: [u64; 6]) -> Counters {
     Counters {
         bytes_sent: a[0],
         bytes_received: a[1],
@@ -245,22 +272,21 @@ pub struct Writer<W: Write> {
     e: Enc<W>,
     n: u64,
     last: Option<u64>,
+    generation: u64,
 }
 
 impl<W: Write> Writer<W> {
-    pub fn new(mut w: W) -> io::Result<Self> {
+    /// A base of generation `generation` (see `journal`).
+    pub fn new(mut w: W, generation: u64) -> io::Result<Self> {
         let mut header = [0u8; HEADER];
         header[..16].copy_from_slice(MAGIC);
         header[16..20].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         w.write_all(&header)?;
         Ok(Self {
-            e: Enc {
-                w,
-                buf: Vec::with_capacity(BUF + CONN + 64),
-                hash: StreamHash::new(),
-            },
+            e: Enc::new(w),
             n: 0,
             last: None,
+            generation,
         })
     }
 
@@ -286,10 +312,8 @@ impl<W: Write> Writer<W> {
 
     /// Writes the rest of `s` and the trailer; returns the writer, flushed.
     pub fn finish(mut self, s: &State) -> io::Result<W> {
-        write_head(&mut self.e, s)?;
-        self.e.flush_buf()?;
-        let total = self.e.hash.total;
-        let sum = std::mem::replace(&mut self.e.hash, StreamHash::new()).finish();
+        write_head(&mut self.e, s, self.generation, 0)?;
+        let (total, sum) = self.e.finish_body()?;
         let mut t = [0u8; TRAILER];
         t[..8].copy_from_slice(&self.n.to_le_bytes());
         t[8..16].copy_from_slice(&total.to_le_bytes());
@@ -301,10 +325,30 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// Everything but the connections.
-fn write_head<W: Write>(e: &mut Enc<W>, s: &State) -> io::Result<()> {
+/// Everything but the connections ("the head"), names from number
+/// `names_from` on (those before it are already stored).
+pub(super) fn write_head<W: Write>(
+    e: &mut Enc<W>,
+    s: &State,
+    generation: u64,
+    names_from: usize,
+) -> io::Result<()> {
+    write_head_as(e, s, generation, names_from, FORMAT_VERSION)
+}
+
+/// `write_head` in the layout of `version` (v5 or later).
+fn write_head_as<W: Write>(
+    e: &mut Enc<W>,
+    s: &State,
+    generation: u64,
+    names_from: usize,
+    version: u32,
+) -> io::Result<()> {
     e.str(&s.boot_id)?;
     e.str(&s.home)?;
+    if version >= FORMAT_VERSION {
+        e.u64(generation)?;
+    }
     for v in [
         s.pin_generation,
         s.ring_applied,
@@ -328,7 +372,10 @@ fn write_head<W: Write>(e: &mut Enc<W>, s: &State) -> io::Result<()> {
         None => e.put(&[0])?,
     }
     e.count(s.strings.len())?;
-    for t in s.strings.iter() {
+    if version >= FORMAT_VERSION {
+        e.count(names_from)?;
+    }
+    for t in s.strings.iter().skip(names_from) {
         e.str(t)?;
     }
     e.count(s.cgroup_names.len())?;
@@ -371,8 +418,14 @@ fn write_head<W: Write>(e: &mut Enc<W>, s: &State) -> io::Result<()> {
 /// The whole file in memory, connections from `s.conns` (tests, fuzzing).
 #[cfg(test)]
 pub fn encode(s: &State) -> Vec<u8> {
+    encode_gen(s, 1)
+}
+
+/// `encode` with a given generation.
+#[cfg(test)]
+pub fn encode_gen(s: &State, generation: u64) -> Vec<u8> {
     let write = || -> io::Result<Vec<u8>> {
-        let mut w = Writer::new(Vec::new())?;
+        let mut w = Writer::new(Vec::new(), generation)?;
         for (cookie, c) in s.conns.iter() {
             w.push(cookie, c)?;
         }
@@ -398,10 +451,11 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
     check_sum(h.finish(), &bytes[bytes.len() - TRAILER..])?;
     let conns_len = n as usize * CONN;
     let version = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
-    let mut s = decode_head(
+    let (mut s, _) = decode_head(
         &mut &body[conns_len..],
         (body.len() - conns_len) as u64,
         version,
+        None,
     )?;
     let mut conns = Vec::with_capacity(n as usize);
     for rec in body[..conns_len].chunks_exact(CONN) {
@@ -419,12 +473,12 @@ pub fn decode(bytes: &[u8]) -> Result<State, String> {
 
 /// A `Read` at a file offset, without moving the file's own position (so
 /// several scans of one file can exist).
-struct At<'a> {
-    file: &'a File,
-    at: u64,
+pub(super) struct At {
+    pub(super) file: Arc<File>,
+    pub(super) at: u64,
 }
 
-impl Read for At<'_> {
+impl Read for At {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.file.read_at(buf, self.at)?;
         self.at += n as u64;
@@ -432,68 +486,24 @@ impl Read for At<'_> {
     }
 }
 
-/// Last cycle's connections, left in the verified state file.
-pub struct PrevFile {
-    file: File,
-    n: u64,
-    /// Old name number -> new, when the name table was compacted at load.
-    remap: Option<Vec<Sym>>,
+/// A verified base file: its connections are left on disk.
+pub struct Base {
+    pub(super) file: Arc<File>,
+    /// Connections in it.
+    pub(super) n: u64,
+    /// 0 for formats before v6 (no journal belongs to it).
+    pub(super) generation: u64,
+    /// Its size in bytes.
+    pub(super) len: u64,
+    /// Names its connections may refer to.
+    pub(super) names: usize,
 }
 
-impl PrevFile {
-    /// The connections in cookie order.
-    pub fn scan(&self) -> Scan<'_> {
-        Scan {
-            r: BufReader::with_capacity(
-                1 << 16,
-                At {
-                    file: &self.file,
-                    at: HEADER as u64,
-                },
-            ),
-            left: self.n,
-            remap: self.remap.as_deref(),
-        }
-    }
-}
-
-pub struct Scan<'a> {
-    r: BufReader<At<'a>>,
-    left: u64,
-    remap: Option<&'a [Sym]>,
-}
-
-impl Iterator for Scan<'_> {
-    type Item = io::Result<(u64, ConnState)>;
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let mut b = [0u8; CONN];
-        if let Err(e) = self.r.read_exact(&mut b) {
-            self.left = 0;
-            return Some(Err(e));
-        }
-        // Checked by `open`; a file changed since is an I/O problem.
-        Some(match conn_of(&b, usize::MAX) {
-            Ok((cookie, mut c)) => {
-                if let Some(remap) = self.remap {
-                    for s in c.syms_mut() {
-                        *s = remap.get(*s as usize).copied().unwrap_or(0);
-                    }
-                }
-                Ok((cookie, c))
-            }
-            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-        })
-    }
-}
-
-/// Opens a state file: frame, checksum, every connection record and the
-/// rest are checked; the rest is decoded, the connections left on disk.
-/// Ok(Err(problem)) for a file that is not a usable state; Err for I/O.
-pub fn open(file: File) -> io::Result<Result<(State, PrevFile), String>> {
+/// Opens a base file: frame, checksum and the head are checked and the
+/// head decoded; the connections are left on disk (checked as they are
+/// read, first by `journal::Prev::check` at load). Ok(Err(problem)) for a
+/// file that is not a usable state; Err for I/O.
+pub fn open(file: File) -> io::Result<Result<(State, Base), String>> {
     let len = file.metadata()?.len();
     let mut head = [0u8; HEADER];
     let mut tail = [0u8; TRAILER];
@@ -503,23 +513,10 @@ pub fn open(file: File) -> io::Result<Result<(State, PrevFile), String>> {
         Ok(v) => v,
         Err(p) => return Ok(Err(p)),
     };
+    let file = Arc::new(file);
     // 1. The checksum, in large blocks.
     let mut h = StreamHash::new();
-    let mut r = At {
-        file: &file,
-        at: HEADER as u64,
-    }
-    .take(body_len);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let k = r.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-    }
-    drop(buf);
-    if h.total != body_len {
+    if !hash_range(&file, HEADER as u64, body_len, &mut h)? {
         return Ok(Err("truncated while reading".to_owned()));
     }
     if let Err(p) = check_sum(h.finish(), &tail) {
@@ -530,58 +527,46 @@ pub fn open(file: File) -> io::Result<Result<(State, PrevFile), String>> {
     let mut r = BufReader::with_capacity(
         1 << 16,
         At {
-            file: &file,
+            file: file.clone(),
             at: HEADER as u64 + conns_len,
         }
         .take(body_len - conns_len),
     );
     let version = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
-    let mut s = match decode_head(&mut r, body_len - conns_len, version) {
+    let (s, generation) = match decode_head(&mut r, body_len - conns_len, version, None) {
         Ok(s) => s,
         Err(p) => return Ok(Err(p)),
     };
-    // 3. Every connection record, and which names are still used.
     let names = s.strings.len();
-    let mut used = vec![false; if names >= COMPACT_AT { names } else { 0 }];
-    let mut scan = PrevFile {
-        file,
-        n,
-        remap: None,
-    };
-    let mut last = None;
-    {
-        let mut r = BufReader::with_capacity(
-            1 << 16,
-            At {
-                file: &scan.file,
-                at: HEADER as u64,
-            },
-        );
-        for _ in 0..n {
-            let mut b = [0u8; CONN];
-            r.read_exact(&mut b)?;
-            let (cookie, mut c) = match conn_of(&b, names) {
-                Ok(v) => v,
-                Err(p) => return Ok(Err(p)),
-            };
-            if last.is_some_and(|l| l >= cookie) {
-                return Ok(Err("connections out of order".to_owned()));
-            }
-            last = Some(cookie);
-            for sym in c.syms_mut() {
-                if let Some(u) = used.get_mut(*sym as usize) {
-                    *u = true;
-                }
-            }
-        }
-    }
-    if !used.is_empty() {
-        scan.remap = s.compact_strings(used);
-    }
-    Ok(Ok((s, scan)))
+    Ok(Ok((
+        s,
+        Base {
+            file,
+            n,
+            generation,
+            len,
+            names,
+        },
+    )))
 }
 
-fn read_at_most(f: &File, at: u64, buf: &mut [u8]) -> io::Result<usize> {
+/// Feeds `len` bytes of `file` from `at` to `h`; false if the file ends first.
+pub(super) fn hash_range(file: &File, at: u64, len: u64, h: &mut StreamHash) -> io::Result<bool> {
+    let mut buf = vec![0u8; (len as usize).clamp(1, 1 << 20)];
+    let mut done = 0u64;
+    while done < len {
+        let want = (len - done).min(buf.len() as u64) as usize;
+        let k = read_at_most(file, at + done, &mut buf[..want])?;
+        h.update(&buf[..k]);
+        done += k as u64;
+        if k < want {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+pub(super) fn read_at_most(f: &File, at: u64, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match f.read_at(&mut buf[got..], at + got as u64) {
@@ -603,7 +588,7 @@ fn check_frame(len: u64, head: &[u8], tail: &[u8]) -> Result<(u64, u64), String>
         return Err("truncated (no complete header)".to_owned());
     }
     let version = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
-    if ![FORMAT_VERSION, V4, V3].contains(&version) || head[20..24] != [0; 4] {
+    if ![FORMAT_VERSION, V5, V4, V3].contains(&version) || head[20..24] != [0; 4] {
         return Err(format!(
             "state version {version} (expected {FORMAT_VERSION})"
         ));
@@ -629,7 +614,7 @@ fn check_frame(len: u64, head: &[u8], tail: &[u8]) -> Result<(u64, u64), String>
     Ok((n, body))
 }
 
-fn check_sum(got: u64, tail: &[u8]) -> Result<(), String> {
+pub(super) fn check_sum(got: u64, tail: &[u8]) -> Result<(), String> {
     let mut b = [0u8; 8];
     b.copy_from_slice(&tail[16..24]);
     if u64::from_le_bytes(b) == got {
@@ -640,15 +625,15 @@ fn check_sum(got: u64, tail: &[u8]) -> Result<(), String> {
 }
 
 /// Body decoder over any reader; every problem is a message.
-struct Dec<'a> {
-    r: &'a mut dyn Read,
-    left: u64,
+pub(super) struct Dec<'a> {
+    pub(super) r: &'a mut dyn Read,
+    pub(super) left: u64,
 }
 
-type R<T> = Result<T, String>;
+pub(super) type R<T> = Result<T, String>;
 
 impl Dec<'_> {
-    fn bytes<const N: usize>(&mut self) -> R<[u8; N]> {
+    pub(super) fn bytes<const N: usize>(&mut self) -> R<[u8; N]> {
         let mut b = [0u8; N];
         if (N as u64) > self.left {
             return Err("truncated body".to_owned());
@@ -659,10 +644,10 @@ impl Dec<'_> {
         self.left -= N as u64;
         Ok(b)
     }
-    fn u32(&mut self) -> R<u32> {
+    pub(super) fn u32(&mut self) -> R<u32> {
         self.bytes::<4>().map(u32::from_le_bytes)
     }
-    fn u64(&mut self) -> R<u64> {
+    pub(super) fn u64(&mut self) -> R<u64> {
         self.bytes::<8>().map(u64::from_le_bytes)
     }
     fn str(&mut self) -> R<String> {
@@ -693,7 +678,7 @@ impl Dec<'_> {
 
 /// Decodes one connection record, checking its names against a table of
 /// `strings` entries.
-fn conn_of(b: &[u8; CONN], strings: usize) -> R<(u64, ConnState)> {
+pub(super) fn conn_of(b: &[u8; CONN], strings: usize) -> R<(u64, ConnState)> {
     {
         let mut at = 0;
         let mut take = |n: usize| {
@@ -780,13 +765,26 @@ fn conn_of(b: &[u8; CONN], strings: usize) -> R<(u64, ConnState)> {
     }
 }
 
-fn decode_head(r: &mut dyn Read, len: u64, version: u32) -> Result<State, String> {
+/// Decodes a head of format `version`: (state without connections,
+/// generation). A journal entry's head adds names to `prior` (the table
+/// so far); a base's stores them all.
+pub(super) fn decode_head(
+    r: &mut dyn Read,
+    len: u64,
+    version: u32,
+    prior: Option<Strings>,
+) -> Result<(State, u64), String> {
     let mut d = Dec { r, left: len };
     let boot_id = d.str()?;
     let home = if version == V3 {
         String::new()
     } else {
         d.str()?
+    };
+    let generation = if version >= FORMAT_VERSION {
+        d.u64()?
+    } else {
+        0
     };
     let mut s = State {
         version: FORMAT_VERSION,
@@ -812,12 +810,33 @@ fn decode_head(r: &mut dyn Read, len: u64, version: u32) -> Result<State, String
         [1] => Some(d.str()?),
         _ => return Err("bad service-map flag".to_owned()),
     };
-    let n = d.count(4)?;
-    let mut list = Vec::with_capacity(n);
-    for _ in 0..n {
-        list.push(d.str()?);
+    let total = d.u64()?;
+    let from = if version >= FORMAT_VERSION {
+        d.u64()?
+    } else {
+        0
+    };
+    let have = prior.as_ref().map_or(0, |p| p.len() as u64);
+    if from != have || total < from || (total - from).saturating_mul(4) > d.left {
+        return Err(format!(
+            "names {from}..{total} do not follow the {have} known or do not fit"
+        ));
     }
-    s.strings = Strings::from_list(list).ok_or("the name table does not start with \"\"")?;
+    s.strings = match prior {
+        Some(mut table) => {
+            for _ in from..total {
+                table.intern_new(d.str()?);
+            }
+            table
+        }
+        None => {
+            let mut list = Vec::with_capacity(total as usize);
+            for _ in 0..total {
+                list.push(d.str()?);
+            }
+            Strings::from_list(list).ok_or("the name table does not start with \"\"")?
+        }
+    };
     let names = s.strings.len();
     for _ in 0..d.count(12)? {
         let id = d.u64()?;
@@ -867,7 +886,7 @@ fn decode_head(r: &mut dyn Read, len: u64, version: u32) -> Result<State, String
     for _ in 0..d.count(16)? {
         let cookie = d.u64()?;
         let until = match d.u64()? {
-            _ if version < FORMAT_VERSION => Settling::RingBefore(0),
+            _ if version < V5 => Settling::RingBefore(0),
             v => Settling::from_u64(v),
         };
         s.settling.insert(cookie, until);
@@ -880,7 +899,7 @@ fn decode_head(r: &mut dyn Read, len: u64, version: u32) -> Result<State, String
     if d.left != 0 {
         return Err(format!("{} unexpected bytes after the body", d.left));
     }
-    Ok(s)
+    Ok((s, generation))
 }
 
 #[cfg(test)]
@@ -960,6 +979,15 @@ mod tests {
         s
     }
 
+    /// A base alone, opened and checked as `load` does.
+    fn open_file(p: &std::path::Path) -> (State, super::super::journal::PrevFile) {
+        let (mut head, base) = open(std::fs::File::open(p).unwrap()).unwrap().unwrap();
+        let names = head.strings.len();
+        let mut prev = super::super::journal::PrevFile::new(base, None, names);
+        prev.check(&mut head, true).unwrap().unwrap();
+        (head, prev)
+    }
+
     #[test]
     fn round_trips_in_memory_and_through_a_file() {
         let s = sample();
@@ -968,7 +996,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("state.bin");
         std::fs::write(&p, &bytes).unwrap();
-        let (mut head, prev) = open(std::fs::File::open(&p).unwrap()).unwrap().unwrap();
+        let (mut head, prev) = open_file(&p);
         head.conns = super::super::Conns::from_sorted(prev.scan().map(Result::unwrap).collect());
         assert_eq!(head, s);
         assert_eq!(decode(&encode(&State::default())).unwrap().strings.len(), 1);
@@ -990,7 +1018,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("state.bin");
         std::fs::write(&p, encode(&s)).unwrap();
-        let (head, prev) = open(std::fs::File::open(&p).unwrap()).unwrap().unwrap();
+        let (head, prev) = open_file(&p);
         assert!(head.strings.len() < 10, "{}", head.strings.len());
         let got: Vec<_> = prev
             .scan()
@@ -1099,11 +1127,36 @@ mod tests {
 
     /// v4 differs from v5 only in what a settling close's number means (the
     /// time it was applied): each is kept for the first cycle only.
+    /// `s` in the v5 layout (no generation, one name list), as `version`.
+    fn encode_v5(s: &State, version: u32) -> Vec<u8> {
+        let mut e = Enc::new(Vec::new());
+        for (cookie, c) in s.conns.iter() {
+            e.put(&conn_bytes(cookie, c)).unwrap();
+        }
+        write_head_as(&mut e, s, 0, 0, V5).unwrap();
+        let (total, sum) = e.finish_body().unwrap();
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&e.w);
+        out.extend_from_slice(&(s.conns.iter().count() as u64).to_le_bytes());
+        out.extend_from_slice(&total.to_le_bytes());
+        out.extend_from_slice(&sum.to_le_bytes());
+        out.extend_from_slice(END);
+        out
+    }
+
+    /// An upgrade from v5 keeps everything.
+    #[test]
+    fn a_v5_state_is_read_whole() {
+        let want = sample();
+        assert_eq!(decode(&encode_v5(&want, V5)).unwrap(), want);
+    }
+
     #[test]
     fn a_v4_state_keeps_its_closed_cookies_for_one_cycle() {
         let mut want = sample();
-        let mut bytes = encode(&want);
-        bytes[16..20].copy_from_slice(&V4.to_le_bytes());
+        let bytes = encode_v5(&want, V4);
         let got = decode(&bytes).unwrap();
         for until in want.settling.values_mut() {
             *until = Settling::RingBefore(0);

@@ -12,9 +12,16 @@
 //! format is in `codec` (versioned header, fixed-size connection records,
 //! checksum); a JSON state of the previous format (v2, `state.json`) is
 //! migrated once by `legacy`.
+//!
+//! On disk the state is a base (`state.bin`) and a journal of the cycles
+//! since (`journal`): a cycle appends the connections that changed, those
+//! that left and the rest of the state, and rewrites the base only once
+//! the journal has outgrown it. An idle connection costs nothing between
+//! its heartbeats.
 
 mod codec;
 mod conns;
+mod journal;
 mod legacy;
 
 pub use conns::Conns;
@@ -82,6 +89,14 @@ impl Strings {
 
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.list.iter().map(String::as_str)
+    }
+
+    /// Appends `s` as the next name, even if already there (a stored
+    /// table's numbering is kept as written).
+    fn intern_new(&mut self, s: String) {
+        let sym = self.list.len() as Sym;
+        self.index.entry(s.clone()).or_insert(sym);
+        self.list.push(s);
     }
 
     /// A table holding `list` in this order (the decoder's; "" must be first).
@@ -427,11 +442,11 @@ impl State {
     }
 }
 
-/// Last cycle's connections: in the state file (normally), or in memory
+/// Last cycle's connections: in the state files (normally), or in memory
 /// (a migrated v2 state; tests).
 pub enum Prev {
     Mem(Conns),
-    File(codec::PrevFile),
+    File(journal::PrevFile),
 }
 
 impl std::fmt::Debug for Prev {
@@ -469,22 +484,24 @@ pub fn legacy_path(path: &Path) -> PathBuf {
     path.with_file_name(legacy::FILE_NAME)
 }
 
-/// Loads the state at `path`; without one, migrates a v2 `state.json`
-/// beside it (the caller removes that once the new state is saved). A state
-/// written for another state directory than `home` (copied from another
-/// out dir) is foreign: set aside.
+/// Loads the state at `path` (its base and journal); without one,
+/// migrates a v2 `state.json` beside it (the caller removes that once the
+/// new state is saved). A state written for another state directory than
+/// `home` (copied from another out dir) is foreign: set aside.
 pub fn load(path: &Path, home: &str) -> io::Result<LoadOutcome> {
-    match read_nofollow(path, |f| {
-        Ok(codec::open(f)?.map(|(s, p)| (Box::new(s), Prev::File(p))))
-    })? {
-        Read::Missing => {}
-        Read::Problem(p) => return set_aside(path, p),
-        Read::Ok((s, prev)) if !s.home.is_empty() && s.home != home => {
+    crate::output::atomic::remove_stale_temps(
+        crate::output::atomic::parent_dir(path),
+        journal::FILE_NAME,
+    );
+    match open_state(path, true)? {
+        Opened::Missing => {}
+        Opened::Problem(p, jpath) => return set_aside(path, p, jpath),
+        Opened::Ok(s, prev) if !s.home.is_empty() && s.home != home => {
             let why = format!("written for state dir {}, not this one", s.home);
             drop(prev);
-            return set_aside(path, why);
+            return set_aside(path, why, None);
         }
-        Read::Ok((s, prev)) => return Ok(LoadOutcome::Loaded(s, prev)),
+        Opened::Ok(s, prev) => return Ok(LoadOutcome::Loaded(s, Prev::File(prev))),
     }
     let old = legacy_path(path);
     match read_nofollow(&old, |mut f| {
@@ -494,9 +511,45 @@ pub fn load(path: &Path, home: &str) -> io::Result<LoadOutcome> {
         }))
     })? {
         Read::Missing => Ok(LoadOutcome::Fresh),
-        Read::Problem(p) => set_aside(&old, format!("{}: {p}", legacy::FILE_NAME)),
+        Read::Problem(p) => set_aside(&old, format!("{}: {p}", legacy::FILE_NAME), None),
         Read::Ok((s, prev)) => Ok(LoadOutcome::Loaded(s, prev)),
     }
+}
+
+enum Opened {
+    Missing,
+    /// The problem, and the journal to set aside with the base if the
+    /// problem is in it.
+    Problem(String, Option<PathBuf>),
+    Ok(Box<State>, journal::PrevFile),
+}
+
+/// Opens the base at `path` and replays its journal; every connection is
+/// checked once. `compact`: drop most of a large, mostly unused name table.
+fn open_state(path: &Path, compact: bool) -> io::Result<Opened> {
+    let (mut s, base) = match read_nofollow(path, codec::open)? {
+        Read::Missing => return Ok(Opened::Missing),
+        Read::Problem(p) => return Ok(Opened::Problem(p, None)),
+        Read::Ok(v) => v,
+    };
+    let jpath = journal::path_for(path);
+    let loaded = if base.generation == 0 {
+        None // an older format: no journal of its own
+    } else {
+        // Problems in its content come back as Ok(Err(_)); a symlink or
+        // another non-file there is replaced at the next append, never read.
+        match read_nofollow(&jpath, |f| Ok(Ok(journal::open(f, &base, &mut s)?)))? {
+            Read::Missing | Read::Problem(_) => None,
+            Read::Ok(Ok(j)) => j,
+            Read::Ok(Err(p)) => return Ok(Opened::Problem(p, Some(jpath))),
+        }
+    };
+    let names = s.strings.len();
+    let mut prev = journal::PrevFile::new(base, loaded, names);
+    if let Err(p) = prev.check(&mut s, compact)? {
+        return Ok(Opened::Problem(p, Some(jpath)));
+    }
+    Ok(Opened::Ok(Box::new(s), prev))
 }
 
 enum Read<T> {
@@ -550,95 +603,174 @@ fn read_nofollow<T>(
     }
 }
 
-fn set_aside(path: &Path, problem: String) -> io::Result<LoadOutcome> {
+/// Moves the bad state at `path` aside (`state.bad-<time>`), and the
+/// journal `journal` with it (`state.bad-<time>.journal`) when the problem
+/// was in it. (A journal left behind belongs to no base any more: it is
+/// ignored and replaced.)
+fn set_aside(path: &Path, problem: String, journal: Option<PathBuf>) -> io::Result<LoadOutcome> {
     let aside = path.with_file_name(format!(
         "state.bad-{}",
         chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
     ));
-    fs::rename(path, &aside).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot move bad state {} aside: {e}", path.display()),
-        )
-    })?;
+    let moved = |from: &Path, to: &Path| {
+        fs::rename(from, to).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot move bad state {} aside: {e}", from.display()),
+            )
+        })
+    };
+    if let Some(j) = journal {
+        let mut to = aside.clone().into_os_string();
+        to.push(".journal");
+        moved(&j, Path::new(&to))?;
+    }
+    moved(path, &aside)?;
     Ok(LoadOutcome::SetAside(aside, problem))
 }
 
-/// A new state file being written: the connections as the cycle makes
-/// them, the rest and the atomic rename at `commit` (the commit point).
-/// Dropped uncommitted, it removes its temp file.
+/// The next state being written, the connections as the cycle makes them
+/// (cookies increasing) and the rest at `commit`, the commit point: either
+/// an entry appended to the journal (the connections that changed or left)
+/// or, when the journal has outgrown the base (or there is none), a new
+/// base renamed into place. Dropped uncommitted, it leaves the state as it
+/// was.
 pub struct Saver {
     path: PathBuf,
-    tmp: PathBuf,
-    w: Option<codec::Writer<io::BufWriter<fs::File>>>,
+    how: How,
+}
+
+enum How {
+    Journal(Box<journal::Appender>),
+    Base {
+        tmp: PathBuf,
+        w: Option<codec::Writer<io::BufWriter<fs::File>>>,
+    },
 }
 
 impl Saver {
-    /// Starts `path`'s replacement: a fresh temp file in the same directory
-    /// (O_EXCL, O_NOFOLLOW), mode `mode`.
-    pub fn begin(path: &Path, mode: u32) -> io::Result<Self> {
+    /// Starts the state after `prev` (last cycle's connections, as loaded
+    /// from `path`); a new base is a temp file in the same directory
+    /// (O_EXCL, O_NOFOLLOW), mode `mode`, like a new journal.
+    pub fn begin(path: &Path, mode: u32, prev: &Prev) -> io::Result<Self> {
+        if let Prev::File(f) = prev {
+            if let Some(append) = f.plan.append {
+                let a = journal::Appender::begin(
+                    &journal::path_for(path),
+                    mode,
+                    f.plan.generation,
+                    append,
+                    f.scan(),
+                )?;
+                return Ok(Self {
+                    path: path.to_owned(),
+                    how: How::Journal(Box::new(a)),
+                });
+            }
+        }
         let (tmp, file) = crate::output::atomic::create_temp_for(path, mode)?;
-        let w = codec::Writer::new(io::BufWriter::with_capacity(1 << 18, file))
-            .map_err(crate::output::atomic::with_path(&tmp));
+        let w = codec::Writer::new(
+            io::BufWriter::with_capacity(1 << 18, file),
+            journal::new_generation(),
+        )
+        .map_err(crate::output::atomic::with_path(&tmp));
         let mut saver = Self {
             path: path.to_owned(),
-            tmp,
-            w: None,
+            how: How::Base { tmp, w: None },
         };
-        saver.w = Some(w?);
+        if let How::Base { w: slot, .. } = &mut saver.how {
+            *slot = Some(w?);
+        }
         Ok(saver)
     }
 
     /// Appends one live connection (cookies increasing).
     pub fn push(&mut self, cookie: u64, c: &ConnState) -> io::Result<()> {
-        match &mut self.w {
-            Some(w) => w
+        match &mut self.how {
+            How::Journal(a) => {
+                a.push(cookie, c)
+                    .map_err(crate::output::atomic::with_path(&journal::path_for(
+                        &self.path,
+                    )))
+            }
+            How::Base { tmp, w: Some(w) } => w
                 .push(cookie, c)
-                .map_err(crate::output::atomic::with_path(&self.tmp)),
-            None => Ok(()),
+                .map_err(crate::output::atomic::with_path(tmp)),
+            How::Base { w: None, .. } => Ok(()),
         }
     }
 
-    /// Writes the rest of `s`, makes the file durable and renames it over
-    /// the state: from here on, this cycle happened.
+    /// Writes the rest of `s` and makes it durable: from here on, this
+    /// cycle happened.
     pub fn commit(mut self, s: &State) -> io::Result<()> {
-        let Some(w) = self.w.take() else {
-            return Ok(());
+        let (tmp, w) = match &mut self.how {
+            How::Journal(_) => {
+                let How::Journal(a) = std::mem::replace(
+                    &mut self.how,
+                    How::Base {
+                        tmp: PathBuf::new(),
+                        w: None,
+                    },
+                ) else {
+                    return Ok(());
+                };
+                let jpath = journal::path_for(&self.path);
+                return a
+                    .commit(s)
+                    .map_err(crate::output::atomic::with_path(&jpath));
+            }
+            How::Base { tmp, w } => match w.take() {
+                Some(w) => (tmp.clone(), w),
+                None => return Ok(()),
+            },
         };
-        let ctx = crate::output::atomic::with_path(&self.tmp);
+        let ctx = crate::output::atomic::with_path(&tmp);
         let file = w
             .finish(s)
             .and_then(|b| b.into_inner().map_err(|e| e.into_error()))
             .map_err(ctx)?;
         file.sync_all()
-            .map_err(crate::output::atomic::with_path(&self.tmp))?;
+            .map_err(crate::output::atomic::with_path(&tmp))?;
         drop(file);
-        fs::rename(&self.tmp, &self.path).map_err(crate::output::atomic::with_path(&self.path))?;
-        crate::output::atomic::fsync_dir(crate::output::atomic::parent_dir(&self.path))
+        fs::rename(&tmp, &self.path).map_err(crate::output::atomic::with_path(&self.path))?;
+        crate::output::atomic::fsync_dir(crate::output::atomic::parent_dir(&self.path))?;
+        // The old journal belongs to the old base (its generation tells
+        // so, should this run stop before it is gone).
+        let jpath = journal::path_for(&self.path);
+        match fs::remove_file(&jpath) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io::Error::new(
+                e.kind(),
+                format!("cannot remove the old journal {}: {e}", jpath.display()),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
 impl Drop for Saver {
     fn drop(&mut self) {
-        if self.w.is_some() || fs::symlink_metadata(&self.tmp).is_ok() {
-            let _ = fs::remove_file(&self.tmp);
+        if let How::Base { tmp, w } = &self.how {
+            if w.is_some() || fs::symlink_metadata(tmp).is_ok_and(|_| !tmp.as_os_str().is_empty()) {
+                let _ = fs::remove_file(tmp);
+            }
         }
     }
 }
 
-/// Rewrites the committed state at `path` with `s`, connections copied
-/// from the file itself (after a rotation changed only the rest).
+/// Saves `s` again over the state just committed at `path`, its
+/// connections unchanged (after a rotation changed only the rest): one
+/// more journal entry, without connections, or a new base.
 pub fn resave(path: &Path, s: &State, mode: u32) -> io::Result<()> {
-    let prev = match read_nofollow(path, codec::open)? {
-        Read::Ok((_, prev)) => prev,
-        Read::Missing | Read::Problem(_) => {
+    let prev = match open_state(path, false)? {
+        Opened::Ok(_, prev) => Prev::File(prev),
+        Opened::Missing | Opened::Problem(..) => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{}: the state just written is unreadable", path.display()),
             ))
         }
     };
-    let mut saver = Saver::begin(path, mode)?;
+    let mut saver = Saver::begin(path, mode, &prev)?;
     for item in prev.scan() {
         let (cookie, c) = item?;
         saver.push(cookie, &c)?;
@@ -664,6 +796,10 @@ mod tests {
         }
     }
 
+    fn none() -> Prev {
+        Prev::Mem(Conns::default())
+    }
+
     fn loaded(path: &Path) -> (State, Vec<(u64, ConnState)>) {
         match load(path, "/h").unwrap() {
             LoadOutcome::Loaded(s, prev) => {
@@ -685,7 +821,7 @@ mod tests {
             boot_id: "b".into(),
             ..Default::default()
         };
-        let mut saver = Saver::begin(&p, 0o600).unwrap();
+        let mut saver = Saver::begin(&p, 0o600, &none()).unwrap();
         for k in [3u64, 7, 9] {
             saver.push(k, &conn(k)).unwrap();
         }
@@ -714,16 +850,193 @@ mod tests {
         let (got, again) = loaded(&p);
         assert_eq!((got.logs["/a"], again), (pos(0), conns));
 
-        let mut saver = Saver::begin(&p, 0o600).unwrap();
+        let mut saver = Saver::begin(&p, 0o600, &none()).unwrap();
         saver.push(1, &conn(1)).unwrap();
         drop(saver);
         assert_eq!(loaded(&p).1.len(), 3);
-        let names: Vec<_> = fs::read_dir(d.path())
+        let mut names: Vec<_> = fs::read_dir(d.path())
             .unwrap()
             .flatten()
             .map(|e| e.file_name())
             .collect();
-        assert_eq!(names, ["state.bin"]);
+        names.sort();
+        assert_eq!(names, ["state.bin", "state.journal"]);
+    }
+
+    /// A committed state, its connections and the journal's length then.
+    type Committed3 = (State, Vec<(u64, ConnState)>, u64);
+
+    /// One cycle as `collect` makes it: load, save `conns` (in order), commit.
+    fn cycle(p: &Path, s: &State, conns: &[(u64, ConnState)]) {
+        let prev = match load(p, "/h").unwrap() {
+            LoadOutcome::Loaded(_, prev) => prev,
+            _ => none(),
+        };
+        let mut saver = Saver::begin(p, 0o600, &prev).unwrap();
+        for (k, c) in conns {
+            saver.push(*k, c).unwrap();
+        }
+        saver.commit(s).unwrap();
+    }
+
+    /// Cycles of changing, new, idle and leaving connections: each load
+    /// gives exactly what the last commit saved; idle connections cost no
+    /// journal bytes; a new base comes once the journal outgrows the base.
+    /// Returns the committed (state, connections) and the journal length
+    /// after each commit.
+    fn cycles(p: &Path) -> Vec<Committed3> {
+        let jp = journal::path_for(p);
+        let mut s = State {
+            boot_id: "b".into(),
+            home: "/h".into(),
+            ..Default::default()
+        };
+        let mut conns: Vec<(u64, ConnState)> = (1..=50u64).map(|k| (k * 3, conn(k))).collect();
+        let mut out = Vec::new();
+        for i in 0..12u64 {
+            s.ring_applied = i * 100;
+            s.strings.intern(&format!("name-{}", i % 5));
+            match i % 4 {
+                0 => conns[(i as usize) % 50].1.last.bytes_sent += 1, // a change
+                1 => {
+                    conns.retain(|(k, _)| k % 7 != i % 7); // some leave
+                    conns.push((1000 + i, conn(i))); // one new
+                }
+                2 => {
+                    // Full records for all (as a relabel does).
+                    let w = s.strings.intern(&format!("w{i}"));
+                    for (_, c) in &mut conns {
+                        c.wkey = w;
+                    }
+                }
+                _ => {} // all idle
+            }
+            conns.sort_by_key(|(k, _)| *k);
+            let before = fs::metadata(&jp).map_or(0, |m| m.len());
+            cycle(p, &s, &conns);
+            let (got, got_conns) = loaded(p);
+            let mut want = s.clone();
+            want.version = STATE_VERSION;
+            assert_eq!((&got, &got_conns), (&want, &conns), "cycle {i}");
+            let after = fs::metadata(&jp).map_or(0, |m| m.len());
+            if i % 4 == 3 && after > before {
+                assert!(
+                    after - before < 400,
+                    "an idle cycle wrote {} B (the head only)",
+                    after - before
+                );
+            }
+            out.push((want, conns.clone(), after));
+        }
+        assert!(out.iter().any(|o| o.2 > 0), "the journal was used");
+        out
+    }
+
+    #[test]
+    fn a_journal_replays_each_cycle_and_is_compacted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.bin");
+        let runs = cycles(&p);
+        // At most about the base's size: a new base came in between.
+        let base = fs::metadata(&p).unwrap().len();
+        assert!(runs.iter().all(|r| r.2 <= 2 * base + 4096));
+        assert!(runs.windows(2).any(|w| w[1].2 < w[0].2), "compacted");
+        // A rotation's resave: one more entry, same connections.
+        let (mut s, conns) = loaded(&p);
+        s.logs.insert("/x".into(), Committed::default());
+        resave(&p, &s, 0o600).unwrap();
+        assert_eq!(loaded(&p), (s, conns));
+    }
+
+    /// A run killed before its commit (entry written, header not), or a
+    /// journal cut anywhere: the load gives the last complete commit;
+    /// any flipped byte gives a committed state or a set-aside state,
+    /// never a panic nor a state never committed.
+    #[test]
+    fn torn_and_corrupt_journals() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.bin");
+        let jp = journal::path_for(&p);
+        let runs = cycles(&p);
+        let (last_s, last_conns, _) = runs.last().unwrap().clone();
+        // Killed before the commit: the Saver never gets to drop.
+        let prev = match load(&p, "/h").unwrap() {
+            LoadOutcome::Loaded(_, prev) => prev,
+            other => panic!("{other:?}"),
+        };
+        let mut saver = Saver::begin(&p, 0o600, &prev).unwrap();
+        for k in 2000..2100u64 {
+            saver.push(k, &conn(k)).unwrap();
+        }
+        std::mem::forget(saver);
+        drop(prev);
+        assert_eq!(loaded(&p), (last_s.clone(), last_conns.clone()));
+        cycle(&p, &last_s, &last_conns);
+        assert_eq!(loaded(&p), (last_s.clone(), last_conns.clone()));
+
+        let base = fs::read(&p).unwrap();
+        let good = fs::read(&jp).unwrap();
+        let committed: Vec<_> = runs.iter().map(|r| (r.0.clone(), r.1.clone())).collect();
+        let check = |bytes: &[u8], what: &str| {
+            fs::write(&p, &base).unwrap();
+            fs::write(&jp, bytes).unwrap();
+            match load(&p, "/h").unwrap() {
+                LoadOutcome::Loaded(s, prev) => {
+                    let conns: Vec<_> = prev.scan().map(Result::unwrap).collect();
+                    assert!(
+                        committed.contains(&(*s, conns)),
+                        "{what}: a state never committed"
+                    );
+                }
+                LoadOutcome::SetAside(aside, _) => {
+                    let _ = fs::remove_file(&aside);
+                    let mut j = aside.into_os_string();
+                    j.push(".journal");
+                    let _ = fs::remove_file(j);
+                }
+                LoadOutcome::Fresh => panic!("{what}: fresh"),
+            }
+        };
+        for n in (0..good.len()).step_by(7) {
+            check(&good[..n], &format!("cut to {n}"));
+        }
+        for i in (0..good.len()).step_by(3) {
+            let mut b = good.clone();
+            b[i] ^= 0x41;
+            check(&b, &format!("byte {i} flipped"));
+        }
+        // A corrupt entry before the last one is not skipped: set aside.
+        fs::write(&p, &base).unwrap();
+        let mut b = good.clone();
+        b[32 + 40 + 1] ^= 1;
+        fs::write(&jp, &b).unwrap();
+        if b.len() > 32 + 40 + 200 {
+            assert!(matches!(load(&p, "/h").unwrap(), LoadOutcome::SetAside(..)));
+        }
+    }
+
+    /// A journal of another base (another generation: left by a run
+    /// stopped after writing a new base, or copied) is ignored.
+    #[test]
+    fn a_journal_of_another_base_is_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.bin");
+        let jp = journal::path_for(&p);
+        let runs = cycles(&p);
+        let journal_now = fs::read(&jp).unwrap_or_default();
+        let s = &runs.last().unwrap().0;
+        // A new base (another generation), then the old journal put back.
+        let mut saver = Saver::begin(&p, 0o600, &none()).unwrap();
+        for (k, c) in &runs.last().unwrap().1 {
+            saver.push(*k, c).unwrap();
+        }
+        saver.commit(s).unwrap();
+        assert!(!jp.exists(), "a new base removes the old journal");
+        fs::write(&jp, &journal_now).unwrap();
+        assert_eq!(loaded(&p), (s.clone(), runs.last().unwrap().1.clone()));
+        // The next cycle starts a journal of its own.
+        cycle(&p, s, &runs.last().unwrap().1);
+        assert_eq!(loaded(&p), (s.clone(), runs.last().unwrap().1.clone()));
     }
 
     /// Without a binary state a v2 state.json is migrated; a bad one, or a
@@ -770,7 +1083,10 @@ mod tests {
             home: "/elsewhere".into(),
             ..Default::default()
         };
-        Saver::begin(&p, 0o600).unwrap().commit(&s).unwrap();
+        Saver::begin(&p, 0o600, &none())
+            .unwrap()
+            .commit(&s)
+            .unwrap();
         match load(&p, "/h").unwrap() {
             LoadOutcome::SetAside(aside, why) => {
                 assert!(why.contains("/elsewhere"), "{why}");
@@ -779,10 +1095,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         s.home = "/h".into();
-        Saver::begin(&p, 0o600).unwrap().commit(&s).unwrap();
+        Saver::begin(&p, 0o600, &none())
+            .unwrap()
+            .commit(&s)
+            .unwrap();
         assert_eq!(loaded(&p).0.home, "/h");
         s.home.clear();
-        Saver::begin(&p, 0o600).unwrap().commit(&s).unwrap();
+        Saver::begin(&p, 0o600, &none())
+            .unwrap()
+            .commit(&s)
+            .unwrap();
         assert_eq!(loaded(&p).0.home, "");
     }
 }
