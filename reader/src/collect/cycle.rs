@@ -224,14 +224,17 @@ pub fn apply(
             closes.entry(r.cookie).or_insert(*r);
         }
     }
-    // 2. Live: in the map, not closed; sorted by cookie.
-    //    References are sorted, not the 184-byte records themselves.
+    // 2. Live: in the map, not closed; sorted by cookie. (cookie, record)
+    //    pairs are sorted, not the 184-byte records themselves, and the
+    //    merges below compare the cookie held here: a record (in hash
+    //    order in memory) is read once, not once per comparison.
     let map = std::mem::take(&mut inp.map);
-    let mut live: Vec<&ConnRecord> = map
+    let mut live: Vec<(u64, &ConnRecord)> = map
         .iter()
         .filter(|r| !r.is_closed() && !closes.contains_key(&r.cookie))
+        .map(|r| (r.cookie, r))
         .collect();
-    live.sort_unstable_by_key(|r| r.cookie);
+    live.sort_unstable_by_key(|(cookie, _)| *cookie);
 
     // Pass 1 over last cycle's connections (cookie order): the previous
     // state of each closing one, and those that vanished.
@@ -245,10 +248,10 @@ pub fn apply(
             close_prev.insert(cookie, c);
             continue;
         }
-        while j < live.len() && live[j].cookie < cookie {
+        while j < live.len() && live[j].0 < cookie {
             j += 1;
         }
-        if j < live.len() && live[j].cookie == cookie {
+        if j < live.len() && live[j].0 == cookie {
             continue;
         }
         vanished.push((cookie, c));
@@ -325,8 +328,7 @@ pub fn apply(
     //    Pass 2 over last cycle's connections, merged by cookie; each live
     //    connection goes to `keep` in cookie order.
     let mut scan = prev.scan().peekable();
-    for &r in &live {
-        let cookie = r.cookie;
+    for &(cookie, r) in &live {
         let mut p = None;
         while let Some(item) = scan.next_if(|i| i.as_ref().map_or(true, |(k, _)| *k <= cookie)) {
             let (k, c) = item?;
