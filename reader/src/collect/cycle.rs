@@ -62,17 +62,6 @@ pub struct Outcome {
     pub map_deletes: Vec<u64>,
 }
 
-pub fn counters_of(r: &ConnRecord) -> Counters {
-    Counters {
-        bytes_sent: r.bytes_sent,
-        bytes_received: r.bytes_received,
-        packets_sent: r.packets_sent,
-        packets_received: r.packets_received,
-        retransmits: r.retransmits,
-        lost_packets: r.lost_packets,
-    }
-}
-
 /// (identity, workload key, service key), interned.
 type Named = (IdSyms, u32, u32);
 
@@ -82,7 +71,7 @@ fn conn_state(
     (id, wkey, skey): Named,
     clock: &Clock,
 ) -> ConnState {
-    let now = counters_of(r);
+    let now = Counters::of(r);
     ConnState {
         // Wall-clock start fixed at first sight: a clock set back later does
         // not rewrite when the connection started.

@@ -124,6 +124,18 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// A kernel record's counters.
+    pub fn of(r: &longconn_common::ConnRecord) -> Self {
+        Self {
+            bytes_sent: r.bytes_sent,
+            bytes_received: r.bytes_received,
+            packets_sent: r.packets_sent,
+            packets_received: r.packets_received,
+            retransmits: r.retransmits,
+            lost_packets: r.lost_packets,
+        }
+    }
+
     pub fn max(self, o: Self) -> Self {
         Self {
             bytes_sent: self.bytes_sent.max(o.bytes_sent),
