@@ -9,7 +9,7 @@
 #ifndef LONGCONN_H
 #define LONGCONN_H
 
-#define LONGCONN_LAYOUT_VERSION 5
+#define LONGCONN_LAYOUT_VERSION 6
 #define LONGCONN_META_MAGIC 0x6c636f6e6e6d6574ULL /* "lconnmet" */
 
 /* longconn_conn.direction */
@@ -95,18 +95,20 @@ struct longconn_netns {
 };
 
 /*
- * Read-time refresh in bounded runs (layout 5). A reader reads the map first,
- * then writes up to LONGCONN_REFRESH_CHUNK cookies into the pinned, mmapable
- * array `longconn_refresh_work` (one slot each) and runs the refresh program
- * (BPF_PROG_TEST_RUN), which refreshes those records only and writes each
- * refreshed record's counters back into its slot: one run holds its CPU for
- * one chunk, whatever the map size, and the reader gets the values without
- * reading the map again. Readers serialise their use of the array (flock on
- * the pin dir).
+ * Read-time refresh in bounded runs (layouts 5, 6). A reader reads the map
+ * first, then copies up to LONGCONN_REFRESH_CHUNK of the records it read
+ * (what finds the socket: cookie, tuple, netns; the 64-bit packet totals)
+ * into the pinned, mmapable array `longconn_refresh_work` (one slot each)
+ * and runs the refresh program (BPF_PROG_TEST_RUN), which looks each socket
+ * up and writes its counters into the slot: one run holds its CPU for one
+ * chunk, whatever the map size; no map lookup or write per record (layout 6;
+ * layout 5 looked each record up by cookie and wrote it); and the reader gets
+ * the values without reading the map again. Readers serialise their use of
+ * the array (flock on the pin dir).
  */
 #define LONGCONN_REFRESH_CHUNK 2048
 
-/* Benchmarks only: find each record, look no socket up (what the chunking costs). */
+/* Benchmarks only: go through the slots, look no socket up (what the chunking costs). */
 #define LONGCONN_REFRESH_LOOKUP_ONLY 0x1
 
 /* longconn_refresh_slot.status, written by the program */
@@ -116,9 +118,19 @@ struct longconn_netns {
 #define LONGCONN_REFRESH_NOT_FOUND 4     /* no socket with the record's 4-tuple and cookie */
 #define LONGCONN_REFRESH_NETNS_UNKNOWN 5 /* the record's netns has no netnsid for this reader yet */
 
-/* Value of `longconn_refresh_work`: a cookie in, the refreshed counters out. */
+/* Value of `longconn_refresh_work`: the record to refresh in (as the reader
+ * read it: what finds its socket), the refreshed counters out. The program
+ * needs no map lookup per record and writes nothing but the slot. */
 struct longconn_refresh_slot {
-	__u64 cookie;    /* in: the record to refresh */
+	__u64 cookie;       /* in: the record's cookie (checked against the socket's) */
+	__u64 netns_cookie; /* in: the record's network namespace */
+	__u32 local_addr[4]; /* in: as in struct longconn_conn */
+	__u32 remote_addr[4];
+	__u32 family;
+	__u32 netns_ino;
+	__u16 local_port;
+	__u16 remote_port;
+	__u32 status; /* out: LONGCONN_REFRESH_*; the reader zeroes it */
 	__u64 update_ns; /* out (all below): valid when status is LONGCONN_REFRESH_OK */
 	__u64 bytes_sent;
 	__u64 bytes_received;
@@ -130,7 +142,7 @@ struct longconn_refresh_slot {
 	__u32 srtt_us;
 	__u32 min_rtt_us;
 	__u32 state;
-	__u32 status; /* LONGCONN_REFRESH_*; the reader zeroes it */
+	__u32 _pad;
 };
 
 /* The refresh program's arguments and results in skb->cb (BPF_PROG_TEST_RUN

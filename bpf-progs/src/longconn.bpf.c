@@ -8,12 +8,13 @@
  * cgroup v2 subtree). Freshness comes from reading, not from the data path: a
  * reader reads the map, then runs the program `longconn_refresh` (pinned as
  * `refresh_conns`, BPF_PROG_TEST_RUN) once per chunk of the records it read
- * (cookies in the pinned work array `longconn_refresh_work`); it looks each
- * record up, looks its socket up by its 4-tuple in the kernel's TCP socket
- * tables (bpf_skc_lookup_tcp, in the record's network namespace through a
- * netnsid), checks that the socket found carries the record's cookie, and
- * copies its tcp_sock counters — the fields `ss -tin` reads, at the moment of
- * the read — into the record and back to the reader through the work array.
+ * (copied into the pinned work array `longconn_refresh_work`); it looks each
+ * record's socket up by its 4-tuple in the kernel's TCP socket tables
+ * (bpf_skc_lookup_tcp, in the record's network namespace through a netnsid),
+ * checks that the socket found carries the record's cookie, and copies its
+ * tcp_sock counters — the fields `ss -tin` reads, at the moment of the read —
+ * back to the reader through the work array (the map itself only when a
+ * record's 64-bit totals fall far behind: see LONGCONN_WIDEN_RESYNC).
  * Nothing is attached to or stored in any socket, so applications cannot
  * behave differently (an earlier design kept sockets in a sockhash,
  * which swaps their proto ops for tcp_bpf's and changed blocking reads). The
@@ -118,19 +119,26 @@ static __always_inline __u64 widen32(__u64 total, __u32 now)
 	return delta > 0 ? total + (__u32)delta : total;
 }
 
-/* Copy every counter, and the TCP state, from a BTF-typed tcp_sock (direct loads, no helper calls). */
+/* Copy every counter, and the TCP state, from a BTF-typed tcp_sock (direct
+ * loads, no helper calls) into `dst`, a record or a refresh slot: the 32-bit
+ * kernel counters are widened against the 64-bit totals `dst` holds. */
+#define COPY_COUNTERS(dst, tp)                                                        \
+	do {                                                                          \
+		(dst)->bytes_sent = (tp)->bytes_acked;                                 \
+		(dst)->bytes_received = (tp)->bytes_received;                          \
+		(dst)->packets_sent = widen32((dst)->packets_sent, (tp)->segs_out);    \
+		(dst)->packets_received = widen32((dst)->packets_received, (tp)->segs_in); \
+		(dst)->retransmits = widen32((dst)->retransmits, (tp)->total_retrans); \
+		(dst)->lost_packets = widen32((dst)->lost_packets, (tp)->lost);        \
+		(dst)->bytes_retrans = (tp)->bytes_retrans;                            \
+		(dst)->srtt_us = (tp)->srtt_us >> 3;                                   \
+		(dst)->min_rtt_us = (tp)->rtt_min.s[0].v;                              \
+		(dst)->state = (tp)->inet_conn.icsk_inet.sk.__sk_common.skc_state;     \
+	} while (0)
+
 static __always_inline void copy_counters(struct longconn_conn *c, struct tcp_sock *tp)
 {
-	c->bytes_sent = tp->bytes_acked;
-	c->bytes_received = tp->bytes_received;
-	c->packets_sent = widen32(c->packets_sent, tp->segs_out);
-	c->packets_received = widen32(c->packets_received, tp->segs_in);
-	c->retransmits = widen32(c->retransmits, tp->total_retrans);
-	c->lost_packets = widen32(c->lost_packets, tp->lost);
-	c->bytes_retrans = tp->bytes_retrans;
-	c->srtt_us = tp->srtt_us >> 3;
-	c->min_rtt_us = tp->rtt_min.s[0].v;
-	c->state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+	COPY_COUNTERS(c, tp);
 }
 
 static __always_inline void refresh(struct longconn_conn *c, struct tcp_sock *tp)
@@ -426,102 +434,126 @@ static __always_inline bool v4_mapped(const __u32 *a)
 }
 
 /*
- * The record's socket, from the kernel's TCP tables: the tuple is given as a
- * packet from the peer would carry it (source = remote). IPv4-mapped
- * addresses of an IPv6 socket are hashed as IPv4. Returns a reference to
- * release, or NULL.
+ * The socket of the record in slot `s`, from the kernel's TCP tables: the
+ * tuple is given as a packet from the peer would carry it (source = remote).
+ * IPv4-mapped addresses of an IPv6 socket are hashed as IPv4. Returns a
+ * reference to release, or NULL.
  */
 static __always_inline struct bpf_sock *lookup_sock(struct __sk_buff *skb,
-						    struct longconn_conn *c, __u64 netns)
+						    struct longconn_refresh_slot *s, __u64 netns)
 {
 	struct bpf_sock_tuple t = {};
 
-	if (c->family == AF_INET) {
-		t.ipv4.saddr = c->remote_addr[0];
-		t.ipv4.daddr = c->local_addr[0];
-	} else if (v4_mapped(c->local_addr)) {
-		t.ipv4.saddr = c->remote_addr[3];
-		t.ipv4.daddr = c->local_addr[3];
+	if (s->family == AF_INET) {
+		t.ipv4.saddr = s->remote_addr[0];
+		t.ipv4.daddr = s->local_addr[0];
+	} else if (v4_mapped(s->local_addr)) {
+		t.ipv4.saddr = s->remote_addr[3];
+		t.ipv4.daddr = s->local_addr[3];
 	} else {
-		__builtin_memcpy(t.ipv6.saddr, c->remote_addr, sizeof(t.ipv6.saddr));
-		__builtin_memcpy(t.ipv6.daddr, c->local_addr, sizeof(t.ipv6.daddr));
-		t.ipv6.sport = bpf_htons(c->remote_port);
-		t.ipv6.dport = bpf_htons(c->local_port);
+		__builtin_memcpy(t.ipv6.saddr, s->remote_addr, sizeof(t.ipv6.saddr));
+		__builtin_memcpy(t.ipv6.daddr, s->local_addr, sizeof(t.ipv6.daddr));
+		t.ipv6.sport = bpf_htons(s->remote_port);
+		t.ipv6.dport = bpf_htons(s->local_port);
 		return bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), netns, 0);
 	}
-	t.ipv4.sport = bpf_htons(c->remote_port);
-	t.ipv4.dport = bpf_htons(c->local_port);
+	t.ipv4.sport = bpf_htons(s->remote_port);
+	t.ipv4.dport = bpf_htons(s->local_port);
 	return bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), netns, 0);
 }
 
-/* The lookup's netns argument for a record, or false when its namespace has
+/* The lookup's netns argument for a record's namespace, or false when it has
  * no netnsid for this reader yet (then it is registered for the reader). */
-static __always_inline bool netns_arg(struct longconn_conn *c, struct refresh_run *run, __u64 *netns)
+static __always_inline bool netns_arg(__u64 netns_cookie, __u32 ino, struct refresh_run *run,
+				      __u64 *netns)
 {
 	struct longconn_netns *ns, fresh = {};
 
-	if (c->netns_cookie == run->reader_netns) {
+	if (netns_cookie == run->reader_netns) {
 		*netns = BPF_F_CURRENT_NETNS;
 		return true;
 	}
-	ns = bpf_map_lookup_elem(&longconn_netns, &c->netns_cookie);
+	ns = bpf_map_lookup_elem(&longconn_netns, &netns_cookie);
 	if (ns && ns->reader_netns_cookie == run->reader_netns) {
 		*netns = ns->nsid;
 		return true;
 	}
 	if (!ns) {
-		fresh.ino = c->netns_ino;
-		bpf_map_update_elem(&longconn_netns, &c->netns_cookie, &fresh, BPF_NOEXIST);
+		fresh.ino = ino;
+		bpf_map_update_elem(&longconn_netns, &netns_cookie, &fresh, BPF_NOEXIST);
 	}
 	return false;
 }
 
-/* What a reader gets back for a refreshed record: the fields the refresh writes. */
-static __always_inline void copy_out(struct longconn_refresh_slot *s, struct longconn_conn *c)
+/*
+ * A record's own 64-bit totals are what the close path (and per-segment
+ * hooks) widen the kernel's wrapping 32-bit counters against. A refresh
+ * writes only its slot, so those totals age; once one falls this far behind
+ * the socket (2^30 segments: hours of a saturated 10 Gbit/s link, never
+ * between two reads), the refresh brings the record forward, well before
+ * the 2^31 a widening can bridge.
+ */
+#define LONGCONN_WIDEN_RESYNC (1ULL << 30)
+
+static __always_inline bool widen_base_aged(struct longconn_refresh_slot *s, __u64 sent,
+					    __u64 received, __u64 retrans, __u64 lost)
 {
-	s->update_ns = c->update_ns;
-	s->bytes_sent = c->bytes_sent;
-	s->bytes_received = c->bytes_received;
-	s->packets_sent = c->packets_sent;
-	s->packets_received = c->packets_received;
-	s->retransmits = c->retransmits;
-	s->lost_packets = c->lost_packets;
-	s->bytes_retrans = c->bytes_retrans;
-	s->srtt_us = c->srtt_us;
-	s->min_rtt_us = c->min_rtt_us;
-	s->state = c->state;
+	return s->packets_sent - sent > LONGCONN_WIDEN_RESYNC ||
+	       s->packets_received - received > LONGCONN_WIDEN_RESYNC ||
+	       s->retransmits - retrans > LONGCONN_WIDEN_RESYNC ||
+	       s->lost_packets - lost > LONGCONN_WIDEN_RESYNC;
 }
 
-/* Refresh one record from its socket, if it is still there; returns LONGCONN_REFRESH_*. */
-static __always_inline __u32 refresh_one(__u64 cookie, struct longconn_conn *c,
-					 struct refresh_run *run)
+/* Why a record's socket was not found: its record went, or closed, since the
+ * reader read it (not a failure), or LONGCONN_REFRESH_NOT_FOUND. */
+static __always_inline __u32 not_found(struct longconn_refresh_slot *s, struct refresh_run *run)
 {
-	struct bpf_sock *sk;
-	struct tcp_sock *tp;
-	__u32 status = LONGCONN_REFRESH_NOT_FOUND;
-	__u64 netns;
+	struct longconn_conn *c = bpf_map_lookup_elem(&map_of_tcp_conns, &s->cookie);
 
-	/* A final record (kept in the map: ring buffer full) stays as closed. */
+	if (!c)
+		return LONGCONN_REFRESH_GONE;
 	if (c->flags & LONGCONN_F_CLOSED)
 		return LONGCONN_REFRESH_CLOSED;
-	if (!netns_arg(c, run, &netns)) {
+	run->not_found++;
+	return LONGCONN_REFRESH_NOT_FOUND;
+}
+
+/* Refresh the record in slot `s` from its socket, if it is still there, into
+ * the slot; returns LONGCONN_REFRESH_*. The map is not touched on this path
+ * (no lookup, no write) unless the record's widening base has aged. */
+static __always_inline __u32 refresh_one(struct longconn_refresh_slot *s, struct refresh_run *run)
+{
+	__u64 sent = s->packets_sent, received = s->packets_received;
+	__u64 retrans = s->retransmits, lost = s->lost_packets;
+	struct longconn_conn *c;
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+	__u32 status;
+	__u64 netns;
+
+	if (!netns_arg(s->netns_cookie, s->netns_ino, run, &netns)) {
 		run->netns_unknown++;
 		return LONGCONN_REFRESH_NETNS_UNKNOWN;
 	}
-	sk = lookup_sock(run->skb, c, netns);
-	if (!sk) {
-		run->not_found++;
-		return LONGCONN_REFRESH_NOT_FOUND;
-	}
+	sk = lookup_sock(run->skb, s, netns);
+	if (!sk)
+		return not_found(s, run);
 	tp = bpf_skc_to_tcp_sock(sk);
 	/* Identity: a reused 4-tuple (or the listener the lookup falls back to) is another socket. */
-	if (tp && tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter == cookie) {
-		copy_counters(c, tp);
-		c->update_ns = run->now;
+	if (tp && tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter == s->cookie) {
+		COPY_COUNTERS(s, tp);
+		s->update_ns = run->now;
 		run->refreshed++;
 		status = LONGCONN_REFRESH_OK;
+		if (widen_base_aged(s, sent, received, retrans, lost)) {
+			c = bpf_map_lookup_elem(&map_of_tcp_conns, &s->cookie);
+			if (c && !(c->flags & LONGCONN_F_CLOSED)) {
+				copy_counters(c, tp);
+				c->update_ns = run->now;
+			}
+		}
 	} else {
-		run->not_found++;
+		status = not_found(s, run);
 	}
 	bpf_sk_release(sk);
 	return status;
@@ -532,32 +564,22 @@ static long refresh_slot(__u64 i, struct refresh_run *run)
 {
 	__u32 idx = (__u32)i;
 	struct longconn_refresh_slot *s = bpf_map_lookup_elem(&longconn_refresh_work, &idx);
-	struct longconn_conn *c;
-	__u64 cookie;
 
 	if (!s)
 		return 1;
-	cookie = s->cookie;
-	c = bpf_map_lookup_elem(&map_of_tcp_conns, &cookie);
-	if (!c) {
-		s->status = LONGCONN_REFRESH_GONE;
-		return 0;
-	}
 	if (run->lookup_only) {
 		s->status = LONGCONN_REFRESH_NOT_FOUND;
 		return 0;
 	}
-	s->status = refresh_one(cookie, c, run);
-	if (s->status == LONGCONN_REFRESH_OK)
-		copy_out(s, c);
+	s->status = refresh_one(s, run);
 	return 0;
 }
 
 /*
  * Run by a reader (BPF_PROG_TEST_RUN on the pinned program) right after it
  * has read map_of_tcp_conns, once per chunk of what it read: copy the
- * socket's counters of each record named in slots 0..count-1 of
- * longconn_refresh_work into the record, now, and into the slot. This is
+ * socket's counters of each record the reader copied into slots 0..count-1
+ * of longconn_refresh_work into its slot, now. This is
  * what makes the default exact without any per-segment hook; the chunk
  * bounds how long one run holds its CPU (not preemptible, softirqs off) at
  * any map size. In skb->cb (LONGCONN_REFRESH_CB_*): the count and the

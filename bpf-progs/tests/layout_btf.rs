@@ -131,6 +131,14 @@ fn rust_mirror_matches_compiled_btf() {
         RefreshSlot,
         [
             cookie,
+            netns_cookie,
+            local_addr,
+            remote_addr,
+            family,
+            netns_ino,
+            local_port,
+            remote_port,
+            status,
             update_ns,
             bytes_sent,
             bytes_received,
@@ -142,7 +150,7 @@ fn rust_mirror_matches_compiled_btf() {
             srtt_us,
             min_rtt_us,
             state,
-            status
+            _pad
         ]
     );
     check_struct!(

@@ -6,7 +6,7 @@
 //! maps and the ring buffer are decoded with a length check, never transmuted.
 
 /// Bumped on any change to a record below; pinned in `meta` and checked by readers.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// `Meta::magic`: "lconnmet".
 pub const META_MAGIC: u64 = 0x6c63_6f6e_6e6d_6574;
 
@@ -109,12 +109,22 @@ pub const REFRESH_CLOSED: u32 = 3;
 pub const REFRESH_NOT_FOUND: u32 = 4;
 pub const REFRESH_NETNS_UNKNOWN: u32 = 5;
 
-/// `struct longconn_refresh_slot`: value of the `refresh_work` array, a
-/// cookie in, the refreshed counters out (valid when `status` is REFRESH_OK).
+/// `struct longconn_refresh_slot`: value of the `refresh_work` array. The
+/// reader copies a record in (what finds its socket, and the 64-bit totals
+/// the program widens the kernel's 32-bit counters against); the program
+/// writes the refreshed counters (valid when `status` is REFRESH_OK).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RefreshSlot {
     pub cookie: u64,
+    pub netns_cookie: u64,
+    pub local_addr: [u32; 4],
+    pub remote_addr: [u32; 4],
+    pub family: u32,
+    pub netns_ino: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub status: u32,
     pub update_ns: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -126,11 +136,30 @@ pub struct RefreshSlot {
     pub srtt_us: u32,
     pub min_rtt_us: u32,
     pub state: u32,
-    pub status: u32,
+    pub _pad: u32,
 }
 
 impl RefreshSlot {
     pub const SIZE: usize = std::mem::size_of::<Self>();
+
+    /// The slot that asks for `r`'s socket, status cleared.
+    pub fn of(r: &ConnRecord) -> Self {
+        Self {
+            cookie: r.cookie,
+            netns_cookie: r.netns_cookie,
+            local_addr: r.local_addr,
+            remote_addr: r.remote_addr,
+            family: r.family,
+            netns_ino: r.netns_ino,
+            local_port: r.local_port as u16,
+            remote_port: r.remote_port as u16,
+            packets_sent: r.packets_sent,
+            packets_received: r.packets_received,
+            retransmits: r.retransmits,
+            lost_packets: r.lost_packets,
+            ..Self::default()
+        }
+    }
 
     /// Copies what the refresh read from the socket into `r`.
     pub fn apply(&self, r: &mut ConnRecord) {
@@ -323,7 +352,7 @@ mod tests {
     fn sizes_match_header() {
         assert_eq!(std::mem::size_of::<ConnRecord>(), 184);
         assert_eq!(std::mem::size_of::<Meta>(), 40);
-        assert_eq!(std::mem::size_of::<RefreshSlot>(), 88);
+        assert_eq!(std::mem::size_of::<RefreshSlot>(), 144);
     }
 
     #[test]

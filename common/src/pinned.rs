@@ -344,7 +344,7 @@ impl Pins {
                     dir: self.dir.clone(),
                 })?;
             for (slot, &r) in chunk.iter().enumerate() {
-                work.set(slot, records[r].cookie);
+                work.set(slot, RefreshSlot::of(&records[r]));
             }
             self.refresh_run(prog, own, chunk.len() as u32)?;
             for (slot, &r) in chunk.iter().enumerate() {

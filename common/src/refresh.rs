@@ -5,7 +5,7 @@
 //! records a reader names in the pinned array `refresh_work` (one chunk),
 //! so no single BPF_PROG_TEST_RUN holds its CPU (not preemptible, softirqs
 //! off) for more than one chunk, whatever the map size. The reader writes
-//! cookies and reads the refreshed counters through a shared mapping: no
+//! the records to refresh and reads the refreshed counters through a shared mapping: no
 //! syscall per record, and no second read of the map.
 //!
 //! Invariant: the array is shared by every reader of a pin dir, so a reader
@@ -62,17 +62,13 @@ impl WorkArray {
         self.slots
     }
 
-    /// Names the record of `cookie` in slot `i`, status cleared (no-op
-    /// past the last slot).
-    pub fn set(&self, i: usize, cookie: u64) {
+    /// Puts `slot` (a record to refresh, status cleared) in slot `i`
+    /// (no-op past the last slot).
+    pub fn set(&self, i: usize, slot: RefreshSlot) {
         if i >= self.slots {
             return;
         }
-        let slot = RefreshSlot {
-            cookie,
-            ..RefreshSlot::default()
-        };
-        // SAFETY: i < slots, and the mapping holds `slots` values of 88 bytes
+        // SAFETY: i < slots, and the mapping holds `slots` values of RefreshSlot::SIZE bytes
         // from its page-aligned start, so the slot is in bounds and aligned.
         // Volatile: the memory is shared with the kernel and other readers
         // (who wait for the lock held around each chunk).

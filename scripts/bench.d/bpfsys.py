@@ -111,8 +111,9 @@ def prog_test_run_cb(fd, cb):
 BPF_MAP_LOOKUP_BATCH = 24
 
 
-def map_keys_u64(fd, value_size, chunk=4096):
-    """Every key of a hash map with 8-byte keys, by BPF_MAP_LOOKUP_BATCH."""
+def map_keys_u64(fd, value_size, chunk=4096, values_out=None):
+    """Every key of a hash map with 8-byte keys, by BPF_MAP_LOOKUP_BATCH
+    (and, into the list `values_out`, every value as bytes)."""
     keys = (ctypes.c_uint64 * chunk)()
     values = ctypes.create_string_buffer(chunk * value_size)
     tok_in = ctypes.create_string_buffer(8)
@@ -132,6 +133,8 @@ def map_keys_u64(fd, value_size, chunk=4096):
             done = True
         n = struct.unpack_from("<I", attr, 32)[0]
         out.extend(keys[:n])
+        if values_out is not None:
+            values_out.extend(values.raw[i * value_size:(i + 1) * value_size] for i in range(n))
         if done:
             return out
         ctypes.memmove(tok_in, tok_out, 8)

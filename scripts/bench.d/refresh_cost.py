@@ -53,9 +53,11 @@ def own_netns_cookie():
 def direct_runs(pin_dir, records, rounds):
     """The reader's refresh done here, timed by the kernel: the `duration` of
     each BPF_PROG_TEST_RUN is how long that run of the program held its CPU
-    (no syscall or strace overhead). With a `refresh_work` pin (layout 5):
-    the map's cookies, CHUNK at a time, written into the mmapped work array,
-    one run per chunk. Without (layout 4): one run over the whole map."""
+    (no syscall or strace overhead). With a `refresh_work` pin: the map's
+    records, CHUNK at a time, written into the mmapped work array (layout 5:
+    the cookie; layout 6: cookie, tuple, netns and packet totals, as the
+    reader does), one run per chunk. Without (layout 4): one run over the
+    whole map."""
     prog = bpfsys.obj_get(os.path.join(pin_dir, "refresh_conns"))
     own = own_netns_cookie()
     lo, hi = own & 0xFFFFFFFF, own >> 32
@@ -72,13 +74,17 @@ def direct_runs(pin_dir, records, rounds):
             slots, vs = info["max_entries"], info["value_size"]
             size = -(-slots * vs // mmap.PAGESIZE) * mmap.PAGESIZE
             m = mmap.mmap(wfd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            keys = bpfsys.map_keys_u64(conns, 184)
+            recs = []
+            keys = bpfsys.map_keys_u64(conns, 184, values_out=recs)
             durs = []
             for at in range(0, len(keys), slots):
                 chunk = keys[at:at + slots]
                 for i, k in enumerate(chunk):
-                    struct.pack_into("<Q", m, i * vs, k)
-                    struct.pack_into("<I", m, i * vs + vs - 4, 0)
+                    if vs == 144:  # layout 6: struct longconn_refresh_slot from the record
+                        m[i * vs:(i + 1) * vs] = slot_of(recs[at + i])
+                    else:
+                        struct.pack_into("<Q", m, i * vs, k)
+                        struct.pack_into("<I", m, i * vs + vs - 4, 0)
                 durs.append(bpfsys.prog_test_run_cb(prog, [len(chunk), 0, lo, hi, 0])[1])
             m.close()
             os.close(wfd)
@@ -87,6 +93,19 @@ def direct_runs(pin_dir, records, rounds):
               f"({sum(durs) / records:.0f} ns per record)", flush=True)
     os.close(conns)
     os.close(prog)
+
+
+def slot_of(rec):
+    """A layout-6 refresh slot (144 bytes) for a 184-byte longconn_conn record."""
+    (cookie, _start, _update, _bs, _br, ps, pr, rt, lost, _bret, _cg, netns_cookie) = \
+        struct.unpack_from("<12Q", rec, 0)
+    local, remote = rec[96:112], rec[112:128]
+    (_srtt, _minrtt, _pid, family, lport, rport, _state, _dir, _flags, ino) = \
+        struct.unpack_from("<10I", rec, 128)
+    head = struct.pack("<QQ", cookie, netns_cookie) + local + remote + \
+        struct.pack("<IIHHI", family, ino, lport, rport, 0)
+    counters = struct.pack("<8Q4I", 0, 0, 0, ps, pr, rt, lost, 0, 0, 0, 0, 0)
+    return head + counters
 
 
 def main():

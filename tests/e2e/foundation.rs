@@ -654,3 +654,80 @@ fn concurrent_readers_each_refresh_every_record() {
     }
     drop(gen);
 }
+
+/// Layout 6: the refresh writes each socket's counters into the reader's
+/// work slot only, widened against the 64-bit totals the slot carries; it
+/// writes the map record (the base the close path widens against) only once
+/// that base has fallen 2^30 segments behind. Driven by hand: a slot whose
+/// packet total is 2^30 + 1000 behind the socket's must be widened across
+/// that gap and bring the record forward; an ordinary slot must leave the
+/// record as it is.
+#[test]
+fn the_refresh_writes_its_slot_and_the_record_only_when_its_base_has_aged() {
+    use longconn_common::{
+        layout::{self, RefreshSlot},
+        pinned::Access,
+        pins,
+        refresh::{DirLock, WorkArray},
+        sys, Pins,
+    };
+    use std::os::fd::AsFd;
+    if !privileged_or_skip("the_refresh_writes_its_slot_and_the_record_only_when_its_base_has_aged") {
+        return;
+    }
+    let mut env = TestEnv::new("widenbase");
+    env.pin(&[]);
+    let mut gen = Traffic::start_in(&mut env);
+    let p = gen.cmd("pair w 1");
+    gen.cmd("send w c2s 100000");
+    let server = port(&p, "server_port");
+    let pinned = Pins::open(&env.pin_dir, Access::ReadWrite).expect("open pins");
+    let find = |recs: Vec<layout::ConnRecord>| {
+        recs.into_iter()
+            .find(|r| r.local_port == u32::from(server) && r.direction == layout::DIR_INBOUND)
+            .expect("the server's record")
+    };
+    // Settled: a refreshed read gives the socket's own totals.
+    sleep(Duration::from_millis(300));
+    let fresh = find(pinned.connections_refreshed().expect("refreshed read").0);
+    assert!(fresh.packets_received > 2, "{fresh:?}");
+    let raw = || find(pinned.connections_unrefreshed().expect("raw read").0);
+    let before = raw();
+
+    let prog = sys::obj_get(&env.pin_dir.join(pins::REFRESH), 0).expect("refresh program");
+    let work_fd = sys::obj_get(&env.pin_dir.join(pins::REFRESH_WORK), 0).expect("work array");
+    let work = WorkArray::map(work_fd.as_fd(), layout::REFRESH_CHUNK as usize).expect("mmap");
+    let run = |slot: RefreshSlot| {
+        let _lock = DirLock::acquire(&env.pin_dir, Duration::from_secs(5))
+            .expect("lock")
+            .expect("pin dir lock free");
+        work.set(0, slot);
+        let mut cb = [0u32; 4];
+        cb[layout::REFRESH_CB_COUNT] = 1;
+        cb[layout::REFRESH_CB_NETNS_LO] = fresh.netns_cookie as u32;
+        cb[layout::REFRESH_CB_NETNS_HI] = (fresh.netns_cookie >> 32) as u32;
+        sys::prog_run(prog.as_fd(), &cb).expect("test run");
+        work.get(0)
+    };
+
+    // An ordinary slot: the counters come back, the record is not written.
+    let got = run(RefreshSlot::of(&before));
+    assert_eq!(got.status, layout::REFRESH_OK, "{got:?}");
+    assert_eq!((got.packets_received, got.bytes_received), (fresh.packets_received, fresh.bytes_received));
+    assert_eq!(raw().update_ns, before.update_ns, "an ordinary refresh leaves the record as it is");
+
+    // A slot whose received-packet total is 2^30 + 1000 behind the socket.
+    let gap = (1u64 << 30) + 1000;
+    let mut aged = RefreshSlot::of(&before);
+    aged.packets_received = u64::from((fresh.packets_received as u32).wrapping_sub(gap as u32));
+    let got = run(aged);
+    assert_eq!(got.status, layout::REFRESH_OK, "{got:?}");
+    assert_eq!(got.packets_received, aged.packets_received + gap, "widened across the gap");
+    let after = raw();
+    assert!(after.update_ns > before.update_ns, "the aged base brought the record forward");
+    assert_eq!(
+        (after.packets_received, after.bytes_received),
+        (fresh.packets_received, fresh.bytes_received),
+        "the record's own totals, widened against its own base"
+    );
+}
