@@ -591,8 +591,9 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
     );
     let cgroup_names = std::mem::take(&mut cy.state.cgroup_names);
     let services = &cy.services;
+    let identifier = identity::Identifier::new(&cgroup_names, services);
     let names = |r: &ConnRecord| {
-        let id = identity::identify(r, &cgroup_names, services);
+        let id = identifier.identify(r);
         let (w, s) = (id.key(&a.workload_labels.0), id.key(&a.service_labels.0));
         (id, w, s)
     };
@@ -621,9 +622,12 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
                     idle_record_ns: argvalues::nanos(a.idle_record_interval),
                 },
                 &cy.prev,
-                &mut |cookie, c| {
-                    live.add(c);
-                    saver.push(cookie, c)
+                &mut |kept| match kept {
+                    cycle::Kept::Live(cookie, prev, c) => {
+                        live.add(c);
+                        saver.put(cookie, prev, c)
+                    }
+                    cycle::Kept::Gone(cookie) => saver.gone(cookie),
                 },
                 emit,
             )

@@ -531,44 +531,60 @@ pub struct Scan {
 }
 
 impl Scan {
+    /// The next record of run `i`, pending; the base (run 0) stays out of
+    /// the heap: most cookies are in the base only, and take no heap step.
     fn refill(&mut self, i: usize) -> io::Result<()> {
         if let Some((cookie, op)) = self.runs[i].next()? {
             self.pending[i] = Some((cookie, op));
-            self.heap.push(Reverse((cookie, i)));
+            if i != 0 {
+                self.heap.push(Reverse((cookie, i)));
+            }
         }
         Ok(())
     }
 
+    /// Applies run `i`'s pending record for `cookie` to `cur`.
+    fn take(&mut self, i: usize, cookie: u64, cur: &mut Option<ConnState>) -> io::Result<()> {
+        match self.pending[i].take().map(|(_, op)| op) {
+            Some(Op::Full(c)) => *cur = Some(c),
+            Some(Op::Change(ch)) => match cur {
+                Some(c) => ch.apply(c),
+                None => {
+                    return Err(invalid(format!(
+                        "{FILE_NAME}: a change to connection {cookie}, not there"
+                    )))
+                }
+            },
+            Some(Op::Gone) if cur.is_some() => *cur = None,
+            Some(Op::Gone) | None => {
+                return Err(invalid(format!(
+                    "{FILE_NAME}: connection {cookie} left twice"
+                )))
+            }
+        }
+        self.refill(i)
+    }
+
     fn step(&mut self) -> io::Result<Option<(u64, ConnState)>> {
         loop {
-            let Some(&Reverse((cookie, _))) = self.heap.peek() else {
-                return Ok(None);
+            let base = self.pending.first().and_then(|p| p.as_ref().map(|(k, _)| *k));
+            let entry = self.heap.peek().map(|Reverse((k, _))| *k);
+            let cookie = match (base, entry) {
+                (None, None) => return Ok(None),
+                (Some(b), Some(e)) => b.min(e),
+                (Some(k), None) | (None, Some(k)) => k,
             };
             let mut cur: Option<ConnState> = None;
+            // The base first, then the entries in order: later runs win.
+            if base == Some(cookie) {
+                self.take(0, cookie, &mut cur)?;
+            }
             while let Some(&Reverse((k, i))) = self.heap.peek() {
                 if k != cookie {
                     break;
                 }
                 self.heap.pop();
-                let op = self.pending[i].take().map(|(_, op)| op);
-                match op {
-                    Some(Op::Full(c)) => cur = Some(c),
-                    Some(Op::Change(ch)) => match &mut cur {
-                        Some(c) => ch.apply(c),
-                        None => {
-                            return Err(invalid(format!(
-                                "{FILE_NAME}: a change to connection {cookie}, not there"
-                            )))
-                        }
-                    },
-                    Some(Op::Gone) if cur.is_some() => cur = None,
-                    Some(Op::Gone) | None => {
-                        return Err(invalid(format!(
-                            "{FILE_NAME}: connection {cookie} left twice"
-                        )))
-                    }
-                }
-                self.refill(i)?;
+                self.take(i, cookie, &mut cur)?;
             }
             if let Some(mut c) = cur {
                 if let Some(remap) = &self.remap {
@@ -601,8 +617,11 @@ impl Iterator for Scan {
     }
 }
 
-/// One cycle's entry being appended: each pushed connection is compared
-/// with its previous state (a scan of last cycle's connections, in step).
+/// One cycle's entry being appended. Each connection is compared with its
+/// previous state, which either the caller gives (`put`, `gone`: the
+/// cycle's own merge with last cycle's connections, so they are read once)
+/// or this appender finds itself (`push`: a scan of them, in step). One
+/// entry is made one way or the other, never both.
 pub struct Appender {
     e: Enc<File>,
     /// Where this entry starts (the journal's valid length).
@@ -611,8 +630,16 @@ pub struct Appender {
     names: usize,
     generation: u64,
     prev: std::iter::Peekable<Scan>,
+    feed: Feed,
     last: Option<u64>,
     committed: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    Unset,
+    Scanned,
+    Given,
 }
 
 impl Appender {
@@ -668,6 +695,7 @@ impl Appender {
             names: append.names,
             generation,
             prev: prev.peekable(),
+            feed: Feed::Unset,
             last: None,
             committed: false,
         })
@@ -685,15 +713,29 @@ impl Appender {
         Ok(())
     }
 
-    /// One live connection (cookies increasing).
-    pub fn push(&mut self, cookie: u64, c: &ConnState) -> io::Result<()> {
+    /// Checks that cookies increase and that one entry is fed one way.
+    fn next_cookie(&mut self, cookie: u64, feed: Feed) -> io::Result<()> {
         if self.last.is_some_and(|l| l >= cookie) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "state connections out of cookie order",
             ));
         }
+        if self.feed != feed && self.feed != Feed::Unset {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a state journal entry fed both by scan and by the caller",
+            ));
+        }
+        self.feed = feed;
         self.last = Some(cookie);
+        Ok(())
+    }
+
+    /// One live connection (cookies increasing), compared with its previous
+    /// state as this appender's own scan finds it.
+    pub fn push(&mut self, cookie: u64, c: &ConnState) -> io::Result<()> {
+        self.next_cookie(cookie, Feed::Scanned)?;
         self.gone_before(Some(cookie))?;
         let p = match self
             .prev
@@ -708,9 +750,27 @@ impl Appender {
         }
     }
 
+    /// One live connection and its state last cycle as stored (None: new),
+    /// cookies increasing together with `gone`.
+    pub fn put(&mut self, cookie: u64, prev: Option<&ConnState>, c: &ConnState) -> io::Result<()> {
+        self.next_cookie(cookie, Feed::Given)?;
+        match op_for(prev, c) {
+            Some(op) => put_op(&mut self.e, cookie, &op),
+            None => Ok(()),
+        }
+    }
+
+    /// One of last cycle's connections that is no longer live.
+    pub fn gone(&mut self, cookie: u64) -> io::Result<()> {
+        self.next_cookie(cookie, Feed::Given)?;
+        put_op(&mut self.e, cookie, &Op::Gone)
+    }
+
     /// The rest of the entry and its header, then fdatasync: committed.
     pub fn commit(mut self, s: &State) -> io::Result<()> {
-        self.gone_before(None)?;
+        if self.feed != Feed::Given {
+            self.gone_before(None)?;
+        }
         let records = self.e.written();
         codec::write_head(&mut self.e, s, self.generation, self.names)?;
         let (body, sum) = self.e.finish_body()?;

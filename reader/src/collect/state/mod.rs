@@ -701,14 +701,37 @@ impl Saver {
         match &mut self.how {
             How::Journal(a) => {
                 a.push(cookie, c)
-                    .map_err(crate::output::atomic::with_path(&journal::path_for(
-                        &self.path,
-                    )))
+                    .map_err(|e| crate::output::atomic::with_path(&journal::path_for(&self.path))(e))
             }
             How::Base { tmp, w: Some(w) } => w
                 .push(cookie, c)
                 .map_err(crate::output::atomic::with_path(tmp)),
             How::Base { w: None, .. } => Ok(()),
+        }
+    }
+
+    /// One live connection (cookies increasing, together with `gone`) and
+    /// its state last cycle as stored (None: new): the caller's merge with
+    /// last cycle's connections, so a journal entry needs no scan of its own.
+    pub fn put(&mut self, cookie: u64, prev: Option<&ConnState>, c: &ConnState) -> io::Result<()> {
+        match &mut self.how {
+            How::Journal(a) => a
+                .put(cookie, prev, c)
+                .map_err(|e| crate::output::atomic::with_path(&journal::path_for(&self.path))(e)),
+            How::Base { tmp, w: Some(w) } => w
+                .push(cookie, c)
+                .map_err(crate::output::atomic::with_path(tmp)),
+            How::Base { w: None, .. } => Ok(()),
+        }
+    }
+
+    /// One of last cycle's connections that is no longer live (see `put`).
+    pub fn gone(&mut self, cookie: u64) -> io::Result<()> {
+        match &mut self.how {
+            How::Journal(a) => a
+                .gone(cookie)
+                .map_err(|e| crate::output::atomic::with_path(&journal::path_for(&self.path))(e)),
+            How::Base { .. } => Ok(()),
         }
     }
 
@@ -879,14 +902,41 @@ mod tests {
     type Committed3 = (State, Vec<(u64, ConnState)>, u64);
 
     /// One cycle as `collect` makes it: load, save `conns` (in order), commit.
-    fn cycle(p: &Path, s: &State, conns: &[(u64, ConnState)]) {
+    fn cycle(p: &Path, s: &State, conns: &[(u64, ConnState)], given: bool) {
         let prev = match load(p, "/h").unwrap() {
             LoadOutcome::Loaded(_, prev) => prev,
             _ => none(),
         };
         let mut saver = Saver::begin(p, 0o600, &prev).unwrap();
-        for (k, c) in conns {
-            saver.push(*k, c).unwrap();
+        if !given {
+            for (k, c) in conns {
+                saver.push(*k, c).unwrap();
+            }
+        } else {
+            // As `cycle::apply` feeds it: its own merge with the stored state.
+            let stored: Vec<(u64, ConnState)> = prev.scan().map(|i| i.unwrap()).collect();
+            let (mut i, mut j) = (0, 0);
+            while i < stored.len() || j < conns.len() {
+                match (stored.get(i), conns.get(j)) {
+                    (Some((a, _)), Some((b, _))) if a < b => {
+                        saver.gone(*a).unwrap();
+                        i += 1;
+                    }
+                    (Some((a, pc)), Some((b, c))) if a == b => {
+                        saver.put(*b, Some(pc), c).unwrap();
+                        (i, j) = (i + 1, j + 1);
+                    }
+                    (_, Some((b, c))) => {
+                        saver.put(*b, None, c).unwrap();
+                        j += 1;
+                    }
+                    (Some((a, _)), None) => {
+                        saver.gone(*a).unwrap();
+                        i += 1;
+                    }
+                    (None, None) => break,
+                }
+            }
         }
         saver.commit(s).unwrap();
     }
@@ -897,6 +947,12 @@ mod tests {
     /// Returns the committed (state, connections) and the journal length
     /// after each commit.
     fn cycles(p: &Path) -> Vec<Committed3> {
+        cycles_fed(p, false)
+    }
+
+    /// Twelve cycles of changes, each saved (a journal entry fed by its own
+    /// scan, or by the caller's merge when `given`) and loaded back.
+    fn cycles_fed(p: &Path, given: bool) -> Vec<Committed3> {
         let jp = journal::path_for(p);
         let mut s = State {
             boot_id: "b".into(),
@@ -925,7 +981,7 @@ mod tests {
             }
             conns.sort_by_key(|(k, _)| *k);
             let before = fs::metadata(&jp).map_or(0, |m| m.len());
-            cycle(p, &s, &conns);
+            cycle(p, &s, &conns, given);
             let (got, got_conns) = loaded(p);
             let mut want = s.clone();
             want.version = STATE_VERSION;
@@ -942,6 +998,17 @@ mod tests {
         }
         assert!(out.iter().any(|o| o.2 > 0), "the journal was used");
         out
+    }
+
+    #[test]
+    fn a_journal_fed_by_the_cycles_merge_is_the_one_its_own_scan_makes() {
+        let d = tempfile::tempdir().unwrap();
+        for sub in ["a", "b"] {
+            fs::create_dir(d.path().join(sub)).unwrap();
+        }
+        let scanned = cycles_fed(&d.path().join("a").join("state.bin"), false);
+        let given = cycles_fed(&d.path().join("b").join("state.bin"), true);
+        assert_eq!(scanned, given, "same states, same journal sizes");
     }
 
     #[test]
@@ -983,7 +1050,7 @@ mod tests {
         std::mem::forget(saver);
         drop(prev);
         assert_eq!(loaded(&p), (last_s.clone(), last_conns.clone()));
-        cycle(&p, &last_s, &last_conns);
+        cycle(&p, &last_s, &last_conns, true);
         assert_eq!(loaded(&p), (last_s.clone(), last_conns.clone()));
 
         let base = fs::read(&p).unwrap();
@@ -1047,7 +1114,7 @@ mod tests {
         fs::write(&jp, &journal_now).unwrap();
         assert_eq!(loaded(&p), (s.clone(), runs.last().unwrap().1.clone()));
         // The next cycle starts a journal of its own.
-        cycle(&p, s, &runs.last().unwrap().1);
+        cycle(&p, s, &runs.last().unwrap().1, false);
         assert_eq!(loaded(&p), (s.clone(), runs.last().unwrap().1.clone()));
     }
 
