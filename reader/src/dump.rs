@@ -103,15 +103,25 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
             .is_none_or(|p| r.local_port == u32::from(p) || r.remote_port == u32::from(p));
         age_ok && port_ok
     });
-    records.sort_by_key(|r| std::cmp::Reverse(r.bytes_sent + r.bytes_received));
+    // Busiest first (ties in map order). The (key, index) pairs are sorted,
+    // not the 184-byte records: at 100k connections, sorting the records
+    // themselves was a fifth of `dump`'s time (perf record).
+    let mut order: Vec<(std::cmp::Reverse<u64>, usize)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (std::cmp::Reverse(r.bytes_sent.saturating_add(r.bytes_received)), i))
+        .collect();
+    order.sort_unstable();
+    let records: Vec<&ConnRecord> = order.iter().map(|&(_, i)| &records[i]).collect();
     let services = match &args.services {
         Some(path) => ServiceMap::load(path).map_err(anyhow::Error::msg)?.0,
         None => ServiceMap::default(),
     };
     let mut cgroup_names = std::collections::BTreeMap::new();
-    identity::resolve_cgroups(&mut cgroup_names, &records);
+    identity::resolve_cgroups(&mut cgroup_names, records.iter().copied());
+    let identifier = identity::Identifier::new(&cgroup_names, &services);
     let selected = |r: &ConnRecord| {
-        let id = identity::identify(r, &cgroup_names, &services);
+        let id = identifier.identify(r);
         let keep = args.workload.as_ref().is_none_or(|w| {
             id.workload.contains(w.as_str())
                 || id.container_id.contains(w.as_str())
@@ -131,12 +141,12 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
         // the rare object that holds a byte from 0x7f up.
         let mut buf = Vec::with_capacity(1024);
         let mut n = 0usize;
-        for r in &records {
+        for &r in &records {
             let Some(id) = selected(r) else { continue };
             buf.clear();
             buf.extend_from_slice(if n == 0 { b"[\n" } else { b",\n" });
             access::json_object(&mut buf, &view::event(r, &clock, &id), dump_key);
-            if buf.iter().any(|&b| b >= 0x7f) {
+            if !buf.is_ascii() || buf.contains(&0x7f) {
                 termsafe::JsonC1::new(&mut out).write_all(&buf)?;
             } else {
                 out.write_all(&buf)?;
@@ -147,7 +157,7 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
     } else {
         let rows: Vec<(&ConnRecord, Identity)> = records
             .iter()
-            .filter_map(|r| Some((r, selected(r)?)))
+            .filter_map(|&r| Some((r, selected(r)?)))
             .collect();
         write_table(&mut out, &clock, &rows)?;
     }
