@@ -10,7 +10,7 @@ ESTABLISHED, flags ESTABLISHED, half outbound and half inbound, start_ns
 up (no real socket cookie gets that high). Outbound records go to 200
 remote services, inbound ones arrive on 8 local ports, so per-service series
 stay at a realistic count. Checks the pinned meta first:
-layout version 1 to 5 with a 184-byte record (the layout this file encodes).
+layout version 1 to 6 with a 184-byte record (the layout this file encodes).
 Prints one JSON line: {"filled": N, "seconds": S}.
 """
 
@@ -38,7 +38,7 @@ ADDRS = struct.Struct("<16s16s")
 TAIL = struct.Struct("<10I16s")
 RECORD_SIZE = HEAD.size + ADDRS.size + TAIL.size
 assert RECORD_SIZE == 184
-KNOWN_LAYOUTS = (1, 2, 3, 4, 5)  # 4: the last u32 is netns_ino (0 here: the reader's own namespace); 5: same record
+KNOWN_LAYOUTS = (1, 2, 3, 4, 5, 6)
 
 AF_INET, TCP_ESTABLISHED, F_ESTABLISHED = 2, 1, 0x1
 DIR_OUTBOUND, DIR_INBOUND = 1, 2
