@@ -203,16 +203,23 @@ fn sort_by_cookie(map: &mut [ConnRecord]) {
     order.sort_unstable();
     let mut placed = vec![false; map.len()];
     for start in 0..map.len() {
-        // Position j takes the record now at order[j].1 (not yet moved:
-        // this cycle's records move only along the cycle).
+        if placed[start] {
+            continue;
+        }
+        // Follow the cycle through `start`: position j takes the record at
+        // order[j].1, which has not moved yet (only this cycle's records
+        // move); the first one, set aside, closes the cycle. One copy per
+        // record.
+        let first = map[start];
         let mut j = start;
-        while !placed[j] {
+        loop {
             placed[j] = true;
             let from = order[j].1;
             if from == start {
+                map[j] = first;
                 break;
             }
-            map.swap(j, from);
+            map[j] = map[from];
             j = from;
         }
     }
