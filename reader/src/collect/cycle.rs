@@ -16,6 +16,7 @@ use std::{collections::BTreeMap, io};
 
 use longconn_common::{layout, ConnRecord};
 
+use super::closetotals;
 use super::state::{
     addr_bytes, ConnState, Counters, GroupKey, GroupTotals, IdSyms, Prev, Settling, State, Strings,
 };
@@ -50,6 +51,10 @@ pub struct Inputs<'a> {
     /// A long connection with no change since its last record gets one
     /// again (a heartbeat) only this long after it (boot-time ns).
     pub idle_record_ns: u64,
+    /// The kernel's close totals, read before the map: the closed totals
+    /// come from them (`closetotals`). None: from each close's record or
+    /// last live values (tests of the record path).
+    pub totals: Option<&'a closetotals::Read>,
 }
 
 #[derive(Debug, Default)]
@@ -199,6 +204,14 @@ pub fn apply(
     let now = inp.now;
     let report_unix_ns = now.wall(now.boot_ns).timestamp_nanos_opt().unwrap_or(0);
 
+    // 0. What the kernel's close totals grew by (read first: see closetotals).
+    if let Some(read) = inp.totals {
+        closetotals::account_growth(state, read, &mut |st, r| {
+            let (_, w, s) = name(st, &inp, r);
+            ((r.direction, w), (r.direction, s))
+        });
+    }
+
     // 1. Closes: ring first, then closed records left in the map; one per cookie.
     let mut closes: BTreeMap<u64, ConnRecord> = BTreeMap::new();
     for (r, end) in &inp.ring {
@@ -245,7 +258,8 @@ pub fn apply(
         }
         vanished.push((cookie, c));
     }
-    let mut closed_now: Vec<(u64, ConnState, bool)> = Vec::new(); // (cookie, state, had_record)
+    // (cookie, state, its close record if read)
+    let mut closed_now: Vec<(u64, ConnState, Option<ConnRecord>)> = Vec::new();
 
     for (cookie, r) in &closes {
         let p = close_prev.remove(cookie);
@@ -257,7 +271,7 @@ pub fn apply(
         if p.is_none() {
             open(state, &c);
         }
-        closed_now.push((*cookie, c, true));
+        closed_now.push((*cookie, c, Some(*r)));
     }
     // 3. Vanished: known last cycle, gone from the map, no close record.
     //    A record for it can still come from the ring (reserved before the
@@ -272,21 +286,32 @@ pub fn apply(
         }
         c.state = 7; // TCP_CLOSE
         state.closes_without_record += 1;
-        closed_now.push((cookie, c, false));
+        closed_now.push((cookie, c, None));
     }
 
     let mut final_series = Vec::new();
-    for (cookie, mut c, had_record) in closed_now {
-        let end = if had_record {
+    for (cookie, mut c, record) in closed_now {
+        let end = if record.is_some() {
             c.update_ns.max(c.start_ns)
         } else {
             now.boot_ns
         };
-        close_totals(
-            state.workloads.entry((c.direction, c.wkey)).or_default(),
-            &c,
-        );
-        close_totals(state.services.entry((c.direction, c.skey)).or_default(), &c);
+        match (inp.totals, &record) {
+            (Some(read), Some(r)) => {
+                let groups = ((c.direction, c.wkey), (c.direction, c.skey));
+                closetotals::account_record(state, read, r, groups);
+            }
+            // Vanished without a record: the kernel's sums, read before
+            // the map, hold its close (see closetotals).
+            (Some(_), None) => {}
+            (None, _) => {
+                close_totals(
+                    state.workloads.entry((c.direction, c.wkey)).or_default(),
+                    &c,
+                );
+                close_totals(state.services.entry((c.direction, c.skey)).or_default(), &c);
+            }
+        }
         let long = end.saturating_sub(c.start_ns) >= inp.long_threshold_ns;
         if long || inp.short_close_records {
             c.seq += 1;
@@ -544,6 +569,7 @@ mod tests {
                 relabel: None,
                 records: true,
                 idle_record_ns: 5 * S,
+                totals: None,
             },
         )
     }
@@ -701,6 +727,7 @@ mod tests {
                     relabel: None,
                     records: true,
                     idle_record_ns: 5 * S,
+                    totals: None,
                 },
             )
         };
@@ -822,6 +849,7 @@ mod tests {
                     relabel: None,
                     records: true,
                     idle_record_ns: 60 * S,
+                    totals: None,
                 },
             )
             .records

@@ -18,6 +18,7 @@
 //! next run (`applog`), and what the kernel still holds is applied once by
 //! position and by `State::settling`.
 
+mod closetotals;
 mod consumer;
 mod cycle;
 mod lock;
@@ -341,6 +342,8 @@ struct KernelRead {
     ring_read_to: u64,
     ring_producer: u64,
     refresh: longconn_common::pinned::RefreshStats,
+    /// The kernel's close totals, read first.
+    totals: closetotals::Read,
 }
 
 /// What the cycle made and wrote, not yet committed.
@@ -505,6 +508,8 @@ fn open_pins(cy: &mut Cycle<'_>) -> anyhow::Result<Pins> {
         state.pin_generation = pins.meta.pinned_at_ns;
         state.ring_applied = 0;
         state.settling.clear();
+        // The new pins' close totals start from zero.
+        state.close_totals.clear();
     }
     for cookie in state::take_reaps(state) {
         pins.remove(cookie)?;
@@ -519,6 +524,9 @@ fn open_pins(cy: &mut Cycle<'_>) -> anyhow::Result<Pins> {
 fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
     let state = &mut cy.state;
     let clock = Clock::now();
+    // The close totals first: every close they do not hold has its record
+    // in what is read after them, or is still live (see closetotals).
+    let totals = closetotals::Read::new(pins.close_totals()?);
     let (map, bad_map, refresh) = pins.connections_refreshed()?;
     let ring = pins.ring()?;
     let mut bad_ring = 0u64;
@@ -557,9 +565,12 @@ fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
     // the cycle; it is mapped again to release what was applied.
     drop(ring);
     state.malformed_records += bad_map + bad_ring;
+    let keys = totals.key_records();
     identity::resolve_cgroups(
         &mut state.cgroup_names,
-        map.iter().chain(records.iter().map(|(r, _)| r)),
+        map.iter()
+            .chain(records.iter().map(|(r, _)| r))
+            .chain(keys.iter()),
     );
     Ok(KernelRead {
         clock,
@@ -568,6 +579,7 @@ fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
         ring_read_to,
         ring_producer,
         refresh,
+        totals,
     })
 }
 
@@ -619,6 +631,7 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
                         .then_some((&a.workload_labels.0, &a.service_labels.0)),
                     records: cy.files.iter().any(|(f, _)| f.takes_events()),
                     idle_record_ns: argvalues::nanos(a.idle_record_interval),
+                    totals: Some(&read.totals),
                 },
                 &cy.prev,
                 &mut |cookie, c| {
@@ -642,6 +655,7 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
         capacity: u64::from(pins.capacity()),
         ringbuf_drops: counters.ringbuf_full,
         map_full_drops: counters.map_full + counters.map_error,
+        close_records_unlogged: counters.close_unlogged,
         refresh_unreachable: (read.refresh.not_found, read.refresh.netns_unknown),
     };
     Ok(Accounted {
@@ -761,7 +775,7 @@ fn rotate(cy: &mut Cycle<'_>) -> anyhow::Result<()> {
 }
 
 /// Bytes one close record takes in the ring (header included), for messages.
-const RING_RECORD_BYTES: u64 = 192;
+const RING_RECORD_BYTES: u64 = 8 + ConnRecord::SIZE as u64;
 
 /// Registers `home` as the one consumer of `pin_dir`'s close records, or
 /// fails naming the registered one (see `consumer`).
