@@ -611,6 +611,39 @@ impl Pins {
             .map_err(|source| PinnedError::Io { path, source })
     }
 
+    /// Deletes close records the kernel left in the overflow maps (ring
+    /// buffer was full), in batches: each cookie is in one map or none.
+    pub fn remove_all(&self, cookies: &[u64]) -> Result<(), PinnedError> {
+        let mut left: Vec<u64> = cookies.to_vec();
+        // Most overflow records are short connections': that map first.
+        let order = [
+            (&self.overflow[1], pins::OVERFLOW_SHORT),
+            (&self.overflow[0], pins::OVERFLOW),
+        ];
+        for (map, name) in order {
+            let mut missing = Vec::new();
+            let keys: Vec<u8> = left.iter().flat_map(|c| c.to_ne_bytes()).collect();
+            let mut at = 0;
+            while at < left.len() {
+                match sys::delete_batch(map.fd().as_fd(), 8, &keys[at * 8..]) {
+                    Ok(()) => break,
+                    Err((done, e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        missing.push(left[at + done]);
+                        at += done + 1;
+                    }
+                    Err((_, source)) => {
+                        return Err(PinnedError::Io {
+                            path: self.path(name),
+                            source,
+                        })
+                    }
+                }
+            }
+            left = missing;
+        }
+        Ok(())
+    }
+
     /// Deletes a close record the kernel left in the overflow map (ring
     /// buffer was full).
     pub fn remove(&self, cookie: u64) -> Result<(), PinnedError> {

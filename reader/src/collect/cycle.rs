@@ -276,7 +276,15 @@ pub fn apply(
     // 3. Vanished: known last cycle, gone from the map, no close record.
     //    A record for it can still come from the ring (reserved before the
     //    map was read, behind one still being written): held until read past.
+    //    With the kernel's close totals, a connection vanishes only when
+    //    its record was dropped (ring and overflow full; counted by the
+    //    kernel as unlogged) or is late in the ring: the totals hold its
+    //    close, and a late record is an ordinal close record then.
     for (cookie, mut c) in vanished {
+        state.closes_without_record += 1;
+        if inp.totals.is_some() {
+            continue;
+        }
         state
             .settling
             .insert(cookie, Settling::RingBefore(inp.ring_producer));
@@ -285,7 +293,6 @@ pub fn apply(
             c.flags |= layout::F_FAILED;
         }
         c.state = 7; // TCP_CLOSE
-        state.closes_without_record += 1;
         closed_now.push((cookie, c, None));
     }
 
@@ -301,10 +308,7 @@ pub fn apply(
                 let groups = ((c.direction, c.wkey), (c.direction, c.skey));
                 closetotals::account_record(state, read, r, groups);
             }
-            // Vanished without a record: the kernel's sums, read before
-            // the map, hold its close (see closetotals).
-            (Some(_), None) => {}
-            (None, _) => {
+            (None, _) | (Some(_), None) => {
                 close_totals(
                     state.workloads.entry((c.direction, c.wkey)).or_default(),
                     &c,

@@ -511,9 +511,7 @@ fn open_pins(cy: &mut Cycle<'_>) -> anyhow::Result<Pins> {
         // The new pins' close totals start from zero.
         state.close_totals.clear();
     }
-    for cookie in state::take_reaps(state) {
-        pins.remove(cookie)?;
-    }
+    pins.remove_all(&state::take_reaps(state))?;
     Ok(pins)
 }
 
@@ -738,9 +736,7 @@ fn release(pins: &Pins, outcome: &cycle::Outcome) -> anyhow::Result<()> {
     pins.ring()?
         .commit(outcome.ring_commit)
         .with_context(|| format!("cannot release ring buffer {}", pins.dir.display()))?;
-    for cookie in &outcome.map_deletes {
-        pins.remove(*cookie)?;
-    }
+    pins.remove_all(&outcome.map_deletes)?;
     Ok(())
 }
 
