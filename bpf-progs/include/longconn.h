@@ -111,7 +111,7 @@ struct longconn_totals_key {
  */
 struct longconn_totals {
 	__u64 seq_begin;
-	__u64 closed; /* established connections that closed */
+	__u64 closed; /* unused (0): established closes are seq_end - failed */
 	__u64 failed; /* connects that never established */
 	__u64 bytes_sent;
 	__u64 bytes_received;

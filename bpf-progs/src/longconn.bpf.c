@@ -303,17 +303,20 @@ static __always_inline void add_totals(struct longconn_conn *c)
 	}
 	/* Atomic adds: a softirq on this CPU may close another connection of the
 	 * same key in the middle; seq_begin first, seq_end last (see the header). */
+	/* Closed is seq_end - failed (readers derive it); a zero is not added. */
 	seq = __sync_fetch_and_add(&t->seq_begin, 1) + 1;
 	if (c->flags & LONGCONN_F_FAILED)
 		__sync_fetch_and_add(&t->failed, 1);
-	else
-		__sync_fetch_and_add(&t->closed, 1);
-	__sync_fetch_and_add(&t->bytes_sent, c->bytes_sent);
-	__sync_fetch_and_add(&t->bytes_received, c->bytes_received);
+	if (c->bytes_sent)
+		__sync_fetch_and_add(&t->bytes_sent, c->bytes_sent);
+	if (c->bytes_received)
+		__sync_fetch_and_add(&t->bytes_received, c->bytes_received);
 	__sync_fetch_and_add(&t->packets_sent, c->packets_sent);
 	__sync_fetch_and_add(&t->packets_received, c->packets_received);
-	__sync_fetch_and_add(&t->retransmits, c->retransmits);
-	__sync_fetch_and_add(&t->lost_packets, c->lost_packets);
+	if (c->retransmits)
+		__sync_fetch_and_add(&t->retransmits, c->retransmits);
+	if (c->lost_packets)
+		__sync_fetch_and_add(&t->lost_packets, c->lost_packets);
 	__sync_fetch_and_add(&t->seq_end, 1);
 	c->close_seq = seq;
 	c->close_cpu = bpf_get_smp_processor_id();

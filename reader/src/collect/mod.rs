@@ -653,7 +653,9 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
         capacity: u64::from(pins.capacity()),
         ringbuf_drops: counters.ringbuf_full,
         map_full_drops: counters.map_full + counters.map_error,
-        close_records_unlogged: counters.close_unlogged,
+        // Lost closes (missing from the close totals too: that map full)
+        // are unlogged as well; `longconn-pin status` tells them apart.
+        close_records_unlogged: counters.close_unlogged + counters.close_lost,
         refresh_unreachable: (read.refresh.not_found, read.refresh.netns_unknown),
     };
     Ok(Accounted {
