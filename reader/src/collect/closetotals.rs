@@ -157,6 +157,14 @@ pub fn account_growth(
     }
 }
 
+/// Takes the sums read as already accounted (a new state's starting
+/// point on pins with a history: see `collect::read_kernel`).
+pub fn adopt(state: &mut State, read: &Read) {
+    for (key, now) in &read.sums {
+        state.close_totals.insert(*key, *now);
+    }
+}
+
 /// What to do with a close read from its record this cycle.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Close {

@@ -330,6 +330,8 @@ struct Cycle<'a> {
     partial_failure: bool,
     /// The pins are new to this state (another pin generation).
     new_generation: bool,
+    /// The state is new (first run or a counter reset): it knows no pins.
+    fresh_state: bool,
 }
 
 /// What the kernel holds now.
@@ -439,6 +441,7 @@ fn prepare<'a>(
         relabel: false,
         partial_failure: false,
         new_generation: false,
+        fresh_state: false,
     };
     relabel_if_changed(&mut cy);
     cy.services = load_services(&mut cy);
@@ -504,6 +507,7 @@ fn open_pins(cy: &mut Cycle<'_>) -> anyhow::Result<Pins> {
     register_consumer(cy.pin_dir, pins.meta.pinned_at_ns, &home, cy.a.take_over)?;
     let state = &mut cy.state;
     cy.new_generation = state.pin_generation != pins.meta.pinned_at_ns;
+    cy.fresh_state = state.pin_generation == 0;
     if cy.new_generation {
         state.pin_generation = pins.meta.pinned_at_ns;
         state.ring_applied = 0;
@@ -548,6 +552,12 @@ fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
     let (released, _) = ring.positions();
     if cy.new_generation {
         state.ring_applied = state.ring_applied.max(released);
+        // A new state on pins another reader has consumed from (a counter
+        // reset): its totals start now, so the kernel's close totals so far
+        // are its starting point, as the ring's consumer position is.
+        if cy.fresh_state && released > 0 {
+            closetotals::adopt(state, &totals);
+        }
     } else if released > state.ring_applied {
         cy.partial_failure = true;
         eprintln!(
