@@ -127,6 +127,17 @@ fn busy_node_metrics_are_exact_and_close_records_exactly_once() {
         prom::value(&s, n, &[("workload", &wl), ("direction", dir)])
             .unwrap_or_else(|| panic!("{n} {dir}")) as u64
     };
+    let status = env.pin_cmd().arg("status").output().unwrap();
+    eprintln!(
+        "busy: generators {conns} connections; metrics: closed out {} in {}, opened out {}, sent out {} (generators {}), closes without record {}; {}",
+        v("longconn_workload_connections_closed_total", "outbound"),
+        v("longconn_workload_connections_closed_total", "inbound"),
+        v("longconn_workload_connections_opened_total", "outbound"),
+        v("longconn_workload_sent_bytes_total", "outbound"),
+        sum("client_acked"),
+        one("longconn_closes_without_record_total"),
+        String::from_utf8_lossy(&status.stdout)
+    );
     assert_eq!(one("longconn_map_full_drops_total"), 0.0, "no connection refused");
     for dir in ["outbound", "inbound"] {
         assert_eq!(v("longconn_workload_connections_closed_total", dir), conns, "{dir} closed");
