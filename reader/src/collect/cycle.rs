@@ -830,6 +830,82 @@ mod tests {
         assert!(st.settling.is_empty(), "read past: nothing held");
     }
 
+    /// Issue 21: with the kernel's close totals, a close is counted once
+    /// whether the sums read before the map hold it (its record only logs
+    /// it), do not yet (counted from its record, skipped in the sums'
+    /// next growth) or it has no record at all (counted from the sums).
+    #[test]
+    fn close_totals_count_each_close_once_whatever_its_record() {
+        use longconn_common::{
+            layout::{Totals, TotalsKey},
+            pinned::TotalsSnapshot,
+        };
+        let sums = |closes: &[u64]| {
+            let mut v = Totals::default();
+            for sent in closes {
+                v.seq_begin += 1;
+                v.seq_end += 1;
+                v.bytes_sent += sent;
+            }
+            closetotals::Read::new(TotalsSnapshot {
+                keys: vec![(TotalsKey::of(&rec(0, 0, 0, 0)), vec![v])],
+            })
+        };
+        let step = |st: &mut State, now_s: u64, map, ring: Vec<ConnRecord>, read| {
+            let base = st.ring_applied;
+            let ring: Vec<_> = ring
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| (r, base + 208 * (i as u64 + 1)))
+                .collect();
+            let to = ring.last().map_or(base, |(_, e)| *e);
+            run(
+                st,
+                Inputs {
+                    now: Clock {
+                        boot_ns: now_s * S,
+                        wall_ns: 1_700_000_000 * S as i128,
+                    },
+                    map,
+                    ring,
+                    ring_read_to: to,
+                    ring_producer: to,
+                    long_threshold_ns: 5 * S,
+                    short_close_records: true,
+                    names: &names,
+                    relabel: None,
+                    records: true,
+                    idle_record_ns: 5 * S,
+                    totals: Some(&read),
+                },
+            )
+        };
+        let stamped = |r: ConnRecord, seq: u64| ConnRecord {
+            close_seq: seq,
+            ..r
+        };
+        let mut st = State::default();
+        // Cycle 1: connection 1 live.
+        step(&mut st, 10, vec![rec(1, 1, 1000, 0)], vec![], sums(&[]));
+        assert_eq!((wl(&st).closed, sent_total(&st)), (0, 1000));
+        // Cycle 2: 1 closed (in the sums, record in the ring); 2 closed
+        // unseen, record dropped (sums only); 3 closed after the sums were
+        // read (record only); 4 was live and vanished, record dropped.
+        step(&mut st, 12, vec![rec(4, 11, 50, 0)], vec![], sums(&[]));
+        let ring = vec![
+            stamped(closed(rec(1, 1, 1200, 0), 14), 1),
+            stamped(closed(rec(3, 14, 70, 0), 14), 4),
+        ];
+        let o = step(&mut st, 15, vec![], ring, sums(&[1200, 300, 60]));
+        assert_eq!(o.records.len(), 2, "two close records, the others unlogged");
+        assert_eq!(wl(&st).closed, 4);
+        assert_eq!(sent_total(&st), 1200 + 300 + 60 + 70);
+        // Cycle 3: the sums now hold 3 too: nothing counted twice.
+        step(&mut st, 20, vec![], vec![], sums(&[1200, 300, 60, 70]));
+        assert_eq!((wl(&st).closed, sent_total(&st)), (4, 1630));
+        assert!(st.settling.is_empty());
+    }
+
     /// An idle long connection gets a record when it changes and otherwise
     /// one heartbeat per idle-record interval; its close is always recorded.
     #[test]
