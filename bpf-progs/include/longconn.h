@@ -105,12 +105,14 @@ struct longconn_totals_key {
 
 /*
  * Value of `longconn_close_totals` on one CPU. A close increments seq_begin,
- * adds, then increments seq_end (each an atomic add): a copy with seq_begin ==
- * seq_end is consistent (readers copy in address order), and a close with
- * close_seq <= seq_end is in it.
+ * adds, then increments seq_end (each an atomic add), a seqlock: readers
+ * copy the value in address order, seq_end first and seq_begin last, and a
+ * copy with both equal is consistent (no close was being added between the
+ * two reads, even one nested in another on this CPU). A close with
+ * close_seq <= seq_end of a consistent copy is in it.
  */
 struct longconn_totals {
-	__u64 seq_begin;
+	__u64 seq_end;
 	__u64 closed; /* unused (0): established closes are seq_end - failed */
 	__u64 failed; /* connects that never established */
 	__u64 bytes_sent;
@@ -119,7 +121,7 @@ struct longconn_totals {
 	__u64 packets_received;
 	__u64 retransmits;
 	__u64 lost_packets;
-	__u64 seq_end;
+	__u64 seq_begin;
 };
 
 /* Key and value of `listen_owners`: who called listen() on a port, per netns. */

@@ -135,7 +135,7 @@ fn rust_mirror_matches_compiled_btf() {
         "longconn_totals",
         Totals,
         [
-            seq_begin,
+            seq_end,
             closed,
             failed,
             bytes_sent,
@@ -144,7 +144,7 @@ fn rust_mirror_matches_compiled_btf() {
             packets_received,
             retransmits,
             lost_packets,
-            seq_end
+            seq_begin
         ]
     );
     check_struct!(

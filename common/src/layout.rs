@@ -91,7 +91,7 @@ pub struct TotalsKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
-    pub seq_begin: u64,
+    pub seq_end: u64,
     pub closed: u64,
     pub failed: u64,
     pub bytes_sent: u64,
@@ -100,7 +100,7 @@ pub struct Totals {
     pub packets_received: u64,
     pub retransmits: u64,
     pub lost_packets: u64,
-    pub seq_end: u64,
+    pub seq_begin: u64,
 }
 
 impl TotalsKey {
@@ -196,7 +196,7 @@ impl Totals {
         }
         let mut c = Cursor(bytes);
         Some(Self {
-            seq_begin: c.u64(),
+            seq_end: c.u64(),
             closed: c.u64(),
             failed: c.u64(),
             bytes_sent: c.u64(),
@@ -205,11 +205,12 @@ impl Totals {
             packets_received: c.u64(),
             retransmits: c.u64(),
             lost_packets: c.u64(),
-            seq_end: c.u64(),
+            seq_begin: c.u64(),
         })
     }
 
-    /// A copy taken while no close was being added (see the header).
+    /// A copy taken while no close was being added: the kernel copies in
+    /// address order, seq_end first, seq_begin last (see the header).
     pub fn consistent(&self) -> bool {
         self.seq_begin == self.seq_end
     }

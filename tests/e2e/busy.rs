@@ -11,7 +11,7 @@
 //! exactly; every close has at most one access-log close record, and
 //! close records + `longconn_close_records_unlogged_total` == the closes.
 //!
-//! LONGCONN_BUSY_SECS (60), LONGCONN_BUSY_PROCS (3 generator processes),
+//! LONGCONN_BUSY_SECS (60), LONGCONN_BUSY_PROCS (4 generator processes),
 //! LONGCONN_BUSY_MIN_RATE (25000 closes/s: below it the run did not test a
 //! busy node and fails, saying so). `scripts/test` runs it alone, like the
 //! soak (it asserts a rate).
@@ -62,7 +62,7 @@ fn busy_node_metrics_are_exact_and_close_records_exactly_once() {
         return;
     }
     let secs = env_num("LONGCONN_BUSY_SECS", 60);
-    let procs = env_num("LONGCONN_BUSY_PROCS", 3);
+    let procs = env_num("LONGCONN_BUSY_PROCS", 4);
     let min_rate = env_num("LONGCONN_BUSY_MIN_RATE", 25_000) as f64;
     let mut env = TestEnv::new("busy");
     env.pin(&[]);
