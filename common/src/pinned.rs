@@ -490,7 +490,11 @@ impl Pins {
         })?;
         // After the live map: a close in between is seen here (the kernel
         // writes the overflow record before it deletes the live one).
-        for (map, name) in self.overflow.iter().zip([pins::OVERFLOW, pins::OVERFLOW_SHORT]) {
+        for (map, name) in self
+            .overflow
+            .iter()
+            .zip([pins::OVERFLOW, pins::OVERFLOW_SHORT])
+        {
             sys::lookup_batch(map.fd().as_fd(), 8, ConnRecord::SIZE, 4096, |_, v| {
                 match ConnRecord::decode(v) {
                     Some(r) => out.push(r),
@@ -556,7 +560,9 @@ impl Pins {
                     _ => {
                         return Err(PinnedError::Io {
                             path,
-                            source: io::Error::other("a value kept changing while read (10 000 tries); run again"),
+                            source: io::Error::other(
+                                "a value kept changing while read (10 000 tries); run again",
+                            ),
                         })
                     }
                 }
@@ -647,7 +653,11 @@ impl Pins {
     /// Deletes a close record the kernel left in the overflow map (ring
     /// buffer was full).
     pub fn remove(&self, cookie: u64) -> Result<(), PinnedError> {
-        for (map, name) in self.overflow.iter().zip([pins::OVERFLOW, pins::OVERFLOW_SHORT]) {
+        for (map, name) in self
+            .overflow
+            .iter()
+            .zip([pins::OVERFLOW, pins::OVERFLOW_SHORT])
+        {
             match sys::delete_elem(map.fd().as_fd(), &cookie.to_ne_bytes()) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}

@@ -101,7 +101,10 @@ fn busy_node_metrics_are_exact_and_close_records_exactly_once() {
         } else {
             let (st, err) = env.collect(&log);
             assert!(st.success(), "collect during the storm: {err}");
-            eprintln!("busy: cycle {cycles}: collect {:.2} s", t.elapsed().as_secs_f64());
+            eprintln!(
+                "busy: cycle {cycles}: collect {:.2} s",
+                t.elapsed().as_secs_f64()
+            );
         }
         sleep(Duration::from_secs(5).saturating_sub(t.elapsed()));
     }
@@ -138,21 +141,61 @@ fn busy_node_metrics_are_exact_and_close_records_exactly_once() {
         one("longconn_closes_without_record_total"),
         String::from_utf8_lossy(&status.stdout)
     );
-    assert_eq!(one("longconn_map_full_drops_total"), 0.0, "no connection refused");
+    assert_eq!(
+        one("longconn_map_full_drops_total"),
+        0.0,
+        "no connection refused"
+    );
     for dir in ["outbound", "inbound"] {
-        assert_eq!(v("longconn_workload_connections_closed_total", dir), conns, "{dir} closed");
-        assert_eq!(v("longconn_workload_connections_failed_total", dir), 0, "{dir} failed");
-        assert_eq!(v("longconn_workload_connections_opened_total", dir), conns, "{dir} opened");
-        assert_eq!(v("longconn_workload_active_connections", dir), 0, "{dir} active");
+        assert_eq!(
+            v("longconn_workload_connections_closed_total", dir),
+            conns,
+            "{dir} closed"
+        );
+        assert_eq!(
+            v("longconn_workload_connections_failed_total", dir),
+            0,
+            "{dir} failed"
+        );
+        assert_eq!(
+            v("longconn_workload_connections_opened_total", dir),
+            conns,
+            "{dir} opened"
+        );
+        assert_eq!(
+            v("longconn_workload_active_connections", dir),
+            0,
+            "{dir} active"
+        );
     }
     let exact = [
-        ("longconn_workload_sent_bytes_total", "outbound", "client_acked"),
-        ("longconn_workload_received_bytes_total", "outbound", "client_received"),
-        ("longconn_workload_sent_bytes_total", "inbound", "server_acked"),
-        ("longconn_workload_received_bytes_total", "inbound", "server_received"),
+        (
+            "longconn_workload_sent_bytes_total",
+            "outbound",
+            "client_acked",
+        ),
+        (
+            "longconn_workload_received_bytes_total",
+            "outbound",
+            "client_received",
+        ),
+        (
+            "longconn_workload_sent_bytes_total",
+            "inbound",
+            "server_acked",
+        ),
+        (
+            "longconn_workload_received_bytes_total",
+            "inbound",
+            "server_received",
+        ),
     ];
     for (metric, dir, key) in exact {
-        assert_eq!(v(metric, dir), sum(key), "{metric} {dir} = the generators' {key}");
+        assert_eq!(
+            v(metric, dir),
+            sum(key),
+            "{metric} {dir} = the generators' {key}"
+        );
     }
     // Payload check against the generators' own writes (100 B each way;
     // the client's bytes_acked also counts its SYN).
@@ -161,7 +204,10 @@ fn busy_node_metrics_are_exact_and_close_records_exactly_once() {
 
     let records = closes_per_cookie(&env.out_dir());
     let twice: Vec<_> = records.iter().filter(|(_, &n)| n > 1).take(5).collect();
-    assert!(twice.is_empty(), "close records logged more than once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "close records logged more than once: {twice:?}"
+    );
     let unlogged = one("longconn_close_records_unlogged_total") as u64;
     eprintln!(
         "busy: {} close records logged, {unlogged} unlogged, ring drops {}",

@@ -250,13 +250,23 @@ mod tests {
         let read = Read::new(kernel(&[(0, 10), (0, 20)]));
         account_growth(&mut st, &read, &mut groups);
         assert_eq!(sent(&st), (2, 30));
-        assert_eq!(account_record(&mut st, &read, &rec(1, 1, 0, 10), G), Close::InSums);
-        assert_eq!(account_record(&mut st, &read, &rec(3, 1, 1, 5), G), Close::FromRecord);
+        assert_eq!(
+            account_record(&mut st, &read, &rec(1, 1, 0, 10), G),
+            Close::InSums
+        );
+        assert_eq!(
+            account_record(&mut st, &read, &rec(3, 1, 1, 5), G),
+            Close::FromRecord
+        );
         assert_eq!(sent(&st), (3, 35));
         // Cycle 2: the sums now hold it; one more close without any record.
         let read = Read::new(kernel(&[(0, 10), (0, 20), (1, 5), (1, 7)]));
         account_growth(&mut st, &read, &mut groups);
-        assert_eq!(sent(&st), (4, 42), "the late one once, the unrecorded one once");
+        assert_eq!(
+            sent(&st),
+            (4, 42),
+            "the late one once, the unrecorded one once"
+        );
         // Cycle 2 again (a run killed before its commit would start from
         // the committed state: same result).
         let mut again = st.clone();
