@@ -9,7 +9,7 @@
 #ifndef LONGCONN_H
 #define LONGCONN_H
 
-#define LONGCONN_LAYOUT_VERSION 6
+#define LONGCONN_LAYOUT_VERSION 7
 #define LONGCONN_META_MAGIC 0x6c636f6e6e6d6574ULL /* "lconnmet" */
 
 /* longconn_conn.direction */
@@ -20,7 +20,9 @@
 #define LONGCONN_F_ESTABLISHED 0x1 /* reached TCP_ESTABLISHED at least once */
 #define LONGCONN_F_CLOSED 0x2      /* final record: the socket reached TCP_CLOSE */
 #define LONGCONN_F_FAILED 0x4      /* closed without ever establishing */
-#define LONGCONN_F_RINGBUF_MISS 0x8 /* close record kept in the map: ring buffer was full */
+#define LONGCONN_F_RINGBUF_MISS 0x8 /* close record kept in the overflow map: ring buffer was full */
+#define LONGCONN_F_TOTALS_MISS 0x20 /* the close is not in longconn_close_totals (that map was full):
+				     * the reader counts its record instead */
 
 /* Which refresh hooks do work (const volatile `hooks`, set at load time). */
 #define LONGCONN_HOOK_TCP_PROBE 0x1 /* tracepoint tcp:tcp_probe (every received segment) */
@@ -36,8 +38,17 @@
 #define LONGCONN_CTR_MAP_ERROR 2      /* connections not tracked: other insert error */
 #define LONGCONN_CTR_CLOSE_UNTRACKED 3 /* TCP_CLOSE seen for a socket with no entry */
 #define LONGCONN_CTR_TRACKED 4        /* connections inserted into the map */
-/* 5 was sockhash insert failures (layout 3); unused. */
+/* 5 was sockhash insert failures (layout 3); from layout 7: */
+#define LONGCONN_CTR_CLOSE_UNLOGGED 5 /* closes whose record fit neither the ring nor the overflow map
+				       * (counted in the close totals, missing from the access log) */
+#define LONGCONN_CTR_TOTALS_FULL 6    /* closes not added to longconn_close_totals (map full) */
+#define LONGCONN_CTR_CLOSE_LOST 7     /* closes neither in the totals nor recorded (both full) */
 #define LONGCONN_CTR_MAX 8
+
+/* A close is kept in the overflow map (ring full) when a reader has seen the
+ * connection or it is at least this old (boot-time ns): long connections'
+ * close records are never the ones dropped. */
+#define LONGCONN_KEEP_AGE_NS 5000000000ULL
 
 /* Value of map_of_tcp_conns (key: __u64 socket cookie) and of each ring-buffer record. */
 struct longconn_conn {
@@ -53,6 +64,8 @@ struct longconn_conn {
 	__u64 bytes_retrans;    /* tcp_sock.bytes_retrans */
 	__u64 cgroup_id;        /* cgroup v2 id of the socket */
 	__u64 netns_cookie;     /* network namespace cookie */
+	__u64 close_seq; /* closed: ordinal of this close in its longconn_close_totals value on
+			  * CPU close_cpu (that value's seq_end once it is added); 0: not in the totals */
 	__u32 local_addr[4];  /* network order; IPv4 in [0] */
 	__u32 remote_addr[4]; /* network order; IPv4 in [0] */
 	__u32 srtt_us;    /* smoothed RTT, microseconds (already shifted) */
@@ -65,7 +78,50 @@ struct longconn_conn {
 	__u32 direction; /* LONGCONN_DIR_* */
 	__u32 flags;     /* LONGCONN_F_* */
 	__u32 netns_ino; /* inode of the socket's network namespace (/proc/PID/ns/net), for the read-time refresh */
+	__u32 close_cpu; /* closed: the CPU whose totals value holds this close */
+	__u32 seen;      /* 1 once a reader has read the record (the refresh sets it): its close
+			  * record is then kept in the overflow map when the ring is full */
 	char comm[16]; /* comm of that task; empty when unknown */
+};
+
+/*
+ * Close totals (layout 7): every close of a tracked connection adds its final
+ * counters to a per-CPU value keyed by who and which peer, whatever happens to
+ * its close record, so group metrics are exact at any close rate. Key of
+ * `longconn_close_totals` (PERCPU_HASH, never deleted from: values only grow).
+ * The endpoint is the remote one for outbound connections and the local
+ * (listening) one for inbound: never an ephemeral port.
+ */
+struct longconn_totals_key {
+	__u64 cgroup_id;
+	__u64 netns_cookie;
+	__u32 addr[4]; /* network order, as in longconn_conn */
+	__u32 port;    /* host order */
+	__u32 family;
+	__u32 direction;
+	__u32 _pad;
+	char comm[16];
+};
+
+/*
+ * Value of `longconn_close_totals` on one CPU. A close increments seq_begin,
+ * adds, then increments seq_end (each an atomic add), a seqlock: readers
+ * copy the value in address order, seq_end first and seq_begin last, and a
+ * copy with both equal is consistent (no close was being added between the
+ * two reads, even one nested in another on this CPU). A close with
+ * close_seq <= seq_end of a consistent copy is in it.
+ */
+struct longconn_totals {
+	__u64 seq_end;
+	__u64 closed; /* unused (0): established closes are seq_end - failed */
+	__u64 failed; /* connects that never established */
+	__u64 bytes_sent;
+	__u64 bytes_received;
+	__u64 packets_sent;
+	__u64 packets_received;
+	__u64 retransmits;
+	__u64 lost_packets;
+	__u64 seq_begin;
 };
 
 /* Key and value of `listen_owners`: who called listen() on a port, per netns. */
@@ -95,13 +151,13 @@ struct longconn_netns {
 };
 
 /*
- * Read-time refresh in bounded runs (layouts 5, 6). A reader reads the map
+ * Read-time refresh in bounded runs (layouts 5, 7). A reader reads the map
  * first, then copies up to LONGCONN_REFRESH_CHUNK of the records it read
  * (what finds the socket: cookie, tuple, netns; the 64-bit packet totals)
  * into the pinned, mmapable array `longconn_refresh_work` (one slot each)
  * and runs the refresh program (BPF_PROG_TEST_RUN), which looks each socket
  * up and writes its counters into the slot: one run holds its CPU for one
- * chunk, whatever the map size; no map lookup or write per record (layout 6;
+ * chunk, whatever the map size; no map lookup or write per record (layout 7;
  * layout 5 looked each record up by cookie and wrote it); and the reader gets
  * the values without reading the map again. Readers serialise their use of
  * the array (flock on the pin dir).
@@ -118,9 +174,13 @@ struct longconn_netns {
 #define LONGCONN_REFRESH_NOT_FOUND 4     /* no socket with the record's 4-tuple and cookie */
 #define LONGCONN_REFRESH_NETNS_UNKNOWN 5 /* the record's netns has no netnsid for this reader yet */
 
+/* longconn_refresh_slot.flags, set by the reader */
+#define LONGCONN_SLOT_MARK_SEEN 0x1 /* the record's `seen` is 0: set it (once per connection) */
+
 /* Value of `longconn_refresh_work`: the record to refresh in (as the reader
  * read it: what finds its socket), the refreshed counters out. The program
- * needs no map lookup per record and writes nothing but the slot. */
+ * needs no map lookup per record and writes nothing but the slot (and, once
+ * per connection, the record's `seen`). */
 struct longconn_refresh_slot {
 	__u64 cookie;       /* in: the record's cookie (checked against the socket's) */
 	__u64 netns_cookie; /* in: the record's network namespace */
@@ -134,15 +194,15 @@ struct longconn_refresh_slot {
 	__u64 update_ns; /* out (all below): valid when status is LONGCONN_REFRESH_OK */
 	__u64 bytes_sent;
 	__u64 bytes_received;
-	__u64 packets_sent;
-	__u64 packets_received;
+	__u64 packets_sent;     /* in too: the record's total, the base the socket's */
+	__u64 packets_received; /* 32-bit counters are widened against */
 	__u64 retransmits;
 	__u64 lost_packets;
 	__u64 bytes_retrans;
 	__u32 srtt_us;
 	__u32 min_rtt_us;
 	__u32 state;
-	__u32 _pad;
+	__u32 flags; /* in: LONGCONN_SLOT_* */
 };
 
 /* The refresh program's arguments and results in skb->cb (BPF_PROG_TEST_RUN

@@ -80,6 +80,39 @@ struct {
 	__uint(max_entries, 4 << 20);
 } longconn_closed SEC(".maps");
 
+/* Close records the ring could not take: the reader applies and deletes
+ * them. Apart from map_of_tcp_conns, so closes never take a live
+ * connection's slot (each sized like it by longconn-pin). Records of
+ * connections a reader has seen or that are long (LONGCONN_KEEP_AGE_NS) go
+ * to longconn_overflow, the others to longconn_shortovf: short connections'
+ * records never take the room of long ones. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct longconn_conn);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} longconn_overflow SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct longconn_conn);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} longconn_shortovf SEC(".maps");
+
+/* Final counters of every close, per (cgroup, netns, comm, direction, peer
+ * endpoint), per CPU (struct longconn_totals): group metrics stay exact
+ * whatever happens to close records. Only grows; readers take deltas. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct longconn_totals_key);
+	__type(value, struct longconn_totals);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} longconn_close_totals SEC(".maps");
+
 /* Owner of each listening port, recorded in listen() (process context) and
  * copied into the records of connections accepted on it. */
 struct {
@@ -244,19 +277,87 @@ static __always_inline void record_listener(struct tcp_sock *tp)
 	bpf_map_update_elem(&longconn_listen_owners, &lk, &o, BPF_ANY);
 }
 
-/* TCP_CLOSE: hand the final record to user space and forget the socket. */
+/* Adds a closing connection's final counters to its close totals (this CPU's
+ * value) and stamps the record with the close's ordinal there; flags it
+ * LONGCONN_F_TOTALS_MISS when the totals map is full. */
+static __always_inline void add_totals(struct longconn_conn *c)
+{
+	static const struct longconn_totals zero = {};
+	struct longconn_totals_key k = {};
+	struct longconn_totals *t;
+	__u64 seq;
+
+	k.cgroup_id = c->cgroup_id;
+	k.netns_cookie = c->netns_cookie;
+	k.family = c->family;
+	k.direction = c->direction;
+	__builtin_memcpy(k.comm, c->comm, sizeof(k.comm));
+	if (c->direction == LONGCONN_DIR_INBOUND) {
+		__builtin_memcpy(k.addr, c->local_addr, sizeof(k.addr));
+		k.port = c->local_port;
+	} else {
+		__builtin_memcpy(k.addr, c->remote_addr, sizeof(k.addr));
+		k.port = c->remote_port;
+	}
+	t = bpf_map_lookup_elem(&longconn_close_totals, &k);
+	if (!t) {
+		bpf_map_update_elem(&longconn_close_totals, &k, &zero, BPF_NOEXIST);
+		t = bpf_map_lookup_elem(&longconn_close_totals, &k);
+	}
+	if (!t) {
+		c->flags |= LONGCONN_F_TOTALS_MISS;
+		count(LONGCONN_CTR_TOTALS_FULL);
+		return;
+	}
+	/* Atomic adds: a softirq on this CPU may close another connection of the
+	 * same key in the middle; seq_begin first, seq_end last (see the header). */
+	/* Closed is seq_end - failed (readers derive it); a zero is not added. */
+	seq = __sync_fetch_and_add(&t->seq_begin, 1) + 1;
+	if (c->flags & LONGCONN_F_FAILED)
+		__sync_fetch_and_add(&t->failed, 1);
+	if (c->bytes_sent)
+		__sync_fetch_and_add(&t->bytes_sent, c->bytes_sent);
+	if (c->bytes_received)
+		__sync_fetch_and_add(&t->bytes_received, c->bytes_received);
+	__sync_fetch_and_add(&t->packets_sent, c->packets_sent);
+	__sync_fetch_and_add(&t->packets_received, c->packets_received);
+	if (c->retransmits)
+		__sync_fetch_and_add(&t->retransmits, c->retransmits);
+	if (c->lost_packets)
+		__sync_fetch_and_add(&t->lost_packets, c->lost_packets);
+	__sync_fetch_and_add(&t->seq_end, 1);
+	c->close_seq = seq;
+	c->close_cpu = bpf_get_smp_processor_id();
+}
+
+/*
+ * TCP_CLOSE: add the final counters to the close totals, hand the final
+ * record to user space and forget the socket. A record the ring cannot take
+ * goes to an overflow map (see longconn_overflow); when that is full too,
+ * only the access log misses it (counted), never the metrics. Either way
+ * the live map's slot is freed now.
+ * Order: totals, then the record, then the delete (readers read the totals,
+ * then the live map, then overflow and ring).
+ */
 static __always_inline void close_conn(struct longconn_conn *c, __u64 cookie)
 {
 	c->state = BPF_TCP_CLOSE;
 	c->flags |= LONGCONN_F_CLOSED;
 	if (!(c->flags & LONGCONN_F_ESTABLISHED))
 		c->flags |= LONGCONN_F_FAILED;
+	add_totals(c);
 	/* No wakeup: readers poll the ring every cycle, nobody sleeps on it. */
 	if (bpf_ringbuf_output(&longconn_closed, c, sizeof(*c), BPF_RB_NO_WAKEUP)) {
-		/* Keep the final record in the map: the reader reaps it there. */
-		c->flags |= LONGCONN_F_RINGBUF_MISS;
+		void *overflow = &longconn_shortovf;
+
 		count(LONGCONN_CTR_RINGBUF_FULL);
-		return;
+		c->flags |= LONGCONN_F_RINGBUF_MISS;
+		if (c->seen || (c->flags & LONGCONN_F_TOTALS_MISS) ||
+		    c->update_ns - c->start_ns >= LONGCONN_KEEP_AGE_NS)
+			overflow = &longconn_overflow;
+		if (bpf_map_update_elem(overflow, &cookie, c, BPF_ANY))
+			count(c->flags & LONGCONN_F_TOTALS_MISS ? LONGCONN_CTR_CLOSE_LOST
+								 : LONGCONN_CTR_CLOSE_UNLOGGED);
 	}
 	bpf_map_delete_elem(&map_of_tcp_conns, &cookie);
 }
@@ -567,6 +668,16 @@ static long refresh_slot(__u64 i, struct refresh_run *run)
 
 	if (!s)
 		return 1;
+	/* First sight by a reader (it asks, from the record it read): should the
+	 * ring be full at its close, its record is kept (overflow map), so the
+	 * reader is never left guessing. Once per connection; the steady path
+	 * does no map lookup. */
+	if (s->flags & LONGCONN_SLOT_MARK_SEEN) {
+		struct longconn_conn *c = bpf_map_lookup_elem(&map_of_tcp_conns, &s->cookie);
+
+		if (c)
+			c->seen = 1; /* its own word: no read-modify-write race with sockops' flags */
+	}
 	if (run->lookup_only) {
 		s->status = LONGCONN_REFRESH_NOT_FOUND;
 		return 0;

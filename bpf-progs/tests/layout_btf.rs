@@ -7,7 +7,7 @@
 use std::{collections::HashMap, mem::offset_of};
 
 use longconn_common::{
-    layout::{ListenKey, Owner, RefreshSlot},
+    layout::{ListenKey, Owner, RefreshSlot, Totals, TotalsKey},
     ConnRecord, Meta, NetnsEntry,
 };
 
@@ -97,6 +97,7 @@ fn rust_mirror_matches_compiled_btf() {
             bytes_retrans,
             cgroup_id,
             netns_cookie,
+            close_seq,
             local_addr,
             remote_addr,
             srtt_us,
@@ -109,7 +110,41 @@ fn rust_mirror_matches_compiled_btf() {
             direction,
             flags,
             netns_ino,
+            close_cpu,
+            seen,
             comm
+        ]
+    );
+    check_struct!(
+        structs,
+        "longconn_totals_key",
+        TotalsKey,
+        [
+            cgroup_id,
+            netns_cookie,
+            addr,
+            port,
+            family,
+            direction,
+            _pad,
+            comm
+        ]
+    );
+    check_struct!(
+        structs,
+        "longconn_totals",
+        Totals,
+        [
+            seq_end,
+            closed,
+            failed,
+            bytes_sent,
+            bytes_received,
+            packets_sent,
+            packets_received,
+            retransmits,
+            lost_packets,
+            seq_begin
         ]
     );
     check_struct!(
@@ -150,7 +185,7 @@ fn rust_mirror_matches_compiled_btf() {
             srtt_us,
             min_rtt_us,
             state,
-            _pad
+            flags
         ]
     );
     check_struct!(

@@ -6,7 +6,7 @@
 //! maps and the ring buffer are decoded with a length check, never transmuted.
 
 /// Bumped on any change to a record below; pinned in `meta` and checked by readers.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 /// `Meta::magic`: "lconnmet".
 pub const META_MAGIC: u64 = 0x6c63_6f6e_6e6d_6574;
 
@@ -17,6 +17,8 @@ pub const F_ESTABLISHED: u32 = 0x1;
 pub const F_CLOSED: u32 = 0x2;
 pub const F_FAILED: u32 = 0x4;
 pub const F_RINGBUF_MISS: u32 = 0x8;
+/// The close is not in the close totals (that map was full): count its record.
+pub const F_TOTALS_MISS: u32 = 0x20;
 
 pub const HOOK_TCP_PROBE: u32 = 0x1;
 pub const HOOK_RCV_SPACE: u32 = 0x2;
@@ -29,6 +31,9 @@ pub const CTR_MAP_FULL: u32 = 1;
 pub const CTR_MAP_ERROR: u32 = 2;
 pub const CTR_CLOSE_UNTRACKED: u32 = 3;
 pub const CTR_TRACKED: u32 = 4;
+pub const CTR_CLOSE_UNLOGGED: u32 = 5;
+pub const CTR_TOTALS_FULL: u32 = 6;
+pub const CTR_CLOSE_LOST: u32 = 7;
 pub const CTR_MAX: u32 = 8;
 
 pub const AF_INET: u32 = 2;
@@ -50,6 +55,7 @@ pub struct ConnRecord {
     pub bytes_retrans: u64,
     pub cgroup_id: u64,
     pub netns_cookie: u64,
+    pub close_seq: u64,
     pub local_addr: [u32; 4],
     pub remote_addr: [u32; 4],
     pub srtt_us: u32,
@@ -62,7 +68,152 @@ pub struct ConnRecord {
     pub direction: u32,
     pub flags: u32,
     pub netns_ino: u32,
+    pub close_cpu: u32,
+    pub seen: u32,
     pub comm: [u8; 16],
+}
+
+/// `struct longconn_totals_key`: key of the `close_totals` per-CPU hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TotalsKey {
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    pub addr: [u32; 4],
+    pub port: u32,
+    pub family: u32,
+    pub direction: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
+/// `struct longconn_totals`: one CPU's value of `close_totals`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub seq_end: u64,
+    pub closed: u64,
+    pub failed: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub retransmits: u64,
+    pub lost_packets: u64,
+    pub seq_begin: u64,
+}
+
+impl TotalsKey {
+    pub const SIZE: usize = std::mem::size_of::<Self>();
+
+    /// The key the kernel adds a closing record to: the remote endpoint of
+    /// an outbound connection, the local (listening) one of an inbound one.
+    pub fn of(r: &ConnRecord) -> Self {
+        let (addr, port) = if r.direction == DIR_INBOUND {
+            (r.local_addr, r.local_port)
+        } else {
+            (r.remote_addr, r.remote_port)
+        };
+        Self {
+            cgroup_id: r.cgroup_id,
+            netns_cookie: r.netns_cookie,
+            addr,
+            port,
+            family: r.family,
+            direction: r.direction,
+            _pad: 0,
+            comm: r.comm,
+        }
+    }
+
+    /// A record carrying this key's identity (for naming its groups the
+    /// way a connection's are named).
+    pub fn as_record(&self) -> ConnRecord {
+        let mut r = ConnRecord {
+            cgroup_id: self.cgroup_id,
+            netns_cookie: self.netns_cookie,
+            family: self.family,
+            direction: self.direction,
+            comm: self.comm,
+            ..Default::default()
+        };
+        if self.direction == DIR_INBOUND {
+            r.local_addr = self.addr;
+            r.local_port = self.port;
+        } else {
+            r.remote_addr = self.addr;
+            r.remote_port = self.port;
+        }
+        r
+    }
+
+    /// Native-endian bytes (as the kernel and the state file hold them).
+    pub fn to_bytes(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        let mut at = 0;
+        let mut put = |x: &[u8]| {
+            b[at..at + x.len()].copy_from_slice(x);
+            at += x.len();
+        };
+        put(&self.cgroup_id.to_ne_bytes());
+        put(&self.netns_cookie.to_ne_bytes());
+        for w in self.addr {
+            put(&w.to_ne_bytes());
+        }
+        for w in [self.port, self.family, self.direction, self._pad] {
+            put(&w.to_ne_bytes());
+        }
+        put(&self.comm);
+        b
+    }
+
+    /// `None` unless `bytes` is exactly one key long.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        let mut c = Cursor(bytes);
+        Some(Self {
+            cgroup_id: c.u64(),
+            netns_cookie: c.u64(),
+            addr: c.u32x4(),
+            port: c.u32(),
+            family: c.u32(),
+            direction: c.u32(),
+            _pad: c.u32(),
+            comm: c.take(),
+        })
+    }
+}
+
+impl Totals {
+    pub const SIZE: usize = std::mem::size_of::<Self>();
+
+    /// `None` unless `bytes` is exactly one value long.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        let mut c = Cursor(bytes);
+        Some(Self {
+            seq_end: c.u64(),
+            closed: c.u64(),
+            failed: c.u64(),
+            bytes_sent: c.u64(),
+            bytes_received: c.u64(),
+            packets_sent: c.u64(),
+            packets_received: c.u64(),
+            retransmits: c.u64(),
+            lost_packets: c.u64(),
+            seq_begin: c.u64(),
+        })
+    }
+
+    /// A copy taken while no close was being added: the kernel copies in
+    /// address order, seq_end first, seq_begin last (see the header).
+    pub fn consistent(&self) -> bool {
+        self.seq_begin == self.seq_end
+    }
 }
 
 /// `struct longconn_listen_key`: key of the (unpinned) `longconn_listen_owners` map.
@@ -136,8 +287,11 @@ pub struct RefreshSlot {
     pub srtt_us: u32,
     pub min_rtt_us: u32,
     pub state: u32,
-    pub _pad: u32,
+    pub flags: u32,
 }
+
+/// `RefreshSlot::flags` (LONGCONN_SLOT_*): the record's `seen` is 0, set it.
+pub const SLOT_MARK_SEEN: u32 = 0x1;
 
 impl RefreshSlot {
     pub const SIZE: usize = std::mem::size_of::<Self>();
@@ -157,6 +311,7 @@ impl RefreshSlot {
             packets_received: r.packets_received,
             retransmits: r.retransmits,
             lost_packets: r.lost_packets,
+            flags: if r.seen == 0 { SLOT_MARK_SEEN } else { 0 },
             ..Self::default()
         }
     }
@@ -200,6 +355,10 @@ unsafe impl aya::Pod for Meta {}
 unsafe impl aya::Pod for NetnsEntry {}
 // SAFETY: as above.
 unsafe impl aya::Pod for RefreshSlot {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TotalsKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Totals {}
 
 /// Per-CPU kernel counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -209,6 +368,12 @@ pub struct Counters {
     pub map_error: u64,
     pub close_untracked: u64,
     pub tracked: u64,
+    /// Closes whose record fit neither the ring nor the overflow map.
+    pub close_unlogged: u64,
+    /// Closes the close totals could not take (map full).
+    pub totals_full: u64,
+    /// Closes neither in the totals nor recorded.
+    pub close_lost: u64,
 }
 
 impl Counters {
@@ -220,6 +385,9 @@ impl Counters {
             map_error: at(CTR_MAP_ERROR),
             close_untracked: at(CTR_CLOSE_UNTRACKED),
             tracked: at(CTR_TRACKED),
+            close_unlogged: at(CTR_CLOSE_UNLOGGED),
+            totals_full: at(CTR_TOTALS_FULL),
+            close_lost: at(CTR_CLOSE_LOST),
         }
     }
 }
@@ -268,6 +436,7 @@ impl ConnRecord {
             bytes_retrans: c.u64(),
             cgroup_id: c.u64(),
             netns_cookie: c.u64(),
+            close_seq: c.u64(),
             local_addr: c.u32x4(),
             remote_addr: c.u32x4(),
             srtt_us: c.u32(),
@@ -280,6 +449,8 @@ impl ConnRecord {
             direction: c.u32(),
             flags: c.u32(),
             netns_ino: c.u32(),
+            close_cpu: c.u32(),
+            seen: c.u32(),
             comm: c.take(),
         })
     }
@@ -350,7 +521,9 @@ mod tests {
 
     #[test]
     fn sizes_match_header() {
-        assert_eq!(std::mem::size_of::<ConnRecord>(), 184);
+        assert_eq!(std::mem::size_of::<ConnRecord>(), 200);
+        assert_eq!(std::mem::size_of::<TotalsKey>(), 64);
+        assert_eq!(std::mem::size_of::<Totals>(), 80);
         assert_eq!(std::mem::size_of::<Meta>(), 40);
         assert_eq!(std::mem::size_of::<RefreshSlot>(), 144);
     }

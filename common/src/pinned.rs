@@ -14,7 +14,7 @@ use std::{
 use aya::maps::{Array, HashMap as AyaHashMap, Map, MapData, PerCpuArray};
 
 use crate::{
-    layout::{self, ConnRecord, Counters, Meta, NetnsEntry, RefreshSlot},
+    layout::{self, ConnRecord, Counters, Meta, NetnsEntry, RefreshSlot, Totals, TotalsKey},
     mounts, netns, pins,
     refresh::{DirLock, WorkArray},
     ring::RingReader,
@@ -129,8 +129,20 @@ pub struct Pins {
     conns: MapData,
     counters: Map,
     closed: MapData,
+    overflow: [MapData; 2],
+    totals: MapData,
     access: Access,
 }
+
+/// One read of the close totals: every key's value on each possible CPU,
+/// each copy consistent (no close half-added).
+#[derive(Clone, Debug, Default)]
+pub struct TotalsSnapshot {
+    pub keys: Vec<(TotalsKey, Vec<Totals>)>,
+}
+
+/// How often a key whose copy caught a close half-added is read again.
+const TOTALS_RETRIES: usize = 10_000;
 
 fn open_fd(path: &Path, access: Access) -> Result<OwnedFd, PinnedError> {
     let flags = if access == Access::ReadOnly {
@@ -153,6 +165,28 @@ fn open_map(path: &Path, access: Access) -> Result<MapData, PinnedError> {
         path: path.into(),
         source,
     })
+}
+
+/// Opens a map and checks its key and value sizes (another layout otherwise).
+fn open_checked(
+    path: &Path,
+    access: Access,
+    key: usize,
+    value: usize,
+) -> Result<MapData, PinnedError> {
+    let data = open_map(path, access)?;
+    let (k, v) = data
+        .info()
+        .map(|i| (i.key_size() as usize, i.value_size() as usize))
+        .unwrap_or((0, 0));
+    if (k, v) != (key, value) {
+        return Err(PinnedError::Layout {
+            path: path.into(),
+            found: format!("key size {k}, value size {v}"),
+            expected: format!("key size {key}, value size {value}"),
+        });
+    }
+    Ok(data)
 }
 
 /// Reads and validates `meta` of a pin dir.
@@ -233,6 +267,16 @@ impl Pins {
             conns,
             counters: Map::PerCpuArray(open_map(&dir.join(pins::COUNTERS), access)?),
             closed: open_map(&dir.join(pins::CLOSED), access)?,
+            overflow: [
+                open_checked(&dir.join(pins::OVERFLOW), access, 8, ConnRecord::SIZE)?,
+                open_checked(&dir.join(pins::OVERFLOW_SHORT), access, 8, ConnRecord::SIZE)?,
+            ],
+            totals: open_checked(
+                &dir.join(pins::CLOSE_TOTALS),
+                access,
+                TotalsKey::SIZE,
+                Totals::SIZE,
+            )?,
             access,
         })
     }
@@ -408,7 +452,8 @@ impl Pins {
         }
     }
 
-    /// Every live record (and closed ones whose ring-buffer write failed),
+    /// Every live record (and, from the overflow map, closed ones whose
+    /// ring-buffer write failed),
     /// read in batches, then refreshed from the sockets (see `refresh`),
     /// with what the refresh could not reach. Records of the wrong size are
     /// counted in the second value and skipped. With read-write access,
@@ -443,12 +488,97 @@ impl Pins {
             path: self.path(pins::CONNS),
             source,
         })?;
+        // After the live map: a close in between is seen here (the kernel
+        // writes the overflow record before it deletes the live one).
+        for (map, name) in self
+            .overflow
+            .iter()
+            .zip([pins::OVERFLOW, pins::OVERFLOW_SHORT])
+        {
+            sys::lookup_batch(map.fd().as_fd(), 8, ConnRecord::SIZE, 4096, |_, v| {
+                match ConnRecord::decode(v) {
+                    Some(r) => out.push(r),
+                    None => bad += 1,
+                }
+            })
+            .map_err(|source| PinnedError::Io {
+                path: self.path(name),
+                source,
+            })?;
+        }
         Ok((out, bad))
+    }
+
+    /// Every key of the close totals with its value on each possible CPU
+    /// (batched), each copy consistent: a copy that caught a close being
+    /// added (seq_begin != seq_end) is read again, alone.
+    pub fn close_totals(&self) -> Result<TotalsSnapshot, PinnedError> {
+        let path = self.path(pins::CLOSE_TOTALS);
+        let cpus = aya::util::nr_cpus().map_err(|(what, source)| PinnedError::Io {
+            path: what.into(),
+            source,
+        })?;
+        let stride = Totals::SIZE.next_multiple_of(8);
+        let decode = |v: &[u8]| -> Option<Vec<Totals>> {
+            v.chunks_exact(stride)
+                .map(|c| Totals::decode(&c[..Totals::SIZE]))
+                .collect()
+        };
+        let mut keys = Vec::new();
+        let mut again = Vec::new();
+        let fd = self.totals.fd().as_fd();
+        sys::lookup_batch(fd, TotalsKey::SIZE, stride * cpus, 1024, |k, v| {
+            let (Some(key), Some(values)) = (TotalsKey::decode(k), decode(v)) else {
+                return;
+            };
+            if values.iter().all(Totals::consistent) {
+                keys.push((key, values));
+            } else {
+                again.push(key);
+            }
+        })
+        .map_err(|source| PinnedError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut buf = vec![0u8; stride * cpus];
+        for key in again {
+            let mut tries = 0;
+            loop {
+                sys::lookup_elem(fd, &key.to_bytes(), &mut buf).map_err(|source| {
+                    PinnedError::Io {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                match decode(&buf) {
+                    Some(values) if values.iter().all(Totals::consistent) => {
+                        keys.push((key, values));
+                        break;
+                    }
+                    _ if tries < TOTALS_RETRIES => tries += 1,
+                    _ => {
+                        return Err(PinnedError::Io {
+                            path,
+                            source: io::Error::other(
+                                "a value kept changing while read (10 000 tries); run again",
+                            ),
+                        })
+                    }
+                }
+            }
+        }
+        Ok(TotalsSnapshot { keys })
     }
 
     /// Capacity of the connection map.
     pub fn capacity(&self) -> u32 {
         self.conns.info().map(|i| i.max_entries()).unwrap_or(0)
+    }
+
+    /// Capacity of the close totals map (keys).
+    pub fn totals_capacity(&self) -> u32 {
+        self.totals.info().map(|i| i.max_entries()).unwrap_or(0)
     }
 
     pub fn counters(&self) -> Result<Counters, PinnedError> {
@@ -487,15 +617,58 @@ impl Pins {
             .map_err(|source| PinnedError::Io { path, source })
     }
 
-    /// Deletes a closed record the kernel left in the map (ring buffer was full).
-    pub fn remove(&self, cookie: u64) -> Result<(), PinnedError> {
-        match sys::delete_elem(self.conns.fd().as_fd(), &cookie.to_ne_bytes()) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(source) => Err(PinnedError::Io {
-                path: self.path(pins::CONNS),
-                source,
-            }),
+    /// Deletes close records the kernel left in the overflow maps (ring
+    /// buffer was full), in batches: each cookie is in one map or none.
+    pub fn remove_all(&self, cookies: &[u64]) -> Result<(), PinnedError> {
+        let mut left: Vec<u64> = cookies.to_vec();
+        // Most overflow records are short connections': that map first.
+        let order = [
+            (&self.overflow[1], pins::OVERFLOW_SHORT),
+            (&self.overflow[0], pins::OVERFLOW),
+        ];
+        for (map, name) in order {
+            let mut missing = Vec::new();
+            let keys: Vec<u8> = left.iter().flat_map(|c| c.to_ne_bytes()).collect();
+            let mut at = 0;
+            while at < left.len() {
+                match sys::delete_batch(map.fd().as_fd(), 8, &keys[at * 8..]) {
+                    Ok(()) => break,
+                    Err((done, e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        missing.push(left[at + done]);
+                        at += done + 1;
+                    }
+                    Err((_, source)) => {
+                        return Err(PinnedError::Io {
+                            path: self.path(name),
+                            source,
+                        })
+                    }
+                }
+            }
+            left = missing;
         }
+        Ok(())
+    }
+
+    /// Deletes a close record the kernel left in the overflow map (ring
+    /// buffer was full).
+    pub fn remove(&self, cookie: u64) -> Result<(), PinnedError> {
+        for (map, name) in self
+            .overflow
+            .iter()
+            .zip([pins::OVERFLOW, pins::OVERFLOW_SHORT])
+        {
+            match sys::delete_elem(map.fd().as_fd(), &cookie.to_ne_bytes()) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => {
+                    return Err(PinnedError::Io {
+                        path: self.path(name),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 }

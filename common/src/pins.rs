@@ -8,6 +8,15 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/longconn";
 pub const CONNS: &str = "map_of_tcp_conns";
 /// One record per closed connection (ring buffer).
 pub const CLOSED: &str = "closed_conns";
+/// Close records the ring could not take, of connections a reader has seen
+/// or that are long (hash, key = socket cookie); the reader deletes them.
+pub const OVERFLOW: &str = "closed_overflow";
+/// The same for other (short, unseen) connections, so they never take the
+/// room of long ones.
+pub const OVERFLOW_SHORT: &str = "closed_overflow_short";
+/// Final counters of every close, per (cgroup, netns, comm, direction, peer
+/// endpoint) (per-CPU hash; only grows).
+pub const CLOSE_TOTALS: &str = "close_totals";
 /// Kernel-side drop and error counters (per-CPU array).
 pub const COUNTERS: &str = "counters";
 /// Layout version and pin generation (array of one `Meta`).
@@ -29,6 +38,9 @@ pub const MAPS: &[(&str, &str)] = &[
     ("longconn_meta", META),
     ("longconn_netns", NETNS),
     ("longconn_refresh_work", REFRESH_WORK),
+    ("longconn_overflow", OVERFLOW),
+    ("longconn_shortovf", OVERFLOW_SHORT),
+    ("longconn_close_totals", CLOSE_TOTALS),
 ];
 
 pub fn link_path(pin_dir: &Path, name: &str) -> PathBuf {

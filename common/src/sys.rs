@@ -14,8 +14,10 @@ use std::{
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 pub const BPF_F_RDONLY: u32 = 1 << 3;
 
 #[repr(C)]
@@ -203,4 +205,39 @@ pub fn delete_elem(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
         ..Default::default()
     };
     bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
+}
+
+/// BPF_MAP_LOOKUP_ELEM for one key into `value` (for a per-CPU map, one
+/// value per possible CPU, each rounded up to 8 bytes).
+pub fn lookup_elem(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: value.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(|_| ())
+}
+
+/// BPF_MAP_DELETE_BATCH of `keys` (each `key_size` bytes), in order. On
+/// an error, how many keys were deleted before the one that failed.
+pub fn delete_batch(
+    map: BorrowedFd<'_>,
+    key_size: usize,
+    keys: &[u8],
+) -> Result<(), (usize, io::Error)> {
+    let n = keys.len() / key_size.max(1);
+    if n == 0 {
+        return Ok(());
+    }
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        count: n as u32,
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(((attr.count as usize).min(n), e)),
+    }
 }

@@ -48,11 +48,20 @@ pub struct AttachArgs {
     #[arg(long, default_value_t = 131_072, value_name = "N", value_parser = validate::max_connections)]
     max_connections: u32,
 
-    /// Ring buffer for close records: a power of two, at least one page. 8MiB
-    /// holds about 43 000 closes (4 300 connections/s, both ends, between two
-    /// 5 s cycles); closes beyond it wait in the map instead, counted, not lost.
-    #[arg(long, default_value = "8MiB", value_name = "SIZE", value_parser = |s: &str| units::parse_size(s).map_err(|e| e.to_string()))]
-    ringbuf_bytes: u64,
+    /// Ring buffer for close records (the access log's): a power of two, at
+    /// least one page [default: 8MiB, about 40 000 closes, 8 000 closes/s
+    /// between two 5 s cycles; or derived from --closes-per-second]. Closes
+    /// beyond it are still in every metric (close totals); their records wait
+    /// in an overflow map when a reader has seen the connection or it is
+    /// long, and are otherwise counted as unlogged.
+    #[arg(long, value_name = "SIZE", value_parser = |s: &str| units::parse_size(s).map_err(|e| e.to_string()))]
+    ringbuf_bytes: Option<u64>,
+
+    /// Size the close-record ring for this many closes per second (both ends
+    /// of a local connection count): room for two 5 s cycles of them, at
+    /// least the 8MiB default. Instead of --ringbuf-bytes.
+    #[arg(long, value_name = "N", conflicts_with = "ringbuf_bytes")]
+    closes_per_second: Option<u64>,
 
     /// Per-segment hooks. Readers are exact without any: before each read they
     /// look every tracked socket up in the kernel's TCP tables and copy its
@@ -92,7 +101,7 @@ pub fn run(pin_dir: &Path, args: &AttachArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let page = page_size();
-    let ring = args.ringbuf_bytes;
+    let ring = ring_bytes(args)?;
     if !ring.is_power_of_two() || ring < page || ring > (1 << 30) {
         return Err(coded(BAD_INPUT, format!("--ringbuf-bytes {ring}: must be a power of two between the page size ({page}) and 1GiB, e.g. 4MiB")));
     }
@@ -137,7 +146,7 @@ pub fn run(pin_dir: &Path, args: &AttachArgs) -> anyhow::Result<ExitCode> {
         })?;
     }
 
-    let mut ebpf = load(args)?;
+    let mut ebpf = load(args, ring)?;
     let attached = attach_all(&mut ebpf, &cgroup, args.hooks)?;
     load_refresh(&mut ebpf)?;
     write_meta(&mut ebpf, &cgroup, args.hooks)?;
@@ -169,6 +178,30 @@ pub fn run(pin_dir: &Path, args: &AttachArgs) -> anyhow::Result<ExitCode> {
         ring / 1024
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The default close-record ring.
+pub const DEFAULT_RINGBUF_BYTES: u64 = 8 << 20;
+/// Bytes one close record takes in the ring (8-byte header + record).
+const RING_RECORD_BYTES: u64 = 8 + ConnRecord::SIZE as u64;
+/// Seconds of closes `--closes-per-second` makes room for: two 5 s cycles
+/// (a late or skipped cycle does not lose records).
+const RING_SECONDS: u64 = 10;
+
+/// `--ringbuf-bytes`, or the ring `--closes-per-second` asks for, or the default.
+fn ring_bytes(args: &AttachArgs) -> anyhow::Result<u64> {
+    if let Some(bytes) = args.ringbuf_bytes {
+        return Ok(bytes);
+    }
+    let Some(cps) = args.closes_per_second else {
+        return Ok(DEFAULT_RINGBUF_BYTES);
+    };
+    let want = cps
+        .checked_mul(RING_SECONDS * RING_RECORD_BYTES)
+        .and_then(u64::checked_next_power_of_two)
+        .filter(|b| *b <= 1 << 30)
+        .ok_or_else(|| coded(BAD_INPUT, format!("--closes-per-second {cps}: needs a ring over 1GiB; give at most {} (the metrics stay exact beyond the ring: only access-log close records are dropped)", (1u64 << 30) / (RING_SECONDS * RING_RECORD_BYTES))))?;
+    Ok(want.max(DEFAULT_RINGBUF_BYTES))
 }
 
 /// bpffs refuses names containing a dot, so no hidden-file prefix.
@@ -322,20 +355,22 @@ pub fn expected_links(hooks_mask: u32) -> Vec<&'static str> {
     v
 }
 
-fn load(args: &AttachArgs) -> anyhow::Result<Ebpf> {
+fn load(args: &AttachArgs, ring: u64) -> anyhow::Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries("map_of_tcp_conns", args.max_connections)
-        .map_max_entries("longconn_closed", args.ringbuf_bytes as u32)
+        .map_max_entries("longconn_closed", ring as u32)
+        .map_max_entries("longconn_overflow", args.max_connections)
+        .map_max_entries("longconn_shortovf", args.max_connections)
         .override_global("hooks", &args.hooks, true)
         .load(longconn_bpf::OBJECT)
-        .map_err(|e| load_error(&e, args))
+        .map_err(|e| load_error(&e, args, ring))
 }
 
 /// Says which map the kernel refused and with which sizes; only BTF errors
 /// blame BTF.
-fn load_error(e: &aya::EbpfError, args: &AttachArgs) -> anyhow::Error {
+fn load_error(e: &aya::EbpfError, args: &AttachArgs, ring: u64) -> anyhow::Error {
     if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) = e {
-        return coded(FAILURE, format!("cannot create map {name} (--max-connections {}, --ringbuf-bytes {}): {io_error}; try smaller values (ENOMEM: memory for the map's buckets is charged to this cgroup up front)", args.max_connections, args.ringbuf_bytes));
+        return coded(FAILURE, format!("cannot create map {name} (--max-connections {}, ring buffer {ring} bytes): {io_error}; try smaller values (ENOMEM: memory for the map's buckets is charged to this cgroup up front)", args.max_connections));
     }
     let code = if matches!(e, aya::EbpfError::BtfError(_)) {
         NO_FEATURE

@@ -66,7 +66,8 @@ pub fn names(dir: &Path) -> Vec<Owned> {
     });
     for (object, pin) in pins::MAPS {
         let ty = match *pin {
-            pins::CONNS => Some(MapType::Hash),
+            pins::CONNS | pins::OVERFLOW | pins::OVERFLOW_SHORT => Some(MapType::Hash),
+            pins::CLOSE_TOTALS => Some(MapType::PerCpuHash),
             pins::CLOSED => Some(MapType::RingBuf),
             pins::COUNTERS => Some(MapType::PerCpuArray),
             pins::META | pins::REFRESH_WORK => Some(MapType::Array),

@@ -78,19 +78,25 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
     let (conns, bad, refresh) = p.connections_refreshed()?;
     let cap = p.capacity();
     let closed_in_map = conns.iter().filter(|c| c.is_closed()).count();
+    let live = conns.len() - closed_in_map;
     let fill = if cap > 0 {
-        100.0 * conns.len() as f64 / f64::from(cap)
+        100.0 * live as f64 / f64::from(cap)
     } else {
         0.0
     };
     println!(
-        "connections:  {} tracked of {cap} ({fill:.1}% full){}",
-        conns.len(),
+        "connections:  {live} tracked of {cap} ({fill:.1}% full){}",
         if closed_in_map > 0 {
-            format!(", {closed_in_map} closed awaiting the reader")
+            format!("; {closed_in_map} closed awaiting the reader (close records over the ring, in {} and {})", pins::OVERFLOW, pins::OVERFLOW_SHORT)
         } else {
             String::new()
         }
+    );
+    let totals = p.close_totals()?;
+    println!(
+        "close totals: {} keys of {} (cgroup, netns, comm, direction, peer endpoint)",
+        totals.keys.len(),
+        p.totals_capacity()
     );
     println!(
         "refresh:      {} read from their socket | socket not found {} | in a network namespace this reader cannot reach {}",
@@ -109,8 +115,8 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
         100.0 * used as f64 / ring.size() as f64
     );
     let c = p.counters()?;
-    println!("counters:     tracked {} | not tracked, map full {} | map errors {} | close records kept in map (ring full) {} | closes of untracked sockets {}",
-        c.tracked, c.map_full, c.map_error, c.ringbuf_full, c.close_untracked);
+    println!("counters:     tracked {} | not tracked, map full {} | map errors {} | close records over the ring (ring full) {} | of those unlogged {} | closes of untracked sockets {} | closes not in the totals (map full) {} | closes lost {}",
+        c.tracked, c.map_full, c.map_error, c.ringbuf_full, c.close_unlogged, c.close_untracked, c.totals_full, c.close_lost);
     if c.map_full > 0 {
         println!("warning:      {} connections were not tracked because map_of_tcp_conns was full; pin again with a larger --max-connections (`longconn-pin detach --pin-dir {} && longconn-pin --pin-dir {} --max-connections {}` plus your other options)", c.map_full, pin_dir.display(), pin_dir.display(), cap.saturating_mul(2).min(crate::validate::MAX_CONNECTIONS));
     }

@@ -111,12 +111,34 @@ def churn(a):
         off_cpu.append(c)
         log(f"churn pair {rep + 1}/{pairs}: attached {on[-1]:.0f}, not attached {off[-1]:.0f} conn/s;"
             f" per CPU-s {on_cpu[-1]:.0f} / {off_cpu[-1]:.0f}")
+    # BPF time per connection pair (both ends), kernel-measured: attached
+    # runs apart from the pairs above, with kernel.bpf_stats_enabled=1.
+    bpf_ns = []
+    stats_path = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(stats_path) as f:
+        stats_orig = f.read().strip()
+    try:
+        with open(stats_path, "w") as f:
+            f.write("1")
+        for rep in range(a.reps):
+            pin.attach()
+            ids = pin.prog_ids()
+            s0 = prog_stats(ids)
+            churn_rate(cg, n, f"127.0.2.{rep % 250 + 1}")
+            s1 = prog_stats(ids)
+            bpf_ns.append(sum(s1[k][0] - s0[k][0] for k in ids) / n)
+            pin.detach()
+            log(f"churn BPF time {rep + 1}/{a.reps}: {bpf_ns[-1]:.0f} ns per connection pair")
+    finally:
+        with open(stats_path, "w") as f:
+            f.write(stats_orig)
     cg.remove()
+    bpf_label = f"BPF ns per connection pair (bpf_stats on, {a.reps} more attached runs)"
     r = paired_ratios(on, off)
     rc = paired_ratios(on_cpu, off_cpu)
     RESULTS["churn"] = {"attached": on, "not_attached": off, "ratio": r, "n": n,
                         "attached_per_cpu": on_cpu, "not_attached_per_cpu": off_cpu,
-                        "ratio_per_cpu": rc}
+                        "ratio_per_cpu": rc, "bpf_ns_per_pair": bpf_ns}
     emit(f"""### 2. churn: connect / send / close rate, attached vs not attached
 
 Command: {cmdline('churn')}
@@ -135,7 +157,9 @@ about half a second).
        [["conn/s (wall)", spread(on, "{:.0f}"), spread(off, "{:.0f}"), spread(r, "{:.3f}"),
          "≥ 0.97", verdict(med(r) >= 0.97)],
         ["conn per CPU-second", spread(on_cpu, "{:.0f}"), spread(off_cpu, "{:.0f}"),
-         spread(rc, "{:.3f}"), "—", "—"]])}
+         spread(rc, "{:.3f}"), "—", "—"],
+        [bpf_label,
+         spread(bpf_ns, "{:.0f}"), "—", "—", "—", "—"]])}
 """)
 
 

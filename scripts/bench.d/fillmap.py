@@ -9,8 +9,9 @@ ESTABLISHED, flags ESTABLISHED, half outbound and half inbound, start_ns
 --age-s in the past (so every record is a long connection), cookies from 2^62
 up (no real socket cookie gets that high). Outbound records go to 200
 remote services, inbound ones arrive on 8 local ports, so per-service series
-stay at a realistic count. Checks the pinned meta first:
-layout version 1 to 6 with a 184-byte record (the layout this file encodes).
+stay at a realistic count. Checks the pinned meta first: layout version 1 to 5 with a 184-byte record,
+or 7 with a 200-byte one (close_seq after netns_cookie; close_cpu and seen
+after netns_ino), the layouts this file encodes.
 Prints one JSON line: {"filled": N, "seconds": S}.
 """
 
@@ -31,14 +32,15 @@ META_MAGIC = 0x6C636F6E6E6D6574
 # struct longconn_meta: magic, pinned_at_ns, cgroup_id (u64); layout_version,
 # record_size, hooks, _pad (u32)
 META = struct.Struct("<QQQIIII")
-# struct longconn_conn: 12 x u64, local_addr[4], remote_addr[4] (network order,
-# raw bytes here), 10 x u32, comm[16]
-HEAD = struct.Struct("<12Q")
+# struct longconn_conn: 12 x u64 (13 from layout 7: close_seq), local_addr[4],
+# remote_addr[4] (network order, raw bytes here), 10 x u32 (12 from layout 7:
+# close_cpu, seen), comm[16]
 ADDRS = struct.Struct("<16s16s")
-TAIL = struct.Struct("<10I16s")
-RECORD_SIZE = HEAD.size + ADDRS.size + TAIL.size
-assert RECORD_SIZE == 184
-KNOWN_LAYOUTS = (1, 2, 3, 4, 5, 6)
+FORMATS = {  # layout -> (head, tail)
+    **{v: (struct.Struct("<12Q"), struct.Struct("<10I16s")) for v in (1, 2, 3, 4, 5)},
+    7: (struct.Struct("<13Q"), struct.Struct("<12I16s")),
+}
+KNOWN_LAYOUTS = tuple(FORMATS)
 
 AF_INET, TCP_ESTABLISHED, F_ESTABLISHED = 2, 1, 0x1
 DIR_OUTBOUND, DIR_INBOUND = 1, 2
@@ -67,6 +69,8 @@ def main():
     mi = bpfsys.map_info(meta_fd)
     raw = bpfsys.lookup(meta_fd, struct.pack("<I", 0), mi["value_size"])
     magic, _, _, layout, rec_size, _, _ = META.unpack_from(raw)
+    HEAD, TAIL = FORMATS.get(layout, FORMATS[5])
+    RECORD_SIZE = HEAD.size + ADDRS.size + TAIL.size
     if magic != META_MAGIC or layout not in KNOWN_LAYOUTS or rec_size != RECORD_SIZE:
         sys.exit(f"fillmap: {a.pin_dir}: layout {layout}, record size {rec_size} "
                  f"(magic {magic:#x}); this helper encodes layouts {KNOWN_LAYOUTS} of "
@@ -111,14 +115,15 @@ def main():
             sent = 1000 + (i * 7919) % 10_000_000
             recv = 1000 + (i * 104729) % 50_000_000
             off = j * RECORD_SIZE
-            HEAD.pack_into(values, off, cookie, start, now, sent, recv,
-                           sent // 1448 + 2, recv // 1448 + 2, i % 3, 0, (i % 3) * 1448,
-                           a.cgroup_id, ns_cookie)
+            head = (cookie, start, now, sent, recv, sent // 1448 + 2, recv // 1448 + 2,
+                    i % 3, 0, (i % 3) * 1448, a.cgroup_id, ns_cookie)
+            HEAD.pack_into(values, off, *head, *([0] * (HEAD.size // 8 - len(head))))
             ADDRS.pack_into(values, off + HEAD.size, local + bytes(12), remote + bytes(12))
-            TAIL.pack_into(values, off + HEAD.size + ADDRS.size,
-                           100 + i % 5000, 50 + i % 500, pid if outbound else 0, AF_INET,
-                           lport, rport, TCP_ESTABLISHED,
-                           DIR_OUTBOUND if outbound else DIR_INBOUND, F_ESTABLISHED, 0,
+            tail = (100 + i % 5000, 50 + i % 500, pid if outbound else 0, AF_INET,
+                    lport, rport, TCP_ESTABLISHED,
+                    DIR_OUTBOUND if outbound else DIR_INBOUND, F_ESTABLISHED, 0)
+            TAIL.pack_into(values, off + HEAD.size + ADDRS.size, *tail,
+                           *([0] * ((TAIL.size - 16) // 4 - len(tail))),
                            comm if outbound else b"")
         bpfsys.update_batch(fd, keys, values, n)
         done += n

@@ -55,7 +55,7 @@ def direct_runs(pin_dir, records, rounds):
     each BPF_PROG_TEST_RUN is how long that run of the program held its CPU
     (no syscall or strace overhead). With a `refresh_work` pin: the map's
     records, CHUNK at a time, written into the mmapped work array (layout 5:
-    the cookie; layout 6: cookie, tuple, netns and packet totals, as the
+    the cookie; layout 7: cookie, tuple, netns and packet totals, as the
     reader does), one run per chunk. Without (layout 4): one run over the
     whole map."""
     prog = bpfsys.obj_get(os.path.join(pin_dir, "refresh_conns"))
@@ -75,12 +75,13 @@ def direct_runs(pin_dir, records, rounds):
             size = -(-slots * vs // mmap.PAGESIZE) * mmap.PAGESIZE
             m = mmap.mmap(wfd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             recs = []
-            keys = bpfsys.map_keys_u64(conns, 184, values_out=recs)
+            keys = bpfsys.map_keys_u64(conns, bpfsys.map_info(conns)["value_size"],
+                                       values_out=recs)
             durs = []
             for at in range(0, len(keys), slots):
                 chunk = keys[at:at + slots]
                 for i, k in enumerate(chunk):
-                    if vs == 144:  # layout 6: struct longconn_refresh_slot from the record
+                    if vs == 144:  # layout 7: struct longconn_refresh_slot from the record
                         m[i * vs:(i + 1) * vs] = slot_of(recs[at + i])
                     else:
                         struct.pack_into("<Q", m, i * vs, k)
@@ -96,15 +97,20 @@ def direct_runs(pin_dir, records, rounds):
 
 
 def slot_of(rec):
-    """A layout-6 refresh slot (144 bytes) for a 184-byte longconn_conn record."""
+    """A layout-7 refresh slot (144 bytes) for a longconn_conn record: 184 bytes
+    (the layout-6 development record) or 200 (layout 7: close_seq after
+    netns_cookie; close_cpu and seen at the end, the slot then asks for `seen`)."""
+    wide = len(rec) == 200
     (cookie, _start, _update, _bs, _br, ps, pr, rt, lost, _bret, _cg, netns_cookie) = \
         struct.unpack_from("<12Q", rec, 0)
-    local, remote = rec[96:112], rec[112:128]
+    at = 104 if wide else 96
+    local, remote = rec[at:at + 16], rec[at + 16:at + 32]
     (_srtt, _minrtt, _pid, family, lport, rport, _state, _dir, _flags, ino) = \
-        struct.unpack_from("<10I", rec, 128)
+        struct.unpack_from("<10I", rec, at + 32)
+    seen = struct.unpack_from("<I", rec, at + 32 + 44)[0] if wide else 1
     head = struct.pack("<QQ", cookie, netns_cookie) + local + remote + \
         struct.pack("<IIHHI", family, ino, lport, rport, 0)
-    counters = struct.pack("<8Q4I", 0, 0, 0, ps, pr, rt, lost, 0, 0, 0, 0, 0)
+    counters = struct.pack("<8Q4I", 0, 0, 0, ps, pr, rt, lost, 0, 0, 0, 0, 0 if seen else 1)
     return head + counters
 
 

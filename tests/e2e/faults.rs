@@ -219,12 +219,14 @@ fn ring_buffer_overflow_loses_no_close() {
 }
 
 /// Makes `cmd` die (SIGSYS, like a SIGKILL: no handler runs) at its first
-/// `bpf(BPF_MAP_DELETE_ELEM, …)`: a seccomp filter installed between fork
+/// `bpf(BPF_MAP_DELETE_ELEM or _BATCH, …)`: a seccomp filter installed between fork
 /// and exec. The reader's first delete in a cycle with nothing to reap is
 /// the first reaped closed record, right after its commit.
 fn killed_at_first_map_delete(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     const BPF_MAP_DELETE_ELEM: u32 = 3;
+    // Closes kept in the overflow maps are deleted in batches (issue 21).
+    const BPF_MAP_DELETE_BATCH: u32 = 27;
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     let (ld, jeq, ret) = (
@@ -234,11 +236,12 @@ fn killed_at_first_map_delete(cmd: &mut Command) {
     );
     let filter = [
         f(ld, 0, 0, 4), // seccomp_data.arch
-        f(jeq, 0, 5, AUDIT_ARCH_X86_64),
+        f(jeq, 0, 6, AUDIT_ARCH_X86_64),
         f(ld, 0, 0, 0), // seccomp_data.nr
-        f(jeq, 0, 3, libc::SYS_bpf as u32),
+        f(jeq, 0, 4, libc::SYS_bpf as u32),
         f(ld, 0, 0, 16), // low half of args[0]: the bpf command
-        f(jeq, 0, 1, BPF_MAP_DELETE_ELEM),
+        f(jeq, 1, 0, BPF_MAP_DELETE_ELEM),
+        f(jeq, 0, 1, BPF_MAP_DELETE_BATCH),
         f(ret, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
         f(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
     ];

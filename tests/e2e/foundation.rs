@@ -655,7 +655,7 @@ fn concurrent_readers_each_refresh_every_record() {
     drop(gen);
 }
 
-/// Layout 6: the refresh writes each socket's counters into the reader's
+/// Layout 7: the refresh writes each socket's counters into the reader's
 /// work slot only, widened against the 64-bit totals the slot carries; it
 /// writes the map record (the base the close path widens against) only once
 /// that base has fallen 2^30 segments behind. Driven by hand: a slot whose

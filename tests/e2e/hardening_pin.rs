@@ -376,6 +376,9 @@ fn pins_get_explicit_modes_whatever_the_umask() {
             "counters",
             "refresh_conns",
             "refresh_work",
+            "closed_overflow",
+            "closed_overflow_short",
+            "close_totals",
         ] {
             check(&env.pin_dir.join(name), pin_mode, gid);
         }

@@ -16,6 +16,7 @@ use std::{collections::BTreeMap, io};
 
 use longconn_common::{layout, ConnRecord};
 
+use super::closetotals;
 use super::state::{
     addr_bytes, ConnState, Counters, GroupKey, GroupTotals, IdSyms, Prev, Settling, State, Strings,
 };
@@ -50,6 +51,10 @@ pub struct Inputs<'a> {
     /// A long connection with no change since its last record gets one
     /// again (a heartbeat) only this long after it (boot-time ns).
     pub idle_record_ns: u64,
+    /// The kernel's close totals, read before the map: the closed totals
+    /// come from them (`closetotals`). None: from each close's record or
+    /// last live values (tests of the record path).
+    pub totals: Option<&'a closetotals::Read>,
 }
 
 #[derive(Debug, Default)]
@@ -244,6 +249,14 @@ pub fn apply(
     let now = inp.now;
     let report_unix_ns = now.wall(now.boot_ns).timestamp_nanos_opt().unwrap_or(0);
 
+    // 0. What the kernel's close totals grew by (read first: see closetotals).
+    if let Some(read) = inp.totals {
+        closetotals::account_growth(state, read, &mut |st, r| {
+            let (_, w, s) = name(st, &inp, r);
+            ((r.direction, w), (r.direction, s))
+        });
+    }
+
     // 1. Closes: ring first, then closed records left in the map; one per cookie.
     let mut closes: BTreeMap<u64, ConnRecord> = BTreeMap::new();
     for (r, end) in &inp.ring {
@@ -339,7 +352,8 @@ pub fn apply(
     }
     drop(scan);
 
-    let mut closed_now: Vec<(u64, ConnState, bool)> = Vec::new(); // (cookie, state, had_record)
+    // (cookie, state, its close record if read)
+    let mut closed_now: Vec<(u64, ConnState, Option<ConnRecord>)> = Vec::new();
 
     for (cookie, r) in &closes {
         let p = close_prev.remove(cookie);
@@ -351,12 +365,20 @@ pub fn apply(
         if p.is_none() {
             open(state, &c);
         }
-        closed_now.push((*cookie, c, true));
+        closed_now.push((*cookie, c, Some(*r)));
     }
     // 4. Vanished: known last cycle, gone from the map, no close record.
     //    A record for it can still come from the ring (reserved before the
     //    map was read, behind one still being written): held until read past.
+    //    With the kernel's close totals, a connection vanishes only when
+    //    its record was dropped (ring and overflow full; counted by the
+    //    kernel as unlogged) or is late in the ring: the totals hold its
+    //    close, and a late record is an ordinal close record then.
     for (cookie, mut c) in vanished {
+        state.closes_without_record += 1;
+        if inp.totals.is_some() {
+            continue;
+        }
         state
             .settling
             .insert(cookie, Settling::RingBefore(inp.ring_producer));
@@ -365,22 +387,29 @@ pub fn apply(
             c.flags |= layout::F_FAILED;
         }
         c.state = 7; // TCP_CLOSE
-        state.closes_without_record += 1;
-        closed_now.push((cookie, c, false));
+        closed_now.push((cookie, c, None));
     }
 
     let mut final_series = Vec::new();
-    for (cookie, mut c, had_record) in closed_now {
-        let end = if had_record {
+    for (cookie, mut c, record) in closed_now {
+        let end = if record.is_some() {
             c.update_ns.max(c.start_ns)
         } else {
             now.boot_ns
         };
-        close_totals(
-            state.workloads.entry((c.direction, c.wkey)).or_default(),
-            &c,
-        );
-        close_totals(state.services.entry((c.direction, c.skey)).or_default(), &c);
+        match (inp.totals, &record) {
+            (Some(read), Some(r)) => {
+                let groups = ((c.direction, c.wkey), (c.direction, c.skey));
+                closetotals::account_record(state, read, r, groups);
+            }
+            (None, _) | (Some(_), None) => {
+                close_totals(
+                    state.workloads.entry((c.direction, c.wkey)).or_default(),
+                    &c,
+                );
+                close_totals(state.services.entry((c.direction, c.skey)).or_default(), &c);
+            }
+        }
         let long = end.saturating_sub(c.start_ns) >= inp.long_threshold_ns;
         if long || inp.short_close_records {
             c.seq += 1;
@@ -592,6 +621,7 @@ mod tests {
                 relabel: None,
                 records: true,
                 idle_record_ns: 5 * S,
+                totals: None,
             },
         )
     }
@@ -749,6 +779,7 @@ mod tests {
                     relabel: None,
                     records: true,
                     idle_record_ns: 5 * S,
+                    totals: None,
                 },
             )
         };
@@ -847,6 +878,82 @@ mod tests {
         assert!(st.settling.is_empty(), "read past: nothing held");
     }
 
+    /// Issue 21: with the kernel's close totals, a close is counted once
+    /// whether the sums read before the map hold it (its record only logs
+    /// it), do not yet (counted from its record, skipped in the sums'
+    /// next growth) or it has no record at all (counted from the sums).
+    #[test]
+    fn close_totals_count_each_close_once_whatever_its_record() {
+        use longconn_common::{
+            layout::{Totals, TotalsKey},
+            pinned::TotalsSnapshot,
+        };
+        let sums = |closes: &[u64]| {
+            let mut v = Totals::default();
+            for sent in closes {
+                v.seq_begin += 1;
+                v.seq_end += 1;
+                v.bytes_sent += sent;
+            }
+            closetotals::Read::new(TotalsSnapshot {
+                keys: vec![(TotalsKey::of(&rec(0, 0, 0, 0)), vec![v])],
+            })
+        };
+        let step = |st: &mut State, now_s: u64, map, ring: Vec<ConnRecord>, read| {
+            let base = st.ring_applied;
+            let ring: Vec<_> = ring
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| (r, base + 208 * (i as u64 + 1)))
+                .collect();
+            let to = ring.last().map_or(base, |(_, e)| *e);
+            run(
+                st,
+                Inputs {
+                    now: Clock {
+                        boot_ns: now_s * S,
+                        wall_ns: 1_700_000_000 * S as i128,
+                    },
+                    map,
+                    ring,
+                    ring_read_to: to,
+                    ring_producer: to,
+                    long_threshold_ns: 5 * S,
+                    short_close_records: true,
+                    names: &names,
+                    relabel: None,
+                    records: true,
+                    idle_record_ns: 5 * S,
+                    totals: Some(&read),
+                },
+            )
+        };
+        let stamped = |r: ConnRecord, seq: u64| ConnRecord {
+            close_seq: seq,
+            ..r
+        };
+        let mut st = State::default();
+        // Cycle 1: connection 1 live.
+        step(&mut st, 10, vec![rec(1, 1, 1000, 0)], vec![], sums(&[]));
+        assert_eq!((wl(&st).closed, sent_total(&st)), (0, 1000));
+        // Cycle 2: 1 closed (in the sums, record in the ring); 2 closed
+        // unseen, record dropped (sums only); 3 closed after the sums were
+        // read (record only); 4 was live and vanished, record dropped.
+        step(&mut st, 12, vec![rec(4, 11, 50, 0)], vec![], sums(&[]));
+        let ring = vec![
+            stamped(closed(rec(1, 1, 1200, 0), 14), 1),
+            stamped(closed(rec(3, 14, 70, 0), 14), 4),
+        ];
+        let o = step(&mut st, 15, vec![], ring, sums(&[1200, 300, 60]));
+        assert_eq!(o.records.len(), 2, "two close records, the others unlogged");
+        assert_eq!(wl(&st).closed, 4);
+        assert_eq!(sent_total(&st), 1200 + 300 + 60 + 70);
+        // Cycle 3: the sums now hold 3 too: nothing counted twice.
+        step(&mut st, 20, vec![], vec![], sums(&[1200, 300, 60, 70]));
+        assert_eq!((wl(&st).closed, sent_total(&st)), (4, 1630));
+        assert!(st.settling.is_empty());
+    }
+
     /// An idle long connection gets a record when it changes and otherwise
     /// one heartbeat per idle-record interval; its close is always recorded.
     #[test]
@@ -884,6 +991,7 @@ mod tests {
                     relabel: None,
                     records: true,
                     idle_record_ns: 60 * S,
+                    totals: None,
                 },
             )
             .records

@@ -61,6 +61,8 @@ pub struct SelfStats {
     pub capacity: u64,
     pub ringbuf_drops: u64,
     pub map_full_drops: u64,
+    /// Closes whose access-log record could not be kept (kernel counter).
+    pub close_records_unlogged: u64,
     /// Live connections the last read-time refresh could not reach: (socket not found, network namespace without a netnsid).
     pub refresh_unreachable: (u64, u64),
 }
@@ -126,7 +128,13 @@ fn group_points<'a>(
         labels.push(Label::Direction(direction));
         let series = snap.add_series(labels, start);
         let count = |n: u64| Value::Count(n);
-        snap.push(block.at(table::GROUP_OPENED), series, count(totals.opened));
+        // Opened = every connection accounted: closed, failed or live. (The
+        // kernel's close totals carry closes the reader never saw live.)
+        let opened = totals
+            .closed
+            .saturating_add(totals.failed)
+            .saturating_add(live);
+        snap.push(block.at(table::GROUP_OPENED), series, count(opened));
         snap.push(block.at(table::GROUP_CLOSED), series, count(totals.closed));
         snap.push(block.at(table::GROUP_FAILED), series, count(totals.failed));
         snap.push(block.at(table::GROUP_ACTIVE), series, count(live));
@@ -331,7 +339,7 @@ pub fn snapshot<'a>(state: &'a State, live: Live, stats: &SelfStats) -> (Snapsho
     let start = state_start(state);
     let none = snap.add_series(Vec::new(), start);
     let (real, count) = (Value::Real, Value::Count);
-    let singles: [(Metric, Value); 11] = [
+    let singles: [(Metric, Value); 12] = [
         (table::LAST_SUCCESS, real(stats.now_unix)),
         (table::CYCLE_DURATION, real(stats.cycle_seconds)),
         (table::STATE_START, real(state.created_unix_ns as f64 / 1e9)),
@@ -346,6 +354,10 @@ pub fn snapshot<'a>(state: &'a State, live: Live, stats: &SelfStats) -> (Snapsho
         (table::MALFORMED, count(state.malformed_records)),
         (table::SERIES_OMITTED, count(omitted as u64)),
         (table::SATURATED_GROUPS, count(saturated)),
+        (
+            table::CLOSE_RECORDS_UNLOGGED,
+            count(stats.close_records_unlogged),
+        ),
     ];
     for (metric, value) in singles {
         snap.push(metric, none, value);
@@ -388,6 +400,7 @@ mod tests {
             capacity: 1,
             ringbuf_drops: 0,
             map_full_drops: 0,
+            close_records_unlogged: 0,
             refresh_unreachable: (0, 0),
         }
     }
@@ -433,7 +446,7 @@ mod tests {
             };
             let key = st.strings.intern(&id.key(&st.workload_labels));
             let t = st.workloads.entry((layout::DIR_OUTBOUND, key)).or_default();
-            t.opened = i as u64 + 1;
+            t.closed = i as u64 + 1;
         }
         let mut live = Live::new(10, 0, 100);
         let wkey = Identity {
@@ -475,7 +488,9 @@ mod tests {
                 .iter()
                 .find(|s| s.0 == want)
                 .unwrap_or_else(|| panic!("{want:?} in {opened:?}"));
-            assert_eq!(s.1, Value::Count(i as u64 + 1));
+            // Opened: closed plus live (the two live connections are names[1]'s).
+            let live = if i == 1 { 2 } else { 0 };
+            assert_eq!(s.1, Value::Count(i as u64 + 1 + live));
         }
         let conns = samples(&snap, table::CONNECTION);
         let netns: Vec<&str> = conns

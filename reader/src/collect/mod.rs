@@ -18,6 +18,7 @@
 //! next run (`applog`), and what the kernel still holds is applied once by
 //! position and by `State::settling`.
 
+mod closetotals;
 mod consumer;
 mod cycle;
 mod lock;
@@ -329,6 +330,8 @@ struct Cycle<'a> {
     partial_failure: bool,
     /// The pins are new to this state (another pin generation).
     new_generation: bool,
+    /// The state is new (first run or a counter reset): it knows no pins.
+    fresh_state: bool,
 }
 
 /// What the kernel holds now.
@@ -341,6 +344,8 @@ struct KernelRead {
     ring_read_to: u64,
     ring_producer: u64,
     refresh: longconn_common::pinned::RefreshStats,
+    /// The kernel's close totals, read first.
+    totals: closetotals::Read,
 }
 
 /// What the cycle made and wrote, not yet committed.
@@ -436,6 +441,7 @@ fn prepare<'a>(
         relabel: false,
         partial_failure: false,
         new_generation: false,
+        fresh_state: false,
     };
     relabel_if_changed(&mut cy);
     cy.services = load_services(&mut cy);
@@ -501,14 +507,15 @@ fn open_pins(cy: &mut Cycle<'_>) -> anyhow::Result<Pins> {
     register_consumer(cy.pin_dir, pins.meta.pinned_at_ns, &home, cy.a.take_over)?;
     let state = &mut cy.state;
     cy.new_generation = state.pin_generation != pins.meta.pinned_at_ns;
+    cy.fresh_state = state.pin_generation == 0;
     if cy.new_generation {
         state.pin_generation = pins.meta.pinned_at_ns;
         state.ring_applied = 0;
         state.settling.clear();
+        // The new pins' close totals start from zero.
+        state.close_totals.clear();
     }
-    for cookie in state::take_reaps(state) {
-        pins.remove(cookie)?;
-    }
+    pins.remove_all(&state::take_reaps(state))?;
     Ok(pins)
 }
 
@@ -519,6 +526,9 @@ fn open_pins(cy: &mut Cycle<'_>) -> anyhow::Result<Pins> {
 fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
     let state = &mut cy.state;
     let clock = Clock::now();
+    // The close totals first: every close they do not hold has its record
+    // in what is read after them, or is still live (see closetotals).
+    let totals = closetotals::Read::new(pins.close_totals()?);
     let (map, bad_map, refresh) = pins.connections_refreshed()?;
     let ring = pins.ring()?;
     let mut bad_ring = 0u64;
@@ -542,6 +552,12 @@ fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
     let (released, _) = ring.positions();
     if cy.new_generation {
         state.ring_applied = state.ring_applied.max(released);
+        // A new state on pins another reader has consumed from (a counter
+        // reset): its totals start now, so the kernel's close totals so far
+        // are its starting point, as the ring's consumer position is.
+        if cy.fresh_state && released > 0 {
+            closetotals::adopt(state, &totals);
+        }
     } else if released > state.ring_applied {
         cy.partial_failure = true;
         eprintln!(
@@ -557,9 +573,12 @@ fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
     // the cycle; it is mapped again to release what was applied.
     drop(ring);
     state.malformed_records += bad_map + bad_ring;
+    let keys = totals.key_records();
     identity::resolve_cgroups(
         &mut state.cgroup_names,
-        map.iter().chain(records.iter().map(|(r, _)| r)),
+        map.iter()
+            .chain(records.iter().map(|(r, _)| r))
+            .chain(keys.iter()),
     );
     Ok(KernelRead {
         clock,
@@ -568,6 +587,7 @@ fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
         ring_read_to,
         ring_producer,
         refresh,
+        totals,
     })
 }
 
@@ -620,6 +640,7 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
                         .then_some((&a.workload_labels.0, &a.service_labels.0)),
                     records: cy.files.iter().any(|(f, _)| f.takes_events()),
                     idle_record_ns: argvalues::nanos(a.idle_record_interval),
+                    totals: Some(&read.totals),
                 },
                 &cy.prev,
                 &mut |kept| match kept {
@@ -646,6 +667,9 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
         capacity: u64::from(pins.capacity()),
         ringbuf_drops: counters.ringbuf_full,
         map_full_drops: counters.map_full + counters.map_error,
+        // Lost closes (missing from the close totals too: that map full)
+        // are unlogged as well; `longconn-pin status` tells them apart.
+        close_records_unlogged: counters.close_unlogged + counters.close_lost,
         refresh_unreachable: (read.refresh.not_found, read.refresh.netns_unknown),
     };
     Ok(Accounted {
@@ -728,9 +752,7 @@ fn release(pins: &Pins, outcome: &cycle::Outcome) -> anyhow::Result<()> {
     pins.ring()?
         .commit(outcome.ring_commit)
         .with_context(|| format!("cannot release ring buffer {}", pins.dir.display()))?;
-    for cookie in &outcome.map_deletes {
-        pins.remove(*cookie)?;
-    }
+    pins.remove_all(&outcome.map_deletes)?;
     Ok(())
 }
 
@@ -765,7 +787,7 @@ fn rotate(cy: &mut Cycle<'_>) -> anyhow::Result<()> {
 }
 
 /// Bytes one close record takes in the ring (header included), for messages.
-const RING_RECORD_BYTES: u64 = 192;
+const RING_RECORD_BYTES: u64 = 8 + ConnRecord::SIZE as u64;
 
 /// Registers `home` as the one consumer of `pin_dir`'s close records, or
 /// fails naming the registered one (see `consumer`).

@@ -17,6 +17,13 @@
 //!                          -> {"pumped":pairs,"bytes":N}
 //!   listen 4|6 [ADDR]      a listener that accepts in the background and
 //!                          reads each connection until EOF -> {"port":P}
+//!   storm SECS ADDR        for SECS seconds, as fast as one thread can:
+//!                          connect, 100 bytes each way, the client closes
+//!                          with SO_LINGER 0 (a reset: no TIME_WAIT), the
+//!                          server once it has seen the reset; sums each
+//!                          socket's own tcp_info at its close ->
+//!                          {"storm":N,"port","client_acked",
+//!                          "client_received","server_acked","server_received"}
 //!   exit
 //! Any error is printed as {"error": "..."} and the process exits 1.
 
@@ -96,6 +103,93 @@ fn churn(listener: &TcpListener, n: &str) -> Result<Option<String>, String> {
     )))
 }
 
+/// One socket's (tcpi_bytes_acked, tcpi_bytes_received), from the kernel.
+fn tcp_bytes(s: &TcpStream) -> std::io::Result<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; zeroed is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt on an open socket with a buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((info.tcpi_bytes_acked, info.tcpi_bytes_received))
+}
+
+/// SO_LINGER 0: close() sends a reset and leaves no TIME_WAIT.
+fn linger_zero(s: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket with a valid `linger` value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `storm SECS ADDR` (see the module doc). Each socket's tcp_info is read
+/// when nothing more can reach it: the client's after the server's answer
+/// (which acknowledged its data) and before its reset, the server's after
+/// the reset, so the sums are the connections' final counters.
+fn storm(secs: &str, addr: &str) -> Result<Option<String>, String> {
+    let e = |err: std::io::Error| err.to_string();
+    let secs: f64 = secs.parse().map_err(|_| format!("bad duration {secs}"))?;
+    let listener = bind(addr).map_err(e)?;
+    let target = listener.local_addr().map_err(e)?;
+    let payload = [b'x'; 100];
+    let mut buf = [0u8; 100];
+    let (mut n, mut sums) = (0u64, [0u64; 4]);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+    while std::time::Instant::now() < until {
+        let mut c = TcpStream::connect(target).map_err(e)?;
+        let (mut s, _) = listener.accept().map_err(e)?;
+        c.write_all(&payload).map_err(e)?;
+        s.read_exact(&mut buf).map_err(e)?;
+        s.write_all(&payload).map_err(e)?;
+        c.read_exact(&mut buf).map_err(e)?;
+        let (ca, cr) = tcp_bytes(&c).map_err(e)?;
+        linger_zero(&c).map_err(e)?;
+        drop(c);
+        // Wait for the reset (EOF or ECONNRESET), then the final values.
+        let _ = s.read(&mut buf);
+        let (sa, sr) = tcp_bytes(&s).map_err(e)?;
+        drop(s);
+        for (acc, v) in sums.iter_mut().zip([ca, cr, sa, sr]) {
+            *acc += v;
+        }
+        n += 1;
+    }
+    Ok(Some(format!(
+        r#"{{"storm":{n},"port":{},"client_acked":{},"client_received":{},"server_acked":{},"server_received":{}}}"#,
+        target.port(),
+        sums[0],
+        sums[1],
+        sums[2],
+        sums[3]
+    )))
+}
+
 fn run(
     line: &str,
     pairs: &mut HashMap<String, Pair>,
@@ -168,6 +262,7 @@ fn run(
             }
             churn(kept.as_ref().ok_or("no listener")?, n)
         }
+        ["storm", secs, addr] => storm(secs, addr),
         ["churn", n, rest @ ..] => {
             churn(&bind(&loopback("4", rest.first().copied())).map_err(e)?, n)
         }

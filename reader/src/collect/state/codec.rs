@@ -12,7 +12,8 @@
 //!         names, log positions (v4: path, dev,
 //!         inode, length; v3: name, length), group totals, settling
 //!         closes (v5: cookie, ring position or u64::MAX to reap; v3/v4:
-//!         cookie, time applied), final series
+//!         cookie, time applied), final series, close totals last seen
+//!         (v6 since issue 21, optional: kernel key, eight sums)
 //! trailer u64 N, u64 body length, u64 checksum of the body, 8 B "LCSTEND\n"
 //! ```
 //!
@@ -54,6 +55,8 @@ pub(super) const HEADER: usize = 24;
 const TRAILER: usize = 32;
 /// Encoded size of one connection record (cookie included).
 pub const CONN: usize = 8 + 8 + 48 + 48 + 8 * 5 + 32 + 4 + 4 * 5 + 4 + 4 * 6 + 8;
+/// Encoded size of one close-totals entry: key and eight sums.
+const TOTALS: usize = 64 + 8 * 8;
 /// A name table this large is compacted at load when most of it is unused.
 pub(super) const COMPACT_AT: usize = 1024;
 
@@ -411,6 +414,16 @@ fn write_head_as<W: Write>(
     e.count(s.final_series.len())?;
     for c in &s.final_series {
         e.put(&conn_bytes(0, c))?;
+    }
+    // Close totals last (v6 files written before them end above).
+    if version >= FORMAT_VERSION {
+        e.count(s.close_totals.len())?;
+        for (key, v) in &s.close_totals {
+            e.put(&key.to_bytes())?;
+            for x in v {
+                e.u64(*x)?;
+            }
+        }
     }
     Ok(())
 }
@@ -895,6 +908,18 @@ pub(super) fn decode_head(
     s.final_series.reserve_exact(n);
     for _ in 0..n {
         s.final_series.push(d.conn(names)?.1);
+    }
+    if version >= FORMAT_VERSION && d.left > 0 {
+        for _ in 0..d.count(TOTALS as u64)? {
+            let k = d.bytes::<64>()?;
+            let key = longconn_common::layout::TotalsKey::decode(&k)
+                .ok_or("a close-totals key of the wrong size")?;
+            let mut v = [0u64; 8];
+            for x in &mut v {
+                *x = d.u64()?;
+            }
+            s.close_totals.insert(key, v);
+        }
     }
     if d.left != 0 {
         return Err(format!("{} unexpected bytes after the body", d.left));

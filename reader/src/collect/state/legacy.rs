@@ -154,6 +154,7 @@ fn convert(bytes: &[u8]) -> Result<State, String> {
         cgroup_names: v.cgroup_names,
         final_series,
         closes_without_record: v.closes_without_record,
+        close_totals: BTreeMap::new(),
         malformed_records: v.malformed_records,
         // v2 knew files by name only: not enough to cut one (see applog).
         logs: BTreeMap::new(),

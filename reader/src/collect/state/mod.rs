@@ -388,6 +388,11 @@ pub struct State {
     /// Connections that closed in the last cycle: exported once more.
     pub final_series: Vec<ConnState>,
     pub closes_without_record: u64,
+    /// The kernel's close totals as last accounted, per key (summed over
+    /// CPUs: closed, failed, then the six counters), plus closes accounted
+    /// from their record before the kernel's sums showed them; the next
+    /// cycle accounts only what the kernel added since (`closetotals`).
+    pub close_totals: BTreeMap<longconn_common::layout::TotalsKey, [u64; 8]>,
     pub malformed_records: u64,
     /// Committed position of each append-only file, by its full path: the
     /// file (device, inode) the committed length belongs to.

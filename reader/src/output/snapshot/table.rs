@@ -269,7 +269,8 @@ pub const MALFORMED: Metric = Metric(SELF + 8);
 pub const SERIES_OMITTED: Metric = Metric(SELF + 9);
 pub const SATURATED_GROUPS: Metric = Metric(SELF + 10);
 pub const REFRESH_UNREACHABLE: Metric = Metric(SELF + 11);
-const ROWS: usize = SELF + 12;
+pub const CLOSE_RECORDS_UNLOGGED: Metric = Metric(SELF + 12);
+const ROWS: usize = SELF + 13;
 
 /// Every family, in output order.
 pub static METRICS: [Desc; ROWS] = join(&[
@@ -343,7 +344,7 @@ pub static METRICS: [Desc; ROWS] = join(&[
         ),
         Desc::new(
             "longconn_ringbuf_drops_total",
-            "Close records that did not fit the ring buffer (kept in the map and reaped by the reader, so not lost)",
+            "Close records that did not fit the ring buffer (kept in the overflow map when the reader knows the connection or it is long, else counted in longconn_close_records_unlogged_total; in the group metrics either way)",
             Kind::Counter,
             Unit::Records,
             None,
@@ -388,6 +389,13 @@ pub static METRICS: [Desc; ROWS] = join(&[
             "Live connections whose counters the last read-time refresh could not read (their values are from the last kernel-side update): socket not found by its 4-tuple and cookie, or a network namespace this reader has no netnsid for",
             Kind::Gauge,
             Unit::Connections,
+            None,
+        ),
+        Desc::new(
+            "longconn_close_records_unlogged_total",
+            "Closes whose access-log close record could not be kept (ring buffer full, connection short and not yet seen by a reader); their counters are in the group metrics",
+            Kind::Counter,
+            Unit::Records,
             None,
         ),
     ],
@@ -476,11 +484,15 @@ mod tests {
                 REFRESH_UNREACHABLE,
                 "longconn_refresh_unreachable_connections",
             ),
+            (
+                CLOSE_RECORDS_UNLOGGED,
+                "longconn_close_records_unlogged_total",
+            ),
         ];
         for (m, name) in cases {
             assert_eq!(m.desc().name, *name);
         }
-        assert_eq!(METRICS.len(), 41);
+        assert_eq!(METRICS.len(), 42);
         let mut names: Vec<&str> = METRICS.iter().map(|d| d.name).collect();
         names.sort_unstable();
         names.dedup();
