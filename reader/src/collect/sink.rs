@@ -99,6 +99,7 @@ mod tests {
             keep: 1,
             header: file.header(),
             mode: 0o640,
+            owner: None,
         };
         (file, log)
     }
