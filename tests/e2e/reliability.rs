@@ -1,0 +1,311 @@
+//! Issue 22, "Reliability, round 2": one owner per log dir (A), a restored
+//! state never cuts committed bytes (B), files and directories of other
+//! users are refused (E), concurrent take-overs leave one consumer (D).
+//! The authority for every close is the traffic generator's own count of
+//! the connections it opened and closed (both ends each).
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use longconn_tests::{env::privileged_or_skip, logs, traffic::Traffic, TestEnv};
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run longconn-reader")
+}
+
+/// `collect` of `env`'s pins with `--state-dir state --log-dir log
+/// --textfile-dir state`.
+fn collect_into(env: &TestEnv, state: &Path, log: &Path, extra: &[&str]) -> Output {
+    run(env
+        .reader_cmd()
+        .arg("collect")
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--log-dir")
+        .arg(log)
+        .arg("--textfile-dir")
+        .arg(state)
+        .args(extra))
+}
+
+/// Close records of `workload` in `dir/access.csv` (and rotated files),
+/// by cookie; fails on a torn line or a file without its header.
+fn closes(dir: &Path, workload: &str) -> BTreeMap<u64, u32> {
+    let mut out = BTreeMap::new();
+    if !dir.join("access.csv").exists() {
+        return out;
+    }
+    for r in logs::csv(&logs::files(dir, "access.csv")) {
+        if r.get("workload").map(String::as_str) == Some(workload) && r["event"] == "close" {
+            *out.entry(r["cookie"].parse::<u64>().expect("cookie")).or_default() += 1;
+        }
+    }
+    out
+}
+
+fn assert_once(all: &BTreeMap<u64, u32>, want: usize, what: &str) {
+    let twice: Vec<_> = all.iter().filter(|(_, &n)| n != 1).collect();
+    assert!(twice.is_empty(), "{what}: closes not exactly once: {twice:?}");
+    assert_eq!(all.len(), want, "{what}: every close once");
+}
+
+/// Item A: two readers (two pin dirs, two state dirs) sharing one log dir.
+/// The second is refused naming the owner and writes nothing there; no
+/// committed record of the owner is cut; `--take-over` moves the log dir.
+#[test]
+fn a_log_dir_has_one_owner() {
+    if !privileged_or_skip("a_log_dir_has_one_owner") {
+        return;
+    }
+    let mut a = TestEnv::new("logown_a");
+    let mut b = TestEnv::new("logown_b");
+    a.pin(&[]);
+    b.pin(&[]);
+    let mut ga = Traffic::start_in(&mut a);
+    let mut gb = Traffic::start_in(&mut b);
+    let log = a.path("shared-log");
+    let (sa, sb) = (a.path("state-a"), b.path("state-b"));
+    for round in 0..3 {
+        ga.cmd("churn 4");
+        gb.cmd("churn 4");
+        let o = collect_into(&a, &sa, &log, &[]);
+        assert!(o.status.success(), "A round {round}: {}", stderr(&o));
+        let before = fs::read(log.join("access.csv")).unwrap();
+        let o = collect_into(&b, &sb, &log, &[]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "B round {round} was not refused: {err}");
+        let sa_canon = fs::canonicalize(&sa).unwrap();
+        assert!(
+            err.contains(&format!("state dir {}", sa_canon.display()))
+                && err.contains("--take-over")
+                && err.lines().count() == 1,
+            "{err}"
+        );
+        assert_eq!(
+            fs::read(log.join("access.csv")).unwrap(),
+            before,
+            "the refused reader changed the owner's log"
+        );
+    }
+    assert_once(&closes(&log, &a.workload()), 3 * 4 * 2, "A's closes in the shared log");
+    assert!(closes(&log, &b.workload()).is_empty(), "B wrote into A's log dir");
+    // B with a log dir of its own gets all of its closes (none consumed while refused).
+    let own = b.path("log-b");
+    let o = collect_into(&b, &sb, &own, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_once(&closes(&own, &b.workload()), 3 * 4 * 2, "B's closes in its own log");
+    // --take-over moves the log dir; A is refused from then on and B never
+    // cuts what A committed.
+    ga.cmd("churn 2");
+    gb.cmd("churn 2");
+    let o = collect_into(&b, &sb, &log, &["--take-over"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is now the owner of log dir"), "{}", stderr(&o));
+    let o = collect_into(&a, &sa, &log, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_once(&closes(&log, &a.workload()), 3 * 4 * 2, "A's closes after the take-over");
+    let o = collect_into(&a, &sa, &a.path("log-a2"), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut all_b = closes(&own, &b.workload());
+    all_b.extend(closes(&log, &b.workload()));
+    assert_once(&all_b, 3 * 4 * 2 + 2 * 2, "B's closes");
+    assert_once(&closes(&a.path("log-a2"), &a.workload()), 2 * 2, "A's later closes");
+}
+
+/// Item B: restoring an older state.bin of the same dir never cuts
+/// committed lines, and the message names the real cause.
+#[test]
+fn a_restored_state_never_cuts_committed_records() {
+    if !privileged_or_skip("a_restored_state_never_cuts_committed_records") {
+        return;
+    }
+    let mut env = TestEnv::new("restore");
+    env.pin(&[]);
+    let mut gen = Traffic::start_in(&mut env);
+    let out = env.out_dir();
+    gen.cmd("churn 3");
+    let (st, err) = env.collect(&[]);
+    assert!(st.success(), "{err}");
+    fs::copy(out.join("state.bin"), env.path("state.bin.bak")).unwrap();
+    gen.cmd("churn 5");
+    let (st, err) = env.collect(&[]);
+    assert!(st.success(), "{err}");
+    let committed = fs::read(out.join("access.csv")).unwrap();
+    assert_once(&closes(&out, &env.workload()), 16, "before the restore");
+    fs::copy(env.path("state.bin.bak"), out.join("state.bin")).unwrap();
+    gen.cmd("churn 2");
+    let (_, err) = env.collect(&[]);
+    assert!(!err.contains("another collect released"), "false cause: {err}");
+    assert!(err.lines().count() <= 1, "{err}");
+    if !err.is_empty() {
+        assert!(err.contains("is older than"), "{err}");
+    }
+    let (st, err) = env.collect(&[]);
+    assert!(st.success(), "{err}");
+    let now = fs::read(out.join("access.csv")).unwrap();
+    assert!(
+        now.starts_with(&committed),
+        "committed bytes were cut or changed by the restored state"
+    );
+    assert_once(&closes(&out, &env.workload()), 20, "after the restore");
+}
+
+/// `setpriv` as nobody (65534) running `argv`.
+fn as_nobody(argv: &[&str]) {
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(argv)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{argv:?}: {}", stderr(&o));
+}
+
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Item E: files another user created in a sticky world-writable out dir,
+/// an out dir owned by another user and a world-writable one are refused,
+/// one line each saying what to fix, and nothing is written there.
+#[test]
+fn files_and_dirs_of_other_users_are_refused() {
+    if !privileged_or_skip("files_and_dirs_of_other_users_are_refused") {
+        return;
+    }
+    let env = TestEnv::new("strict");
+    env.pin(&[]);
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    let collect = |dir: &PathBuf| run(env.reader_cmd().arg("collect").arg("--out-dir").arg(dir));
+    let refused = |dir: &PathBuf, want: &[&str]| {
+        let before = listing(dir);
+        let o = collect(dir);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "not refused: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        for w in want {
+            assert!(err.contains(w), "{w:?} not in {err}");
+        }
+        assert_eq!(listing(dir), before, "something was written in {}", dir.display());
+    };
+    // A sticky, world-writable dir is fine; files nobody put there are not.
+    let shared = env.path("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    let planted = shared.join("access.csv");
+    as_nobody(&["sh", "-c", &format!("echo planted > {}", planted.display())]);
+    refused(&shared, &["access.csv", "nobody", "remove it"]);
+    fs::remove_file(&planted).unwrap();
+    as_nobody(&["touch", &shared.join("state.bin").display().to_string()]);
+    refused(&shared, &["state.bin", "nobody"]);
+    fs::remove_file(shared.join("state.bin")).unwrap();
+    let o = collect(&shared);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // An out dir owned by another (non-root) user.
+    let theirs = env.path("theirs");
+    fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    refused(&theirs, &["owned by nobody", "chown"]);
+    // World-writable without the sticky bit.
+    let open = env.path("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    refused(&open, &["writable by others", "chmod"]);
+}
+
+/// Item D: 100 rounds of two collects with `--take-over` on two state dirs
+/// at once, under churn: every close lands in exactly one dir, and a
+/// loser exits 1 having consumed nothing.
+#[test]
+fn concurrent_take_overs_leave_one_consumer() {
+    if !privileged_or_skip("concurrent_take_overs_leave_one_consumer") {
+        return;
+    }
+    let mut env = TestEnv::new("takeover");
+    env.pin(&[]);
+    let mut gen = Traffic::start_in(&mut env);
+    let background = Traffic::start_in(&mut env);
+    let stop = Arc::new(AtomicBool::new(false));
+    let churned = Arc::new(AtomicU64::new(0));
+    let churner = {
+        let (stop, churned) = (stop.clone(), churned.clone());
+        let mut g = background;
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                g.cmd("churn 1");
+                churned.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let dirs = [env.path("a"), env.path("b")];
+    let mut losers = 0;
+    let mut direct = 0u64;
+    for round in 0..100 {
+        gen.cmd("churn 2");
+        direct += 2;
+        let children: Vec<_> = dirs
+            .iter()
+            .map(|d| {
+                env.reader_cmd()
+                    .arg("collect")
+                    .arg("--out-dir")
+                    .arg(d)
+                    .args(["--take-over", "--lock-wait", "0s"])
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let o = c.wait_with_output().unwrap();
+            let err = stderr(&o);
+            match o.status.code() {
+                Some(0) => {}
+                Some(1) => {
+                    assert!(err.contains("consumed nothing"), "round {round}: {err}");
+                    losers += 1;
+                }
+                other => panic!("round {round}: exit {other:?}: {err}"),
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    churner.join().unwrap();
+    let o = run(env
+        .reader_cmd()
+        .arg("collect")
+        .arg("--out-dir")
+        .arg(&dirs[0])
+        .arg("--take-over"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let total = direct + churned.load(Ordering::Relaxed);
+    let mut all = closes(&dirs[0], &env.workload());
+    for (k, n) in closes(&dirs[1], &env.workload()) {
+        *all.entry(k).or_default() += n;
+    }
+    assert_once(&all, (total * 2) as usize, "closes across both dirs");
+    eprintln!("{losers} losers in 100 concurrent pairs");
+}
