@@ -321,3 +321,66 @@ fn concurrent_take_overs_leave_one_consumer() {
     assert_once(&all, (total * 2) as usize, "closes across both dirs");
     eprintln!("{losers} losers in 100 concurrent pairs");
 }
+
+/// Item G: a member of the pins' `--group` cannot write `meta` (0640, and
+/// frozen: not even root can); a damaged `meta` (a foreign map at its name)
+/// makes `status` exit 6 naming `detach --force`, plain `detach` names the
+/// flag too, `detach --force` removes everything and pinning works again.
+#[test]
+fn group_members_cannot_break_the_pins_and_detach_force_recovers() {
+    if !privileged_or_skip("group_members_cannot_break_the_pins_and_detach_force_recovers") {
+        return;
+    }
+    let env = TestEnv::new("pinguard");
+    env.pin(&["--group", "65534"]);
+    let meta = env.pin_dir.join("meta");
+    let zeros: Vec<String> = (0..40).map(|_| "0".to_owned()).collect();
+    let update = |as_member: bool| {
+        let mut c = if as_member {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=4242",
+                "--groups=65534",
+                "--inh-caps=-all",
+                "--",
+                "bpftool",
+            ]);
+            c
+        } else {
+            Command::new("bpftool")
+        };
+        c.args(["map", "update", "pinned"])
+            .arg(&meta)
+            .args(["key", "0", "0", "0", "0", "value"])
+            .args(&zeros);
+        run(&mut c)
+    };
+    let o = update(true);
+    assert!(!o.status.success(), "a group member overwrote meta: {}", stderr(&o));
+    let o = update(false);
+    assert!(!o.status.success(), "meta is not frozen: {}", stderr(&o));
+    assert_eq!(fs::metadata(&meta).unwrap().permissions().mode() & 0o777, 0o640);
+    let o = run(env.pin_cmd().arg("status"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // Damage: a foreign map of meta's size at meta's name.
+    fs::remove_file(&meta).unwrap();
+    let o = run(Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&meta)
+        .args(["type", "array", "key", "4", "value", "40", "entries", "1", "name", "longconn_meta"]));
+    assert!(o.status.success(), "bpftool map create: {}", stderr(&o));
+    let o = run(env.pin_cmd().arg("status"));
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--force"), "status does not name --force: {}", stderr(&o));
+    let o = run(env.pin_cmd().arg("detach"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--force") && meta.exists(), "{}", stderr(&o));
+    let o = run(env.pin_cmd().args(["detach", "--force"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!env.pin_dir.exists(), "detach --force left {}", env.pin_dir.display());
+    env.pin(&["--group", "65534"]);
+    let o = run(env.pin_cmd().arg("status"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
