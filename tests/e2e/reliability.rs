@@ -384,3 +384,117 @@ fn group_members_cannot_break_the_pins_and_detach_force_recovers() {
     let o = run(env.pin_cmd().arg("status"));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+/// A small tmpfs, unmounted on drop (even on panic).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn new(at: PathBuf, size: &str) -> Self {
+        fs::create_dir_all(&at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        Self(at)
+    }
+
+    /// Fills it (a file `filler`).
+    fn fill(&self) -> PathBuf {
+        let filler = self.0.join("filler");
+        let _ = Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", filler.display()))
+            .args(["bs=4k", "count=100000"])
+            .stderr(std::process::Stdio::null())
+            .status();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Makes `cmd` die (SIGSYS, like a SIGKILL: no handler runs) at its first
+/// `sync_file_range`: the reader starts writeback right after it appends
+/// the first block of a log, before its commit (a seccomp filter installed
+/// between fork and exec).
+fn killed_after_first_log_write(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let (ld, jeq, ret) = (
+        (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+        (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        (libc::BPF_RET | libc::BPF_K) as u16,
+    );
+    let filter = [
+        f(ld, 0, 0, 4), // seccomp_data.arch
+        f(jeq, 0, 3, AUDIT_ARCH_X86_64),
+        f(ld, 0, 0, 0), // seccomp_data.nr
+        f(jeq, 0, 1, libc::SYS_sync_file_range as u32),
+        f(ret, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
+        f(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: the closure runs between fork and exec and only makes two
+    // prctl calls on memory (the filter) that the fork copied and that
+    // stays valid until exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Item C: a run killed after it appended its records, before its commit,
+/// then a state reset (the state files removed, as after a corrupt state):
+/// the next run cuts the killed run's tail and writes the closes again
+/// (the kernel still holds them), so each is in the log exactly once.
+#[test]
+fn a_kill_then_a_state_reset_duplicates_no_close() {
+    if !privileged_or_skip("a_kill_then_a_state_reset_duplicates_no_close") {
+        return;
+    }
+    let mut env = TestEnv::new("killreset");
+    env.pin(&[]);
+    let mut gen = Traffic::start_in(&mut env);
+    let out = env.out_dir();
+    gen.cmd("churn 3");
+    let (st, err) = env.collect(&[]);
+    assert!(st.success(), "{err}");
+    gen.cmd("churn 5");
+    let mut cmd = env.collect_cmd();
+    killed_after_first_log_write(&mut cmd);
+    let st = cmd.stderr(std::process::Stdio::null()).status().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGSYS),
+        "the collect was not killed after its first log write"
+    );
+    let tail = closes(&out, &env.workload());
+    assert!(tail.len() > 6, "the killed run wrote no records, nothing to test: {tail:?}");
+    for f in ["state.bin", "state.journal"] {
+        let _ = fs::remove_file(out.join(f));
+    }
+    gen.cmd("churn 2");
+    let (st, err) = env.collect(&[]);
+    assert!(st.success(), "{err}");
+    assert_once(&closes(&out, &env.workload()), 20, "closes after a kill and a reset");
+}

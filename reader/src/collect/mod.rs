@@ -574,6 +574,11 @@ fn open_pins(cy: &mut Cycle<'_>) -> anyhow::Result<(Pins, Option<fs::File>)> {
         cy.a.lock_wait,
     )?;
     cy.was_consumer = registered == consumer::Registered::Already;
+    if let Some((_, log)) = cy.files.first() {
+        if let Some(o) = &log.owner {
+            o.set_pins(pins.meta.pinned_at_ns);
+        }
+    }
     cy.took_over = matches!(registered, consumer::Registered::TookOver(_));
     if cy.took_over {
         // The previous consumer applied every close since this state's last

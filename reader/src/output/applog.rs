@@ -302,22 +302,10 @@ impl AppendLog {
         let mut len = meta.len();
         let name = self.name();
         let owner = self.owner.as_deref();
-        let cut_to = match (known, owner) {
-            // The tail of a run of this state killed before its commit.
-            (Some(k), Some(o))
-                if !created
-                    && k.is(&meta)
-                    && len > k.len
-                    && o.is_uncommitted_tail(&name, meta.dev(), meta.ino(), k.len) =>
-            {
-                Some(k.len)
-            }
-            // A reset state: the tail of a killed run of this state dir.
-            (None, Some(o)) if !created => o
-                .pending_from(&name, meta.dev(), meta.ino())
-                .filter(|&from| from < len),
-            // Shorter (cut by someone else), older than the log (committed
-            // by a later commit) or not known: nothing is cut.
+        let known_len = known.filter(|k| k.is(&meta)).map(|k| k.len);
+        let cut_to = match owner {
+            Some(o) if !created => o.cut_point(&name, meta.dev(), meta.ino(), len, known_len),
+            // No owner record: nothing is ever cut.
             _ => None,
         };
         if let Some(to) = cut_to {
@@ -481,11 +469,13 @@ mod tests {
             keep,
             header: HEADER.to_vec(),
             mode: 0o640,
-            owner: Some(Arc::new(
-                LogOwner::claim(dir, "/state", false, std::time::Duration::ZERO)
+            owner: Some(Arc::new({
+                let o = LogOwner::claim(dir, "/state", false, std::time::Duration::ZERO)
                     .unwrap()
-                    .0,
-            )),
+                    .0;
+                o.set_pins(1);
+                o
+            })),
         }
     }
 
@@ -618,6 +608,18 @@ mod tests {
             .unwrap();
         cycle(&l, m, b"e\n");
         assert_eq!(fs::read(&l.path).unwrap(), b"h\na\ne\n");
+    }
+
+    /// Issue 22 item C: a reset state (it knows no file) cuts the tail its
+    /// own killed run left, marked pending, and nothing committed.
+    #[test]
+    fn a_reset_state_cuts_only_a_killed_runs_tail() {
+        let d = tempfile::tempdir().unwrap();
+        let l = log(d.path(), 1 << 20, 3);
+        let n = cycle(&l, None, b"a\n");
+        l.write_uncommitted(n, b"b\n").unwrap();
+        cycle(&l, None, b"c\n");
+        assert_eq!(fs::read(&l.path).unwrap(), b"h\na\nc\n");
     }
 
     /// A file created by a run killed before its commit is still hidden and

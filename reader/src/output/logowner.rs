@@ -33,7 +33,10 @@ use std::{
         unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     },
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -50,6 +53,11 @@ pub struct Mark {
     pub ino: u64,
     /// The state dir that wrote the mark.
     pub writer: String,
+    /// The pin generation (`meta.pinned_at_ns`) whose close records the
+    /// marking cycle consumed: while it is the current one, records of an
+    /// uncommitted tail are still in the kernel (nothing is released before
+    /// the `committed` mark), so the tail may be cut and written again.
+    pub pins: u64,
     pub kind: MarkKind,
 }
 
@@ -113,11 +121,12 @@ impl Record {
                 MarkKind::Committed(n) => ("committed", n),
             };
             t.push_str(&format!(
-                "mark={} {} {} {kind} {n} {}\n",
+                "mark={} {} {} {kind} {n} {} {}\n",
                 esc(name),
                 m.dev,
                 m.ino,
-                esc(&m.writer)
+                esc(&m.writer),
+                m.pins
             ));
         }
         let mut b = t.into_bytes();
@@ -135,10 +144,12 @@ impl Record {
                 r.owner = Some(unesc(o.trim_end()));
             } else if let Some(m) = line.strip_prefix("mark=") {
                 let f: Vec<&str> = m.split(' ').collect();
-                let [name, dev, ino, kind, n, writer] = f[..] else {
+                let [name, dev, ino, kind, n, writer, pins] = f[..] else {
                     continue;
                 };
-                let (Ok(dev), Ok(ino), Ok(n)) = (dev.parse(), ino.parse(), n.parse()) else {
+                let (Ok(dev), Ok(ino), Ok(n), Ok(pins)) =
+                    (dev.parse(), ino.parse(), n.parse(), pins.parse())
+                else {
                     continue;
                 };
                 let kind = match kind {
@@ -152,6 +163,7 @@ impl Record {
                         dev,
                         ino,
                         writer: unesc(writer),
+                        pins,
                         kind,
                     },
                 );
@@ -168,6 +180,8 @@ pub struct LogOwner {
     me: String,
     file: File,
     record: Mutex<Record>,
+    /// The pin generation this cycle consumes (0: not known yet).
+    pins: AtomicU64,
 }
 
 /// What `claim` found.
@@ -263,6 +277,7 @@ impl LogOwner {
             me: me.to_owned(),
             file,
             record: Mutex::new(Record::default()),
+            pins: AtomicU64::new(0),
         };
         if record.owner.as_deref() != Some(me) {
             record.owner = Some(me.to_owned());
@@ -318,6 +333,7 @@ impl LogOwner {
                 dev,
                 ino,
                 writer: self.me.clone(),
+                pins: self.pins.load(Ordering::Relaxed),
                 kind,
             },
         );
@@ -325,24 +341,32 @@ impl LogOwner {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
-    /// Whether the bytes of `name` (device, inode) past `from` are a tail
-    /// this state dir wrote and never committed.
-    pub fn is_uncommitted_tail(&self, name: &str, dev: u64, ino: u64, from: u64) -> bool {
-        self.mark(name).is_some_and(|m| {
-            m.dev == dev && m.ino == ino && m.writer == self.me && m.kind == MarkKind::Pending(from)
-        })
+    /// Sets the pin generation this cycle consumes (before any write).
+    pub fn set_pins(&self, pinned_at_ns: u64) {
+        self.pins.store(pinned_at_ns, Ordering::Relaxed);
     }
 
-    /// The length `pending` marked as committed for `name` (device, inode)
-    /// by this state dir, when its cycle was killed before its commit: what
-    /// a state that does not know the file (reset) may cut back to.
-    pub fn pending_from(&self, name: &str, dev: u64, ino: u64) -> Option<u64> {
-        match self.mark(name) {
-            Some(m) if m.dev == dev && m.ino == ino && m.writer == self.me => match m.kind {
-                MarkKind::Pending(n) => Some(n),
-                MarkKind::Committed(_) => None,
-            },
-            _ => None,
+    /// Where to cut `name` (device, inode, length `len`), if its bytes past
+    /// some point are a tail no commit holds whose records the kernel still
+    /// has for this cycle: the mark is `pending` from `from` for this file
+    /// and for the pins this cycle consumes, and either this state dir
+    /// wrote it from exactly the length the state knows (`known`: the
+    /// committed length of this very file, if the state knows it; None
+    /// for a reset state), or another state dir did (a killed cycle of the
+    /// owner this one took over from). An older state (restored, copied)
+    /// knows another length and cuts nothing.
+    pub fn cut_point(&self, name: &str, dev: u64, ino: u64, len: u64, known: Option<u64>) -> Option<u64> {
+        let pins = self.pins.load(Ordering::Relaxed);
+        let m = self.mark(name)?;
+        let MarkKind::Pending(from) = m.kind else {
+            return None;
+        };
+        if m.dev != dev || m.ino != ino || pins == 0 || m.pins != pins || from >= len {
+            return None;
+        }
+        match known {
+            Some(k) if m.writer == self.me => (k == from).then_some(from),
+            _ => Some(from),
         }
     }
 }
@@ -375,12 +399,18 @@ mod tests {
         assert!(e.contains("/a") && e.contains("--take-over"), "{e}");
         let (b, c) = LogOwner::claim(d.path(), "/b", true, Duration::ZERO).unwrap();
         assert_eq!(c, Claimed::TookOver("/a".into()));
+        b.set_pins(7);
         b.pending("access.csv", 1, 2, 10).unwrap();
-        assert!(b.is_uncommitted_tail("access.csv", 1, 2, 10));
-        assert!(!b.is_uncommitted_tail("access.csv", 1, 2, 9));
-        assert!(!b.is_uncommitted_tail("access.csv", 1, 3, 10));
+        assert_eq!(b.cut_point("access.csv", 1, 2, 15, Some(10)), Some(10));
+        assert_eq!(b.cut_point("access.csv", 1, 2, 15, None), Some(10), "reset state");
+        assert_eq!(b.cut_point("access.csv", 1, 2, 15, Some(9)), None, "older state");
+        assert_eq!(b.cut_point("access.csv", 1, 3, 15, Some(10)), None, "other file");
+        assert_eq!(b.cut_point("access.csv", 1, 2, 10, Some(10)), None, "no tail");
+        b.set_pins(8);
+        assert_eq!(b.cut_point("access.csv", 1, 2, 15, Some(10)), None, "other pins");
+        b.set_pins(7);
         b.committed("access.csv", 1, 2, 20).unwrap();
-        assert!(!b.is_uncommitted_tail("access.csv", 1, 2, 10));
+        assert_eq!(b.cut_point("access.csv", 1, 2, 25, Some(10)), None, "committed");
         drop(b);
         let (b, _) = LogOwner::claim(d.path(), "/b", false, Duration::ZERO).unwrap();
         assert_eq!(
@@ -402,6 +432,7 @@ mod tests {
                 dev: 1,
                 ino: 2,
                 writer: "/s p".into(),
+                pins: 9,
                 kind: MarkKind::Pending(3),
             },
         );
