@@ -498,3 +498,95 @@ fn a_kill_then_a_state_reset_duplicates_no_close() {
     assert!(st.success(), "{err}");
     assert_once(&closes(&out, &env.workload()), 20, "closes after a kill and a reset");
 }
+
+/// Bytes of every file in `dir` (hidden ones included).
+fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+/// Item F: after a full disk, failed cycles never grow what they leave
+/// beyond the records themselves, the error names every file that could
+/// not be written, and freeing about as much space as the backlog needs
+/// recovers at the next cycle, every close once.
+#[test]
+fn a_full_disk_recovers_once_the_backlog_fits() {
+    if !privileged_or_skip("a_full_disk_recovers_once_the_backlog_fits") {
+        return;
+    }
+    let mut env = TestEnv::new("fullback");
+    env.pin(&[]);
+    let mut gen = Traffic::start_in(&mut env);
+    let small = Tmpfs::new(env.path("small"), "2m");
+    let out = small.0.join("out");
+    let args = ["--access-log", "csv,jsonl", "--otlp", "logs"];
+    let collect = || {
+        run(env
+            .reader_cmd()
+            .arg("collect")
+            .arg("--out-dir")
+            .arg(&out)
+            .args(args))
+    };
+    gen.cmd("churn 10");
+    // Two cycles of CSV only: JSON Lines and OTLP logs are new files (each
+    // written hidden, as `.NAME.new`, until a commit) on the full disk.
+    for _ in 0..2 {
+        let o = run(env.reader_cmd().arg("collect").arg("--out-dir").arg(&out));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let before = dir_bytes(&out);
+    let filler = small.fill();
+    gen.cmd("churn 120");
+    let mut left = Vec::new();
+    let mut errors = Vec::new();
+    for i in 0..3 {
+        let o = collect();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "cycle {i} on a full disk: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        errors.push(err);
+        left.push(dir_bytes(&out));
+    }
+    assert!(
+        left[2] <= left[0],
+        "failed cycles grew what they leave: {left:?} bytes"
+    );
+    // Free space in 64 KiB steps; the first cycle that succeeds must not
+    // have needed much more than what it wrote.
+    let full = fs::metadata(&filler).unwrap().len();
+    let mut freed = 0u64;
+    let mut last = String::new();
+    loop {
+        freed += 64 << 10;
+        assert!(freed <= full, "never recovered: {last}");
+        let f = fs::OpenOptions::new().write(true).open(&filler).unwrap();
+        f.set_len(full - freed).unwrap();
+        drop(f);
+        let o = collect();
+        if o.status.success() {
+            break;
+        }
+        last = stderr(&o);
+    }
+    let written = dir_bytes(&out).saturating_sub(before);
+    eprintln!("freed {freed} bytes; the backlog took {written} bytes; left by failed cycles {left:?}");
+    assert!(
+        freed <= written + (128 << 10),
+        "recovery needed {freed} bytes freed for a backlog of {written}"
+    );
+    let mut all = BTreeMap::new();
+    for r in logs::csv(&logs::files(&out, "access.csv")) {
+        if r.get("workload").map(String::as_str) == Some(&env.workload()) && r["event"] == "close" {
+            *all.entry(r["cookie"].clone()).or_insert(0u32) += 1;
+        }
+    }
+    assert!(all.values().all(|&n| n == 1), "a close twice");
+    assert_eq!(all.len(), 130 * 2, "every close once");
+    for err in &errors {
+        for f in ["access.csv", "access.jsonl", "otlp-logs.jsonl"] {
+            assert!(err.contains(f), "the error does not name {f}: {err}");
+        }
+    }
+}
