@@ -590,3 +590,107 @@ fn a_full_disk_recovers_once_the_backlog_fits() {
         }
     }
 }
+
+/// What `scripts/install` set up for cron in a test, removed on drop (even
+/// on panic): the job file, the processes of its job (their command lines
+/// carry the job's own lock name) and the cron daemon the install started.
+struct CronInstall {
+    job: PathBuf,
+    tag: String,
+    cron_pid: Option<i32>,
+}
+
+impl Drop for CronInstall {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.job);
+        for pid in pids_with(&self.tag) {
+            // SAFETY: kill on a pid whose command line carries this test's tag.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Some(pid) = self.cron_pid {
+            // SAFETY: kill on the cron daemon this test's install started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let _ = fs::remove_file("/run/crond.pid");
+        }
+    }
+}
+
+/// Pids whose command line contains `tag`.
+fn pids_with(tag: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&pid| pid != me)
+                .filter(|pid| {
+                    fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(tag))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Item 9: `scripts/install` on a host where systemd is not PID 1 installs
+/// and starts cron if needed, writes the job, and proves that the reader
+/// ran: a longconn.prom newer than the install within 70 s.
+#[test]
+fn install_without_systemd_runs_the_reader_from_cron() {
+    if !privileged_or_skip("install_without_systemd_runs_the_reader_from_cron") {
+        return;
+    }
+    if Path::new("/run/systemd/system").exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "systemd runs here: the cron fallback cannot be tested, and CI=true forbids skipping"
+        );
+        eprintln!("SKIP install_without_systemd_runs_the_reader_from_cron: systemd runs here");
+        return;
+    }
+    let mut env = TestEnv::new("install");
+    let name = format!("longconn-test-{}", std::process::id());
+    let mut guard = CronInstall {
+        job: PathBuf::from(format!("/etc/cron.d/{name}")),
+        tag: format!("/run/{name}-cron.lock"),
+        cron_pid: None,
+    };
+    let out = env.path("out");
+    let started = std::time::SystemTime::now();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo.join("scripts/install"))
+        .arg("--prefix")
+        .arg(env.path("prefix"))
+        .arg("--bin-dir")
+        .arg(longconn_tests::env::bin_dir())
+        .arg("--pin-dir")
+        .arg(&env.pin_dir)
+        .arg("--cgroup")
+        .arg(&env.cgroup)
+        .arg("--out-dir")
+        .arg(&out)
+        .arg("--cron-name")
+        .arg(&name)
+        .current_dir(repo)
+        .stderr(std::process::Stdio::piped());
+    // In the test's cgroup: a cron daemon it starts, and its jobs, go with it.
+    env.spawn_in_cgroup(cmd);
+    let child = env.take_child();
+    let o = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    guard.cron_pid = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("started cron (pid ")?.strip_suffix(')')?.parse().ok());
+    assert!(o.status.success(), "scripts/install failed: {stdout}{}", stderr(&o));
+    assert!(stdout.contains("it ran:"), "{stdout}");
+    let job = fs::read_to_string(&guard.job).unwrap();
+    assert!(job.contains(&env.pin_dir.display().to_string()), "{job}");
+    let prom = fs::metadata(out.join("longconn.prom")).expect("longconn.prom");
+    assert!(prom.modified().unwrap() > started, "longconn.prom is older than the install");
+    assert!(
+        pids_with("cron").iter().any(|&p| fs::read(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with(b"cron"))),
+        "no cron daemon runs"
+    );
+    drop(guard);
+}
