@@ -371,20 +371,42 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     let Some((mut cy, _lock)) = prepare(pin_dir, a, started)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    // Held until the ring space is released (see `consumer`).
-    let (pins, _consumer) = open_pins(&mut cy)?;
-    let read = read_kernel(&mut cy, &pins)?;
-    let mut done = account(&mut cy, &pins, read)?;
-    write_metrics_uncommitted(&cy, &mut done)?;
-    commit(&mut cy, &mut done)?;
-    release(&pins, &done.outcome)?;
-    publish(&cy, &done.prom_text)?;
-    rotate(&mut cy)?;
+    let mut kernel_side = || -> anyhow::Result<()> {
+        // Held until the ring space is released (see `consumer`).
+        let (pins, _consumer) = open_pins(&mut cy)?;
+        let read = read_kernel(&mut cy, &pins)?;
+        let mut done = account(&mut cy, &pins, read)?;
+        write_metrics_uncommitted(&cy, &mut done)?;
+        commit(&mut cy, &mut done)?;
+        release(&pins, &done.outcome)?;
+        publish(&cy, &done.prom_text)?;
+        rotate(&mut cy)
+    };
+    kernel_side().map_err(|e| detached_during(pin_dir, e))?;
     Ok(if cy.partial_failure {
         ExitCode::from(crate::exit::FAILURE)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// An error once the pins were found: if they are gone now (a `detach`
+/// ran during this cycle, and some pin vanished under it), the cause is
+/// "not pinned" (exit 6), not the ENOENT it surfaced as.
+fn detached_during(pin_dir: &Path, e: anyhow::Error) -> anyhow::Error {
+    let pinned_error = e
+        .chain()
+        .any(|c| c.downcast_ref::<longconn_common::PinnedError>().is_some());
+    if pinned_error && !format!("{e:#}").contains("No such file") {
+        return e;
+    }
+    if pin_dir.join(longconn_common::pins::META).exists() {
+        return e;
+    }
+    anyhow::Error::new(longconn_common::PinnedError::NotPinned {
+        dir: pin_dir.to_owned(),
+    })
+    .context("the pins were removed while this cycle ran (longconn-pin detach?)")
 }
 
 /// Prepare: directories, the lock (None: another collect holds it, skip
@@ -397,9 +419,11 @@ fn prepare<'a>(
 ) -> anyhow::Result<Option<(Cycle<'a>, fs::File)>> {
     crate::output::owner::choose(a.group.as_ref())?;
     let mut dirs = Dirs::from(a);
-    dirs.state = make_dir(&dirs.state, 0o700)?;
-    dirs.log = make_dir(&dirs.log, 0o750)?;
+    // The most open first: one --out-dir holding all three stays readable
+    // by node_exporter (the output --group) for longconn.prom.
     dirs.textfile = make_dir(&dirs.textfile, 0o755)?;
+    dirs.log = make_dir(&dirs.log, 0o750)?;
+    dirs.state = make_dir(&dirs.state, 0o700)?;
     let mut files = files(&dirs, a);
     refuse_unsafe_places(&dirs, a, &files)?;
     let home = dirs.state.to_string_lossy().into_owned();
@@ -413,8 +437,11 @@ fn prepare<'a>(
         return Ok(None);
     };
     // A run killed mid-write leaves its temp files (the state's can be tens of MB).
-    atomic::remove_stale_temps(&dirs.state, STATE_FILE);
-    atomic::remove_stale_temps(&dirs.textfile, PROM_FILE);
+    // Only a holder of this lock writes state temps: any left is stale,
+    // whatever its pid (a pid can be reused). The textfile dir may be
+    // another state dir's too: there, only temps of dead pids.
+    atomic::remove_stale_temps(&dirs.state, STATE_FILE, true);
+    atomic::remove_stale_temps(&dirs.textfile, PROM_FILE, false);
     if !files.is_empty() {
         let owner = claim_log_dir(&dirs.log, &home, a)?;
         for (_, log) in &mut files {

@@ -343,7 +343,7 @@ pub static METRICS: [Desc; ROWS] = join(&[
         ),
         Desc::new(
             "longconn_ringbuf_drops_total",
-            "Close records that did not fit the ring buffer (kept in the map and reaped by the reader, so not lost)",
+            "Close records the ring buffer could not take: kept in the map instead and delivered by the next collect (not lost)",
             Kind::Counter,
             Unit::Records,
             None,
