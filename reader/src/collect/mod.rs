@@ -840,18 +840,19 @@ fn commit(cy: &mut Cycle<'_>, done: &mut Accounted) -> anyhow::Result<()> {
         saver.commit(state)?;
     }
     // What the commit made is marked committed in the log dir: an older
-    // state (restored, copied) never cuts it. A failure only leaves the
-    // mark pending from the previous length, which this state never cuts.
+    // state (restored, copied) never cuts it. On a failure nothing is
+    // released: the mark stays pending from the previous length, which
+    // this state (it knows the new one) never cuts, and whatever cuts it
+    // (a reset state) finds the records still in the kernel.
     for (file, log) in &cy.files {
         if let Some(w) = done.written.get(file) {
-            if let Err(e) = log.mark_committed(&w.pos) {
-                cy.partial_failure = true;
-                eprintln!(
-                    "longconn-reader: cannot mark {} committed in its log dir's {}: {e}",
+            log.mark_committed(&w.pos).with_context(|| {
+                format!(
+                    "cannot mark {} committed in its log dir's {}; nothing was released",
                     log.path.display(),
                     logowner::OWNER_FILE
-                );
-            }
+                )
+            })?;
         }
     }
     for (file, log) in &cy.files {
