@@ -12,11 +12,7 @@
 //! Each refusal is one line saying what to fix; the check runs before
 //! anything is written there.
 
-use std::{
-    fs,
-    os::unix::fs::MetadataExt,
-    path::Path,
-};
+use std::{fs, os::unix::fs::MetadataExt, path::Path};
 
 fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -98,7 +94,10 @@ mod tests {
         check_dir(d.path(), "--out-dir").unwrap();
         fs::set_permissions(d.path(), fs::Permissions::from_mode(0o777)).unwrap();
         let e = check_dir(d.path(), "--out-dir").unwrap_err().to_string();
-        assert!(e.contains("writable by others") && e.contains("chmod"), "{e}");
+        assert!(
+            e.contains("writable by others") && e.contains("chmod"),
+            "{e}"
+        );
         fs::set_permissions(d.path(), fs::Permissions::from_mode(0o1777)).unwrap();
         check_dir(d.path(), "--out-dir").unwrap();
         check_file(&d.path().join("missing")).unwrap();

@@ -102,7 +102,7 @@ fn quoted(line: &str) -> String {
     let more = line.chars().count() > QUOTE_CHARS;
     cut = crate::termsafe::escape(&cut).replace('"', "\\\"");
     if more {
-        cut.push_str("…");
+        cut.push('…');
     }
     cut
 }

@@ -95,7 +95,18 @@ fn errors_are_one_clear_line_with_meaningful_exit_codes() {
     let st = Command::new("bpftool")
         .args(["map", "create"])
         .arg(&meta)
-        .args(["type", "array", "key", "4", "value", "40", "entries", "1", "name", "longconn_meta"])
+        .args([
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "40",
+            "entries",
+            "1",
+            "name",
+            "longconn_meta",
+        ])
         .status()
         .unwrap();
     assert!(st.success());

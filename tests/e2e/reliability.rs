@@ -50,7 +50,8 @@ fn closes(dir: &Path, workload: &str) -> BTreeMap<u64, u32> {
     }
     for r in logs::csv(&logs::files(dir, "access.csv")) {
         if r.get("workload").map(String::as_str) == Some(workload) && r["event"] == "close" {
-            *out.entry(r["cookie"].parse::<u64>().expect("cookie")).or_default() += 1;
+            *out.entry(r["cookie"].parse::<u64>().expect("cookie"))
+                .or_default() += 1;
         }
     }
     out
@@ -58,7 +59,10 @@ fn closes(dir: &Path, workload: &str) -> BTreeMap<u64, u32> {
 
 fn assert_once(all: &BTreeMap<u64, u32>, want: usize, what: &str) {
     let twice: Vec<_> = all.iter().filter(|(_, &n)| n != 1).collect();
-    assert!(twice.is_empty(), "{what}: closes not exactly once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "{what}: closes not exactly once: {twice:?}"
+    );
     assert_eq!(all.len(), want, "{what}: every close once");
 }
 
@@ -86,7 +90,11 @@ fn a_log_dir_has_one_owner() {
         let before = fs::read(log.join("access.csv")).unwrap();
         let o = collect_into(&b, &sb, &log, &[]);
         let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(1), "B round {round} was not refused: {err}");
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "B round {round} was not refused: {err}"
+        );
         let sa_canon = fs::canonicalize(&sa).unwrap();
         assert!(
             err.contains(&format!("state dir {}", sa_canon.display()))
@@ -100,29 +108,52 @@ fn a_log_dir_has_one_owner() {
             "the refused reader changed the owner's log"
         );
     }
-    assert_once(&closes(&log, &a.workload()), 3 * 4 * 2, "A's closes in the shared log");
-    assert!(closes(&log, &b.workload()).is_empty(), "B wrote into A's log dir");
+    assert_once(
+        &closes(&log, &a.workload()),
+        3 * 4 * 2,
+        "A's closes in the shared log",
+    );
+    assert!(
+        closes(&log, &b.workload()).is_empty(),
+        "B wrote into A's log dir"
+    );
     // B with a log dir of its own gets all of its closes (none consumed while refused).
     let own = b.path("log-b");
     let o = collect_into(&b, &sb, &own, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_once(&closes(&own, &b.workload()), 3 * 4 * 2, "B's closes in its own log");
+    assert_once(
+        &closes(&own, &b.workload()),
+        3 * 4 * 2,
+        "B's closes in its own log",
+    );
     // --take-over moves the log dir; A is refused from then on and B never
     // cuts what A committed.
     ga.cmd("churn 2");
     gb.cmd("churn 2");
     let o = collect_into(&b, &sb, &log, &["--take-over"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("is now the owner of log dir"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is now the owner of log dir"),
+        "{}",
+        stderr(&o)
+    );
     let o = collect_into(&a, &sa, &log, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert_once(&closes(&log, &a.workload()), 3 * 4 * 2, "A's closes after the take-over");
+    assert_once(
+        &closes(&log, &a.workload()),
+        3 * 4 * 2,
+        "A's closes after the take-over",
+    );
     let o = collect_into(&a, &sa, &a.path("log-a2"), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let mut all_b = closes(&own, &b.workload());
     all_b.extend(closes(&log, &b.workload()));
     assert_once(&all_b, 3 * 4 * 2 + 2 * 2, "B's closes");
-    assert_once(&closes(&a.path("log-a2"), &a.workload()), 2 * 2, "A's later closes");
+    assert_once(
+        &closes(&a.path("log-a2"), &a.workload()),
+        2 * 2,
+        "A's later closes",
+    );
 }
 
 /// Item B: restoring an older state.bin of the same dir never cuts
@@ -168,7 +199,10 @@ fn a_restored_state_never_cuts_committed_records() {
         "committed bytes were cut or changed by the restored state"
     );
     assert_once(&closes(&out, &env.workload()), 20, "after the restore");
-    assert!(!first.contains("another collect released"), "false cause: {first}");
+    assert!(
+        !first.contains("another collect released"),
+        "false cause: {first}"
+    );
     assert!(
         first.lines().count() == 1 && first.contains("is older than"),
         "{first}"
@@ -221,7 +255,12 @@ fn files_and_dirs_of_other_users_are_refused() {
         for w in want {
             assert!(err.contains(w), "{w:?} not in {err}");
         }
-        assert_eq!(listing(dir), before, "something was written in {}", dir.display());
+        assert_eq!(
+            listing(dir),
+            before,
+            "something was written in {}",
+            dir.display()
+        );
     };
     // A sticky, world-writable dir is fine; files nobody put there are not.
     let shared = env.path("shared");
@@ -357,10 +396,17 @@ fn group_members_cannot_break_the_pins_and_detach_force_recovers() {
         run(&mut c)
     };
     let o = update(true);
-    assert!(!o.status.success(), "a group member overwrote meta: {}", stderr(&o));
+    assert!(
+        !o.status.success(),
+        "a group member overwrote meta: {}",
+        stderr(&o)
+    );
     let o = update(false);
     assert!(!o.status.success(), "meta is not frozen: {}", stderr(&o));
-    assert_eq!(fs::metadata(&meta).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(
+        fs::metadata(&meta).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
     let o = run(env.pin_cmd().arg("status"));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 
@@ -369,17 +415,40 @@ fn group_members_cannot_break_the_pins_and_detach_force_recovers() {
     let o = run(Command::new("bpftool")
         .args(["map", "create"])
         .arg(&meta)
-        .args(["type", "array", "key", "4", "value", "40", "entries", "1", "name", "longconn_meta"]));
+        .args([
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "40",
+            "entries",
+            "1",
+            "name",
+            "longconn_meta",
+        ]));
     assert!(o.status.success(), "bpftool map create: {}", stderr(&o));
     let o = run(env.pin_cmd().arg("status"));
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--force"), "status does not name --force: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--force"),
+        "status does not name --force: {}",
+        stderr(&o)
+    );
     let o = run(env.pin_cmd().arg("detach"));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--force") && meta.exists(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--force") && meta.exists(),
+        "{}",
+        stderr(&o)
+    );
     let o = run(env.pin_cmd().args(["detach", "--force"]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(!env.pin_dir.exists(), "detach --force left {}", env.pin_dir.display());
+    assert!(
+        !env.pin_dir.exists(),
+        "detach --force left {}",
+        env.pin_dir.display()
+    );
     env.pin(&["--group", "65534"]);
     let o = run(env.pin_cmd().arg("status"));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -392,7 +461,13 @@ impl Tmpfs {
     fn new(at: PathBuf, size: &str) -> Self {
         fs::create_dir_all(&at).unwrap();
         let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
             .arg(&at)
             .status()
             .unwrap();
@@ -489,20 +564,32 @@ fn a_kill_then_a_state_reset_duplicates_no_close() {
         "the collect was not killed after its first log write"
     );
     let tail = closes(&out, &env.workload());
-    assert!(tail.len() > 6, "the killed run wrote no records, nothing to test: {tail:?}");
+    assert!(
+        tail.len() > 6,
+        "the killed run wrote no records, nothing to test: {tail:?}"
+    );
     for f in ["state.bin", "state.journal"] {
         let _ = fs::remove_file(out.join(f));
     }
     gen.cmd("churn 2");
     let (st, err) = env.collect(&[]);
     assert!(st.success(), "{err}");
-    assert_once(&closes(&out, &env.workload()), 20, "closes after a kill and a reset");
+    assert_once(
+        &closes(&out, &env.workload()),
+        20,
+        "closes after a kill and a reset",
+    );
 }
 
 /// Bytes of every file in `dir` (hidden ones included).
 fn dir_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir)
-        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -571,7 +658,9 @@ fn a_full_disk_recovers_once_the_backlog_fits() {
         last = stderr(&o);
     }
     let written = dir_bytes(&out).saturating_sub(before);
-    eprintln!("freed {freed} bytes; the backlog took {written} bytes; left by failed cycles {left:?}");
+    eprintln!(
+        "freed {freed} bytes; the backlog took {written} bytes; left by failed cycles {left:?}"
+    );
     assert!(
         freed <= written + (128 << 10),
         "recovery needed {freed} bytes freed for a backlog of {written}"
@@ -679,17 +768,29 @@ fn install_without_systemd_runs_the_reader_from_cron() {
     let child = env.take_child();
     let o = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    guard.cron_pid = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("started cron (pid ")?.strip_suffix(')')?.parse().ok());
-    assert!(o.status.success(), "scripts/install failed: {stdout}{}", stderr(&o));
+    guard.cron_pid = stdout.lines().find_map(|l| {
+        l.strip_prefix("started cron (pid ")?
+            .strip_suffix(')')?
+            .parse()
+            .ok()
+    });
+    assert!(
+        o.status.success(),
+        "scripts/install failed: {stdout}{}",
+        stderr(&o)
+    );
     assert!(stdout.contains("it ran:"), "{stdout}");
     let job = fs::read_to_string(&guard.job).unwrap();
     assert!(job.contains(&env.pin_dir.display().to_string()), "{job}");
     let prom = fs::metadata(out.join("longconn.prom")).expect("longconn.prom");
-    assert!(prom.modified().unwrap() > started, "longconn.prom is older than the install");
     assert!(
-        pids_with("cron").iter().any(|&p| fs::read(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with(b"cron"))),
+        prom.modified().unwrap() > started,
+        "longconn.prom is older than the install"
+    );
+    assert!(
+        pids_with("cron")
+            .iter()
+            .any(|&p| fs::read(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with(b"cron"))),
         "no cron daemon runs"
     );
     drop(guard);

@@ -152,7 +152,10 @@ pub fn register(
     // consumer's cycle to end.
     if !take_over {
         if let Some(r) = read_only(&path)? {
-            if r.pinned_at_ns == me.pinned_at_ns && r.pin_dir == me.pin_dir && r.state_dir != me.state_dir {
+            if r.pinned_at_ns == me.pinned_at_ns
+                && r.pin_dir == me.pin_dir
+                && r.state_dir != me.state_dir
+            {
                 return Err(refusal(&path, me, &r));
             }
         }
@@ -264,8 +267,8 @@ mod tests {
     #[test]
     fn a_take_over_during_a_cycle_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        let held = super::register(d.path(), &rec("/a", 1), true, std::time::Duration::ZERO)
-            .unwrap();
+        let held =
+            super::register(d.path(), &rec("/a", 1), true, std::time::Duration::ZERO).unwrap();
         assert_eq!(held.0, Registered::Yes);
         let e = super::register(
             d.path(),
@@ -275,7 +278,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("state dir /a") && e.contains("consumed nothing"), "{e}");
+        assert!(
+            e.contains("state dir /a") && e.contains("consumed nothing"),
+            "{e}"
+        );
         drop(held);
         assert_eq!(
             register(d.path(), &rec("/b", 1), true).unwrap(),

@@ -135,7 +135,10 @@ mod tests {
         let p = d.path().join("collect.lock");
         std::os::unix::fs::symlink(d.path().join("elsewhere"), &p).unwrap();
         let e = acquire(&p, Duration::ZERO).unwrap_err().to_string();
-        assert!(e.contains("is a symlink") && e.contains("collect.lock"), "{e}");
+        assert!(
+            e.contains("is a symlink") && e.contains("collect.lock"),
+            "{e}"
+        );
         assert!(!d.path().join("elsewhere").exists());
     }
 }

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 
-
 use crate::output::{
     access,
     applog::{AppendLog, Committed, Tail, Written},

@@ -355,7 +355,14 @@ impl LogOwner {
     /// for a reset state), or another state dir did (a killed cycle of the
     /// owner this one took over from). An older state (restored, copied)
     /// knows another length and cuts nothing.
-    pub fn cut_point(&self, name: &str, dev: u64, ino: u64, len: u64, known: Option<u64>) -> Option<u64> {
+    pub fn cut_point(
+        &self,
+        name: &str,
+        dev: u64,
+        ino: u64,
+        len: u64,
+        known: Option<u64>,
+    ) -> Option<u64> {
         let pins = self.pins.load(Ordering::Relaxed);
         let m = self.mark(name)?;
         let MarkKind::Pending(from) = m.kind else {
@@ -402,15 +409,39 @@ mod tests {
         b.set_pins(7);
         b.pending("access.csv", 1, 2, 10).unwrap();
         assert_eq!(b.cut_point("access.csv", 1, 2, 15, Some(10)), Some(10));
-        assert_eq!(b.cut_point("access.csv", 1, 2, 15, None), Some(10), "reset state");
-        assert_eq!(b.cut_point("access.csv", 1, 2, 15, Some(9)), None, "older state");
-        assert_eq!(b.cut_point("access.csv", 1, 3, 15, Some(10)), None, "other file");
-        assert_eq!(b.cut_point("access.csv", 1, 2, 10, Some(10)), None, "no tail");
+        assert_eq!(
+            b.cut_point("access.csv", 1, 2, 15, None),
+            Some(10),
+            "reset state"
+        );
+        assert_eq!(
+            b.cut_point("access.csv", 1, 2, 15, Some(9)),
+            None,
+            "older state"
+        );
+        assert_eq!(
+            b.cut_point("access.csv", 1, 3, 15, Some(10)),
+            None,
+            "other file"
+        );
+        assert_eq!(
+            b.cut_point("access.csv", 1, 2, 10, Some(10)),
+            None,
+            "no tail"
+        );
         b.set_pins(8);
-        assert_eq!(b.cut_point("access.csv", 1, 2, 15, Some(10)), None, "other pins");
+        assert_eq!(
+            b.cut_point("access.csv", 1, 2, 15, Some(10)),
+            None,
+            "other pins"
+        );
         b.set_pins(7);
         b.committed("access.csv", 1, 2, 20).unwrap();
-        assert_eq!(b.cut_point("access.csv", 1, 2, 25, Some(10)), None, "committed");
+        assert_eq!(
+            b.cut_point("access.csv", 1, 2, 25, Some(10)),
+            None,
+            "committed"
+        );
         drop(b);
         let (b, _) = LogOwner::claim(d.path(), "/b", false, Duration::ZERO).unwrap();
         assert_eq!(
