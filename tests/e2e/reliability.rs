@@ -795,3 +795,30 @@ fn install_without_systemd_runs_the_reader_from_cron() {
     );
     drop(guard);
 }
+
+/// Item 8: a collect meeting a pin dir that a `detach` is removing (here:
+/// half removed, meta still there) exits 6, not pinned, not 1 with ENOENT;
+/// a symlinked collect.lock is named as a symlink.
+#[test]
+fn collect_during_detach_says_not_pinned() {
+    if !privileged_or_skip("collect_during_detach_says_not_pinned") {
+        return;
+    }
+    let env = TestEnv::new("halfdetach");
+    env.pin(&[]);
+    let (st, err) = env.collect(&[]);
+    assert!(st.success(), "{err}");
+    fs::remove_file(env.pin_dir.join("counters")).unwrap();
+    let (st, err) = env.collect(&[]);
+    assert_eq!(st.code(), Some(6), "{err}");
+    assert!(
+        err.contains("no longconn pins") && err.lines().count() == 1,
+        "{err}"
+    );
+    let lock = env.out_dir().join("collect.lock");
+    fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink("/nonexistent", &lock).unwrap();
+    let (st, err) = env.collect(&[]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("is a symlink"), "{err}");
+}

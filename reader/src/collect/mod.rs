@@ -390,20 +390,23 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// An error once the pins were found: if they are gone now (a `detach`
-/// ran during this cycle, and some pin vanished under it), the cause is
-/// "not pinned" (exit 6), not the ENOENT it surfaced as.
+/// An error once the pins were found: if some pin is gone now (a `detach`
+/// ran during this cycle and removed pins under it), the cause is "not
+/// pinned" (exit 6), not the ENOENT it surfaced as (exit 1).
 fn detached_during(pin_dir: &Path, e: anyhow::Error) -> anyhow::Error {
-    let pinned_error = e
-        .chain()
-        .any(|c| c.downcast_ref::<longconn_common::PinnedError>().is_some());
-    if pinned_error && !format!("{e:#}").contains("No such file") {
+    use longconn_common::{pins, PinnedError};
+    let named = e.chain().any(|c| {
+        c.downcast_ref::<PinnedError>()
+            .is_some_and(|p| p.exit_code() != 1)
+    });
+    let complete = pins::MAPS
+        .iter()
+        .all(|(_, name)| pin_dir.join(name).exists())
+        && pin_dir.join(pins::REFRESH).exists();
+    if named || complete {
         return e;
     }
-    if pin_dir.join(longconn_common::pins::META).exists() {
-        return e;
-    }
-    anyhow::Error::new(longconn_common::PinnedError::NotPinned {
+    anyhow::Error::new(PinnedError::NotPinned {
         dir: pin_dir.to_owned(),
     })
     .context("the pins were removed while this cycle ran (longconn-pin detach?)")
