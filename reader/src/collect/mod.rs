@@ -717,6 +717,7 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
     };
     let now_ns = u64::try_from(read.clock.wall_ns).unwrap_or(0);
     let known = known_files(cy);
+    premark(cy, &known)?;
     let mut saver = state::Saver::begin(&cy.state_path, 0o600, &cy.prev)?;
     let mut live = metrics::Live::new(
         a.max_connection_series,
@@ -786,6 +787,21 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
         prom_text: String::new(),
         now_ns,
     })
+}
+
+/// Marks every file pending from where this cycle's appends start, with
+/// one sync of the log dir's owner record for all of them (see `logowner`).
+fn premark(cy: &Cycle<'_>, known: &BTreeMap<AppendFile, Committed>) -> anyhow::Result<()> {
+    let mut owner = None;
+    for (file, log) in &cy.files {
+        log.premark(known.get(file).copied())
+            .with_context(|| format!("cannot mark {} in its log dir", log.path.display()))?;
+        owner = owner.or(log.owner.as_ref());
+    }
+    if let Some(o) = owner {
+        o.sync().context("cannot sync the log dir's owner record")?;
+    }
+    Ok(())
 }
 
 /// What the state knows of each file this run writes.

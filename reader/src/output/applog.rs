@@ -144,6 +144,28 @@ impl AppendLog {
             .into_owned()
     }
 
+    /// Before the cycle writes: marks the live file pending from where this
+    /// cycle's appends will start (the same decision `start` makes), not
+    /// yet durable: the caller syncs the owner record once for every file.
+    /// A file that is not there, not a plain single-link file, or that
+    /// changes before `start` simply gets its own mark there.
+    pub fn premark(&self, known: Option<Committed>) -> io::Result<()> {
+        let Some(o) = &self.owner else {
+            return Ok(());
+        };
+        let m = match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_file() && m.nlink() == 1 => m,
+            _ => return Ok(()),
+        };
+        let name = self.name();
+        let known_len = known.filter(|k| k.is(&m)).map(|k| k.len);
+        let from = o
+            .cut_point(&name, m.dev(), m.ino(), m.len(), known_len)
+            .unwrap_or(m.len());
+        o.premark(&name, m.dev(), m.ino(), from)
+            .map_err(with_path(&self.path))
+    }
+
     /// After the caller's commit of `pos`: marks it committed in the log
     /// dir's owner file.
     pub fn mark_committed(&self, pos: &Committed) -> io::Result<()> {
@@ -303,8 +325,17 @@ impl AppendLog {
         let name = self.name();
         let owner = self.owner.as_deref();
         let known_len = known.filter(|k| k.is(&meta)).map(|k| k.len);
-        let cut_to = match owner {
-            Some(o) if !created => o.cut_point(&name, meta.dev(), meta.ino(), len, known_len),
+        // This cycle's premark of this very file already decided (and
+        // durably marked) where its appends start.
+        let premarked = owner
+            .filter(|_| !created)
+            .and_then(|o| o.take_premarked(&name, meta.dev(), meta.ino()))
+            .filter(|&from| from <= len);
+        let cut_to = match (owner, premarked) {
+            (Some(_), Some(from)) => (from < len).then_some(from),
+            (Some(o), None) if !created => {
+                o.cut_point(&name, meta.dev(), meta.ino(), len, known_len)
+            }
             // No owner record: nothing is ever cut.
             _ => None,
         };
@@ -312,7 +343,7 @@ impl AppendLog {
             file.set_len(to).map_err(ctx())?;
             len = to;
         }
-        if let Some(o) = owner {
+        if let (Some(o), None) = (owner, premarked) {
             o.pending(&name, meta.dev(), meta.ino(), len)
                 .map_err(ctx())?;
         }

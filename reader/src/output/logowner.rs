@@ -22,7 +22,9 @@
 //! would cut the last cycle's bytes (the bound, documented in the README).
 //!
 //! The record is rewritten in place with one `pwrite` of a fixed-size,
-//! padded block (a kill cannot leave half of it).
+//! padded block (a kill cannot leave half of it). A cycle marks every file
+//! before it writes (`premark`) and syncs the record once: one fdatasync
+//! per cycle, whatever the number of files.
 
 use std::{
     collections::BTreeMap,
@@ -182,6 +184,9 @@ pub struct LogOwner {
     record: Mutex<Record>,
     /// The pin generation this cycle consumes (0: not known yet).
     pins: AtomicU64,
+    /// Files marked by `premark` this cycle and not yet written: where
+    /// their appends start (device, inode, length).
+    premarked: Mutex<BTreeMap<String, (u64, u64, u64)>>,
 }
 
 /// What `claim` found.
@@ -278,6 +283,7 @@ impl LogOwner {
             file,
             record: Mutex::new(Record::default()),
             pins: AtomicU64::new(0),
+            premarked: Mutex::new(BTreeMap::new()),
         };
         if record.owner.as_deref() != Some(me) {
             record.owner = Some(me.to_owned());
@@ -318,6 +324,40 @@ impl LogOwner {
     /// marks what follows `from` as uncommitted.
     pub fn pending(&self, name: &str, dev: u64, ino: u64, from: u64) -> io::Result<()> {
         self.set(name, dev, ino, MarkKind::Pending(from), true)
+    }
+
+    /// Before a cycle writes anything: marks `name` (device, inode) pending
+    /// from `from`, where its appends will start (after any cut), without
+    /// syncing; `sync` then makes every such mark durable at once, and
+    /// `premarked` lets the file's first write use the mark instead of
+    /// writing and syncing one of its own.
+    pub fn premark(&self, name: &str, dev: u64, ino: u64, from: u64) -> io::Result<()> {
+        self.set(name, dev, ino, MarkKind::Pending(from), false)?;
+        self.premarked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned(), (dev, ino, from));
+        Ok(())
+    }
+
+    /// Makes the marks written so far durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
+    }
+
+    /// Where this cycle's `premark` of `name` (device, inode) said its
+    /// appends start, once: the first write takes it.
+    pub fn take_premarked(&self, name: &str, dev: u64, ino: u64) -> Option<u64> {
+        let mut p = self
+            .premarked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match p.remove(name) {
+            Some((d, i, from)) if d == dev && i == ino => Some(from),
+            _ => None,
+        }
     }
 
     /// After the state commit: `name` is committed up to `len`.
