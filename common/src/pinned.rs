@@ -33,7 +33,7 @@ pub enum PinnedError {
     NoBpffs { dir: PathBuf },
     #[error("permission denied opening {path}: run as root, or as a member of the group given to `longconn-pin --group` (some older kernels also require CAP_BPF; see README, \"Running the reader without root\")")]
     Permission { path: PathBuf },
-    #[error("{path} was pinned by another longconn layout ({found}); this binary reads layout {expected}: run `longconn-pin detach --pin-dir {dir}` then `longconn-pin --pin-dir {dir}` with this version", dir = .path.parent().map(|p| p.display().to_string()).unwrap_or_default())]
+    #[error("{path} was pinned by another longconn layout or is damaged ({found}); this binary reads layout {expected}: run `longconn-pin detach --pin-dir {dir} --force` (--force also removes a damaged or foreign object in the pin dir) then `longconn-pin --pin-dir {dir}` with this version", dir = .path.parent().map(|p| p.display().to_string()).unwrap_or_default())]
     Layout {
         path: PathBuf,
         found: String,
@@ -210,7 +210,10 @@ pub fn read_meta(dir: &Path, access: Access) -> Result<Meta, PinnedError> {
         }
     }
     let path = dir.join(pins::META);
-    let data = open_map(&path, access)?;
+    // Read-only whatever the caller's access: meta is never written after
+    // pinning (frozen, and 0640 for a --group), so a group member can read it.
+    let _ = access;
+    let data = open_map(&path, Access::ReadOnly)?;
     let value_size = data.info().map(|i| i.value_size()).unwrap_or(0) as usize;
     if value_size != std::mem::size_of::<Meta>() {
         return Err(PinnedError::Layout {

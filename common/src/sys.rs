@@ -18,6 +18,7 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+const BPF_MAP_FREEZE: libc::c_long = 22;
 pub const BPF_F_RDONLY: u32 = 1 << 3;
 
 #[repr(C)]
@@ -195,6 +196,20 @@ struct ElemAttr {
     key: u64,
     value: u64,
     flags: u64,
+}
+
+/// BPF_MAP_FREEZE: no write through the bpf syscall succeeds from now on,
+/// whoever holds a writable fd (programs are unaffected).
+pub fn map_freeze(map: BorrowedFd<'_>) -> io::Result<()> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct FreezeAttr {
+        map_fd: u32,
+    }
+    let mut attr = FreezeAttr {
+        map_fd: map.as_raw_fd() as u32,
+    };
+    bpf(BPF_MAP_FREEZE, &mut attr).map(|_| ())
 }
 
 /// BPF_MAP_DELETE_ELEM for one key.

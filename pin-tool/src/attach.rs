@@ -532,7 +532,8 @@ fn write_meta(ebpf: &mut Ebpf, cgroup: &Path, hooks_mask: u32) -> anyhow::Result
 
 /// Who may read the pins: root only (dir 0700, pins 0600), or with `--group`
 /// also that group (dir 0750, maps 0660: the reader needs write access to
-/// release ring-buffer records; links stay 0600).
+/// release ring-buffer records, run the refresh and record netnsids; `meta`
+/// 0640 and frozen; links stay 0600).
 fn set_owner(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<()> {
     if let Some(gid) = gid {
         std::os::unix::fs::chown(path, None, Some(gid))
@@ -540,6 +541,14 @@ fn set_owner(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<()> {
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+/// Freezes the map pinned at `path`: no bpf-syscall write succeeds after.
+fn freeze(path: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsFd;
+    longconn_common::sys::obj_get(path, 0)
+        .and_then(|fd| longconn_common::sys::map_freeze(fd.as_fd()))
+        .with_context(|| format!("cannot freeze {}", path.display()))
 }
 
 fn pin_all(
@@ -569,7 +578,13 @@ fn pin_all(
         let path = staging.join(pin_name);
         map.pin(&path)
             .with_context(|| format!("cannot pin map {obj_name} at {}", path.display()))?;
-        set_owner(&path, map_mode, gid)?;
+        if *pin_name == pins::META {
+            // Written once, above: frozen, and read-only for the group.
+            freeze(&path)?;
+            set_owner(&path, map_mode & 0o640, gid)?;
+        } else {
+            set_owner(&path, map_mode, gid)?;
+        }
     }
     let path = staging.join(pins::REFRESH);
     let refresh: &mut SchedClassifier = program(ebpf, prog::REFRESH)?;

@@ -2,7 +2,9 @@
 //!
 //! Each object under one of longconn's names is checked to be longconn's
 //! (see `owned`) before it is unlinked; anything else is left in place and
-//! named. Checking links needs CAP_SYS_ADMIN, and removing pins needs write
+//! named, unless `--force`: then damaged or foreign objects at longconn's
+//! names go too, once at least one object in the pin dir is verified as
+//! longconn's (so `--force` never empties a directory that is not one). Checking links needs CAP_SYS_ADMIN, and removing pins needs write
 //! access to the root-only pin dir: without them detach fails (exit 4)
 //! instead of reporting a detach that did not happen.
 
@@ -16,7 +18,7 @@ use crate::{
     owned::{self, Verdict},
 };
 
-pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
+pub fn run(pin_dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
     let d = pin_dir.display();
     match fs::symlink_metadata(pin_dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -41,10 +43,13 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
 
     let mut ours = Vec::new();
     let mut foreign = Vec::new();
+    let mut forced = Vec::new();
     for o in owned::names(pin_dir) {
         match owned::inspect(&o) {
             Verdict::Absent => {}
             Verdict::Ours => ours.push(o),
+            Verdict::Foreign(why) if force => forced.push((o, why)),
+            Verdict::Unreadable(why) if force => forced.push((o, format!("cannot inspect: {why}"))),
             Verdict::Foreign(why) => foreign.push(format!("{} ({why})", o.path.display())),
             Verdict::Unreadable(why) => {
                 foreign.push(format!("{} (cannot inspect: {why})", o.path.display()))
@@ -57,7 +62,20 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // --force with nothing verified: still longconn's dir if everything in
+    // it is at one of longconn's names (what a plain detach left behind).
+    if ours.is_empty() && !forced.is_empty() && only_longconn_names(pin_dir) {
+        ours.extend(forced.drain(..).map(|(o, why)| {
+            println!("removing {} (--force: {why})", o.path.display());
+            o
+        }));
+    }
     if ours.is_empty() {
+        foreign.extend(
+            forced
+                .drain(..)
+                .map(|(o, why)| format!("{} ({why})", o.path.display())),
+        );
         let _ = fs::remove_dir(pin_dir.join(pins::LINKS));
         if fs::remove_dir(pin_dir).is_ok() {
             println!("nothing pinned at {d} (removed the empty directory)");
@@ -75,6 +93,10 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
     }
 
     let (mut links, mut maps) = (0, 0);
+    for (o, why) in &forced {
+        println!("removing {} (--force: {why})", o.path.display());
+    }
+    ours.extend(forced.into_iter().map(|(o, _)| o));
     for o in &ours {
         match fs::remove_file(&o.path) {
             Ok(()) if o.is_map() => maps += 1,
@@ -111,7 +133,7 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
         return Err(coded(
             FAILURE,
             format!(
-                "left in place, not longconn's: {}; remove them yourself if they are stale",
+                "left in place, not longconn's: {}; if {d} is longconn's pin dir and these are damaged (e.g. by a member of the pins' group), `longconn-pin detach --pin-dir {d} --force` removes them",
                 foreign.join(", ")
             ),
         ));
@@ -123,6 +145,22 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether every entry of `pin_dir` (and of its links/) is at one of
+/// longconn's names.
+fn only_longconn_names(pin_dir: &Path) -> bool {
+    let names: Vec<_> = owned::names(pin_dir).into_iter().map(|o| o.path).collect();
+    let links = pin_dir.join(pins::LINKS);
+    let entries = |dir: &Path| -> Vec<std::path::PathBuf> {
+        fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    entries(pin_dir)
+        .into_iter()
+        .chain(entries(&links))
+        .all(|p| p == links || names.contains(&p))
 }
 
 fn needs_root(pin_dir: &Path, why: &str) -> anyhow::Error {

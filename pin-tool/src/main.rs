@@ -57,7 +57,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Detach every program and remove every pin longconn made under --pin-dir.
-    Detach,
+    Detach {
+        /// Also remove damaged or foreign objects at longconn's names in
+        /// the pin dir (e.g. a `meta` overwritten by a member of --group),
+        /// once at least one object there is verified as longconn's.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show what is attached where, map fill against capacity and drop counters.
     Status,
 }
@@ -69,7 +75,7 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         None => attach::run(&cli.pin_dir, &cli.attach),
-        Some(Command::Detach) => detach::run(&cli.pin_dir),
+        Some(Command::Detach { force }) => detach::run(&cli.pin_dir, *force),
         Some(Command::Status) => status::run(&cli.pin_dir),
     };
     match result {
@@ -95,6 +101,7 @@ mod robustness {
         let mut g = Gen::new(7);
         let words = [
             "detach",
+            "--force",
             "status",
             "--pin-dir",
             "--cgroup",

@@ -118,7 +118,8 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
     println!("counters:     tracked {} | not tracked, map full {} | map errors {} | close records over the ring (ring full) {} | of those unlogged {} | closes of untracked sockets {} | closes not in the totals (map full) {} | closes lost {}",
         c.tracked, c.map_full, c.map_error, c.ringbuf_full, c.close_unlogged, c.close_untracked, c.totals_full, c.close_lost);
     if c.map_full > 0 {
-        println!("warning:      {} connections were not tracked because map_of_tcp_conns was full; pin again with a larger --max-connections (`longconn-pin detach --pin-dir {} && longconn-pin --pin-dir {} --max-connections {}` plus your other options)", c.map_full, pin_dir.display(), pin_dir.display(), cap.saturating_mul(2).min(crate::validate::MAX_CONNECTIONS));
+        let fits = suggested_capacity(conns.len() as u64, c.map_full, cap);
+        println!("warning:      {} connections were not tracked because map_of_tcp_conns was full; pin again with a larger --max-connections, one that fits the {} tracked and untracked seen (`longconn-pin detach --pin-dir {} && longconn-pin --pin-dir {} --max-connections {fits}` plus your other options)", c.map_full, conns.len() as u64 + c.map_full, pin_dir.display(), pin_dir.display());
     }
     let d = pin_dir.display();
     if !healthy {
@@ -134,4 +135,31 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(NO_PERMISSION));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A capacity that fits what was seen (the tracked connections plus those
+/// the full map turned away) with a quarter to spare, at least twice the
+/// current one, rounded up to a power of two, at most the largest allowed.
+fn suggested_capacity(tracked: u64, untracked: u64, cap: u32) -> u64 {
+    let seen = tracked.saturating_add(untracked);
+    let want = seen
+        .saturating_add(seen / 4)
+        .max(u64::from(cap).saturating_mul(2))
+        .max(1);
+    want.checked_next_power_of_two()
+        .unwrap_or(u64::MAX)
+        .min(u64::from(crate::validate::MAX_CONNECTIONS))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_suggested_capacity_fits_what_was_seen() {
+        assert_eq!(super::suggested_capacity(1000, 100, 1000), 2048);
+        assert_eq!(super::suggested_capacity(1000, 50_000, 1000), 65536);
+        assert_eq!(
+            super::suggested_capacity(u64::MAX, 1, 1000),
+            u64::from(crate::validate::MAX_CONNECTIONS)
+        );
+    }
 }

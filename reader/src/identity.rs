@@ -133,9 +133,28 @@ pub fn resolve_cgroups<'a>(
 fn relative(root: &Path, dir: &Path) -> String {
     match dir.strip_prefix(root) {
         Ok(rel) if rel.as_os_str().is_empty() => "/".into(),
-        Ok(rel) => format!("/{}", rel.display()),
-        Err(_) => dir.display().to_string(),
+        Ok(rel) => format!("/{}", name_text(rel)),
+        Err(_) => name_text(dir),
     }
+}
+
+/// A cgroup path as text: unchanged when it is UTF-8; otherwise each byte
+/// that is not UTF-8 as `\xNN` and `\` as `\\`, so two names that differ
+/// in invalid bytes stay two names (a lossy conversion made both U+FFFD).
+fn name_text(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = p.as_os_str().as_bytes();
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 /// The full identity of a record, given resolved cgroup names and a service
@@ -409,6 +428,18 @@ impl Identity {
 
 #[cfg(test)]
 mod tests {
+
+    /// Issue 22 item 8: invalid UTF-8 in cgroup names stays distinct.
+    #[test]
+    fn invalid_utf8_cgroup_names_stay_distinct() {
+        use std::os::unix::ffi::OsStrExt;
+        let a = super::name_text(Path::new(std::ffi::OsStr::from_bytes(b"a\xff")));
+        let b = super::name_text(Path::new(std::ffi::OsStr::from_bytes(b"a\xfe")));
+        assert_ne!(a, b);
+        assert_eq!(a, "a\\xff");
+        assert_eq!(super::name_text(Path::new("ok\\x2d")), "ok\\x2d");
+    }
+
     use super::*;
 
     #[test]

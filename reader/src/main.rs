@@ -7,6 +7,7 @@ mod clock;
 mod collect;
 mod dump;
 mod exit;
+mod fsperm;
 mod human;
 mod identity;
 mod output;

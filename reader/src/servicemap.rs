@@ -92,10 +92,27 @@ fn in_net(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     }
 }
 
+/// At most this many characters of a bad line are quoted in an error.
+const QUOTE_CHARS: usize = 80;
+
+/// `line` for an error message: escaped (control and bidi characters
+/// cannot reach the terminal or journal raw) and cut to `QUOTE_CHARS`.
+fn quoted(line: &str) -> String {
+    let mut cut: String = line.chars().take(QUOTE_CHARS).collect();
+    let more = line.chars().count() > QUOTE_CHARS;
+    cut = crate::termsafe::escape(&cut).replace('"', "\\\"");
+    if more {
+        cut.push('…');
+    }
+    cut
+}
+
 impl ServiceMap {
     /// Parses the whole text; the error names `origin:line`.
     pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
         let mut rules = Vec::new();
+        // A UTF-8 byte order mark (editors on Windows write one) is not data.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (i, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -105,8 +122,9 @@ impl ServiceMap {
             let f: Vec<&str> = line.split(',').map(str::trim).collect();
             if f.len() != 4 {
                 return Err(at(format!(
-                    "{} fields in {line:?}: expected cidr,ports,name,namespace",
-                    f.len()
+                    "{} fields in \"{}\": expected cidr,ports,name,namespace",
+                    f.len(),
+                    quoted(line)
                 )));
             }
             if f[2].is_empty() {
@@ -215,6 +233,18 @@ mod tests {
             let e = ServiceMap::parse(text, "svc.csv").unwrap_err();
             assert!(e.starts_with(want), "{e} should start with {want}");
         }
+    }
+
+    /// Issue 22 item 8: a UTF-8 BOM is accepted; a bad line is quoted
+    /// escaped (no raw control character) and cut to a bounded length.
+    #[test]
+    fn a_bom_is_accepted_and_bad_lines_are_quoted_safely() {
+        let m = ServiceMap::parse("\u{feff}10.0.0.0/8,5432,pg,db\n", "svc.csv").unwrap();
+        assert_eq!(m.rules.len(), 1);
+        let long = format!("\x1b[2J{}", "x".repeat(500));
+        let e = ServiceMap::parse(&long, "svc.csv").unwrap_err();
+        assert!(!e.contains('\x1b') && e.contains("\\x1b[2J"), "{e}");
+        assert!(e.len() < 200 && e.contains('…'), "{e}");
     }
 
     /// Issue 12 item 9: a FIFO (or any non-regular file) is refused at once.

@@ -90,6 +90,26 @@ fn errors_are_one_clear_line_with_meaningful_exit_codes() {
     let mut bytes = bytes;
     bytes[24..28].copy_from_slice(&999u32.to_ne_bytes()); // layout_version
     value.extend(bytes.iter().map(|b| b.to_string()));
+    // meta is frozen once pinned: another layout's meta is a map of its own.
+    std::fs::remove_file(&meta).unwrap();
+    let st = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&meta)
+        .args([
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "40",
+            "entries",
+            "1",
+            "name",
+            "longconn_meta",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
     let st = Command::new("bpftool")
         .args(["map", "update", "pinned"])
         .arg(&meta)

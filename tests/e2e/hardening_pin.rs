@@ -368,8 +368,9 @@ fn pins_get_explicit_modes_whatever_the_umask() {
             );
         };
         check(&env.pin_dir, dir_mode, gid);
+        // meta: read-only for the group (issue 22 item G).
+        check(&env.pin_dir.join("meta"), pin_mode & 0o640, gid);
         for name in [
-            "meta",
             "map_of_tcp_conns",
             "closed_conns",
             "netns",

@@ -12,5 +12,6 @@ mod hardening_state;
 mod identity;
 mod otlp;
 mod promises;
+mod reliability;
 mod soak;
 mod transparency;

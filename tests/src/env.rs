@@ -242,6 +242,11 @@ impl Drop for TestEnv {
         if self.pin_dir.exists() {
             let _ = self.pin_cmd().arg("detach").output();
         }
+        // A test that damaged its own pins (a foreign meta): this pin dir
+        // is the test's own, so --force may remove what detach left.
+        if self.pin_dir.exists() {
+            let _ = self.pin_cmd().args(["detach", "--force"]).output();
+        }
         let _ = fs::remove_file(self.consumer_registration());
         // Child cgroups first; processes may take a moment to leave after exiting.
         let mut dirs = vec![self.cgroup.clone()];

@@ -12,8 +12,12 @@
 //! unless it is started with `--take-over`. A registration of an older pin
 //! generation (the pins were re-made) is simply replaced.
 //!
-//! The check is made under an flock of the registration file, once per
-//! cycle, before anything is consumed. As a backstop for what the registry
+//! The check is made under an flock of the registration file, before
+//! anything is consumed, and the flock is held for the whole cycle (until
+//! the ring space is released): two concurrent `--take-over`s, or a
+//! take-over during the consumer's cycle, leave exactly one consumer — the
+//! one that waits longer than `--lock-wait` for the flock is refused
+//! (exit 1) before it reads the ring. As a backstop for what the registry
 //! cannot see (no /run/lock, a registration removed by hand), a cycle also
 //! checks that nobody released ring records past its own committed position.
 
@@ -68,7 +72,10 @@ pub fn registration_path(dir: &Path, pin_dir: &str) -> PathBuf {
 /// What `register` did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Registered {
-    /// This state dir is the consumer (already, or newly for a new pin generation).
+    /// This state dir was already the consumer of this pin generation.
+    Already,
+    /// This state dir is the consumer, newly (a new pin generation, or no
+    /// registration before).
     Yes,
     /// This state dir took over from another (`--take-over`).
     TookOver(String),
@@ -78,7 +85,12 @@ pub enum Registered {
 
 /// Makes `me.state_dir` the consumer of `me.pin_dir` for `me.pinned_at_ns`
 /// in `dir`, or fails naming the registered consumer.
-pub fn register(dir: &Path, me: &Record, take_over: bool) -> anyhow::Result<Registered> {
+pub fn register(
+    dir: &Path,
+    me: &Record,
+    take_over: bool,
+    wait: std::time::Duration,
+) -> anyhow::Result<(Registered, Option<File>)> {
     let path = registration_path(dir, &me.pin_dir);
     let opened = OpenOptions::new()
         .read(true)
@@ -94,30 +106,30 @@ pub fn register(dir: &Path, me: &Record, take_over: bool) -> anyhow::Result<Regi
             // Someone else's registration (sticky dir): readable, not ours to change.
             return match read_only(&path)? {
                 Some(r) if r.state_dir == me.state_dir && r.pinned_at_ns == me.pinned_at_ns => {
-                    Ok(Registered::Yes)
+                    Ok((Registered::Already, None))
                 }
                 Some(r) if r.pinned_at_ns == me.pinned_at_ns && r.pin_dir == me.pin_dir => {
                     Err(refusal(&path, me, &r))
                 }
-                _ => Ok(Registered::Unavailable(format!(
-                    "cannot write {}: {e}",
-                    path.display()
-                ))),
+                _ => Ok((
+                    Registered::Unavailable(format!("cannot write {}: {e}", path.display())),
+                    None,
+                )),
             };
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok(Registered::Unavailable(format!(
-                "{} does not exist",
-                dir.display()
-            )))
+            return Ok((
+                Registered::Unavailable(format!("{} does not exist", dir.display())),
+                None,
+            ))
         }
         // A sandbox without it (systemd ProtectSystem=strict and no
         // ReadWritePaths=/run/lock).
         Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
-            return Ok(Registered::Unavailable(format!(
-                "{} is read-only here",
-                dir.display()
-            )))
+            return Ok((
+                Registered::Unavailable(format!("{} is read-only here", dir.display())),
+                None,
+            ))
         }
         Err(e) => anyhow::bail!(
             "cannot open consumer registration {}: {e}; remove it if it is not a regular file",
@@ -136,17 +148,25 @@ pub fn register(dir: &Path, me: &Record, take_over: bool) -> anyhow::Result<Regi
     if meta.uid() == unsafe { libc::geteuid() } && meta.mode() & 0o7777 != 0o644 {
         file.set_permissions(Permissions::from_mode(0o644))?;
     }
-    // SAFETY: flock on an fd we own; released when `file` is closed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        let e = io::Error::last_os_error();
-        anyhow::bail!("cannot lock {}: {e}", path.display());
+    // A plain second consumer is refused at once, without waiting for the
+    // consumer's cycle to end.
+    if !take_over {
+        if let Some(r) = read_only(&path)? {
+            if r.pinned_at_ns == me.pinned_at_ns
+                && r.pin_dir == me.pin_dir
+                && r.state_dir != me.state_dir
+            {
+                return Err(refusal(&path, me, &r));
+            }
+        }
     }
+    lock_within(&mut file, &path, me, wait)?;
     let mut text = String::new();
     file.read_to_string(&mut text)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     let current = Record::decode(&text);
     let outcome = match &current {
-        Some(r) if *r == *me => return Ok(Registered::Yes),
+        Some(r) if *r == *me => return Ok((Registered::Already, Some(file))),
         Some(r) if r.pinned_at_ns == me.pinned_at_ns && r.pin_dir == me.pin_dir => {
             if !take_over {
                 return Err(refusal(&path, me, r));
@@ -160,7 +180,42 @@ pub fn register(dir: &Path, me: &Record, take_over: bool) -> anyhow::Result<Regi
     file.rewind()?;
     file.write_all(me.encode().as_bytes())
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    Ok(outcome)
+    Ok((outcome, Some(file)))
+}
+
+/// Takes the registration's flock, waiting up to `wait` for the cycle of
+/// the collect that holds it; fails naming that collect's state dir (as
+/// the file says) if it is still held.
+fn lock_within(
+    file: &mut File,
+    path: &Path,
+    me: &Record,
+    wait: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        // SAFETY: flock on an fd we own; released when `file` is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            anyhow::bail!("cannot lock {}: {e}", path.display());
+        }
+        if std::time::Instant::now() >= deadline {
+            let holder = read_only(path)
+                .ok()
+                .flatten()
+                .map_or_else(|| "?".to_owned(), |r| r.state_dir);
+            anyhow::bail!(
+                "pin dir {} is being consumed right now by the collect with state dir {holder} (it holds {} for its cycle); {} consumed nothing. Run one collect per pin dir; to move the consumer, retry --take-over once that cycle is over",
+                me.pin_dir,
+                path.display(),
+                me.state_dir
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 fn read_only(path: &Path) -> anyhow::Result<Option<Record>> {
@@ -203,6 +258,37 @@ mod tests {
         }
     }
 
+    fn register(d: &Path, me: &Record, take_over: bool) -> anyhow::Result<Registered> {
+        super::register(d, me, take_over, std::time::Duration::ZERO).map(|(r, _)| r)
+    }
+
+    /// Issue 22 item 4: the registration stays locked for the cycle; a
+    /// concurrent take-over is refused before it consumes anything.
+    #[test]
+    fn a_take_over_during_a_cycle_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let held =
+            super::register(d.path(), &rec("/a", 1), true, std::time::Duration::ZERO).unwrap();
+        assert_eq!(held.0, Registered::Yes);
+        let e = super::register(
+            d.path(),
+            &rec("/b", 1),
+            true,
+            std::time::Duration::from_millis(60),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("state dir /a") && e.contains("consumed nothing"),
+            "{e}"
+        );
+        drop(held);
+        assert_eq!(
+            register(d.path(), &rec("/b", 1), true).unwrap(),
+            Registered::TookOver("/a".into())
+        );
+    }
+
     #[test]
     fn one_consumer_per_pin_generation() {
         let d = tempfile::tempdir().unwrap();
@@ -212,7 +298,7 @@ mod tests {
         );
         assert_eq!(
             register(d.path(), &rec("/a", 1), false).unwrap(),
-            Registered::Yes
+            Registered::Already
         );
         let e = register(d.path(), &rec("/b", 1), false)
             .unwrap_err()

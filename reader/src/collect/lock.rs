@@ -34,6 +34,15 @@ pub fn acquire(path: &Path, wait: Duration) -> io::Result<Option<File>> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                return io::Error::new(
+                    e.kind(),
+                    format!(
+                        "lock {} is a symlink (never followed); remove it: collect makes a plain file there",
+                        path.display()
+                    ),
+                );
+            }
             io::Error::new(
                 e.kind(),
                 format!("cannot open lock {}: {e}", path.display()),
@@ -117,5 +126,19 @@ mod tests {
         );
         drop(held);
         assert!(acquire(&p, Duration::ZERO).unwrap().is_some());
+    }
+
+    /// Issue 22 item 8: a symlink at the lock's path is named as one.
+    #[test]
+    fn a_symlinked_lock_is_reported_as_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("collect.lock");
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), &p).unwrap();
+        let e = acquire(&p, Duration::ZERO).unwrap_err().to_string();
+        assert!(
+            e.contains("is a symlink") && e.contains("collect.lock"),
+            "{e}"
+        );
+        assert!(!d.path().join("elsewhere").exists());
     }
 }

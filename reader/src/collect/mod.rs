@@ -83,7 +83,9 @@ use crate::{
     identity,
     output::{
         applog::{self, AppendLog, Committed},
-        atomic, otlp, promtext,
+        atomic,
+        logowner::{self, LogOwner},
+        otlp, promtext,
         snapshot::table::SATURATED_GROUPS,
         AppendFile,
     },
@@ -283,6 +285,7 @@ fn files(dirs: &Dirs, a: &CollectArgs) -> Vec<(AppendFile, AppendLog)> {
             keep: a.log_keep,
             header: file.header(),
             mode: 0o640,
+            owner: None,
         };
         out.push((file, log));
     }
@@ -332,6 +335,12 @@ struct Cycle<'a> {
     new_generation: bool,
     /// The state is new (first run or a counter reset): it knows no pins.
     fresh_state: bool,
+    /// This state dir was the registered consumer of the pins before this
+    /// cycle: nobody else released their ring space.
+    was_consumer: bool,
+    /// This state dir took the pins over (`--take-over`): the previous
+    /// consumer released what it applied; this state starts where it left.
+    took_over: bool,
 }
 
 /// What the kernel holds now.
@@ -367,19 +376,45 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     let Some((mut cy, _lock)) = prepare(pin_dir, a, started)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let pins = open_pins(&mut cy)?;
-    let read = read_kernel(&mut cy, &pins)?;
-    let mut done = account(&mut cy, &pins, read)?;
-    write_metrics_uncommitted(&cy, &mut done)?;
-    commit(&mut cy, &mut done)?;
-    release(&pins, &done.outcome)?;
-    publish(&cy, &done.prom_text)?;
-    rotate(&mut cy)?;
+    let mut kernel_side = || -> anyhow::Result<()> {
+        // Held until the ring space is released (see `consumer`).
+        let (pins, _consumer) = open_pins(&mut cy)?;
+        let read = read_kernel(&mut cy, &pins)?;
+        let mut done = account(&mut cy, &pins, read)?;
+        write_metrics_uncommitted(&cy, &mut done)?;
+        commit(&mut cy, &mut done)?;
+        release(&pins, &done.outcome)?;
+        publish(&cy, &done.prom_text)?;
+        rotate(&mut cy)
+    };
+    kernel_side().map_err(|e| detached_during(pin_dir, e))?;
     Ok(if cy.partial_failure {
         ExitCode::from(crate::exit::FAILURE)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// An error once the pins were found: if some pin is gone now (a `detach`
+/// ran during this cycle and removed pins under it), the cause is "not
+/// pinned" (exit 6), not the ENOENT it surfaced as (exit 1).
+fn detached_during(pin_dir: &Path, e: anyhow::Error) -> anyhow::Error {
+    use longconn_common::{pins, PinnedError};
+    let named = e.chain().any(|c| {
+        c.downcast_ref::<PinnedError>()
+            .is_some_and(|p| p.exit_code() != 1)
+    });
+    let complete = pins::MAPS
+        .iter()
+        .all(|(_, name)| pin_dir.join(name).exists())
+        && pin_dir.join(pins::REFRESH).exists();
+    if named || complete {
+        return e;
+    }
+    anyhow::Error::new(PinnedError::NotPinned {
+        dir: pin_dir.to_owned(),
+    })
+    .context("the pins were removed while this cycle ran (longconn-pin detach?)")
 }
 
 /// Prepare: directories, the lock (None: another collect holds it, skip
@@ -392,9 +427,13 @@ fn prepare<'a>(
 ) -> anyhow::Result<Option<(Cycle<'a>, fs::File)>> {
     crate::output::owner::choose(a.group.as_ref())?;
     let mut dirs = Dirs::from(a);
-    dirs.state = make_dir(&dirs.state, 0o700)?;
-    dirs.log = make_dir(&dirs.log, 0o750)?;
+    // The most open first: one --out-dir holding all three stays readable
+    // by node_exporter (the output --group) for longconn.prom.
     dirs.textfile = make_dir(&dirs.textfile, 0o755)?;
+    dirs.log = make_dir(&dirs.log, 0o750)?;
+    dirs.state = make_dir(&dirs.state, 0o700)?;
+    let mut files = files(&dirs, a);
+    refuse_unsafe_places(&dirs, a, &files)?;
     let home = dirs.state.to_string_lossy().into_owned();
     let lock_path = dirs.state.join("collect.lock");
     let Some(held) = lock::acquire(&lock_path, a.lock_wait)? else {
@@ -406,8 +445,17 @@ fn prepare<'a>(
         return Ok(None);
     };
     // A run killed mid-write leaves its temp files (the state's can be tens of MB).
-    atomic::remove_stale_temps(&dirs.state, STATE_FILE);
-    atomic::remove_stale_temps(&dirs.textfile, PROM_FILE);
+    // Only a holder of this lock writes state temps: any left is stale,
+    // whatever its pid (a pid can be reused). The textfile dir may be
+    // another state dir's too: there, only temps of dead pids.
+    atomic::remove_stale_temps(&dirs.state, STATE_FILE, true);
+    atomic::remove_stale_temps(&dirs.textfile, PROM_FILE, false);
+    if !files.is_empty() {
+        let owner = claim_log_dir(&dirs.log, &home, a)?;
+        for (_, log) in &mut files {
+            log.owner = Some(owner.clone());
+        }
+    }
     let state_path = dirs.state.join(STATE_FILE);
     let no_conns = || Prev::Mem(state::Conns::default());
     let (state, prev) = match state::load(&state_path, &home)? {
@@ -432,7 +480,7 @@ fn prepare<'a>(
         a,
         pin_dir,
         started,
-        files: files(&dirs, a),
+        files,
         dirs,
         state_path,
         state,
@@ -442,10 +490,60 @@ fn prepare<'a>(
         partial_failure: false,
         new_generation: false,
         fresh_state: false,
+        was_consumer: false,
+        took_over: false,
     };
     relabel_if_changed(&mut cy);
     cy.services = load_services(&mut cy);
     Ok(Some((cy, held)))
+}
+
+/// Refuses, before anything is written there, a directory another user
+/// could rearrange and an existing output file this user did not create
+/// (see `fsperm`).
+fn refuse_unsafe_places(
+    dirs: &Dirs,
+    a: &CollectArgs,
+    files: &[(AppendFile, AppendLog)],
+) -> anyhow::Result<()> {
+    let what = |o: &Option<PathBuf>, name: &'static str| {
+        if o.is_none() && a.out_dir.is_some() {
+            "--out-dir"
+        } else {
+            name
+        }
+    };
+    crate::fsperm::check_dir(&dirs.state, what(&a.state_dir, "--state-dir"))?;
+    crate::fsperm::check_dir(&dirs.log, what(&a.log_dir, "--log-dir"))?;
+    crate::fsperm::check_dir(&dirs.textfile, what(&a.textfile_dir, "--textfile-dir"))?;
+    for name in ["collect.lock", STATE_FILE, "state.journal"] {
+        crate::fsperm::check_file(&dirs.state.join(name))?;
+    }
+    if !files.is_empty() {
+        crate::fsperm::check_file(&dirs.log.join(logowner::OWNER_FILE))?;
+    }
+    for (_, log) in files {
+        crate::fsperm::check_file(&log.path)?;
+        crate::fsperm::check_file(&applog::hidden_path(&log.path))?;
+    }
+    Ok(())
+}
+
+/// Makes this state dir the one owner of the log dir for this cycle (see
+/// `logowner`), or fails naming the owner.
+fn claim_log_dir(
+    log_dir: &Path,
+    home: &str,
+    a: &CollectArgs,
+) -> anyhow::Result<std::sync::Arc<LogOwner>> {
+    let (owner, claimed) = LogOwner::claim(log_dir, home, a.take_over, a.lock_wait)?;
+    if let logowner::Claimed::TookOver(prev) = claimed {
+        eprintln!(
+            "longconn-reader: {home} is now the owner of log dir {} (was {prev}, which is refused from now on)",
+            log_dir.display()
+        );
+    }
+    Ok(std::sync::Arc::new(owner))
 }
 
 /// New label selections restart the group totals (a counter reset).
@@ -501,10 +599,33 @@ fn load_services(cy: &mut Cycle<'_>) -> ServiceMap {
 /// consumer, a new pin generation noticed, and closes applied from the map
 /// by the last commit deleted before the map is read again (that run
 /// deletes them too, unless it was killed first).
-fn open_pins(cy: &mut Cycle<'_>) -> anyhow::Result<Pins> {
+fn open_pins(cy: &mut Cycle<'_>) -> anyhow::Result<(Pins, Option<fs::File>)> {
     let pins = Pins::open(cy.pin_dir, Access::ReadWrite)?;
     let home = cy.state.home.clone();
-    register_consumer(cy.pin_dir, pins.meta.pinned_at_ns, &home, cy.a.take_over)?;
+    let (registered, held) = register_consumer(
+        cy.pin_dir,
+        pins.meta.pinned_at_ns,
+        &home,
+        cy.a.take_over,
+        cy.a.lock_wait,
+    )?;
+    cy.was_consumer = registered == consumer::Registered::Already;
+    if let Some((_, log)) = cy.files.first() {
+        if let Some(o) = &log.owner {
+            o.set_pins(pins.meta.pinned_at_ns);
+        }
+    }
+    cy.took_over = matches!(registered, consumer::Registered::TookOver(_));
+    if cy.took_over {
+        // The previous consumer applied every close since this state's last
+        // cycle (and closed what vanished): this state's connections and
+        // totals are stale. New totals (a counter reset), the files kept.
+        let services_text = cy.state.services_text.take();
+        cy.state = new_state(&home, std::mem::take(&mut cy.state.logs));
+        cy.state.services_text = services_text;
+        cy.prev = Prev::Mem(state::Conns::default());
+        relabel_if_changed(cy);
+    }
     let state = &mut cy.state;
     cy.new_generation = state.pin_generation != pins.meta.pinned_at_ns;
     cy.fresh_state = state.pin_generation == 0;
@@ -516,7 +637,7 @@ fn open_pins(cy: &mut Cycle<'_>) -> anyhow::Result<Pins> {
         state.close_totals.clear();
     }
     pins.remove_all(&state::take_reaps(state))?;
-    Ok(pins)
+    Ok((pins, held))
 }
 
 /// Read kernel: the refreshed map, then the ring. Map first: a connection
@@ -550,14 +671,28 @@ fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
     // but this state releases records past its committed position.
     // A state new to these pins starts where the kernel's consumer is.
     let (released, _) = ring.positions();
-    if cy.new_generation {
+    if cy.new_generation || cy.took_over {
         state.ring_applied = state.ring_applied.max(released);
         // A new state on pins another reader has consumed from (a counter
-        // reset): its totals start now, so the kernel's close totals so far
-        // are its starting point, as the ring's consumer position is.
-        if cy.fresh_state && released > 0 {
+        // reset, or a take-over: the previous consumer counted the closes
+        // so far): its totals start now, so the kernel's close totals so
+        // far are its starting point, as the ring's consumer position is.
+        if cy.took_over || (cy.fresh_state && released > 0) {
             closetotals::adopt(state, &totals);
         }
+    } else if released > state.ring_applied && cy.was_consumer {
+        // This state dir alone consumed the pins: this state is older than
+        // what it committed (a restored or copied-back state.bin).
+        cy.partial_failure = true;
+        eprintln!(
+            "longconn-reader: {} is older than what this state dir already consumed from {}: {} bytes of close records (about {} closes) were applied by a later commit, and their records are in the logs and kept (state.bin restored from a backup or copied back?); totals restart from this state (a counter reset)",
+            cy.state_path.display(),
+            cy.pin_dir.display(),
+            released - state.ring_applied,
+            (released - state.ring_applied) / RING_RECORD_BYTES
+        );
+        state.ring_applied = released;
+        state.created_unix_ns = now_unix_ns().max(state.created_unix_ns + 1);
     } else if released > state.ring_applied {
         cy.partial_failure = true;
         eprintln!(
@@ -603,6 +738,7 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
     };
     let now_ns = u64::try_from(read.clock.wall_ns).unwrap_or(0);
     let known = known_files(cy);
+    premark(cy, &known)?;
     let mut saver = state::Saver::begin(&cy.state_path, 0o600, &cy.prev)?;
     let mut live = metrics::Live::new(
         a.max_connection_series,
@@ -682,6 +818,21 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
     })
 }
 
+/// Marks every file pending from where this cycle's appends start, with
+/// one sync of the log dir's owner record for all of them (see `logowner`).
+fn premark(cy: &Cycle<'_>, known: &BTreeMap<AppendFile, Committed>) -> anyhow::Result<()> {
+    let mut owner = None;
+    for (file, log) in &cy.files {
+        log.premark(known.get(file).copied())
+            .with_context(|| format!("cannot mark {} in its log dir", log.path.display()))?;
+        owner = owner.or(log.owner.as_ref());
+    }
+    if let Some(o) = owner {
+        o.sync().context("cannot sync the log dir's owner record")?;
+    }
+    Ok(())
+}
+
 /// What the state knows of each file this run writes.
 fn known_files(cy: &Cycle<'_>) -> BTreeMap<AppendFile, Committed> {
     cy.files
@@ -735,6 +886,22 @@ fn commit(cy: &mut Cycle<'_>, done: &mut Accounted) -> anyhow::Result<()> {
     }
     if let Some(saver) = done.saver.take() {
         saver.commit(state)?;
+    }
+    // What the commit made is marked committed in the log dir: an older
+    // state (restored, copied) never cuts it. On a failure nothing is
+    // released: the mark stays pending from the previous length, which
+    // this state (it knows the new one) never cuts, and whatever cuts it
+    // (a reset state) finds the records still in the kernel.
+    for (file, log) in &cy.files {
+        if let Some(w) = done.written.get(file) {
+            log.mark_committed(&w.pos).with_context(|| {
+                format!(
+                    "cannot mark {} committed in its log dir's {}; nothing was released",
+                    log.path.display(),
+                    logowner::OWNER_FILE
+                )
+            })?;
+        }
     }
     for (file, log) in &cy.files {
         if done.written.get(file).is_some_and(|w| w.created) {
@@ -796,17 +963,20 @@ fn register_consumer(
     generation: u64,
     home: &str,
     take_over: bool,
-) -> anyhow::Result<()> {
+    wait: Duration,
+) -> anyhow::Result<(consumer::Registered, Option<fs::File>)> {
     let canonical = fs::canonicalize(pin_dir).unwrap_or_else(|_| pin_dir.to_owned());
     let me = consumer::Record {
         pin_dir: canonical.to_string_lossy().into_owned(),
         pinned_at_ns: generation,
         state_dir: home.to_owned(),
     };
-    match consumer::register(Path::new(consumer::REGISTRY_DIR), &me, take_over)? {
-        consumer::Registered::Yes => {}
+    let (registered, held) =
+        consumer::register(Path::new(consumer::REGISTRY_DIR), &me, take_over, wait)?;
+    match &registered {
+        consumer::Registered::Yes | consumer::Registered::Already => {}
         consumer::Registered::TookOver(prev) => eprintln!(
-            "longconn-reader: {home} is now the consumer of {}'s close records (was {prev}, which is refused from now on)",
+            "longconn-reader: {home} is now the consumer of {}'s close records (was {prev}, which is refused from now on); its totals restart (a counter reset)",
             me.pin_dir
         ),
         consumer::Registered::Unavailable(why) => eprintln!(
@@ -814,7 +984,7 @@ fn register_consumer(
             me.pin_dir
         ),
     }
-    Ok(())
+    Ok((registered, held))
 }
 
 /// Whether the file a state entry knows is still at its path (else the

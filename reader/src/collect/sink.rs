@@ -3,11 +3,12 @@
 //!
 //! Every byte is written before `with_sink` returns, which is before the
 //! caller's commit point; a write error fails the cycle (nothing is
-//! committed), naming the file.
+//! committed). A file that fails is dropped from the cycle while the others
+//! are still written (each bounded by the records themselves: a failed
+//! run's tail is cut by the next), so the one error names every file that
+//! could not be written and how many bytes the cycle's records need.
 
 use std::collections::BTreeMap;
-
-use anyhow::Context as _;
 
 use crate::output::{
     access,
@@ -21,6 +22,10 @@ struct Open<'a> {
     file: AppendFile,
     tail: Tail<'a>,
     logs: Option<otlp::LogsWriter<'a>>,
+    /// Bytes of records encoded for it this cycle.
+    bytes: u64,
+    /// Its write failed: nothing more goes into it this cycle.
+    failed: Option<std::io::Error>,
 }
 
 /// Runs `f` with a sink for the cycle's events, appending each to the
@@ -43,44 +48,58 @@ pub fn with_sink<R>(
             tail: log.tail(known.get(file).copied()),
             logs: (*file == AppendFile::OtlpLogs)
                 .then(|| otlp::LogsWriter::new(resource, now_ns, per_line)),
+            bytes: 0,
+            failed: None,
         })
         .collect();
-    let mut error: Option<anyhow::Error> = None;
     let result = f(&mut |e| {
-        if error.is_some() {
-            return;
-        }
         for o in &mut open {
             let buf = o.tail.buf();
+            let before = buf.len();
             match (o.file, &mut o.logs) {
                 (AppendFile::AccessCsv, _) => access::csv_row(buf, e),
                 (AppendFile::AccessJsonl, _) => access::jsonl_line(buf, e),
                 (_, Some(w)) => w.push(buf, e),
                 (_, None) => {}
             }
-            if let Err(err) = o.tail.flush_if_full() {
-                let name = o.file.name();
-                error = Some(anyhow::Error::new(err).context(format!("cannot append to {name}")));
-                return;
+            o.bytes += (buf.len() - before) as u64;
+            if o.failed.is_some() {
+                buf.clear();
+            } else if let Err(err) = o.tail.flush_if_full() {
+                o.failed = Some(err);
+                o.tail.buf().clear();
             }
         }
     });
-    if let Some(e) = error {
-        return Err(e);
-    }
     let mut out = BTreeMap::new();
+    let mut failed = Vec::new();
+    let mut need = 0u64;
     for mut o in open {
         if let Some(w) = &mut o.logs {
+            let before = o.tail.buf().len();
             w.finish(o.tail.buf());
+            o.bytes += (o.tail.buf().len() - before) as u64;
         }
-        let name = o.file.name();
-        if let Some(w) = o
-            .tail
-            .finish()
-            .with_context(|| format!("cannot append to {name}"))?
-        {
-            out.insert(o.file, w);
+        need += o.bytes;
+        if let Some(e) = o.failed.take() {
+            failed.push(e);
+            continue;
         }
+        match o.tail.finish() {
+            Ok(Some(w)) => {
+                out.insert(o.file, w);
+            }
+            Ok(None) => {}
+            Err(e) => failed.push(e),
+        }
+    }
+    if !failed.is_empty() {
+        let list: Vec<String> = failed.iter().map(ToString::to_string).collect();
+        anyhow::bail!(
+            "cannot append to {}; this cycle's records need about {} KiB there: free that much and the next cycle writes them (nothing was consumed)",
+            list.join("; "),
+            need.div_ceil(1024)
+        );
     }
     Ok((result, out))
 }
@@ -99,6 +118,7 @@ mod tests {
             keep: 1,
             header: file.header(),
             mode: 0o640,
+            owner: None,
         };
         (file, log)
     }

@@ -11,11 +11,16 @@
 //!    name, `.<name>.new`, and renamed into place only now);
 //! 3. `rotate_if_full(pos)` rotates a file that reached `max_bytes`.
 //!
-//! Cutting rule: a tail is cut only when the state positively knows the
-//! file — same device and inode — and the file is longer than the committed
-//! length (the tail of a run killed before its commit). A file the state
-//! does not know (a reset state, another log dir, a replaced file) is never
-//! cut: records go after its end, after a newline if it ends mid-line. A
+//! Cutting rule: a tail is cut only when the log dir's owner file marks it
+//! as the uncommitted tail of this state dir (`logowner`: `pending` from
+//! exactly the committed length the state knows, same device and inode):
+//! the tail of a run killed before its commit. A state older than the log
+//! (a restored backup, a copied state) finds the bytes after its length
+//! marked `committed` and cuts nothing. A state that does not know the file
+//! (reset after a kill) cuts only a tail marked `pending` by its own state
+//! dir, back to where that run started. Any other file (another log dir, a
+//! replaced file, no owner mark) is never cut: records go after its end,
+//! after a newline if it ends mid-line. A
 //! file created by a killed run is still hidden under its `.new` name, so
 //! it is known to hold nothing committed and is simply replaced; one
 //! committed but not yet published is published by `recover` at the next
@@ -36,7 +41,10 @@ use std::{
     io,
     os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::Arc,
 };
+
+use super::logowner::LogOwner;
 
 use super::atomic::{fsync_dir, parent_dir, with_path};
 
@@ -83,6 +91,9 @@ pub struct AppendLog {
     pub header: Vec<u8>,
     /// Mode of the files, e.g. 0o640 (not masked by umask; existing files are reset to it).
     pub mode: u32,
+    /// The log dir's owner record, whose marks say which tail is uncommitted
+    /// (None: nothing is ever cut).
+    pub owner: Option<Arc<LogOwner>>,
 }
 
 /// O_NOFOLLOW: a symlink at the path fails with ELOOP instead of being written
@@ -122,6 +133,46 @@ impl AppendLog {
         let mut p = OsString::from(self.path.as_os_str());
         p.push(format!(".{n}"));
         PathBuf::from(p)
+    }
+
+    /// The file's name in its log dir (the key of its owner mark).
+    fn name(&self) -> String {
+        self.path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Before the cycle writes: marks the live file pending from where this
+    /// cycle's appends will start (the same decision `start` makes), not
+    /// yet durable: the caller syncs the owner record once for every file.
+    /// A file that is not there, not a plain single-link file, or that
+    /// changes before `start` simply gets its own mark there.
+    pub fn premark(&self, known: Option<Committed>) -> io::Result<()> {
+        let Some(o) = &self.owner else {
+            return Ok(());
+        };
+        let m = match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_file() && m.nlink() == 1 => m,
+            _ => return Ok(()),
+        };
+        let name = self.name();
+        let known_len = known.filter(|k| k.is(&m)).map(|k| k.len);
+        let from = o
+            .cut_point(&name, m.dev(), m.ino(), m.len(), known_len)
+            .unwrap_or(m.len());
+        o.premark(&name, m.dev(), m.ino(), from)
+            .map_err(with_path(&self.path))
+    }
+
+    /// After the caller's commit of `pos`: marks it committed in the log
+    /// dir's owner file.
+    pub fn mark_committed(&self, pos: &Committed) -> io::Result<()> {
+        match &self.owner {
+            Some(o) => o.committed(&self.name(), pos.dev, pos.ino, pos.len),
+            None => Ok(()),
+        }
     }
 
     /// Step 1 in one call: appends `body` (whole records, each ending in
@@ -256,6 +307,10 @@ impl AppendLog {
             None => (self.create_hidden()?, true),
         };
         let meta = file.metadata().map_err(ctx())?;
+        if !created {
+            crate::fsperm::check_own_file(&self.path, &meta)
+                .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()))?;
+        }
         if !created && meta.mode() & 0o7777 != self.mode {
             if let Err(e) = file.set_permissions(Permissions::from_mode(self.mode)) {
                 eprintln!(
@@ -267,14 +322,30 @@ impl AppendLog {
             }
         }
         let mut len = meta.len();
-        match known {
-            // The tail of a run killed before its caller recorded the new length.
-            Some(k) if !created && k.is(&meta) && len > k.len => {
-                file.set_len(k.len).map_err(ctx())?;
-                len = k.len;
+        let name = self.name();
+        let owner = self.owner.as_deref();
+        let known_len = known.filter(|k| k.is(&meta)).map(|k| k.len);
+        // This cycle's premark of this very file already decided (and
+        // durably marked) where its appends start.
+        let premarked = owner
+            .filter(|_| !created)
+            .and_then(|o| o.take_premarked(&name, meta.dev(), meta.ino()))
+            .filter(|&from| from <= len);
+        let cut_to = match (owner, premarked) {
+            (Some(_), Some(from)) => (from < len).then_some(from),
+            (Some(o), None) if !created => {
+                o.cut_point(&name, meta.dev(), meta.ino(), len, known_len)
             }
-            // Shorter (cut by someone else) or not known: nothing is cut.
-            _ => {}
+            // No owner record: nothing is ever cut.
+            _ => None,
+        };
+        if let Some(to) = cut_to {
+            file.set_len(to).map_err(ctx())?;
+            len = to;
+        }
+        if let (Some(o), None) = (owner, premarked) {
+            o.pending(&name, meta.dev(), meta.ino(), len)
+                .map_err(ctx())?;
         }
         if len == 0 {
             file.write_all_at(&self.header, 0).map_err(ctx())?;
@@ -429,6 +500,13 @@ mod tests {
             keep,
             header: HEADER.to_vec(),
             mode: 0o640,
+            owner: Some(Arc::new({
+                let o = LogOwner::claim(dir, "/state", false, std::time::Duration::ZERO)
+                    .unwrap()
+                    .0;
+                o.set_pins(1);
+                o
+            })),
         }
     }
 
@@ -436,6 +514,7 @@ mod tests {
     fn write(l: &AppendLog, known: Option<Committed>, body: &[u8]) -> Option<Committed> {
         match l.write_uncommitted(known, body).unwrap() {
             Some(w) => {
+                l.mark_committed(&w.pos).unwrap();
                 if w.created {
                     l.publish().unwrap();
                 }
@@ -560,6 +639,18 @@ mod tests {
             .unwrap();
         cycle(&l, m, b"e\n");
         assert_eq!(fs::read(&l.path).unwrap(), b"h\na\ne\n");
+    }
+
+    /// Issue 22 item C: a reset state (it knows no file) cuts the tail its
+    /// own killed run left, marked pending, and nothing committed.
+    #[test]
+    fn a_reset_state_cuts_only_a_killed_runs_tail() {
+        let d = tempfile::tempdir().unwrap();
+        let l = log(d.path(), 1 << 20, 3);
+        let n = cycle(&l, None, b"a\n");
+        l.write_uncommitted(n, b"b\n").unwrap();
+        cycle(&l, None, b"c\n");
+        assert_eq!(fs::read(&l.path).unwrap(), b"h\na\nc\n");
     }
 
     /// A file created by a run killed before its commit is still hidden and

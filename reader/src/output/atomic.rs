@@ -97,9 +97,11 @@ pub(crate) fn create_temp_for(path: &Path, mode: u32) -> io::Result<(PathBuf, Fi
 }
 
 /// Removes `dir/.<name>.tmp-<pid>-<n>` files left by runs that were killed
-/// mid-write (their pid is gone). Call with the collect lock held. Returns how
-/// many were removed; errors are ignored (a leftover is only wasted space).
-pub fn remove_stale_temps(dir: &Path, name: &str) -> usize {
+/// mid-write: every one but this process's when `any_pid` (the caller's
+/// lock makes it the only writer), else those whose pid is gone. Call with
+/// the collect lock held. Returns how many were removed; errors are ignored
+/// (a leftover is only wasted space).
+pub fn remove_stale_temps(dir: &Path, name: &str, any_pid: bool) -> usize {
     let prefix = format!(".{name}.tmp-");
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
@@ -114,7 +116,7 @@ pub fn remove_stale_temps(dir: &Path, name: &str) -> usize {
             continue;
         };
         if pid != std::process::id()
-            && !Path::new(&format!("/proc/{pid}")).exists()
+            && (any_pid || !Path::new(&format!("/proc/{pid}")).exists())
             && fs::remove_file(e.path()).is_ok()
         {
             removed += 1;
@@ -195,7 +197,7 @@ mod tests {
         ] {
             fs::write(dir.path().join(name), b"x").unwrap();
         }
-        assert_eq!(remove_stale_temps(dir.path(), "state.bin"), 1);
+        assert_eq!(remove_stale_temps(dir.path(), "state.bin", false), 1);
         let mut left: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -209,6 +211,10 @@ mod tests {
         ];
         want.sort();
         assert_eq!(left, want);
+        // Issue 22 item 8: under the lock, whatever the pid (pid 1 lives).
+        assert_eq!(remove_stale_temps(dir.path(), "state.bin", true), 1);
+        assert!(!dir.path().join(".state.bin.tmp-1-0").exists());
+        assert!(dir.path().join(format!(".state.bin.tmp-{me}-0")).exists());
     }
     use std::os::unix::fs::symlink;
 

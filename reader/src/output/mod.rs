@@ -8,6 +8,7 @@ pub mod event;
 #[cfg(test)]
 pub mod golden;
 pub mod jsonw;
+pub mod logowner;
 pub mod otlp;
 pub mod owner;
 pub mod promtext;

@@ -509,6 +509,7 @@ pub fn load(path: &Path, home: &str) -> io::Result<LoadOutcome> {
     crate::output::atomic::remove_stale_temps(
         crate::output::atomic::parent_dir(path),
         journal::FILE_NAME,
+        true,
     );
     match open_state(path, true)? {
         Opened::Missing => {}

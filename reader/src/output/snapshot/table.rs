@@ -344,7 +344,7 @@ pub static METRICS: [Desc; ROWS] = join(&[
         ),
         Desc::new(
             "longconn_ringbuf_drops_total",
-            "Close records that did not fit the ring buffer (kept in the overflow map when the reader knows the connection or it is long, else counted in longconn_close_records_unlogged_total; in the group metrics either way)",
+            "Close records the ring buffer could not take: kept in an overflow map and delivered by the next collect when the reader knows the connection or it is long, else counted in longconn_close_records_unlogged_total (in the group metrics either way)",
             Kind::Counter,
             Unit::Records,
             None,
