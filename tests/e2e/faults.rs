@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use longconn_tests::{env::privileged_or_skip, prom, traffic::Traffic, TestEnv};
+use longconn_tests::{env::privileged_or_skip, prom, seccomp, traffic::Traffic, TestEnv};
 
 fn closes_by_cookie(dir: &Path) -> BTreeMap<String, u32> {
     let mut out = BTreeMap::new();
@@ -223,18 +223,11 @@ fn ring_buffer_overflow_loses_no_close() {
 /// and exec. The reader's first delete in a cycle with nothing to reap is
 /// the first reaped closed record, right after its commit.
 fn killed_at_first_map_delete(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
     const BPF_MAP_DELETE_ELEM: u32 = 3;
     // Closes kept in the overflow maps are deleted in batches (issue 21).
     const BPF_MAP_DELETE_BATCH: u32 = 27;
-    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-    let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
-    let (ld, jeq, ret) = (
-        (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-        (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        (libc::BPF_RET | libc::BPF_K) as u16,
-    );
-    let filter = [
+    use seccomp::{insn as f, AUDIT_ARCH_X86_64, JEQ as jeq, LD as ld, RET as ret};
+    let filter = vec![
         f(ld, 0, 0, 4), // seccomp_data.arch
         f(jeq, 0, 6, AUDIT_ARCH_X86_64),
         f(ld, 0, 0, 0), // seccomp_data.nr
@@ -245,27 +238,7 @@ fn killed_at_first_map_delete(cmd: &mut Command) {
         f(ret, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
         f(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
     ];
-    // SAFETY: the closure runs between fork and exec and only makes two
-    // prctl calls on memory (the filter) that the fork copied and that
-    // stays valid until exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let prog = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_ptr().cast_mut(),
-            };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                || libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER,
-                    &prog as *const libc::sock_fprog,
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    seccomp::install(cmd, filter);
 }
 
 /// Issue 20: a collect killed after its commit, before it deleted the closes

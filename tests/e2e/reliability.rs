@@ -16,7 +16,7 @@ use std::{
     },
 };
 
-use longconn_tests::{env::privileged_or_skip, logs, traffic::Traffic, TestEnv};
+use longconn_tests::{env::privileged_or_skip, logs, seccomp, traffic::Traffic, TestEnv};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -499,15 +499,8 @@ impl Drop for Tmpfs {
 /// the first block of a log, before its commit (a seccomp filter installed
 /// between fork and exec).
 fn killed_after_first_log_write(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-    let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
-    let (ld, jeq, ret) = (
-        (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-        (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        (libc::BPF_RET | libc::BPF_K) as u16,
-    );
-    let filter = [
+    use seccomp::{insn as f, AUDIT_ARCH_X86_64, JEQ as jeq, LD as ld, RET as ret};
+    let filter = vec![
         f(ld, 0, 0, 4), // seccomp_data.arch
         f(jeq, 0, 3, AUDIT_ARCH_X86_64),
         f(ld, 0, 0, 0), // seccomp_data.nr
@@ -515,27 +508,7 @@ fn killed_after_first_log_write(cmd: &mut Command) {
         f(ret, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
         f(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
     ];
-    // SAFETY: the closure runs between fork and exec and only makes two
-    // prctl calls on memory (the filter) that the fork copied and that
-    // stays valid until exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let prog = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_ptr().cast_mut(),
-            };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                || libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER,
-                    &prog as *const libc::sock_fprog,
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    seccomp::install(cmd, filter);
 }
 
 /// Item C: a run killed after it appended its records, before its commit,

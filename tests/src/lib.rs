@@ -7,6 +7,7 @@ pub mod env;
 pub mod logs;
 pub mod netns;
 pub mod prom;
+pub mod seccomp;
 pub mod ss;
 pub mod traffic;
 
