@@ -455,14 +455,15 @@ impl ConnRecord {
         })
     }
 
-    /// The command name up to its first NUL, lossily as UTF-8.
+    /// The command name up to its first NUL, as text that keeps names
+    /// differing only in invalid UTF-8 apart (`text::distinct_text`).
     pub fn comm(&self) -> String {
         let end = self
             .comm
             .iter()
             .position(|&b| b == 0)
             .unwrap_or(self.comm.len());
-        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+        crate::text::distinct_text(&self.comm[..end])
     }
 
     pub fn local_ip(&self) -> std::net::IpAddr {
@@ -526,6 +527,19 @@ mod tests {
         assert_eq!(std::mem::size_of::<Totals>(), 80);
         assert_eq!(std::mem::size_of::<Meta>(), 40);
         assert_eq!(std::mem::size_of::<RefreshSlot>(), 144);
+    }
+
+    #[test]
+    fn comms_that_differ_only_in_invalid_bytes_stay_distinct() {
+        let rec = |comm: &[u8; 16]| ConnRecord {
+            comm: *comm,
+            ..Default::default()
+        };
+        let a = rec(b"srv\xff\0\0\0\0\0\0\0\0\0\0\0\0");
+        let b = rec(b"srv\xfe\0\0\0\0\0\0\0\0\0\0\0\0");
+        assert_ne!(a.comm(), b.comm());
+        assert_eq!(a.comm(), "srv\\xff");
+        assert_eq!(rec(b"nginx\0\0\0\0\0\0\0\0\0\0\0").comm(), "nginx");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod refresh;
 pub mod ring;
 pub mod sys;
 pub mod testgen;
+pub mod text;
 pub mod units;
 
 pub use layout::{ConnRecord, Counters, Meta, NetnsEntry};

@@ -138,23 +138,11 @@ fn relative(root: &Path, dir: &Path) -> String {
     }
 }
 
-/// A cgroup path as text: unchanged when it is UTF-8; otherwise each byte
-/// that is not UTF-8 as `\xNN` and `\` as `\\`, so two names that differ
-/// in invalid bytes stay two names (a lossy conversion made both U+FFFD).
+/// A cgroup path as text (`text::distinct_text`: invalid bytes escaped,
+/// so two names that differ in them stay two names).
 fn name_text(p: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
-    let bytes = p.as_os_str().as_bytes();
-    if let Ok(s) = std::str::from_utf8(bytes) {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(bytes.len() + 8);
-    for chunk in bytes.utf8_chunks() {
-        out.push_str(&chunk.valid().replace('\\', "\\\\"));
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
+    longconn_common::text::distinct_text(p.as_os_str().as_bytes())
 }
 
 /// The full identity of a record, given resolved cgroup names and a service
