@@ -104,7 +104,8 @@ fn names_with_separator_and_control_bytes_stay_distinct_and_escaped() {
     let _a = pair_as(&mut env, &cg_a, b"x", "p");
     let _b = pair_as(&mut env, &cg_b, b"b\x1fx", "p");
     // A comm with every byte a label value must escape, and terminal controls.
-    // (0xff: invalid UTF-8, shown as U+FFFD.)
+    // (0xff: invalid UTF-8, shown as `\xff`, and then `\` as `\\`, so it
+    // stays apart from a comm that differs only in invalid bytes.)
     let evil: &[u8] = b"q\"\\\n\x1b[2J\xffz";
     let _c = pair_as(&mut env, &cg_b, evil, "p");
     let (st, err) = env.collect(&["--workload-labels", "workload,comm"]);
@@ -115,8 +116,7 @@ fn names_with_separator_and_control_bytes_stay_distinct_and_escaped() {
     let s = prom::parse(&fs::read_to_string(out.join("longconn.prom")).unwrap());
     let wa = format!("{}/a\u{1f}b", env.workload());
     let wb = format!("{}/a", env.workload());
-    let evil_lossy = String::from_utf8_lossy(evil);
-    let evil_s: &str = &evil_lossy;
+    let evil_s: &str = "q\"\\\\\n\u{1b}[2J\\xffz";
     let opened = "longconn_workload_connections_opened_total";
     for (w, c) in [(&wa, "x"), (&wb, "b\u{1f}x"), (&wb, evil_s)] {
         assert_eq!(
@@ -158,7 +158,7 @@ fn names_with_separator_and_control_bytes_stay_distinct_and_escaped() {
         !table.chars().any(|c| c != '\n' && c.is_control()),
         "raw control characters in the dump table: {table:?}"
     );
-    assert!(table.contains("q\"\\\\\\x0a\\x1b[2J\u{fffd}z/"), "{table}");
+    assert!(table.contains("q\"\\\\\\\\\\x0a\\x1b[2J\\\\xffz/"), "{table}");
     assert!(table.contains("b\\x1fx/"), "{table}");
     assert!(table.contains("/a\\x1fb"), "{table}");
     let rows = table.lines().count();
