@@ -109,7 +109,12 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
     let mut order: Vec<(std::cmp::Reverse<u64>, usize)> = records
         .iter()
         .enumerate()
-        .map(|(i, r)| (std::cmp::Reverse(r.bytes_sent.saturating_add(r.bytes_received)), i))
+        .map(|(i, r)| {
+            (
+                std::cmp::Reverse(r.bytes_sent.saturating_add(r.bytes_received)),
+                i,
+            )
+        })
         .collect();
     order.sort_unstable();
     let records: Vec<&ConnRecord> = order.iter().map(|&(_, i)| &records[i]).collect();

@@ -447,16 +447,22 @@ mod tests {
     #[test]
     fn the_identifier_names_every_record_as_identify_does() {
         let pod = "/kubepods/burstable/pod6c3b0e6e-2c47-4a5e-9a4f-0d2b6f3c1a77/3f4e1c2d9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d";
-        let names = BTreeMap::from([(1u64, "/system.slice/db.service".to_owned()), (2, pod.to_owned())]);
-        let services =
-            ServiceMap::parse("10.0.0.0/8,5432,postgres,db\n", "svc.csv").unwrap();
+        let names = BTreeMap::from([
+            (1u64, "/system.slice/db.service".to_owned()),
+            (2, pod.to_owned()),
+        ]);
+        let services = ServiceMap::parse("10.0.0.0/8,5432,postgres,db\n", "svc.csv").unwrap();
         let identifier = Identifier::new(&names, &services);
         let v4 = |a: [u8; 4]| [u32::from_ne_bytes(a), 0, 0, 0];
         for i in 0..40u32 {
             let r = ConnRecord {
                 cookie: u64::from(i),
                 cgroup_id: u64::from(i % 3), // 0: unresolved
-                direction: if i % 2 == 0 { layout::DIR_INBOUND } else { layout::DIR_OUTBOUND },
+                direction: if i % 2 == 0 {
+                    layout::DIR_INBOUND
+                } else {
+                    layout::DIR_OUTBOUND
+                },
                 family: layout::AF_INET,
                 local_addr: v4([127, 0, 0, 1]),
                 local_port: 8080 + i % 2,
@@ -467,7 +473,11 @@ mod tests {
                 netns_cookie: u64::from(i % 2),
                 ..Default::default()
             };
-            assert_eq!(identifier.identify(&r), identify(&r, &names, &services), "record {i}");
+            assert_eq!(
+                identifier.identify(&r),
+                identify(&r, &names, &services),
+                "record {i}"
+            );
         }
     }
 

@@ -672,7 +672,8 @@ fn the_refresh_writes_its_slot_and_the_record_only_when_its_base_has_aged() {
         sys, Pins,
     };
     use std::os::fd::AsFd;
-    if !privileged_or_skip("the_refresh_writes_its_slot_and_the_record_only_when_its_base_has_aged") {
+    if !privileged_or_skip("the_refresh_writes_its_slot_and_the_record_only_when_its_base_has_aged")
+    {
         return;
     }
     let mut env = TestEnv::new("widenbase");
@@ -713,8 +714,15 @@ fn the_refresh_writes_its_slot_and_the_record_only_when_its_base_has_aged() {
     // An ordinary slot: the counters come back, the record is not written.
     let got = run(RefreshSlot::of(&before));
     assert_eq!(got.status, layout::REFRESH_OK, "{got:?}");
-    assert_eq!((got.packets_received, got.bytes_received), (fresh.packets_received, fresh.bytes_received));
-    assert_eq!(raw().update_ns, before.update_ns, "an ordinary refresh leaves the record as it is");
+    assert_eq!(
+        (got.packets_received, got.bytes_received),
+        (fresh.packets_received, fresh.bytes_received)
+    );
+    assert_eq!(
+        raw().update_ns,
+        before.update_ns,
+        "an ordinary refresh leaves the record as it is"
+    );
 
     // A slot whose received-packet total is 2^30 + 1000 behind the socket.
     let gap = (1u64 << 30) + 1000;
@@ -722,9 +730,16 @@ fn the_refresh_writes_its_slot_and_the_record_only_when_its_base_has_aged() {
     aged.packets_received = u64::from((fresh.packets_received as u32).wrapping_sub(gap as u32));
     let got = run(aged);
     assert_eq!(got.status, layout::REFRESH_OK, "{got:?}");
-    assert_eq!(got.packets_received, aged.packets_received + gap, "widened across the gap");
+    assert_eq!(
+        got.packets_received,
+        aged.packets_received + gap,
+        "widened across the gap"
+    );
     let after = raw();
-    assert!(after.update_ns > before.update_ns, "the aged base brought the record forward");
+    assert!(
+        after.update_ns > before.update_ns,
+        "the aged base brought the record forward"
+    );
     assert_eq!(
         (after.packets_received, after.bytes_received),
         (fresh.packets_received, fresh.bytes_received),

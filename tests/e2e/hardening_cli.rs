@@ -158,7 +158,10 @@ fn names_with_separator_and_control_bytes_stay_distinct_and_escaped() {
         !table.chars().any(|c| c != '\n' && c.is_control()),
         "raw control characters in the dump table: {table:?}"
     );
-    assert!(table.contains("q\"\\\\\\\\\\x0a\\x1b[2J\\\\xffz/"), "{table}");
+    assert!(
+        table.contains("q\"\\\\\\\\\\x0a\\x1b[2J\\\\xffz/"),
+        "{table}"
+    );
     assert!(table.contains("b\\x1fx/"), "{table}");
     assert!(table.contains("/a\\x1fb"), "{table}");
     let rows = table.lines().count();

@@ -200,11 +200,7 @@ fn name(state: &mut State, inp: &Inputs<'_>, r: &ConnRecord) -> Named {
 /// order; read in hash order, each record was a cache miss (87 % of
 /// `conn_state`'s time at 100k connections, `perf annotate`).
 fn sort_by_cookie(map: &mut [ConnRecord]) {
-    let mut order: Vec<(u64, usize)> = map
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.cookie, i))
-        .collect();
+    let mut order: Vec<(u64, usize)> = map.iter().enumerate().map(|(i, r)| (r.cookie, i)).collect();
     order.sort_unstable();
     let mut placed = vec![false; map.len()];
     for start in 0..map.len() {

@@ -567,7 +567,10 @@ impl Scan {
 
     fn step(&mut self) -> io::Result<Option<(u64, ConnState)>> {
         loop {
-            let base = self.pending.first().and_then(|p| p.as_ref().map(|(k, _)| *k));
+            let base = self
+                .pending
+                .first()
+                .and_then(|p| p.as_ref().map(|(k, _)| *k));
             let entry = self.heap.peek().map(|Reverse((k, _))| *k);
             let cookie = match (base, entry) {
                 (None, None) => return Ok(None),

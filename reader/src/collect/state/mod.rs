@@ -705,10 +705,9 @@ impl Saver {
     /// Appends one live connection (cookies increasing).
     pub fn push(&mut self, cookie: u64, c: &ConnState) -> io::Result<()> {
         match &mut self.how {
-            How::Journal(a) => {
-                a.push(cookie, c)
-                    .map_err(|e| crate::output::atomic::with_path(&journal::path_for(&self.path))(e))
-            }
+            How::Journal(a) => a
+                .push(cookie, c)
+                .map_err(|e| crate::output::atomic::with_path(&journal::path_for(&self.path))(e)),
             How::Base { tmp, w: Some(w) } => w
                 .push(cookie, c)
                 .map_err(crate::output::atomic::with_path(tmp)),
