@@ -153,20 +153,12 @@ pub fn identify(
     cgroup_names: &BTreeMap<u64, String>,
     services: &ServiceMap,
 ) -> Identity {
-    let workload = workload_of(r.cgroup_id, cgroup_names);
-    let (container_id, pod_uid) = parse_container(&workload);
     let (ip, port) = service_endpoint(r);
-    let (service, service_namespace) = service_of(ip, port, services);
-    Identity {
-        workload,
-        container_id,
-        pod_uid,
-        comm: r.comm(),
-        pid: r.pid,
-        netns_cookie: r.netns_cookie,
-        service,
-        service_namespace,
-    }
+    assemble(
+        r,
+        workload_names(r.cgroup_id, cgroup_names),
+        service_names(ip, port, services),
+    )
 }
 
 /// `identify` for many records: the names of a cgroup (workload, container
@@ -192,37 +184,53 @@ impl<'a> Identifier<'a> {
 
     /// What `identify` gives for `r`.
     pub fn identify(&self, r: &ConnRecord) -> Identity {
-        let [workload, container_id, pod_uid] = self
+        let workload = self
             .workloads
             .borrow_mut()
             .entry(r.cgroup_id)
-            .or_insert_with(|| {
-                let w = workload_of(r.cgroup_id, self.cgroup_names);
-                let (c, p) = parse_container(&w);
-                [w, c, p]
-            })
+            .or_insert_with(|| workload_names(r.cgroup_id, self.cgroup_names))
             .clone();
         let (ip, port) = service_endpoint(r);
-        let [service, service_namespace] = self
+        let service = self
             .endpoints
             .borrow_mut()
             .entry((ip, port))
-            .or_insert_with(|| {
-                let (s, n) = service_of(ip, port, self.services);
-                [s, n]
-            })
+            .or_insert_with(|| service_names(ip, port, self.services))
             .clone();
-        Identity {
-            workload,
-            container_id,
-            pod_uid,
-            comm: r.comm(),
-            pid: r.pid,
-            netns_cookie: r.netns_cookie,
-            service,
-            service_namespace,
-        }
+        assemble(r, workload, service)
     }
+}
+
+/// A record's identity from its workload names (path, container id, pod
+/// uid) and its service names (service, namespace).
+fn assemble(
+    r: &ConnRecord,
+    [workload, container_id, pod_uid]: [String; 3],
+    [service, service_namespace]: [String; 2],
+) -> Identity {
+    Identity {
+        workload,
+        container_id,
+        pod_uid,
+        comm: r.comm(),
+        pid: r.pid,
+        netns_cookie: r.netns_cookie,
+        service,
+        service_namespace,
+    }
+}
+
+/// (workload path, container id, pod uid) of a cgroup.
+fn workload_names(cgroup_id: u64, cgroup_names: &BTreeMap<u64, String>) -> [String; 3] {
+    let w = workload_of(cgroup_id, cgroup_names);
+    let (c, p) = parse_container(&w);
+    [w, c, p]
+}
+
+/// (service, service namespace) of an endpoint.
+fn service_names(ip: IpAddr, port: u32, services: &ServiceMap) -> [String; 2] {
+    let (s, n) = service_of(ip, port, services);
+    [s, n]
 }
 
 fn workload_of(cgroup_id: u64, cgroup_names: &BTreeMap<u64, String>) -> String {

@@ -92,24 +92,7 @@ fn errors_are_one_clear_line_with_meaningful_exit_codes() {
     value.extend(bytes.iter().map(|b| b.to_string()));
     // meta is frozen once pinned: another layout's meta is a map of its own.
     std::fs::remove_file(&meta).unwrap();
-    let st = Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&meta)
-        .args([
-            "type",
-            "array",
-            "key",
-            "4",
-            "value",
-            "40",
-            "entries",
-            "1",
-            "name",
-            "longconn_meta",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    longconn_tests::env::pin_foreign_meta(&meta);
     let st = Command::new("bpftool")
         .args(["map", "update", "pinned"])
         .arg(&meta)

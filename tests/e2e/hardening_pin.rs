@@ -272,21 +272,7 @@ fn detach_leaves_foreign_objects_under_longconns_names() {
     fs::remove_file(&meta).unwrap();
     fs::remove_file(&counters).unwrap();
     let (m, c) = (meta.to_str().unwrap(), counters.to_str().unwrap());
-    bpftool(&[
-        "map",
-        "create",
-        m,
-        "type",
-        "array",
-        "key",
-        "4",
-        "value",
-        "40",
-        "entries",
-        "1",
-        "name",
-        "longconn_meta",
-    ]);
+    longconn_tests::env::pin_foreign_meta(&meta);
     bpftool(&[
         "map", "create", c, "type", "hash", "key", "4", "value", "8", "entries", "4", "name",
         "intruder",

@@ -412,22 +412,7 @@ fn group_members_cannot_break_the_pins_and_detach_force_recovers() {
 
     // Damage: a foreign map of meta's size at meta's name.
     fs::remove_file(&meta).unwrap();
-    let o = run(Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&meta)
-        .args([
-            "type",
-            "array",
-            "key",
-            "4",
-            "value",
-            "40",
-            "entries",
-            "1",
-            "name",
-            "longconn_meta",
-        ]));
-    assert!(o.status.success(), "bpftool map create: {}", stderr(&o));
+    longconn_tests::env::pin_foreign_meta(&meta);
     let o = run(env.pin_cmd().arg("status"));
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
     assert!(

@@ -327,3 +327,32 @@ impl TestEnv {
         )
     }
 }
+
+/// Pins at `path` a map someone else made: an array of one 40-byte value
+/// named `longconn_meta`, the type, size and name of longconn's `meta`, with
+/// no magic in it (bpftool; `path` must not exist).
+pub fn pin_foreign_meta(path: &Path) {
+    let o = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(path)
+        .args([
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "40",
+            "entries",
+            "1",
+            "name",
+            "longconn_meta",
+        ])
+        .output()
+        .expect("run bpftool");
+    assert!(
+        o.status.success(),
+        "bpftool map create {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
