@@ -302,8 +302,16 @@ impl Pins {
     /// resolved first (see `netns`); records of a namespace the program
     /// meets for the first time are refreshed once more after it is resolved.
     fn refresh(&self, records: &mut [ConnRecord]) -> Result<RefreshStats, PinnedError> {
+        let mut stats = RefreshStats::default();
+        self.refresher()?.refresh(records, &mut stats)?;
+        Ok(stats)
+    }
+
+    /// What a refresh needs, opened once: the program, the work array and
+    /// the netnsid map (see `refresh`).
+    fn refresher(&self) -> Result<Refresher<'_>, PinnedError> {
         let path = self.path(pins::REFRESH);
-        let fd = match open_fd(&path, Access::ReadWrite) {
+        let prog = match open_fd(&path, Access::ReadWrite) {
             Err(PinnedError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 return Err(PinnedError::Layout {
                     path: path.clone(),
@@ -323,23 +331,14 @@ impl Pins {
         if let Some(m) = &mut netns_map {
             resolve_netns(m, own, &mut tried);
         }
-        // A final record (kept in the map: ring buffer full) stays as closed.
-        let live: Vec<usize> = (0..records.len())
-            .filter(|&i| records[i].flags & layout::F_CLOSED == 0)
-            .collect();
-        let mut stats = RefreshStats::default();
-        let mut unknown =
-            self.refresh_chunks(fd.as_fd(), own, &work, records, &live, &mut stats)?;
-        if !unknown.is_empty() {
-            if let Some(m) = &mut netns_map {
-                if resolve_netns(m, own, &mut tried) > 0 {
-                    unknown =
-                        self.refresh_chunks(fd.as_fd(), own, &work, records, &unknown, &mut stats)?;
-                }
-            }
-        }
-        stats.netns_unknown = unknown.len() as u64;
-        Ok(stats)
+        Ok(Refresher {
+            pins: self,
+            prog,
+            own,
+            work,
+            netns_map,
+            tried,
+        })
     }
 
     /// The `refresh_work` array, mapped (read-write whatever the access: the
@@ -470,6 +469,64 @@ impl Pins {
             self.prune_netns(&records);
         }
         Ok((records, bad, stats))
+    }
+
+    /// The live records, streamed: read in batches of the refresh work
+    /// array's slot count, each batch refreshed (unless `refresh` is false)
+    /// and handed to `each` before the next is read, so memory holds one
+    /// batch, not the live set, and the caller can work on one batch while
+    /// the next is read. Closed records (closes in transit to the ring) are
+    /// skipped. Returns how many records had the wrong size, and what the
+    /// refresh could not reach.
+    pub fn stream_live(
+        &self,
+        refresh: bool,
+        mut each: impl FnMut(Vec<ConnRecord>),
+    ) -> Result<(u64, RefreshStats), PinnedError> {
+        let mut refresher = if refresh {
+            Some(self.refresher()?)
+        } else {
+            None
+        };
+        let batch = refresher.as_ref().map_or(4096, |r| r.work.slots()).max(1);
+        let mut stats = RefreshStats::default();
+        let mut bad = 0u64;
+        let mut failed = None;
+        let mut chunk = Vec::with_capacity(batch);
+        let mut deliver = |chunk: &mut Vec<ConnRecord>, stats: &mut RefreshStats| {
+            if failed.is_none() && !chunk.is_empty() {
+                match refresher.as_mut().map(|r| r.refresh(chunk, stats)) {
+                    Some(Err(e)) => failed = Some(e),
+                    _ => each(std::mem::replace(chunk, Vec::with_capacity(batch))),
+                }
+            }
+            chunk.clear();
+        };
+        sys::lookup_batch(
+            self.conns.fd().as_fd(),
+            8,
+            ConnRecord::SIZE,
+            batch as u32,
+            |_, v| match ConnRecord::decode(v) {
+                Some(r) if r.is_closed() => {}
+                Some(r) => {
+                    chunk.push(r);
+                    if chunk.len() >= batch {
+                        deliver(&mut chunk, &mut stats);
+                    }
+                }
+                None => bad += 1,
+            },
+        )
+        .map_err(|source| PinnedError::Io {
+            path: self.path(pins::CONNS),
+            source,
+        })?;
+        deliver(&mut chunk, &mut stats);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok((bad, stats)),
+        }
     }
 
     /// The map as the kernel hooks left it, without running the refresh
@@ -677,6 +734,48 @@ impl Pins {
                 }
             }
         }
+        Ok(())
+    }
+}
+
+/// The refresh program, its work array and the netnsid map, opened once for
+/// one read of the map (whole, or streamed chunk by chunk).
+struct Refresher<'p> {
+    pins: &'p Pins,
+    prog: OwnedFd,
+    own: u64,
+    work: WorkArray,
+    netns_map: Option<AyaHashMap<MapData, u64, NetnsEntry>>,
+    tried: HashSet<u64>,
+}
+
+impl Refresher<'_> {
+    /// Refreshes the live records of `records` (see `Pins::refresh`); a
+    /// record whose namespace was met for the first time is refreshed once
+    /// more after it is resolved.
+    fn refresh(
+        &mut self,
+        records: &mut [ConnRecord],
+        stats: &mut RefreshStats,
+    ) -> Result<(), PinnedError> {
+        // A final record (kept in the map: ring buffer full) stays as closed.
+        let live: Vec<usize> = (0..records.len())
+            .filter(|&i| records[i].flags & layout::F_CLOSED == 0)
+            .collect();
+        let prog = self.prog.as_fd();
+        let mut unknown = self
+            .pins
+            .refresh_chunks(prog, self.own, &self.work, records, &live, stats)?;
+        if !unknown.is_empty() {
+            if let Some(m) = &mut self.netns_map {
+                if resolve_netns(m, self.own, &mut self.tried) > 0 {
+                    unknown = self
+                        .pins
+                        .refresh_chunks(prog, self.own, &self.work, records, &unknown, stats)?;
+                }
+            }
+        }
+        stats.netns_unknown += unknown.len() as u64;
         Ok(())
     }
 }
