@@ -14,6 +14,7 @@ pub mod pins;
 pub mod refresh;
 pub mod ring;
 pub mod sys;
+#[cfg(any(test, feature = "testgen"))]
 pub mod testgen;
 pub mod text;
 pub mod units;

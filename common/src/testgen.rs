@@ -13,7 +13,7 @@ impl Gen {
         Self { state: seed | 1 }
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn u64(&mut self) -> u64 {
         let mut x = self.state;
         x ^= x << 13;
         x ^= x >> 7;
@@ -23,12 +23,12 @@ impl Gen {
     }
 
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.u64() % n.max(1) as u64) as usize
     }
 
     fn byte(&mut self) -> u8 {
         if self.below(4) == 0 {
-            self.next() as u8
+            self.u64() as u8
         } else {
             ALPHABET[self.below(ALPHABET.len())]
         }

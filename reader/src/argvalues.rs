@@ -93,7 +93,7 @@ mod tests {
         assert!(duration("5124096h").is_err());
         let mut g = longconn_common::testgen::Gen::new(21);
         for _ in 0..100_000 {
-            let ms = g.next() >> g.below(64);
+            let ms = g.u64() >> g.below(64);
             if let Ok(d) = duration(&format!("{ms}ms")) {
                 assert_eq!(u128::from(nanos(d)), d.as_nanos(), "{ms}ms");
             }

@@ -480,10 +480,8 @@ fn a_fifo_service_map_and_a_stuck_lock_holder_fail_fast() {
     // A holder of the lock: fresh, the run skips (exit 0); for minutes, it fails.
     let lock = fs::File::open(env.out_dir().join("collect.lock")).unwrap();
     // SAFETY: flock on an fd we own.
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
-        0
-    );
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    assert_eq!(locked, 0);
     let (st, err) = env.collect(&["--lock-wait", "200ms"]);
     assert!(st.success() && err.contains("skipping this cycle"), "{err}");
     lock.set_modified(SystemTime::now() - Duration::from_secs(300))

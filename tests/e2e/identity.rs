@@ -160,7 +160,7 @@ fn service_map_names_destinations_and_bad_files_keep_the_last_good_map() {
     // A bad line: one error naming file:line, exit 1, the last good map stays.
     // The file's good line names another service: applying it would show.
     std::fs::write(&map, "::/0,*,not-applied,backend\n10.0.0.0/40,80,bad,\n").unwrap();
-    gen.cmd(&format!("pair later 6"));
+    gen.cmd("pair later 6");
     let (st, err) = env.collect(&["--services", map_s]);
     assert_eq!(st.code(), Some(1), "partial failure exits 1: {err}");
     let lines: Vec<&str> = err.lines().collect();
@@ -293,7 +293,7 @@ fn ten_thousand_short_connections_add_no_per_port_series() {
         );
     }
     let mut label_sets = BTreeSet::new();
-    for ((name, labels), _) in &s {
+    for (name, labels) in s.keys() {
         assert!(
             !labels.contains_key("local_port") || name.starts_with("longconn_connection_"),
             "{name} has a port label"

@@ -35,12 +35,10 @@ fn attr_value(v: &Value) -> String {
 
 /// Prometheus-shaped series from one ExportMetricsServiceRequest, plus each
 /// series' start time.
-fn otlp_series(
-    line: &str,
-) -> (
-    prom::Series,
-    BTreeMap<(String, BTreeMap<String, String>), String>,
-) {
+/// Each series' start time, by (metric name, labels).
+type StartTimes = BTreeMap<(String, BTreeMap<String, String>), String>;
+
+fn otlp_series(line: &str) -> (prom::Series, StartTimes) {
     let v: Value = serde_json::from_str(line).unwrap();
     let (mut series, mut starts) = (prom::Series::new(), BTreeMap::new());
     for m in v["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]

@@ -37,6 +37,8 @@ struct Sample {
 }
 
 /// Runs one collect and samples it (peak RSS from wait4's rusage).
+// The child is reaped by wait4 below (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn timed_collect(env: &TestEnv, started: Instant) -> Sample {
     let t = Instant::now();
     let child = env.collect_cmd().stderr(Stdio::piped()).spawn().unwrap();

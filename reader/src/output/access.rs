@@ -368,8 +368,8 @@ pub(crate) mod testdata {
             1 => u64::MAX,
             2 => i64::MAX as u64,
             3 => i64::MAX as u64 + 1,
-            4 | 5 => g.next() >> g.below(64),
-            _ => g.next(),
+            4 | 5 => g.u64() >> g.below(64),
+            _ => g.u64(),
         }
     }
 
@@ -385,7 +385,7 @@ pub(crate) mod testdata {
     }
 
     fn ip(g: &mut Gen) -> IpAddr {
-        let n = g.next();
+        let n = g.u64();
         match g.below(4) {
             0 => IpAddr::from([0x2001, 0xdb8, 0, n as u16, 0, 0, (n >> 16) as u16, 1]),
             1 => IpAddr::from([0, 0, 0, 0, 0, 0xffff, (n >> 16) as u16, n as u16]),
@@ -398,7 +398,7 @@ pub(crate) mod testdata {
         const TIME_SPAN: u64 = i64::MAX as u64; // to 2262, in ns
         let mut e = OwnedEvent {
             // Microseconds, as the text times carry them.
-            report_unix_ns: (g.next() % TIME_SPAN / 1000 * 1000) as i64,
+            report_unix_ns: (g.u64() % TIME_SPAN / 1000 * 1000) as i64,
             kind: if g.below(2) == 0 {
                 EventKind::Close
             } else {
@@ -406,7 +406,7 @@ pub(crate) mod testdata {
             },
             cookie: uint(g),
             seq: uint(g),
-            start_unix_ns: (g.next() % TIME_SPAN) as i64,
+            start_unix_ns: (g.u64() % TIME_SPAN) as i64,
             duration_ns: uint(g),
             direction: ["outbound", "inbound"][g.below(2)],
             local: Some(ip(g)),

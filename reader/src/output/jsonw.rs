@@ -254,7 +254,7 @@ mod tests {
         let mut cases: Vec<u64> = vec![0, 9, 10, 99, 100, 999, 1000, 9999, 10_000, u64::MAX];
         cases.extend((0..20).map(|p| 10u64.pow(p)));
         cases.extend((1..20).map(|p| 10u64.pow(p) - 1));
-        cases.extend((0..100_000).map(|i| g.next() >> (i % 64)));
+        cases.extend((0..100_000).map(|i| g.u64() >> (i % 64)));
         for v in cases {
             assert_eq!(json_u64(v), v.to_string());
         }
@@ -352,14 +352,14 @@ mod tests {
         const HALVES: [f64; 9] = [0.125, 0.375, 0.625, 0.875, 0.25, 0.75, 0.5, 0.0625, 0.1875];
         for i in 0..n {
             cases.push(match i % 5 {
-                0 => f64::from_bits(g.next()),
-                1 => g.next() as f64 / 1e9,
-                2 => (g.next() >> (i % 64)) as f64 / 10f64.powi((i % 23) as i32),
+                0 => f64::from_bits(g.u64()),
+                1 => g.u64() as f64 / 1e9,
+                2 => (g.u64() >> (i % 64)) as f64 / 10f64.powi((i % 23) as i32),
                 3 => {
-                    let int = (g.next() >> (i % 30 + 6)) as f64;
+                    let int = (g.u64() >> (i % 30 + 6)) as f64;
                     (int + HALVES[i % 9]) * 2f64.powi(g.below(40) as i32 - 20)
                 }
-                _ => (g.next() % 100_000) as f64 / 1000.0,
+                _ => (g.u64() % 100_000) as f64 / 1000.0,
             });
         }
         cases

@@ -91,7 +91,7 @@ mod tests {
             i64::MAX,
             i64::MIN,
         ];
-        let random = (0..200_000).map(|_| g.next() as i64);
+        let random = (0..200_000).map(|_| g.u64() as i64);
         for t in edges.into_iter().chain(random) {
             got.clear();
             rfc3339_micros(&mut got, t);
@@ -106,8 +106,8 @@ mod tests {
         let mut g = longconn_common::testgen::Gen::new(3);
         let mut got = Vec::new();
         for _ in 0..100_000 {
-            let n = g.next();
-            let ip = if n % 5 == 0 {
+            let n = g.u64();
+            let ip = if n.is_multiple_of(5) {
                 std::net::IpAddr::from([
                     n as u16,
                     0,

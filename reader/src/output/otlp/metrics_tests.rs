@@ -245,9 +245,9 @@ fn generated<'a>(g: &mut Gen, keys: &'a [String], names: &'a [String]) -> Snapsh
             0 => Label::Direction(g.below(4) as u32),
             1 => Label::LocalAddress(addr),
             2 => Label::RemoteAddress(addr),
-            3 => Label::LocalPort(g.next() as u16),
+            3 => Label::LocalPort(g.u64() as u16),
             4 => Label::RemotePort([0, 80, u16::MAX][g.below(3)]),
-            5 => Label::Netns(g.next() >> g.below(64)),
+            5 => Label::Netns(g.u64() >> g.below(64)),
             6 => Label::Workload(TEXTS[g.below(TEXTS.len())]),
             7 => Label::Service(TEXTS[g.below(TEXTS.len())]),
             8 => Label::Reason([Reason::SocketNotFound, Reason::NetnsUnreachable][g.below(2)]),
@@ -269,8 +269,8 @@ fn generated<'a>(g: &mut Gen, keys: &'a [String], names: &'a [String]) -> Snapsh
                 1 << 53,
             ][g.below(6)],
         ),
-        1 => Value::Count(g.next() >> g.below(64)),
-        2 => Value::Real(f64::from_bits(g.next())),
+        1 => Value::Count(g.u64() >> g.below(64)),
+        2 => Value::Real(f64::from_bits(g.u64())),
         _ => Value::Real(
             [
                 0.0,
@@ -290,7 +290,7 @@ fn generated<'a>(g: &mut Gen, keys: &'a [String], names: &'a [String]) -> Snapsh
     let series: Vec<_> = (0..1 + g.below(6))
         .map(|_| {
             let labels = (0..g.below(8)).map(|_| label(g)).collect();
-            let start = [0, golden::NOW, u64::MAX, g.next()][g.below(4)];
+            let start = [0, golden::NOW, u64::MAX, g.u64()][g.below(4)];
             snap.add_series(labels, start)
         })
         .collect();
@@ -329,7 +329,7 @@ fn metrics_request_equals_the_serde_reference() {
     for i in 0..20_000 {
         let snap = generated(&mut g, &keys, &names);
         let host = &hosts[i % hosts.len()];
-        let now = [golden::NOW, 0, u64::MAX, g.next()][i % 4];
+        let now = [golden::NOW, 0, u64::MAX, g.u64()][i % 4];
         assert_eq!(
             metrics_request(&snap, host, now),
             reference::metrics_request(&snap, host, now),

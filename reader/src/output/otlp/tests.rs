@@ -339,11 +339,11 @@ fn one_decimal_equals_std() {
     ];
     for i in 0..500_000u64 {
         cases.push(match i % 5 {
-            0 => f64::from_bits(g.next()),
-            1 => (g.next() >> (i % 64)) as f64 / 1e9,
-            2 => (g.next() % 100_000) as f64 / 20.0,
-            3 => (g.next() % 1_000_000) as f64 / 1000.0 + 0.05,
-            _ => (g.next() >> (i % 64)) as f64 * 2f64.powi((i % 140) as i32 - 70),
+            0 => f64::from_bits(g.u64()),
+            1 => (g.u64() >> (i % 64)) as f64 / 1e9,
+            2 => (g.u64() % 100_000) as f64 / 20.0,
+            3 => (g.u64() % 1_000_000) as f64 / 1000.0 + 0.05,
+            _ => (g.u64() >> (i % 64)) as f64 * 2f64.powi((i % 140) as i32 - 70),
         });
     }
     for v in cases {
@@ -383,7 +383,7 @@ fn bench_encoders() {
             (b.min(run(before)), a.min(run(after)))
         })
     };
-    let chunked = |f: &dyn Fn(usize) -> usize| (0..N).step_by(1000).map(|at| f(at)).sum::<usize>();
+    let chunked = |f: &dyn Fn(usize) -> usize| (0..N).step_by(1000).map(f).sum::<usize>();
     let rows = [
         (
             "csv",
