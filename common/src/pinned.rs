@@ -14,6 +14,7 @@ use std::{
 use aya::maps::{Array, HashMap as AyaHashMap, Map, MapData, PerCpuArray};
 
 use crate::{
+    exit::Exit,
     layout::{self, ConnRecord, Counters, Meta, NetnsEntry, RefreshSlot, Totals, TotalsKey},
     mounts, netns, pins,
     refresh::{DirLock, WorkArray},
@@ -54,12 +55,12 @@ pub enum PinnedError {
 impl PinnedError {
     /// The exit code both binaries give this error (their `--help` lists them):
     /// 6 not pinned / other layout, 4 no permission, 3 no bpffs, 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
+    pub fn exit(&self) -> Exit {
         match self {
-            Self::NotPinned { .. } | Self::Layout { .. } => 6,
-            Self::Permission { .. } => 4,
-            Self::NoBpffs { .. } => 3,
-            Self::Io { .. } | Self::Map { .. } | Self::Busy { .. } => 1,
+            Self::NotPinned { .. } | Self::Layout { .. } => Exit::NotConfigured,
+            Self::Permission { .. } => Exit::NoPermission,
+            Self::NoBpffs { .. } => Exit::NoFeature,
+            Self::Io { .. } | Self::Map { .. } | Self::Busy { .. } => Exit::Failed,
         }
     }
 }

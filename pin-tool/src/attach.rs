@@ -29,12 +29,9 @@ use longconn_common::{
     mounts, pins, units,
 };
 
-use crate::{
-    exit::{coded, FAILURE, NO_FEATURE, NO_PERMISSION},
-    hooks, repin, validate,
-};
+use longconn_common::exit::{coded, Exit};
 
-const BAD_INPUT: u8 = 2;
+use crate::{hooks, repin, validate};
 
 #[derive(Debug, clap::Args)]
 pub struct AttachArgs {
@@ -96,22 +93,25 @@ pub fn run(pin_dir: &Path, args: &AttachArgs) -> anyhow::Result<ExitCode> {
     ]);
     if !missing.is_empty() {
         return Err(coded(
-            NO_PERMISSION,
+            Exit::NoPermission,
             format!("attaching eBPF programs needs root: this process lacks {}; run it as root (or from longconn-pin.service)", missing.join(", ")),
         ));
     }
     let page = page_size();
     let ring = ring_bytes(args)?;
     if !ring.is_power_of_two() || ring < page || ring > (1 << 30) {
-        return Err(coded(BAD_INPUT, format!("--ringbuf-bytes {ring}: must be a power of two between the page size ({page}) and 1GiB, e.g. 4MiB")));
+        return Err(coded(Exit::Usage, format!("--ringbuf-bytes {ring}: must be a power of two between the page size ({page}) and 1GiB, e.g. 4MiB")));
     }
     if args.max_connections == 0 {
-        return Err(coded(BAD_INPUT, "--max-connections 0: must be at least 1"));
+        return Err(coded(
+            Exit::Usage,
+            "--max-connections 0: must be at least 1",
+        ));
     }
     let gid = match &args.group {
         Some(g) => Some(longconn_common::groups::gid_of(g).ok_or_else(|| {
             coded(
-                BAD_INPUT,
+                Exit::Usage,
                 format!("--group {g}: no such group in /etc/group"),
             )
         })?),
@@ -138,11 +138,11 @@ pub fn run(pin_dir: &Path, args: &AttachArgs) -> anyhow::Result<ExitCode> {
             .map(|mut d| d.next().is_some())
             .unwrap_or(true)
     {
-        return Err(coded(FAILURE, format!("{} exists and holds pins longconn did not make (no meta); choose another --pin-dir or remove them", pin_dir.display())));
+        return Err(coded(Exit::Failed, format!("{} exists and holds pins longconn did not make (no meta); choose another --pin-dir or remove them", pin_dir.display())));
     }
     if args.hooks & (layout::HOOK_TCP_PROBE | layout::HOOK_RCV_SPACE) != 0 {
         mounts::ensure_tracefs().map_err(|e| {
-            coded(NO_FEATURE, format!("tracefs is not mounted at {} and mounting it failed ({e}); mount it (`mount -t tracefs tracefs {}`) or use --hooks cgroup-skb", mounts::TRACEFS_DIR, mounts::TRACEFS_DIR))
+            coded(Exit::NoFeature, format!("tracefs is not mounted at {} and mounting it failed ({e}); mount it (`mount -t tracefs tracefs {}`) or use --hooks cgroup-skb", mounts::TRACEFS_DIR, mounts::TRACEFS_DIR))
         })?;
     }
 
@@ -200,7 +200,7 @@ fn ring_bytes(args: &AttachArgs) -> anyhow::Result<u64> {
         .checked_mul(RING_SECONDS * RING_RECORD_BYTES)
         .and_then(u64::checked_next_power_of_two)
         .filter(|b| *b <= 1 << 30)
-        .ok_or_else(|| coded(BAD_INPUT, format!("--closes-per-second {cps}: needs a ring over 1GiB; give at most {} (the metrics stay exact beyond the ring: only access-log close records are dropped)", (1u64 << 30) / (RING_SECONDS * RING_RECORD_BYTES))))?;
+        .ok_or_else(|| coded(Exit::Usage, format!("--closes-per-second {cps}: needs a ring over 1GiB; give at most {} (the metrics stay exact beyond the ring: only access-log close records are dropped)", (1u64 << 30) / (RING_SECONDS * RING_RECORD_BYTES))))?;
     Ok(want.max(DEFAULT_RINGBUF_BYTES))
 }
 
@@ -215,7 +215,7 @@ fn page_size() -> u64 {
 fn resolve_cgroup(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
     let root = mounts::cgroup2_root();
     let Some(dir) = arg else {
-        return root.map_err(|e| coded(NO_FEATURE, format!("cannot find cgroup v2 ({e}); mount it (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or pass --cgroup")));
+        return root.map_err(|e| coded(Exit::NoFeature, format!("cannot find cgroup v2 ({e}); mount it (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or pass --cgroup")));
     };
     let where_v2 = match &root {
         Ok(r) => format!("cgroup v2 is mounted at {}", r.display()),
@@ -223,13 +223,13 @@ fn resolve_cgroup(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
     };
     if !dir.is_dir() {
         return Err(coded(
-            BAD_INPUT,
+            Exit::Usage,
             format!("--cgroup {}: no such directory ({where_v2})", dir.display()),
         ));
     }
     if !mounts::is_cgroup2(dir) {
         return Err(coded(
-            BAD_INPUT,
+            Exit::Usage,
             format!(
                 "--cgroup {}: not a cgroup v2 directory ({where_v2})",
                 dir.display()
@@ -244,21 +244,21 @@ fn prepare_bpffs(pin_dir: &Path) -> anyhow::Result<PathBuf> {
     let parent = pin_dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .ok_or_else(|| coded(BAD_INPUT, format!("--pin-dir {}: give a directory below a bpf filesystem, e.g. /sys/fs/bpf/longconn", pin_dir.display())))?
+        .ok_or_else(|| coded(Exit::Usage, format!("--pin-dir {}: give a directory below a bpf filesystem, e.g. /sys/fs/bpf/longconn", pin_dir.display())))?
         .to_path_buf();
     if mounts::is_bpffs(&parent) {
         return Ok(parent);
     }
     if parent == Path::new("/sys/fs/bpf") {
-        mounts::ensure_bpffs(&parent).map_err(|e| coded(NO_FEATURE, format!("cannot mount bpffs at /sys/fs/bpf: {e}; mount it yourself (`mount -t bpf bpf /sys/fs/bpf`)")))?;
+        mounts::ensure_bpffs(&parent).map_err(|e| coded(Exit::NoFeature, format!("cannot mount bpffs at /sys/fs/bpf: {e}; mount it yourself (`mount -t bpf bpf /sys/fs/bpf`)")))?;
         eprintln!("longconn-pin: mounted bpffs at /sys/fs/bpf");
         return Ok(parent);
     }
     if !parent.exists() {
-        return Err(coded(BAD_INPUT, format!("--pin-dir {}: its parent directory {} does not exist (longconn-pin creates only the pin dir itself); create it on bpffs first (`mkdir -p {}`) or use a directory directly under /sys/fs/bpf", pin_dir.display(), parent.display(), parent.display())));
+        return Err(coded(Exit::Usage, format!("--pin-dir {}: its parent directory {} does not exist (longconn-pin creates only the pin dir itself); create it on bpffs first (`mkdir -p {}`) or use a directory directly under /sys/fs/bpf", pin_dir.display(), parent.display(), parent.display())));
     }
     Err(coded(
-        NO_FEATURE,
+        Exit::NoFeature,
         format!(
             "--pin-dir {}: {} is not a bpf filesystem; use a directory under /sys/fs/bpf",
             pin_dir.display(),
@@ -370,12 +370,12 @@ fn load(args: &AttachArgs, ring: u64) -> anyhow::Result<Ebpf> {
 /// blame BTF.
 fn load_error(e: &aya::EbpfError, args: &AttachArgs, ring: u64) -> anyhow::Error {
     if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) = e {
-        return coded(FAILURE, format!("cannot create map {name} (--max-connections {}, ring buffer {ring} bytes): {io_error}; try smaller values (ENOMEM: memory for the map's buckets is charged to this cgroup up front)", args.max_connections));
+        return coded(Exit::Failed, format!("cannot create map {name} (--max-connections {}, ring buffer {ring} bytes): {io_error}; try smaller values (ENOMEM: memory for the map's buckets is charged to this cgroup up front)", args.max_connections));
     }
     let code = if matches!(e, aya::EbpfError::BtfError(_)) {
-        NO_FEATURE
+        Exit::NoFeature
     } else {
-        FAILURE
+        Exit::Failed
     };
     coded(code, format!("cannot load longconn's eBPF object: {e}; the kernel needs BTF (/sys/kernel/btf/vmlinux) and BPF ring buffers (5.8+)"))
 }
@@ -398,7 +398,7 @@ fn prog_error(name: &str, what: &str, err: aya::programs::ProgramError) -> anyho
         aya::programs::ProgramError::SyscallError(s) => format!("{}: {}", s.call, s.io_error),
         other => other.to_string(),
     };
-    coded(NO_FEATURE, format!("cannot {what} {name}: {detail}"))
+    coded(Exit::NoFeature, format!("cannot {what} {name}: {detail}"))
 }
 
 fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, hooks_mask: u32) -> anyhow::Result<Vec<Attached>> {
@@ -411,7 +411,7 @@ fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, hooks_mask: u32) -> anyhow::Result
     let id = p.attach(&cg, CgroupAttachMode::Single).map_err(|e| {
         let eperm = matches!(&e, aya::programs::ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EPERM));
         if eperm {
-            coded(NO_FEATURE, format!("cannot attach sockops to {}: EPERM; another sock_ops program is attached to it or an ancestor without multi-attach (see `bpftool cgroup tree`), and longconn will not replace it", cgroup.display()))
+            coded(Exit::NoFeature, format!("cannot attach sockops to {}: EPERM; another sock_ops program is attached to it or an ancestor without multi-attach (see `bpftool cgroup tree`), and longconn will not replace it", cgroup.display()))
         } else {
             prog_error(prog::SOCKOPS, "attach", e)
         }

@@ -12,9 +12,10 @@ use std::{fs, io, path::Path, process::ExitCode};
 
 use longconn_common::{caps, pins};
 
+use longconn_common::exit::{coded, Exit};
+
 use crate::{
     attach,
-    exit::{coded, FAILURE, NOT_CONFIGURED, NO_PERMISSION},
     owned::{self, Verdict},
 };
 
@@ -87,7 +88,7 @@ pub fn run(pin_dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
             format!(" (not longconn's: {})", foreign.join(", "))
         };
         return Err(coded(
-            NOT_CONFIGURED,
+            Exit::NotConfigured,
             format!("{d} holds no longconn pins{what}; left untouched"),
         ));
     }
@@ -106,7 +107,7 @@ pub fn run(pin_dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
                 return Err(needs_root(pin_dir, &format!("cannot remove {}: {e}", o.path.display())))
             }
             Err(e) => {
-                return Err(coded(FAILURE, format!("cannot remove {}: {e}; removed {links} links and programs and {maps} maps so far; run `longconn-pin detach --pin-dir {d}` again", o.path.display())))
+                return Err(coded(Exit::Failed, format!("cannot remove {}: {e}; removed {links} links and programs and {maps} maps so far; run `longconn-pin detach --pin-dir {d}` again", o.path.display())))
             }
         }
     }
@@ -131,7 +132,7 @@ pub fn run(pin_dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
     println!("detached: removed {links} links and programs and {maps} maps from {d}");
     if !foreign.is_empty() {
         return Err(coded(
-            FAILURE,
+            Exit::Failed,
             format!(
                 "left in place, not longconn's: {}; if {d} is longconn's pin dir and these are damaged (e.g. by a member of the pins' group), `longconn-pin detach --pin-dir {d} --force` removes them",
                 foreign.join(", ")
@@ -166,7 +167,7 @@ fn only_longconn_names(pin_dir: &Path) -> bool {
 fn needs_root(pin_dir: &Path, why: &str) -> anyhow::Error {
     let d = pin_dir.display();
     coded(
-        NO_PERMISSION,
+        Exit::NoPermission,
         format!("detach needs root (CAP_SYS_ADMIN, to check and remove the pins in {d}): {why}; nothing was removed; run `sudo longconn-pin detach --pin-dir {d}`"),
     )
 }

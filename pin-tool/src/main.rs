@@ -5,7 +5,6 @@
 
 mod attach;
 mod detach;
-mod exit;
 mod hooks;
 mod owned;
 mod repin;
@@ -15,19 +14,13 @@ mod validate;
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use longconn_common::pins::DEFAULT_PIN_DIR;
+use longconn_common::{
+    exit::{self, Exit, Program},
+    pins::DEFAULT_PIN_DIR,
+};
 
-const AFTER_HELP: &str = "\
-Exit status (for systemd and scripts):
-  0  done (also when already pinned, or nothing to detach)
-  1  failed; the message says what and where
-  2  bad command line
-  3  a kernel feature is missing (sockops, cgroup v2, bpffs, BTF)
-  4  insufficient privileges (detach and status need root to check links)
-  5  already pinned with other options; nothing changed (the message says
-     what differs and how to re-pin)
-  6  not pinned, or pinned by another layout version
-
+/// After the exit codes in `--help`.
+const EXAMPLES: &str = "\
 Examples:
   longconn-pin                                   # whole host (cgroup v2 root)
   longconn-pin --cgroup /sys/fs/cgroup/system.slice/nginx.service
@@ -41,7 +34,7 @@ Examples:
 /// the chosen cgroup v2 subtree. Everything is pinned under --pin-dir; programs
 /// stay attached after this command exits, until `longconn-pin detach`.
 #[derive(Debug, Parser)]
-#[command(name = "longconn-pin", version, after_help = AFTER_HELP)]
+#[command(name = "longconn-pin", version, after_help = format!("{}\n\n{EXAMPLES}", Exit::help(Program::Pin)))]
 struct Cli {
     /// bpffs directory holding longconn's maps and links (mounted if bpffs is not).
     #[arg(long, global = true, default_value = DEFAULT_PIN_DIR, value_name = "DIR", value_parser = validate::pin_dir)]
@@ -82,7 +75,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("longconn-pin: {err:#}");
-            exit::code_of(&err)
+            exit::of(&err).into()
         }
     }
 }

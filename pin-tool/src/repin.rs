@@ -15,11 +15,9 @@ use longconn_common::{
     pins, PinnedError,
 };
 
-use crate::{
-    attach,
-    exit::{coded, DIFFERENT_OPTIONS, FAILURE, NOT_CONFIGURED},
-    hooks,
-};
+use longconn_common::exit::{coded, Exit};
+
+use crate::{attach, hooks};
 
 /// What a run asks for (or what the pins hold), in comparable form.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +44,9 @@ pub fn check(
     }
     let meta = match pinned::read_meta(pin_dir, Access::ReadOnly) {
         Ok(m) => m,
-        Err(e @ PinnedError::Layout { .. }) => return Err(coded(NOT_CONFIGURED, e.to_string())),
+        Err(e @ PinnedError::Layout { .. }) => {
+            return Err(coded(Exit::NotConfigured, e.to_string()))
+        }
         Err(e) => return Err(e.into()),
     };
     let d = pin_dir.display();
@@ -58,7 +58,7 @@ pub fn check(
         missing.push(pins::REFRESH);
     }
     if !missing.is_empty() {
-        return Err(coded(FAILURE, format!("{d} is pinned but links {} are missing; run `longconn-pin detach --pin-dir {d}` and pin again", missing.join(", "))));
+        return Err(coded(Exit::Failed, format!("{d} is pinned but links {} are missing; run `longconn-pin detach --pin-dir {d}` and pin again", missing.join(", "))));
     }
     let pinned = Settings {
         cgroup_id: meta.cgroup_id,
@@ -81,7 +81,7 @@ pub fn check(
         return Ok(Some(ExitCode::SUCCESS));
     }
     Err(coded(
-        DIFFERENT_OPTIONS,
+        Exit::DifferentOptions,
         format!(
             "{d} is already pinned with other options ({}); nothing changed. To apply them, re-pin (this drops the live records and close records not yet collected: run `longconn-reader --pin-dir {d} collect` first): `longconn-pin detach --pin-dir {d} && longconn-pin --pin-dir {d} {}`",
             diffs.join("; "),
@@ -95,7 +95,7 @@ fn max_entries(path: &Path) -> anyhow::Result<u32> {
         .map(|i| i.max_entries())
         .map_err(|e| {
             coded(
-                FAILURE,
+                Exit::Failed,
                 format!(
                     "cannot read the size of {}: {e}; run `longconn-pin status --pin-dir {}`",
                     path.display(),
@@ -110,8 +110,12 @@ fn max_entries(path: &Path) -> anyhow::Result<u32> {
 
 /// The group `--group` gave: the pin dir's group when group members may enter it.
 fn pinned_group(pin_dir: &Path) -> anyhow::Result<Option<u32>> {
-    let m = fs::metadata(pin_dir)
-        .map_err(|e| coded(FAILURE, format!("cannot stat {}: {e}", pin_dir.display())))?;
+    let m = fs::metadata(pin_dir).map_err(|e| {
+        coded(
+            Exit::Failed,
+            format!("cannot stat {}: {e}", pin_dir.display()),
+        )
+    })?;
     Ok((m.mode() & 0o050 != 0).then_some(m.gid()))
 }
 

@@ -5,11 +5,9 @@ use std::{fs, io, path::Path, process::ExitCode};
 
 use longconn_common::{mounts, pinned::Access, pins, Pins};
 
-use crate::{
-    attach,
-    exit::{FAILURE, NO_PERMISSION},
-    hooks,
-};
+use longconn_common::exit::Exit;
+
+use crate::{attach, hooks};
 
 pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
     let p = Pins::open(pin_dir, Access::ReadOnly)?;
@@ -126,13 +124,13 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
         eprintln!(
             "longconn-pin: some links are missing from {d}; run `longconn-pin detach --pin-dir {d}` and pin again"
         );
-        return Ok(ExitCode::from(FAILURE));
+        return Ok(ExitCode::from(Exit::Failed));
     }
     if !inspectable {
         eprintln!(
             "longconn-pin: cannot inspect links in {d}: needs root/CAP_SYS_ADMIN; run `sudo longconn-pin status --pin-dir {d}` to check them"
         );
-        return Ok(ExitCode::from(NO_PERMISSION));
+        return Ok(ExitCode::from(Exit::NoPermission));
     }
     Ok(ExitCode::SUCCESS)
 }

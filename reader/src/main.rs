@@ -6,7 +6,6 @@ mod argvalues;
 mod clock;
 mod collect;
 mod dump;
-mod exit;
 mod fsperm;
 mod human;
 mod identity;
@@ -20,23 +19,19 @@ mod view;
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use longconn_common::pins::DEFAULT_PIN_DIR;
+use longconn_common::{
+    exit::{self, Exit, Program},
+    pins::DEFAULT_PIN_DIR,
+};
 
-const AFTER_HELP: &str = "\
-Exit status (for systemd and scripts):
-  0  done
-  1  failed; the message says what and where
-  2  bad command line
-  3  no bpf filesystem mounted where the pins should be
-  4  insufficient privileges to open the pins
-  6  nothing pinned at --pin-dir, or pinned by another layout version
-
+/// After the exit codes in `--help`.
+const ACCESS_NOTE: &str = "\
 The reader needs read access to the pins (root, or CAP_BPF plus group read
 permission on --pin-dir). Run `longconn-pin` first.";
 
 /// Report live TCP connections tracked by longconn's pinned eBPF maps.
 #[derive(Debug, Parser)]
-#[command(name = "longconn-reader", version, after_help = AFTER_HELP)]
+#[command(name = "longconn-reader", version, after_help = format!("{}\n\n{ACCESS_NOTE}", Exit::help(Program::Reader)))]
 struct Cli {
     /// bpffs directory where `longconn-pin` pinned the maps.
     #[arg(long, global = true, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
@@ -71,7 +66,7 @@ fn main() -> ExitCode {
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("longconn-reader: {err:#}");
-            exit::code_of(&err)
+            exit::of(&err).into()
         }
     }
 }

@@ -74,7 +74,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use longconn_common::{pinned::Access, ConnRecord, Pins};
+use longconn_common::{exit::Exit, pinned::Access, ConnRecord, Pins};
 
 use self::state::{LoadOutcome, Prev, State};
 use crate::{
@@ -389,7 +389,7 @@ pub fn run(pin_dir: &Path, a: &CollectArgs) -> anyhow::Result<ExitCode> {
     };
     kernel_side().map_err(|e| detached_during(pin_dir, e))?;
     Ok(if cy.partial_failure {
-        ExitCode::from(crate::exit::FAILURE)
+        Exit::Failed.into()
     } else {
         ExitCode::SUCCESS
     })
@@ -402,7 +402,7 @@ fn detached_during(pin_dir: &Path, e: anyhow::Error) -> anyhow::Error {
     use longconn_common::{pins, PinnedError};
     let named = e.chain().any(|c| {
         c.downcast_ref::<PinnedError>()
-            .is_some_and(|p| p.exit_code() != 1)
+            .is_some_and(|p| p.exit() != Exit::Failed)
     });
     let complete = pins::MAPS
         .iter()
