@@ -431,16 +431,18 @@ int longconn_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-/* Every transmitted segment of the subtree: segs_out and what the ACK reports are current. */
-SEC("cgroup_skb/egress")
-int longconn_egress(struct __sk_buff *skb)
+/*
+ * The cgroup_skb body, both directions: when `hook` is enabled, copy the
+ * socket's counters into its record. Always lets the packet through (1).
+ */
+static __always_inline int cgroup_skb_copy(struct __sk_buff *skb, __u32 hook)
 {
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct longconn_conn *c = bpf_map_lookup_elem(&map_of_tcp_conns, &cookie);
 	struct bpf_sock *sk;
 	struct tcp_sock *tp;
 
-	if (!c || !(hooks & LONGCONN_HOOK_EGRESS))
+	if (!c || !(hooks & hook))
 		return 1;
 	sk = skb->sk;
 	if (!sk)
@@ -454,6 +456,13 @@ int longconn_egress(struct __sk_buff *skb)
 	return 1;
 }
 
+/* Every transmitted segment of the subtree: segs_out and what the ACK reports are current. */
+SEC("cgroup_skb/egress")
+int longconn_egress(struct __sk_buff *skb)
+{
+	return cgroup_skb_copy(skb, LONGCONN_HOOK_EGRESS);
+}
+
 /*
  * Every received segment of the subtree, before TCP processes it: the counters
  * lag by this segment. Kept as an option (--hooks ingress) for comparison.
@@ -461,23 +470,7 @@ int longconn_egress(struct __sk_buff *skb)
 SEC("cgroup_skb/ingress")
 int longconn_ingress(struct __sk_buff *skb)
 {
-	__u64 cookie = bpf_get_socket_cookie(skb);
-	struct longconn_conn *c = bpf_map_lookup_elem(&map_of_tcp_conns, &cookie);
-	struct bpf_sock *sk;
-	struct tcp_sock *tp;
-
-	if (!c || !(hooks & LONGCONN_HOOK_INGRESS))
-		return 1;
-	sk = skb->sk;
-	if (!sk)
-		return 1;
-	sk = bpf_sk_fullsock(sk);
-	if (!sk)
-		return 1;
-	tp = bpf_skc_to_tcp_sock(sk);
-	if (tp)
-		copy_counters(c, tp);
-	return 1;
+	return cgroup_skb_copy(skb, LONGCONN_HOOK_INGRESS);
 }
 
 /*

@@ -214,3 +214,21 @@ fn layout_version_matches_header() {
     let version: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert_eq!(version, longconn_common::layout::LAYOUT_VERSION);
 }
+
+/// Every program the hooks table names (and the refresh program) is a
+/// function of the object: the table and the C agree on names.
+#[test]
+fn hook_table_programs_are_in_the_object() {
+    let obj = aya_obj::Object::parse(longconn_bpf::OBJECT).expect("parse embedded object");
+    let names = longconn_common::hooks::HOOKS
+        .iter()
+        .filter_map(|h| h.program)
+        .chain([longconn_common::hooks::REFRESH_PROGRAM]);
+    for name in names {
+        assert!(
+            obj.programs.contains_key(name),
+            "{name} is in longconn_common::hooks but not in the object (programs: {:?})",
+            obj.programs.keys().collect::<Vec<_>>()
+        );
+    }
+}

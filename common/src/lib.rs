@@ -7,6 +7,7 @@ pub mod caps;
 pub mod cli;
 pub mod exit;
 pub mod groups;
+pub mod hooks;
 pub mod layout;
 pub mod mounts;
 pub mod netns;

@@ -22,9 +22,9 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use longconn_bpf::programs as prog;
 use longconn_common::{
     caps,
+    hooks::{AttachKind, HOOKS, REFRESH_PROGRAM},
     layout::{self, ConnRecord, Meta},
     mounts, pins, units,
 };
@@ -60,17 +60,7 @@ pub struct AttachArgs {
     #[arg(long, value_name = "N", conflicts_with = "ringbuf_bytes")]
     closes_per_second: Option<u64>,
 
-    /// Per-segment hooks. Readers are exact without any: before each read they
-    /// look every tracked socket up in the kernel's TCP tables and copy its
-    /// counters, as `ss -tin` sees them (`default` = `none`: sockops at
-    /// connect, establish and close only; nothing per segment, nothing
-    /// attached to or stored in any socket). Per-segment presets also keep
-    /// map_of_tcp_conns itself fresh between reads (for tools reading the map
-    /// directly) at a cost on every segment: `live` (tcp-probe,egress,ack),
-    /// `tracepoints` (tcp-probe,rcv-space,ack), `cgroup-skb`
-    /// (ingress,egress,ack), `sockops` (ack). Or a comma list of tcp-probe,
-    /// rcv-space, egress, ingress, ack. No preset changes socket behaviour.
-    #[arg(long, default_value = "default", value_name = "LIST", value_parser = hooks::parse)]
+    #[arg(long, default_value = "default", value_name = "LIST", value_parser = hooks::parse, help = hooks::help())]
     hooks: u32,
 
     /// Let members of GROUP read the maps (for a reader running without root,
@@ -307,7 +297,7 @@ pub fn remove_stale_staging(parent: &Path) {
 /// Returns (links and programs removed, maps removed, leftovers).
 pub fn remove_pins(dir: &Path) -> (usize, usize, Vec<PathBuf>) {
     let (mut links, mut maps) = (0, 0);
-    for (_, name) in LINK_NAMES {
+    for (_, name) in longconn_common::hooks::all_links() {
         if fs::remove_file(pins::link_path(dir, name)).is_ok() {
             links += 1;
         }
@@ -330,29 +320,9 @@ pub fn remove_pins(dir: &Path) -> (usize, usize, Vec<PathBuf>) {
     (links, maps, leftovers)
 }
 
-/// Program name in the object -> link pin name.
-pub const LINK_NAMES: &[(&str, &str)] = &[
-    (prog::SOCKOPS, "sockops"),
-    (prog::EGRESS, "cgroup_skb_egress"),
-    (prog::INGRESS, "cgroup_skb_ingress"),
-    (prog::TCP_PROBE, "tp_tcp_probe"),
-    (prog::RCV_SPACE, "tp_tcp_rcv_space_adjust"),
-];
-
 /// Which link pins a hook mask implies.
 pub fn expected_links(hooks_mask: u32) -> Vec<&'static str> {
-    let mut v = vec!["sockops"];
-    for (bit, name) in [
-        (layout::HOOK_EGRESS, "cgroup_skb_egress"),
-        (layout::HOOK_INGRESS, "cgroup_skb_ingress"),
-        (layout::HOOK_TCP_PROBE, "tp_tcp_probe"),
-        (layout::HOOK_RCV_SPACE, "tp_tcp_rcv_space_adjust"),
-    ] {
-        if hooks_mask & bit != 0 {
-            v.push(name);
-        }
-    }
-    v
+    hooks::links(hooks_mask).collect()
 }
 
 fn load(args: &AttachArgs, ring: u64) -> anyhow::Result<Ebpf> {
@@ -405,76 +375,59 @@ fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, hooks_mask: u32) -> anyhow::Result
     let cg = fs::File::open(cgroup)
         .with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
     let mut out = Vec::new();
-
-    let p: &mut SockOps = program(ebpf, prog::SOCKOPS)?;
-    p.load().map_err(|e| prog_error(prog::SOCKOPS, "load", e))?;
-    let id = p.attach(&cg, CgroupAttachMode::Single).map_err(|e| {
-        let eperm = matches!(&e, aya::programs::ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EPERM));
-        if eperm {
-            coded(Exit::NoFeature, format!("cannot attach sockops to {}: EPERM; another sock_ops program is attached to it or an ancestor without multi-attach (see `bpftool cgroup tree`), and longconn will not replace it", cgroup.display()))
-        } else {
-            prog_error(prog::SOCKOPS, "attach", e)
-        }
-    })?;
-    let link = p
-        .take_link(id)
-        .map_err(|e| prog_error(prog::SOCKOPS, "take link of", e))?;
-    out.push(Attached {
-        name: "sockops",
-        link: FdLink::try_from(link).map_err(|e| anyhow::anyhow!("sockops link: {e}"))?,
-    });
-
-    for (bit, name, kind) in [
-        (
-            layout::HOOK_EGRESS,
-            prog::EGRESS,
-            CgroupSkbAttachType::Egress,
-        ),
-        (
-            layout::HOOK_INGRESS,
-            prog::INGRESS,
-            CgroupSkbAttachType::Ingress,
-        ),
-    ] {
-        if hooks_mask & bit == 0 {
-            continue;
-        }
-        let p: &mut CgroupSkb = program(ebpf, name)?;
-        p.load().map_err(|e| prog_error(name, "load", e))?;
-        let id = p
-            .attach(&cg, kind, CgroupAttachMode::Single)
-            .map_err(|e| prog_error(name, &format!("attach to {} as", cgroup.display()), e))?;
-        let link = p
-            .take_link(id)
-            .map_err(|e| prog_error(name, "take link of", e))?;
+    for hook in HOOKS.iter().filter(|h| h.attached_with(hooks_mask)) {
+        let (Some(name), Some(link_name)) = (hook.program, hook.link) else {
+            continue; // a sockops callback: the sockops program asks for it
+        };
+        let link = match hook.attach {
+            AttachKind::Sockops => {
+                let p: &mut SockOps = program(ebpf, name)?;
+                p.load().map_err(|e| prog_error(name, "load", e))?;
+                let id = p.attach(&cg, CgroupAttachMode::Single).map_err(|e| {
+                    let eperm = matches!(&e, aya::programs::ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EPERM));
+                    if eperm {
+                        coded(Exit::NoFeature, format!("cannot attach sockops to {}: EPERM; another sock_ops program is attached to it or an ancestor without multi-attach (see `bpftool cgroup tree`), and longconn will not replace it", cgroup.display()))
+                    } else {
+                        prog_error(name, "attach", e)
+                    }
+                })?;
+                FdLink::try_from(
+                    p.take_link(id)
+                        .map_err(|e| prog_error(name, "take link of", e))?,
+                )
+            }
+            AttachKind::CgroupSkbEgress | AttachKind::CgroupSkbIngress => {
+                let kind = if hook.attach == AttachKind::CgroupSkbEgress {
+                    CgroupSkbAttachType::Egress
+                } else {
+                    CgroupSkbAttachType::Ingress
+                };
+                let p: &mut CgroupSkb = program(ebpf, name)?;
+                p.load().map_err(|e| prog_error(name, "load", e))?;
+                let id = p.attach(&cg, kind, CgroupAttachMode::Single).map_err(|e| {
+                    prog_error(name, &format!("attach to {} as", cgroup.display()), e)
+                })?;
+                FdLink::try_from(
+                    p.take_link(id)
+                        .map_err(|e| prog_error(name, "take link of", e))?,
+                )
+            }
+            AttachKind::Tracepoint(tp) => {
+                let p: &mut TracePoint = program(ebpf, name)?;
+                p.load().map_err(|e| prog_error(name, "load", e))?;
+                let id = p
+                    .attach("tcp", tp)
+                    .map_err(|e| prog_error(name, &format!("attach tracepoint tcp:{tp} to"), e))?;
+                FdLink::try_from(
+                    p.take_link(id)
+                        .map_err(|e| prog_error(name, "take link of", e))?,
+                )
+            }
+            AttachKind::SockopsCallback => continue,
+        };
         out.push(Attached {
-            name: link_name(name),
-            link: FdLink::try_from(link).map_err(|e| anyhow::anyhow!("{name} link: {e}"))?,
-        });
-    }
-
-    for (bit, name, tp) in [
-        (layout::HOOK_TCP_PROBE, prog::TCP_PROBE, "tcp_probe"),
-        (
-            layout::HOOK_RCV_SPACE,
-            prog::RCV_SPACE,
-            "tcp_rcv_space_adjust",
-        ),
-    ] {
-        if hooks_mask & bit == 0 {
-            continue;
-        }
-        let p: &mut TracePoint = program(ebpf, name)?;
-        p.load().map_err(|e| prog_error(name, "load", e))?;
-        let id = p
-            .attach("tcp", tp)
-            .map_err(|e| prog_error(name, &format!("attach tracepoint tcp:{tp} to"), e))?;
-        let link = p
-            .take_link(id)
-            .map_err(|e| prog_error(name, "take link of", e))?;
-        out.push(Attached {
-            name: link_name(name),
-            link: FdLink::try_from(link).map_err(|e| anyhow::anyhow!("{name} link: {e}"))?,
+            name: link_name,
+            link: link.map_err(|e| anyhow::anyhow!("{name} link: {e}"))?,
         });
     }
     Ok(out)
@@ -483,16 +436,8 @@ fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, hooks_mask: u32) -> anyhow::Result
 /// The refresh program: loaded here, pinned as `refresh_conns` beside the
 /// maps (readers run it with BPF_PROG_TEST_RUN before reading the map).
 fn load_refresh(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let p: &mut SchedClassifier = program(ebpf, prog::REFRESH)?;
-    p.load().map_err(|e| prog_error(prog::REFRESH, "load", e))
-}
-
-fn link_name(program: &str) -> &'static str {
-    LINK_NAMES
-        .iter()
-        .find(|(p, _)| *p == program)
-        .map(|(_, l)| *l)
-        .unwrap_or("unknown")
+    let p: &mut SchedClassifier = program(ebpf, REFRESH_PROGRAM)?;
+    p.load().map_err(|e| prog_error(REFRESH_PROGRAM, "load", e))
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
@@ -587,10 +532,14 @@ fn pin_all(
         }
     }
     let path = staging.join(pins::REFRESH);
-    let refresh: &mut SchedClassifier = program(ebpf, prog::REFRESH)?;
-    refresh
-        .pin(&path)
-        .with_context(|| format!("cannot pin program {} at {}", prog::REFRESH, path.display()))?;
+    let refresh: &mut SchedClassifier = program(ebpf, REFRESH_PROGRAM)?;
+    refresh.pin(&path).with_context(|| {
+        format!(
+            "cannot pin program {} at {}",
+            REFRESH_PROGRAM,
+            path.display()
+        )
+    })?;
     set_owner(&path, map_mode, gid)?;
     for a in attached {
         let path = pins::link_path(staging, a.name);

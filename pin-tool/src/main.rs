@@ -131,7 +131,7 @@ mod robustness {
                         "{:?}",
                         h.split(',')
                             .map(str::trim)
-                            .find(|p| !hooks::NAMES.iter().any(|(n, _)| n == p))
+                            .find(|p| !hooks::names().any(|n| n == *p))
                             .unwrap_or("")
                     )),
                     "{e}"

@@ -18,13 +18,11 @@ use aya::{
         loaded_programs, ProgramInfo,
     },
 };
-use longconn_bpf::programs as prog;
 use longconn_common::{
+    hooks,
     layout::{self, Meta},
     pins, sys,
 };
-
-use crate::attach::LINK_NAMES;
 
 /// What longconn pins at a path.
 #[derive(Clone, Copy, Debug)]
@@ -53,8 +51,7 @@ impl Owned {
 /// Every path longconn-pin may have pinned in `dir`: links first (they detach
 /// the programs), then the refresh program, then the maps.
 pub fn names(dir: &Path) -> Vec<Owned> {
-    let mut v: Vec<Owned> = LINK_NAMES
-        .iter()
+    let mut v: Vec<Owned> = hooks::all_links()
         .map(|(program, link)| Owned {
             path: pins::link_path(dir, link),
             expect: Expect::Link(program),
@@ -62,7 +59,7 @@ pub fn names(dir: &Path) -> Vec<Owned> {
         .collect();
     v.push(Owned {
         path: dir.join(pins::REFRESH),
-        expect: Expect::Program(prog::REFRESH),
+        expect: Expect::Program(hooks::REFRESH_PROGRAM),
     });
     for (object, pin) in pins::MAPS {
         let ty = match *pin {

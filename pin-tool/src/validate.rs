@@ -26,8 +26,8 @@ pub fn max_connections(s: &str) -> Result<u32, String> {
 /// (unknown words are left to `hooks::parse`, which names them).
 pub fn presets_not_combined(s: &str) -> Result<(), String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-    let presets: Vec<&str> = hooks::PRESETS.iter().map(|(n, _)| *n).collect();
-    let names: Vec<&str> = hooks::NAMES.iter().map(|(n, _)| *n).collect();
+    let presets: Vec<&str> = hooks::PRESETS.iter().map(|p| p.0).collect();
+    let names: Vec<&str> = hooks::names().collect();
     if parts.len() < 2
         || !parts
             .iter()

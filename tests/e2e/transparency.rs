@@ -26,15 +26,14 @@ use std::{
 use longconn_tests::{env::privileged_or_skip, netns::Netns, TestEnv};
 use serde_json::Value;
 
-/// Every `longconn-pin --hooks` preset; each must be invisible.
-const PRESETS: &[&str] = &[
-    "default",
-    "none",
-    "live",
-    "tracepoints",
-    "cgroup-skb",
-    "sockops",
-];
+/// Every `longconn-pin --hooks` preset (the hooks table's); each must be
+/// invisible.
+fn all_presets() -> Vec<&'static str> {
+    longconn_common::hooks::PRESETS
+        .iter()
+        .map(|p| p.0)
+        .collect()
+}
 
 /// Sockets a preset run must at least have tracked: both ends of the battery's
 /// 2000 short IPv4 connections (the whole battery opens ~3600 connections).
@@ -187,19 +186,20 @@ fn presets() -> Vec<String> {
             let chosen: Vec<String> = list.split(',').map(|p| p.trim().to_string()).collect();
             for p in &chosen {
                 assert!(
-                    PRESETS.contains(&p.as_str()),
-                    "LONGCONN_TRANSPARENCY_PRESETS: unknown preset {p:?}; expected some of {PRESETS:?}"
+                    all_presets().contains(&p.as_str()),
+                    "LONGCONN_TRANSPARENCY_PRESETS: unknown preset {p:?}; expected some of {:?}",
+                    all_presets()
                 );
             }
             // A subset skips the other presets: not under CI=true.
             assert!(
                 std::env::var("CI").as_deref() != Ok("true")
-                    || PRESETS.iter().all(|p| chosen.iter().any(|c| c == p)),
+                    || all_presets().iter().all(|p| chosen.iter().any(|c| c == p)),
                 "LONGCONN_TRANSPARENCY_PRESETS={list} skips presets and CI=true forbids skipping"
             );
             chosen
         }
-        _ => PRESETS.iter().map(|p| p.to_string()).collect(),
+        _ => all_presets().iter().map(|p| p.to_string()).collect(),
     }
 }
 
