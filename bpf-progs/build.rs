@@ -22,6 +22,19 @@ fn main() {
         Ok(other) => panic!("longconn-bpf: unsupported target architecture {other}"),
         Err(_) => panic!("longconn-bpf: CARGO_CFG_TARGET_ARCH is not set"),
     };
+    let flags = [
+        "-g".to_owned(),
+        "-O2".into(),
+        "-target".into(),
+        "bpf".into(),
+        "-Wall".into(),
+        "-Werror".into(),
+        format!("-D__TARGET_ARCH_{arch}"),
+    ];
+    // The same compiler and flags for the layout test, which compiles a
+    // changed copy of the sources (bpf-progs/tests/layout_btf.rs).
+    println!("cargo:rustc-env=LONGCONN_BPF_CLANG={clang}");
+    println!("cargo:rustc-env=LONGCONN_BPF_CFLAGS={}", flags.join(" "));
     println!("cargo:rerun-if-env-changed=LONGCONN_CLANG");
     for header in HEADERS {
         println!("cargo:rerun-if-changed={header}");
@@ -35,8 +48,7 @@ fn main() {
             .expect("sources are named *.bpf.c");
         let object = out_dir.join(format!("{stem}.bpf.o"));
         let status = Command::new(&clang)
-            .args(["-g", "-O2", "-target", "bpf", "-Wall", "-Werror"])
-            .arg(format!("-D__TARGET_ARCH_{arch}"))
+            .args(&flags)
             .args(["-Iinclude", "-c", source, "-o"])
             .arg(&object)
             .status()
