@@ -15,11 +15,18 @@ pub mod pinned;
 pub mod pins;
 pub mod refresh;
 pub mod ring;
-pub mod sys;
+mod sys;
 #[cfg(any(test, feature = "testgen"))]
 pub mod testgen;
 pub mod text;
 pub mod units;
+
+/// The bpf(2) commands that stay safe whatever the caller passes: open a pin,
+/// freeze a map, test-run a program. Element access is `Pins`'s, through
+/// checked maps (`sys` is private).
+pub mod bpfcall {
+    pub use crate::sys::{map_freeze, obj_get, prog_run, BPF_F_RDONLY};
+}
 
 pub use layout::{ConnRecord, Counters, Meta, NetnsEntry};
 pub use pinned::{PinnedError, Pins, RefreshStats};

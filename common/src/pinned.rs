@@ -19,7 +19,7 @@ use crate::{
     mounts, netns, pins,
     refresh::{DirLock, WorkArray},
     ring::RingReader,
-    sys,
+    sys::{self, Checked, Kind},
 };
 
 /// How long a reader waits for the refresh work array while another reader
@@ -64,6 +64,9 @@ impl PinnedError {
         }
     }
 }
+
+/// One CPU's close totals as the kernel copies them (rounded up to 8 bytes).
+const TOTALS_COPY: usize = Totals::SIZE.next_multiple_of(8);
 
 /// What one read-time refresh did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -503,12 +506,8 @@ impl Pins {
             }
             chunk.clear();
         };
-        sys::lookup_batch(
-            self.conns.fd().as_fd(),
-            8,
-            ConnRecord::SIZE,
-            batch as u32,
-            |_, v| match ConnRecord::decode(v) {
+        self.records(&self.conns, pins::CONNS)?
+            .lookup_batch(batch as u32, |_, v| match ConnRecord::decode(&v[0]) {
                 Some(r) if r.is_closed() => {}
                 Some(r) => {
                     chunk.push(r);
@@ -517,12 +516,11 @@ impl Pins {
                     }
                 }
                 None => bad += 1,
-            },
-        )
-        .map_err(|source| PinnedError::Io {
-            path: self.path(pins::CONNS),
-            source,
-        })?;
+            })
+            .map_err(|source| PinnedError::Io {
+                path: self.path(pins::CONNS),
+                source,
+            })?;
         deliver(&mut chunk, &mut stats);
         match failed {
             Some(e) => Err(e),
@@ -535,12 +533,8 @@ impl Pins {
     pub fn connections_unrefreshed(&self) -> Result<(Vec<ConnRecord>, u64), PinnedError> {
         let mut out = Vec::new();
         let mut bad = 0u64;
-        sys::lookup_batch(
-            self.conns.fd().as_fd(),
-            8,
-            ConnRecord::SIZE,
-            4096,
-            |_, v| match ConnRecord::decode(v) {
+        self.records(&self.conns, pins::CONNS)?
+            .lookup_batch(4096, |_, v| match ConnRecord::decode(&v[0]) {
                 // A closed record in the live map is a close in transit
                 // (flagged, not yet handed to the ring or an overflow map,
                 // or counted unlogged): it is taken from where it lands, so
@@ -548,12 +542,11 @@ impl Pins {
                 Some(r) if r.is_closed() => {}
                 Some(r) => out.push(r),
                 None => bad += 1,
-            },
-        )
-        .map_err(|source| PinnedError::Io {
-            path: self.path(pins::CONNS),
-            source,
-        })?;
+            })
+            .map_err(|source| PinnedError::Io {
+                path: self.path(pins::CONNS),
+                source,
+            })?;
         // After the live map: a close in between is seen here (the kernel
         // writes the overflow record before it deletes the live one).
         for (map, name) in self
@@ -561,16 +554,15 @@ impl Pins {
             .iter()
             .zip([pins::OVERFLOW, pins::OVERFLOW_SHORT])
         {
-            sys::lookup_batch(map.fd().as_fd(), 8, ConnRecord::SIZE, 4096, |_, v| {
-                match ConnRecord::decode(v) {
+            self.records(map, name)?
+                .lookup_batch(4096, |_, v| match ConnRecord::decode(&v[0]) {
                     Some(r) => out.push(r),
                     None => bad += 1,
-                }
-            })
-            .map_err(|source| PinnedError::Io {
-                path: self.path(name),
-                source,
-            })?;
+                })
+                .map_err(|source| PinnedError::Io {
+                    path: self.path(name),
+                    source,
+                })?;
         }
         Ok((out, bad))
     }
@@ -580,20 +572,22 @@ impl Pins {
     /// added (seq_begin != seq_end) is read again, alone.
     pub fn close_totals(&self) -> Result<TotalsSnapshot, PinnedError> {
         let path = self.path(pins::CLOSE_TOTALS);
-        let cpus = aya::util::nr_cpus().map_err(|(what, source)| PinnedError::Io {
-            path: what.into(),
+        let map = Checked::<[u8; TotalsKey::SIZE], [u8; TOTALS_COPY]>::new(
+            &self.totals,
+            Kind::PerCpuHash,
+        )
+        .map_err(|source| PinnedError::Io {
+            path: path.clone(),
             source,
         })?;
-        let stride = Totals::SIZE.next_multiple_of(8);
-        let decode = |v: &[u8]| -> Option<Vec<Totals>> {
-            v.chunks_exact(stride)
+        let decode = |v: &[[u8; TOTALS_COPY]]| -> Option<Vec<Totals>> {
+            v.iter()
                 .map(|c| Totals::decode(&c[..Totals::SIZE]))
                 .collect()
         };
         let mut keys = Vec::new();
         let mut again = Vec::new();
-        let fd = self.totals.fd().as_fd();
-        sys::lookup_batch(fd, TotalsKey::SIZE, stride * cpus, 1024, |k, v| {
+        map.lookup_batch(1024, |k, v| {
             let (Some(key), Some(values)) = (TotalsKey::decode(k), decode(v)) else {
                 return;
             };
@@ -607,17 +601,16 @@ impl Pins {
             path: path.clone(),
             source,
         })?;
-        let mut buf = vec![0u8; stride * cpus];
         for key in again {
             let mut tries = 0;
             loop {
-                sys::lookup_elem(fd, &key.to_bytes(), &mut buf).map_err(|source| {
-                    PinnedError::Io {
+                let values = map
+                    .lookup(&key.to_bytes())
+                    .map_err(|source| PinnedError::Io {
                         path: path.clone(),
                         source,
-                    }
-                })?;
-                match decode(&buf) {
+                    })?;
+                match decode(&values) {
                     Some(values) if values.iter().all(Totals::consistent) => {
                         keys.push((key, values));
                         break;
@@ -693,11 +686,11 @@ impl Pins {
             (&self.overflow[0], pins::OVERFLOW),
         ];
         for (map, name) in order {
+            let checked = self.records(map, name)?;
             let mut missing = Vec::new();
-            let keys: Vec<u8> = left.iter().flat_map(|c| c.to_ne_bytes()).collect();
             let mut at = 0;
             while at < left.len() {
-                match sys::delete_batch(map.fd().as_fd(), 8, &keys[at * 8..]) {
+                match checked.delete_batch(&left[at..]) {
                     Ok(()) => break,
                     Err((done, e)) if e.raw_os_error() == Some(libc::ENOENT) => {
                         missing.push(left[at + done]);
@@ -716,6 +709,19 @@ impl Pins {
         Ok(())
     }
 
+    /// A record map (live or overflow), checked: a hash of u64 cookies to
+    /// `ConnRecord`s.
+    fn records<'m>(
+        &self,
+        map: &'m MapData,
+        name: &str,
+    ) -> Result<Checked<'m, u64, [u8; ConnRecord::SIZE]>, PinnedError> {
+        Checked::new(map, Kind::Hash).map_err(|source| PinnedError::Io {
+            path: self.path(name),
+            source,
+        })
+    }
+
     /// Deletes a close record the kernel left in the overflow map (ring
     /// buffer was full).
     pub fn remove(&self, cookie: u64) -> Result<(), PinnedError> {
@@ -724,7 +730,7 @@ impl Pins {
             .iter()
             .zip([pins::OVERFLOW, pins::OVERFLOW_SHORT])
         {
-            match sys::delete_elem(map.fd().as_fd(), &cookie.to_ne_bytes()) {
+            match self.records(map, name)?.delete(&cookie) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(source) => {

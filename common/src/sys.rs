@@ -1,16 +1,22 @@
 //! The few bpf(2) commands aya 0.14 has no API for: opening a pin read-only,
 //! batched map lookups (7x faster than per-key iteration at 100k entries), and
 //! running a pinned program once (aya loads programs but cannot test-run them).
+//! Crate-private: the element commands are reached only through `Checked`,
+//! which checks a map's type and key and value sizes first.
 
 use std::{
     ffi::CString,
     io,
+    marker::PhantomData,
+    mem::size_of,
     os::{
-        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::Path,
 };
+
+use aya::maps::{MapData, MapType};
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -133,58 +139,167 @@ pub fn obj_get(path: &Path, file_flags: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Every (key, value) of a hash map, read in batches of `chunk` entries.
-/// Calls `each(key, value)` per entry; entries changing meanwhile may be seen
-/// once, or not at all if deleted.
-pub fn lookup_batch(
-    map: BorrowedFd<'_>,
-    key_size: usize,
-    value_size: usize,
-    chunk: u32,
-    mut each: impl FnMut(&[u8], &[u8]),
-) -> io::Result<()> {
-    let mut chunk = chunk.max(1);
-    let mut keys = vec![0u8; key_size * chunk as usize];
-    let mut values = vec![0u8; value_size * chunk as usize];
-    let mut token_in = [0u8; 8];
-    let mut token_out = [0u8; 8];
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
-            out_batch: token_out.as_mut_ptr() as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk,
-            map_fd: map.as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
+/// Plain data the kernel may fill: every byte pattern of its size is a
+/// valid value.
+///
+/// # Safety
+/// Implement only for types of which any `size_of::<Self>()` bytes are a
+/// valid value (integers and arrays of them; no references, no enums).
+pub(crate) unsafe trait Pod: Copy + 'static {}
+// SAFETY: any 8 bytes are a u64.
+unsafe impl Pod for u64 {}
+// SAFETY: any N bytes are a [u8; N].
+unsafe impl<const N: usize> Pod for [u8; N] {}
+
+/// A zeroed `T` (all-zero bytes are a valid `T`, as any bytes are).
+fn zeroed<T: Pod>() -> T {
+    // SAFETY: T: Pod, so the all-zero pattern is a valid T.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The map kinds longconn reads element-wise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Hash,
+    PerCpuHash,
+}
+
+/// A hash map whose type, key size and value size were checked against
+/// `K` and `V` before any element syscall: the buffers below are sized from
+/// `K` and `V`, so the kernel never writes past them. For a per-CPU map, `V`
+/// is one CPU's value rounded up to 8 bytes (as the kernel copies them) and
+/// each element is one `V` per possible CPU.
+pub(crate) struct Checked<'a, K, V> {
+    fd: BorrowedFd<'a>,
+    copies: usize,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<'a, K: Pod, V: Pod> Checked<'a, K, V> {
+    pub(crate) fn new(map: &'a MapData, kind: Kind) -> io::Result<Self> {
+        let info = map.info().map_err(io::Error::other)?;
+        let found = match info.map_type() {
+            Ok(MapType::Hash) => Some(Kind::Hash),
+            Ok(MapType::PerCpuHash) => Some(Kind::PerCpuHash),
+            _ => None,
         };
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let done = match result {
-            Ok(_) => false,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && attr.count == 0 => {
-                // One hash bucket holds more than `chunk` entries: grow and retry.
-                chunk = chunk.saturating_mul(2);
-                keys.resize(key_size * chunk as usize, 0);
-                values.resize(value_size * chunk as usize, 0);
-                continue;
-            }
-            Err(e) => return Err(e),
+        let (key, value) = (info.key_size() as usize, info.value_size() as usize);
+        let value_as_copied = match kind {
+            Kind::Hash => value,
+            Kind::PerCpuHash => value.next_multiple_of(8),
         };
-        let n = (attr.count as usize).min(chunk as usize);
-        for i in 0..n {
-            each(
-                &keys[i * key_size..(i + 1) * key_size],
-                &values[i * value_size..(i + 1) * value_size],
-            );
+        if found != Some(kind) || key != size_of::<K>() || value_as_copied != size_of::<V>() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "map {:?} is {found:?} with {key}-byte keys and {value}-byte values; expected {kind:?} with {} and {}",
+                    info.name_as_str().unwrap_or("?"),
+                    size_of::<K>(),
+                    size_of::<V>()
+                ),
+            ));
         }
-        if done {
+        let copies = match kind {
+            Kind::Hash => 1,
+            Kind::PerCpuHash => aya::util::nr_cpus().map_err(|(_, e)| e)?,
+        };
+        Ok(Self {
+            fd: map.fd().as_fd(),
+            copies,
+            _types: PhantomData,
+        })
+    }
+
+    /// Every (key, value) of the map, read in batches of `chunk` entries.
+    /// Calls `each(key, values)` per entry (one value, or one per possible
+    /// CPU); entries changing meanwhile may be seen once, or not at all if
+    /// deleted.
+    pub(crate) fn lookup_batch(
+        &self,
+        chunk: u32,
+        mut each: impl FnMut(&K, &[V]),
+    ) -> io::Result<()> {
+        let mut chunk = chunk.max(1);
+        let mut keys = vec![zeroed::<K>(); chunk as usize];
+        let mut values = vec![zeroed::<V>(); chunk as usize * self.copies];
+        let mut token_in = [0u8; 8];
+        let mut token_out = [0u8; 8];
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
+                out_batch: token_out.as_mut_ptr() as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: chunk,
+                map_fd: self.fd.as_raw_fd() as u32,
+                elem_flags: 0,
+                flags: 0,
+            };
+            let done = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+                Ok(_) => false,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && attr.count == 0 => {
+                    // One hash bucket holds more than `chunk` entries: grow and retry.
+                    chunk = chunk.saturating_mul(2);
+                    keys.resize(chunk as usize, zeroed());
+                    values.resize(chunk as usize * self.copies, zeroed());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let n = (attr.count as usize).min(chunk as usize);
+            for (key, values) in keys[..n].iter().zip(values.chunks_exact(self.copies)) {
+                each(key, values);
+            }
+            if done {
+                return Ok(());
+            }
+            token_in = token_out;
+            first = false;
+        }
+    }
+
+    /// BPF_MAP_LOOKUP_ELEM: the key's value (one per possible CPU for a
+    /// per-CPU map).
+    pub(crate) fn lookup(&self, key: &K) -> io::Result<Vec<V>> {
+        let mut values = vec![zeroed::<V>(); self.copies];
+        let mut attr = ElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: key as *const K as u64,
+            value: values.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+        Ok(values)
+    }
+
+    /// BPF_MAP_DELETE_ELEM for one key.
+    pub(crate) fn delete(&self, key: &K) -> io::Result<()> {
+        let mut attr = ElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: key as *const K as u64,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
+    }
+
+    /// BPF_MAP_DELETE_BATCH of `keys`, in order. On an error, how many keys
+    /// were deleted before the one that failed.
+    pub(crate) fn delete_batch(&self, keys: &[K]) -> Result<(), (usize, io::Error)> {
+        if keys.is_empty() {
             return Ok(());
         }
-        token_in = token_out;
-        first = false;
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: self.fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(((attr.count as usize).min(keys.len()), e)),
+        }
     }
 }
 
@@ -210,49 +325,4 @@ pub fn map_freeze(map: BorrowedFd<'_>) -> io::Result<()> {
         map_fd: map.as_raw_fd() as u32,
     };
     bpf(BPF_MAP_FREEZE, &mut attr).map(|_| ())
-}
-
-/// BPF_MAP_DELETE_ELEM for one key.
-pub fn delete_elem(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
-    let mut attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key.as_ptr() as u64,
-        ..Default::default()
-    };
-    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(|_| ())
-}
-
-/// BPF_MAP_LOOKUP_ELEM for one key into `value` (for a per-CPU map, one
-/// value per possible CPU, each rounded up to 8 bytes).
-pub fn lookup_elem(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<()> {
-    let mut attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key.as_ptr() as u64,
-        value: value.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(|_| ())
-}
-
-/// BPF_MAP_DELETE_BATCH of `keys` (each `key_size` bytes), in order. On
-/// an error, how many keys were deleted before the one that failed.
-pub fn delete_batch(
-    map: BorrowedFd<'_>,
-    key_size: usize,
-    keys: &[u8],
-) -> Result<(), (usize, io::Error)> {
-    let n = keys.len() / key_size.max(1);
-    if n == 0 {
-        return Ok(());
-    }
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        count: n as u32,
-        map_fd: map.as_raw_fd() as u32,
-        ..Default::default()
-    };
-    match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(((attr.count as usize).min(n), e)),
-    }
 }

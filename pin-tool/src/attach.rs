@@ -491,8 +491,8 @@ fn set_owner(path: &Path, mode: u32, gid: Option<u32>) -> anyhow::Result<()> {
 /// Freezes the map pinned at `path`: no bpf-syscall write succeeds after.
 fn freeze(path: &Path) -> anyhow::Result<()> {
     use std::os::fd::AsFd;
-    longconn_common::sys::obj_get(path, 0)
-        .and_then(|fd| longconn_common::sys::map_freeze(fd.as_fd()))
+    longconn_common::bpfcall::obj_get(path, 0)
+        .and_then(|fd| longconn_common::bpfcall::map_freeze(fd.as_fd()))
         .with_context(|| format!("cannot freeze {}", path.display()))
 }
 

@@ -19,9 +19,9 @@ use aya::{
     },
 };
 use longconn_common::{
-    hooks,
+    bpfcall as sys, hooks,
     layout::{self, Meta},
-    pins, sys,
+    pins,
 };
 
 /// What longconn pins at a path.

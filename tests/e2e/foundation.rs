@@ -665,11 +665,12 @@ fn concurrent_readers_each_refresh_every_record() {
 #[test]
 fn the_refresh_writes_its_slot_and_the_record_only_when_its_base_has_aged() {
     use longconn_common::{
+        bpfcall as sys,
         layout::{self, RefreshSlot},
         pinned::Access,
         pins,
         refresh::{DirLock, WorkArray},
-        sys, Pins,
+        Pins,
     };
     use std::os::fd::AsFd;
     if !privileged_or_skip("the_refresh_writes_its_slot_and_the_record_only_when_its_base_has_aged")
