@@ -8,13 +8,9 @@ pub const CAP_BPF: u32 = 39;
 
 /// The effective capability set from /proc/self/status (0 if unreadable).
 pub fn effective() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
+    procfs::process::Process::myself()
+        .and_then(|p| p.status())
+        .map(|s| s.capeff)
         .unwrap_or(0)
 }
 

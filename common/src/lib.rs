@@ -28,5 +28,8 @@ pub mod bpfcall {
     pub use crate::sys::{map_freeze, obj_get, prog_run, BPF_F_RDONLY};
 }
 
+/// procfs, as this crate uses it (the reader reads /proc through it too).
+pub use procfs;
+
 pub use layout::{ConnRecord, Counters, Meta, NetnsEntry};
 pub use pinned::{PinnedError, Pins, RefreshStats};

@@ -55,7 +55,10 @@ pub fn cgroup2_root() -> io::Result<PathBuf> {
         })
 }
 
-/// /proc/mounts escapes space, tab, newline and backslash as octal.
+/// /proc/mounts escapes space, tab, newline and backslash as octal. Parsed
+/// here, not with procfs: procfs 0.17's `mounts()` unescapes only tab,
+/// newline, backslash and `#` (procfs-core mounts.rs `unmangle_octal`), so a
+/// mount point with a space (`\040`) would not be found.
 fn unescape_mount_path(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

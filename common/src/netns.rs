@@ -82,18 +82,15 @@ pub fn find_by_inode(wanted: &HashSet<u32>) -> HashMap<u32, PathBuf> {
             }
         }
     }
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for e in entries.flatten() {
+    if let Ok(processes) = procfs::process::all_processes() {
+        for p in processes.flatten() {
             if found.len() == wanted.len() {
                 break;
             }
-            let name = e.file_name();
-            if name
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            {
-                consider(&mut found, e.path().join("ns/net"));
-            }
+            consider(
+                &mut found,
+                PathBuf::from(format!("/proc/{}/ns/net", p.pid())),
+            );
         }
     }
     found

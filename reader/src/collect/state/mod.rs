@@ -819,7 +819,7 @@ pub fn resave(path: &Path, s: &State, mode: u32) -> io::Result<()> {
 }
 
 pub fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+    longconn_common::procfs::sys::kernel::random::boot_id()
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
 }
