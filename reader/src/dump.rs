@@ -18,6 +18,7 @@ use crate::{
         access,
         event::{Field, Value},
     },
+    runtime,
     servicemap::ServiceMap,
     termsafe, view,
 };
@@ -36,10 +37,13 @@ pub struct DumpArgs {
     #[arg(long, value_name = "PORT")]
     port: Option<u16>,
 
-    /// Only connections whose workload (cgroup path, container id or pod uid)
-    /// contains this text.
+    /// Only connections whose workload (its name, container id, pod uid,
+    /// namespace, pod or container) contains this text.
     #[arg(long, value_name = "TEXT")]
     workload: Option<String>,
+
+    #[command(flatten)]
+    runtime: runtime::RootArg,
 
     /// Only connections whose service contains this text.
     #[arg(long, value_name = "TEXT")]
@@ -122,15 +126,22 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
         Some(path) => ServiceMap::load(path).map_err(anyhow::Error::msg)?.0,
         None => ServiceMap::default(),
     };
-    let mut cgroup_names = std::collections::BTreeMap::new();
-    identity::resolve_cgroups(&mut cgroup_names, records.iter().copied());
-    let identifier = identity::Identifier::new(&cgroup_names, &services);
+    let mut cgroups = std::collections::BTreeMap::new();
+    identity::resolve_cgroups(&mut cgroups, records.iter().copied(), &args.runtime.roots());
+    let identifier = identity::Identifier::new(&cgroups, &services);
     let selected = |r: &ConnRecord| {
         let id = identifier.identify(r);
         let keep = args.workload.as_ref().is_none_or(|w| {
-            id.workload.contains(w.as_str())
-                || id.container_id.contains(w.as_str())
-                || id.pod_uid.contains(w.as_str())
+            [
+                &id.workload,
+                &id.container_id,
+                &id.pod_uid,
+                &id.namespace,
+                &id.pod,
+                &id.container,
+            ]
+            .iter()
+            .any(|n| n.contains(w.as_str()))
         }) && args
             .service
             .as_ref()
@@ -187,7 +198,7 @@ fn write_table(
             format!("{ip}:{port}")
         }
     };
-    let rows: Vec<[String; 13]> = rows
+    let rows: Vec<[String; 14]> = rows
         .iter()
         .map(|(r, id)| {
             let v = view::event(r, clock, id);
@@ -221,6 +232,11 @@ fn write_table(
                     format!("{}/{}", termsafe::escape(v.comm), v.pid)
                 },
                 termsafe::escape(v.workload).into_owned(),
+                if v.container.is_empty() {
+                    "-".into()
+                } else {
+                    termsafe::escape(v.container).into_owned()
+                },
                 termsafe::escape(v.service).into_owned(),
             ]
         })
@@ -238,6 +254,7 @@ fn write_table(
         "SRTT/MIN",
         "PROCESS",
         "WORKLOAD",
+        "CONTAINER",
         "SERVICE",
     ];
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
