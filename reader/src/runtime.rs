@@ -386,7 +386,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let roots = Roots::new(root);
-        let ids: Vec<String> = (0..6).map(|i| format!("{:x}{}", 10 + i, &ID[1..])).collect();
+        let ids: Vec<String> = (0..6)
+            .map(|i| format!("{:x}{}", 10 + i, &ID[1..]))
+            .collect();
         write(
             root,
             &format!(
