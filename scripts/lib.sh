@@ -12,6 +12,8 @@ LONGCONN_PACKAGES=(
   prometheus                   # promtool check metrics
   python3 python3-venv         # tests: OTLP/JSON checked with the official schema (PyPI opentelemetry-proto)
   systemd                      # systemd-analyze verify on the units
+  podman containerd runc       # tests: workloads named from real container runtimes (issue 17)
+  busybox-static containernetworking-plugins  # tests: container rootfs (no image registry), podman's bridge
 )
 
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }

@@ -23,6 +23,7 @@ use crate::{
         access,
         event::{AccessEvent, Field, Value},
     },
+    runtime,
     servicemap::ServiceMap,
     termsafe, view,
 };
@@ -41,10 +42,13 @@ pub struct DumpArgs {
     #[arg(long, value_name = "PORT")]
     port: Option<u16>,
 
-    /// Only connections whose workload (cgroup path, container id or pod uid)
-    /// contains this text.
+    /// Only connections whose workload (its name, container id, pod uid,
+    /// namespace, pod or container) contains this text.
     #[arg(long, value_name = "TEXT")]
     workload: Option<String>,
+
+    #[command(flatten)]
+    runtime: runtime::RootArg,
 
     /// Only connections whose service contains this text.
     #[arg(long, value_name = "TEXT")]
@@ -96,7 +100,11 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
         order.sort_unstable();
         let records: Vec<&ConnRecord> = order.iter().map(|&(_, i)| &records[i]).collect();
         let mut cgroup_names = std::collections::BTreeMap::new();
-        identity::resolve_cgroups(&mut cgroup_names, records.iter().copied());
+        identity::resolve_cgroups(
+            &mut cgroup_names,
+            records.iter().copied(),
+            &args.runtime.roots(),
+        );
         let identifier = identity::Identifier::new(&cgroup_names, &services);
         let rows: Vec<(&ConnRecord, Identity)> = records
             .iter()
@@ -131,6 +139,7 @@ fn stream_json(
     let mut array = JsonArray::default();
     let mut cgroup_names = std::collections::BTreeMap::new();
     let mut looked_up = std::collections::HashSet::new();
+    let roots = args.runtime.roots();
     let (bad, refresh) = std::thread::scope(|scope| -> anyhow::Result<_> {
         let (batches, received) = std::sync::mpsc::sync_channel::<Vec<ConnRecord>>(2);
         let reader = scope.spawn(move || {
@@ -147,7 +156,7 @@ fn stream_json(
                     .iter()
                     .filter(|r| looked_up.insert(r.cgroup_id))
                     .collect();
-                identity::resolve_cgroups(&mut cgroup_names, fresh);
+                identity::resolve_cgroups(&mut cgroup_names, fresh, &roots);
                 let identifier = identity::Identifier::new(&cgroup_names, services);
                 for r in &batch {
                     if let Some(id) = selected(args, &identifier, r) {
@@ -218,9 +227,16 @@ fn selected(
 ) -> Option<Identity> {
     let id = identifier.identify(r);
     let keep = args.workload.as_ref().is_none_or(|w| {
-        id.workload.contains(w.as_str())
-            || id.container_id.contains(w.as_str())
-            || id.pod_uid.contains(w.as_str())
+        [
+            &id.workload,
+            &id.container_id,
+            &id.pod_uid,
+            &id.namespace,
+            &id.pod,
+            &id.container,
+        ]
+        .iter()
+        .any(|n| n.contains(w.as_str()))
     }) && args
         .service
         .as_ref()
@@ -289,7 +305,7 @@ fn write_table(
             format!("{ip}:{port}")
         }
     };
-    let rows: Vec<[String; 13]> = rows
+    let rows: Vec<[String; 14]> = rows
         .iter()
         .map(|(r, id)| {
             let v = view::event(r, clock, id);
@@ -323,6 +339,11 @@ fn write_table(
                     format!("{}/{}", termsafe::escape(v.comm), v.pid)
                 },
                 termsafe::escape(v.workload).into_owned(),
+                if v.container.is_empty() {
+                    "-".into()
+                } else {
+                    termsafe::escape(v.container).into_owned()
+                },
                 termsafe::escape(v.service).into_owned(),
             ]
         })
@@ -340,6 +361,7 @@ fn write_table(
         "SRTT/MIN",
         "PROCESS",
         "WORKLOAD",
+        "CONTAINER",
         "SERVICE",
     ];
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

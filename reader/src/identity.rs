@@ -1,11 +1,16 @@
 //! Who a connection belongs to (workload) and whom it talks to (service).
 //!
-//! Workload: the socket's cgroup v2 path relative to the cgroup v2 mount ("/"
-//! for the root), the container id and Kubernetes pod uid parsed from it, the
-//! process the kernel recorded (connect() caller, or listen() caller for
-//! inbound), and the network namespace. Cgroup ids are resolved once and kept
-//! in the reader's state, so a connection whose cgroup is gone still reports
-//! the name it had.
+//! Workload: the socket's cgroup v2 (its path relative to the cgroup v2
+//! mount, "/" for the root), the container id and Kubernetes pod uid parsed
+//! from that path, the names the container runtime keeps for it
+//! (`runtime`: Kubernetes namespace, pod and container, or a podman/docker
+//! container's name), the process the kernel recorded (connect() caller, or
+//! listen() caller for inbound), and the network namespace. The `workload`
+//! name is the most readable of them: `namespace/pod` under Kubernetes, the
+//! container's name under podman or docker, the systemd unit of a service,
+//! else the cgroup path. Cgroup ids are resolved once (path and runtime
+//! names) and kept in the reader's state, so a connection whose cgroup is
+//! gone still reports the name it had, and no runtime state is read again.
 //! Service: a `--services` rule's name when one matches; otherwise
 //! outbound -> remote address:port, inbound -> local (listening) address:port.
 //! Addresses have one canonical text form (IPv4-mapped IPv6 shown as IPv4,
@@ -20,13 +25,21 @@ use std::{
 
 use longconn_common::{layout, mounts, ConnRecord};
 
-use crate::servicemap::ServiceMap;
+use crate::{runtime, servicemap::ServiceMap};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     pub workload: String,
     pub container_id: String,
     pub pod_uid: String,
+    /// Kubernetes namespace and pod, and the container's name (see
+    /// `runtime::Names`); not kept by states written before they existed.
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub pod: String,
+    #[serde(default)]
+    pub container: String,
     pub comm: String,
     pub pid: u32,
     pub netns_cookie: u64,
@@ -90,43 +103,80 @@ pub fn parse_container(path: &str) -> (String, String) {
     (container, pod)
 }
 
-/// Resolves every cgroup id in `records` not yet in `names` with one walk of
-/// the cgroup v2 tree; ids not found are named "cgroup:<id>".
+/// What the reader remembers of a cgroup: its path and what the container
+/// runtime calls the workload in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cgroup {
+    /// Relative to the cgroup v2 mount; "cgroup:<id>" if it was not found.
+    pub path: String,
+    /// None: not looked up yet (a state written before runtime names).
+    pub names: Option<runtime::Names>,
+}
+
+impl Cgroup {
+    /// A cgroup known by its path only, its runtime names still to look up.
+    pub fn unnamed(path: String) -> Self {
+        Self { path, names: None }
+    }
+}
+
+/// Resolves every cgroup id in `records` not yet in `cgroups` with one walk
+/// of the cgroup v2 tree (ids not found are named "cgroup:<id>"), and looks
+/// up the runtime names of each that has none yet, once: nothing here runs
+/// again for a cgroup already resolved.
 pub fn resolve_cgroups<'a>(
-    names: &mut BTreeMap<u64, String>,
+    cgroups: &mut BTreeMap<u64, Cgroup>,
     records: impl IntoIterator<Item = &'a ConnRecord>,
+    roots: &runtime::Roots,
 ) {
-    let missing: BTreeSet<u64> = records
+    let unnamed: BTreeSet<u64> = records
         .into_iter()
         .map(|r| r.cgroup_id)
-        .filter(|id| !names.contains_key(id))
+        .filter(|id| cgroups.get(id).is_none_or(|c| c.names.is_none()))
         .collect();
-    if missing.is_empty() {
+    if unnamed.is_empty() {
         return;
     }
-    let mut left = missing;
-    if let Ok(root) = mounts::cgroup2_root() {
-        let mut queue = VecDeque::from([root.clone()]);
-        while let Some(dir) = queue.pop_front() {
-            if left.is_empty() {
-                break;
-            }
-            if let Ok(id) = mounts::cgroup_id(&dir) {
-                if left.remove(&id) {
-                    names.insert(id, relative(&root, &dir));
+    let mut left: BTreeSet<u64> = unnamed
+        .iter()
+        .copied()
+        .filter(|id| !cgroups.contains_key(id))
+        .collect();
+    if !left.is_empty() {
+        if let Ok(root) = mounts::cgroup2_root() {
+            let mut queue = VecDeque::from([root.clone()]);
+            while let Some(dir) = queue.pop_front() {
+                if left.is_empty() {
+                    break;
                 }
-            }
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for e in entries.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        queue.push_back(e.path());
+                if let Ok(id) = mounts::cgroup_id(&dir) {
+                    if left.remove(&id) {
+                        cgroups.insert(id, Cgroup::unnamed(relative(&root, &dir)));
+                    }
+                }
+                if let Ok(entries) = std::fs::read_dir(&dir) {
+                    for e in entries.flatten() {
+                        if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            queue.push_back(e.path());
+                        }
                     }
                 }
             }
         }
+        for id in left {
+            cgroups.insert(id, Cgroup::unnamed(format!("cgroup:{id}")));
+        }
     }
-    for id in left {
-        names.insert(id, format!("cgroup:{id}"));
+    let mut resolver = runtime::Resolver::new(roots);
+    for id in unnamed {
+        if let Some(c) = cgroups.get_mut(&id) {
+            let (container_id, _) = parse_container(&c.path);
+            c.names = Some(if container_id.is_empty() {
+                runtime::Names::default()
+            } else {
+                resolver.names(&container_id)
+            });
+        }
     }
 }
 
@@ -150,32 +200,32 @@ fn name_text(p: &Path) -> String {
 #[cfg(test)]
 pub fn identify(
     r: &ConnRecord,
-    cgroup_names: &BTreeMap<u64, String>,
+    cgroups: &BTreeMap<u64, Cgroup>,
     services: &ServiceMap,
 ) -> Identity {
     let (ip, port) = service_endpoint(r);
     assemble(
         r,
-        workload_names(r.cgroup_id, cgroup_names),
+        workload_names(r.cgroup_id, cgroups),
         service_names(ip, port, services),
     )
 }
 
 /// `identify` for many records: the names of a cgroup (workload, container
-/// id, pod uid) and of a service endpoint are worked out once per run, not
+/// id, pod uid, namespace, pod, container) and of a service endpoint are worked out once per run, not
 /// once per connection (at 100k connections in a few cgroups and services,
 /// formatting them per record was an eighth of `dump`'s time).
 pub struct Identifier<'a> {
-    cgroup_names: &'a BTreeMap<u64, String>,
+    cgroups: &'a BTreeMap<u64, Cgroup>,
     services: &'a ServiceMap,
-    workloads: RefCell<HashMap<u64, [String; 3]>>,
+    workloads: RefCell<HashMap<u64, WorkloadNames>>,
     endpoints: RefCell<HashMap<(IpAddr, u32), [String; 2]>>,
 }
 
 impl<'a> Identifier<'a> {
-    pub fn new(cgroup_names: &'a BTreeMap<u64, String>, services: &'a ServiceMap) -> Self {
+    pub fn new(cgroups: &'a BTreeMap<u64, Cgroup>, services: &'a ServiceMap) -> Self {
         Self {
-            cgroup_names,
+            cgroups,
             services,
             workloads: RefCell::default(),
             endpoints: RefCell::default(),
@@ -188,7 +238,7 @@ impl<'a> Identifier<'a> {
             .workloads
             .borrow_mut()
             .entry(r.cgroup_id)
-            .or_insert_with(|| workload_names(r.cgroup_id, self.cgroup_names))
+            .or_insert_with(|| workload_names(r.cgroup_id, self.cgroups))
             .clone();
         let (ip, port) = service_endpoint(r);
         let service = self
@@ -201,17 +251,24 @@ impl<'a> Identifier<'a> {
     }
 }
 
-/// A record's identity from its workload names (path, container id, pod
-/// uid) and its service names (service, namespace).
+/// A cgroup's workload names: workload, container id, pod uid, namespace,
+/// pod, container.
+type WorkloadNames = [String; 6];
+
+/// A record's identity from its workload names and its service names
+/// (service, namespace).
 fn assemble(
     r: &ConnRecord,
-    [workload, container_id, pod_uid]: [String; 3],
+    [workload, container_id, pod_uid, namespace, pod, container]: WorkloadNames,
     [service, service_namespace]: [String; 2],
 ) -> Identity {
     Identity {
         workload,
         container_id,
         pod_uid,
+        namespace,
+        pod,
+        container,
         comm: r.comm(),
         pid: r.pid,
         netns_cookie: r.netns_cookie,
@@ -220,24 +277,54 @@ fn assemble(
     }
 }
 
-/// (workload path, container id, pod uid) of a cgroup.
-fn workload_names(cgroup_id: u64, cgroup_names: &BTreeMap<u64, String>) -> [String; 3] {
-    let w = workload_of(cgroup_id, cgroup_names);
-    let (c, p) = parse_container(&w);
-    [w, c, p]
+/// The workload names of a cgroup: ids parsed from its path, names from its
+/// runtime, and the readable `workload` (`readable_workload`).
+fn workload_names(cgroup_id: u64, cgroups: &BTreeMap<u64, Cgroup>) -> WorkloadNames {
+    let Some(c) = cgroups.get(&cgroup_id) else {
+        let none = String::new;
+        return [
+            format!("cgroup:{cgroup_id}"),
+            none(),
+            none(),
+            none(),
+            none(),
+            none(),
+        ];
+    };
+    let (container_id, mut pod_uid) = parse_container(&c.path);
+    let n = c.names.clone().unwrap_or_default();
+    if pod_uid.is_empty() {
+        pod_uid = n.pod_uid.clone();
+    }
+    [
+        readable_workload(&c.path, &n),
+        container_id,
+        pod_uid,
+        n.namespace,
+        n.pod,
+        n.container,
+    ]
+}
+
+/// The `workload` name: `namespace/pod` under Kubernetes, the container's
+/// name under podman or docker, the unit of a systemd service, else the
+/// cgroup path.
+pub fn readable_workload(path: &str, n: &runtime::Names) -> String {
+    if n.is_kubernetes() {
+        format!("{}/{}", n.namespace, n.pod)
+    } else if !n.container.is_empty() {
+        n.container.clone()
+    } else if let Some(unit) = runtime::unit_of(path) {
+        unit.to_owned()
+    } else {
+        path.to_owned()
+    }
 }
 
 /// (service, service namespace) of an endpoint.
 fn service_names(ip: IpAddr, port: u32, services: &ServiceMap) -> [String; 2] {
     let (s, n) = service_of(ip, port, services);
     [s, n]
-}
-
-fn workload_of(cgroup_id: u64, cgroup_names: &BTreeMap<u64, String>) -> String {
-    cgroup_names
-        .get(&cgroup_id)
-        .cloned()
-        .unwrap_or_else(|| format!("cgroup:{cgroup_id}"))
 }
 
 /// (service, service namespace) of an endpoint.
@@ -250,12 +337,21 @@ fn service_of(ip: IpAddr, port: u32, services: &ServiceMap) -> (String, String) 
 
 /// Labels that can name a workload group, with the cardinality each adds.
 pub const WORKLOAD_LABELS: &[(&str, &str)] = &[
-    ("workload", "one series per cgroup with TCP traffic"),
+    (
+        "workload",
+        "one per workload: Kubernetes pod, podman/docker container, systemd service, or other cgroup with TCP traffic",
+    ),
     (
         "container_id",
         "one per container (empty outside containers)",
     ),
     ("pod_uid", "one per Kubernetes pod (empty outside pods)"),
+    ("namespace", "one per Kubernetes namespace (empty outside pods)"),
+    ("pod", "one per Kubernetes pod name (empty outside pods)"),
+    (
+        "container",
+        "one per container name (Kubernetes, podman or docker; empty elsewhere)",
+    ),
     ("comm", "one per process name that connected or listened"),
     ("netns", "one per network namespace"),
 ];
@@ -413,6 +509,9 @@ impl Identity {
             "workload" => self.workload.clone(),
             "container_id" => self.container_id.clone(),
             "pod_uid" => self.pod_uid.clone(),
+            "namespace" => self.namespace.clone(),
+            "pod" => self.pod.clone(),
+            "container" => self.container.clone(),
             "comm" => self.comm.clone(),
             "netns" => self.netns_cookie.to_string(),
             "service" => self.service.clone(),
@@ -456,8 +555,19 @@ mod tests {
     fn the_identifier_names_every_record_as_identify_does() {
         let pod = "/kubepods/burstable/pod6c3b0e6e-2c47-4a5e-9a4f-0d2b6f3c1a77/3f4e1c2d9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d";
         let names = BTreeMap::from([
-            (1u64, "/system.slice/db.service".to_owned()),
-            (2, pod.to_owned()),
+            (1u64, Cgroup::unnamed("/system.slice/db.service".to_owned())),
+            (
+                2,
+                Cgroup {
+                    path: pod.to_owned(),
+                    names: Some(runtime::Names {
+                        namespace: "shop".into(),
+                        pod: "web-0".into(),
+                        container: "app".into(),
+                        ..Default::default()
+                    }),
+                },
+            ),
         ]);
         let services = ServiceMap::parse("10.0.0.0/8,5432,postgres,db\n", "svc.csv").unwrap();
         let identifier = Identifier::new(&names, &services);
@@ -487,6 +597,39 @@ mod tests {
                 "record {i}"
             );
         }
+    }
+
+    #[test]
+    fn the_workload_is_the_most_readable_name() {
+        let k8s = runtime::Names {
+            namespace: "shop".into(),
+            pod: "web-0".into(),
+            pod_uid: "u".into(),
+            container: "app".into(),
+        };
+        let podman = runtime::Names {
+            container: "cache".into(),
+            ..Default::default()
+        };
+        let none = runtime::Names::default();
+        let unit = "/system.slice/nginx.service";
+        assert_eq!(readable_workload("/kubepods/x", &k8s), "shop/web-0");
+        assert_eq!(
+            readable_workload("/libpod_parent/libpod-x", &podman),
+            "cache"
+        );
+        assert_eq!(readable_workload(unit, &none), "nginx.service");
+        assert_eq!(
+            readable_workload("/user.slice/session-1.scope", &none),
+            "/user.slice/session-1.scope"
+        );
+        // Known by path only (not looked up): the ids still come from the path.
+        let id = "3f4e1c2d9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d";
+        let cgroups = BTreeMap::from([(5u64, Cgroup::unnamed(format!("/docker/{id}")))]);
+        let w = workload_names(5, &cgroups);
+        assert_eq!(w[0], format!("/docker/{id}"));
+        assert_eq!(w[1], id);
+        assert_eq!(workload_names(6, &cgroups)[0], "cgroup:6");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod fsperm;
 mod human;
 mod identity;
 mod output;
+mod runtime;
 mod servicemap;
 mod termsafe;
 #[cfg(test)]

@@ -20,8 +20,9 @@ from benchlib import (  # noqa: E402
     HERE, RUN, WORK, Cgroup, Iperf, Pin, binary, churn_rate, cleanup_all, cgroup2_root,
     human_bytes, log, med, paired_ratios, prog_stats, spread, table, timed, verdict,
 )
+import names as names_bench  # noqa: E402
 
-SECTIONS = ["datapath", "churn", "progcost", "reader", "output", "hooks"]
+SECTIONS = ["datapath", "churn", "progcost", "reader", "output", "hooks", "names"]
 PRESETS = ["default", "live", "tracepoints", "cgroup-skb"]
 PER_SEGMENT = {"longconn_egress", "longconn_tcp_probe", "longconn_ingress"}
 RESULTS = {}
@@ -847,6 +848,8 @@ def main():
             scale(a, "reader" in only, "output" in only)
         if "hooks" in only:
             hooks(a)
+        if "names" in only:
+            RESULTS["names"] = names_bench.names(a, emit)
         emit(f"_Total run time: {(time.time() - t0) / 60:.1f} min; load average at end "
              f"{os.getloadavg()[0]:.2f}._")
     except KeyboardInterrupt:

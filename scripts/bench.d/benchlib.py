@@ -67,6 +67,14 @@ def cleanup_all():
 
 
 # ---------------------------------------------------------------- cgroups
+def procs_of(path):
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
 class Cgroup:
     """A child cgroup of the cgroup v2 root owned by this run."""
 
@@ -88,16 +96,13 @@ class Cgroup:
         return track_proc(subprocess.Popen(self.argv(argv), **kw))
 
     def procs(self):
-        try:
-            with open(os.path.join(self.path, "cgroup.procs")) as f:
-                return [int(x) for x in f.read().split()]
-        except OSError:
-            return []
+        return procs_of(self.path)
 
     def kill_all(self):
+        """Kills every process in this cgroup and below (cgroup.kill is recursive)."""
         kill = os.path.join(self.path, "cgroup.kill")
         for _ in range(100):
-            pids = self.procs()
+            pids = [p for d, _, _ in os.walk(self.path) for p in procs_of(d)]
             if not pids:
                 return
             if os.path.exists(kill):
@@ -118,12 +123,15 @@ class Cgroup:
         if not os.path.isdir(self.path):
             return
         self.kill_all()
-        for _ in range(100):
-            try:
-                os.rmdir(self.path)
-                break
-            except OSError:
-                time.sleep(0.05)
+        # Child cgroups (the names benchmark's kubelet-shaped tree) first.
+        below = [d for d, _, _ in os.walk(self.path, topdown=False)]
+        for d in below:
+            for _ in range(100):
+                try:
+                    os.rmdir(d)
+                    break
+                except OSError:
+                    time.sleep(0.05)
         if self in _CGROUPS:
             _CGROUPS.remove(self)
 

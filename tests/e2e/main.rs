@@ -13,5 +13,6 @@ mod identity;
 mod otlp;
 mod promises;
 mod reliability;
+mod runtime_names;
 mod soak;
 mod transparency;

@@ -248,16 +248,9 @@ impl Drop for TestEnv {
             let _ = self.pin_cmd().args(["detach", "--force"]).output();
         }
         let _ = fs::remove_file(self.consumer_registration());
-        // Child cgroups first; processes may take a moment to leave after exiting.
-        let mut dirs = vec![self.cgroup.clone()];
-        if let Ok(entries) = fs::read_dir(&self.cgroup) {
-            dirs.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
+        // Child cgroups first, at any depth (a test may make a kubelet-shaped
+        // tree); processes may take a moment to leave after exiting.
+        let dirs = dirs_below(&self.cgroup);
         for dir in dirs.iter().rev() {
             let deadline = Instant::now() + Duration::from_secs(5);
             while dir.exists() && fs::remove_dir(dir).is_err() && Instant::now() < deadline {
@@ -274,6 +267,24 @@ impl Drop for TestEnv {
             }
         }
     }
+}
+
+/// `root` and every directory below it, each after its parent.
+pub fn dirs_below(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![root.to_owned()];
+    let mut i = 0;
+    while i < dirs.len() {
+        if let Ok(entries) = fs::read_dir(&dirs[i]) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        i += 1;
+    }
+    dirs
 }
 
 impl TestEnv {

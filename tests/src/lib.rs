@@ -3,6 +3,7 @@
 //! a traffic generator placed inside the cgroup, and `ss -tin` as the
 //! authority on what the kernel's tcp_info says.
 
+pub mod containers;
 pub mod env;
 pub mod logs;
 pub mod netns;

@@ -130,7 +130,9 @@ pub fn attr_value(kv: &Value) -> String {
 
 /// Log records of `otlp-logs.jsonl`-style files, one ExportLogsServiceRequest
 /// per line; attribute keys as CSV columns (`longconn.` dropped, the
-/// `network.*` addresses as `local_addr` etc.).
+/// `network.*` addresses as `local_addr` etc., the workload's `k8s.*` and
+/// `container.*` names as `namespace`, `pod`, `pod_uid`, `container`,
+/// `container_id`).
 pub fn otlp_logs(files: &[PathBuf]) -> Vec<Record> {
     let mut out = Vec::new();
     for f in files {
@@ -154,6 +156,11 @@ pub fn otlp_logs(files: &[PathBuf]) -> Vec<Record> {
                                         "network.local.port" => "local_port",
                                         "network.peer.address" => "remote_addr",
                                         "network.peer.port" => "remote_port",
+                                        "k8s.namespace.name" => "namespace",
+                                        "k8s.pod.name" => "pod",
+                                        "k8s.pod.uid" => "pod_uid",
+                                        "k8s.container.name" | "container.name" => "container",
+                                        "container.id" => "container_id",
                                         k => k.strip_prefix("longconn.")?,
                                     };
                                     Some((k.to_owned(), attr_value(kv)))

@@ -22,7 +22,7 @@ use super::state::{
 };
 use crate::{
     clock::Clock,
-    identity::Identity,
+    identity::{Cgroup, Identity},
     output::event::{AccessEvent, EventKind},
     view,
 };
@@ -42,6 +42,9 @@ pub struct Inputs<'a> {
     pub short_close_records: bool,
     /// Identity and (workload, service) group keys of a record.
     pub names: &'a dyn Fn(&ConnRecord) -> (Identity, String, String),
+    /// What is known of each cgroup: the runtime names of a connection's
+    /// workload (namespace, pod, container) are its cgroup's.
+    pub cgroups: &'a BTreeMap<u64, Cgroup>,
     /// New (workload, service) label selections: every previous connection's
     /// group keys are recomputed.
     pub relabel: Option<(&'a [String], &'a [String])>,
@@ -124,12 +127,14 @@ pub fn group_key(direction: u32, name: &str) -> String {
 /// `strings`).
 fn event<'s>(
     strings: &'s Strings,
+    cgroups: &'s BTreeMap<u64, Cgroup>,
     c: &ConnState,
     report_unix_ns: i64,
     kind: EventKind,
     cookie: u64,
     end_ns: u64,
 ) -> AccessEvent<'s> {
+    let names = cgroups.get(&c.cgroup_id).and_then(|g| g.names.as_ref());
     AccessEvent {
         report_unix_ns,
         kind,
@@ -155,6 +160,9 @@ fn event<'s>(
         cgroup_id: c.cgroup_id,
         container_id: strings.get(c.id.container_id),
         pod_uid: strings.get(c.id.pod_uid),
+        namespace: names.map_or("", |n| &n.namespace),
+        pod: names.map_or("", |n| &n.pod),
+        container: names.map_or("", |n| &n.container),
         netns_cookie: c.id.netns_cookie,
         service_namespace: strings.get(c.id.service_namespace),
         bytes_retrans: 0,
@@ -328,6 +336,7 @@ pub fn apply(
             if inp.records {
                 emit(&event(
                     &state.strings,
+                    inp.cgroups,
                     &c,
                     report_unix_ns,
                     EventKind::Periodic,
@@ -412,6 +421,7 @@ pub fn apply(
             if inp.records {
                 emit(&event(
                     &state.strings,
+                    inp.cgroups,
                     &c,
                     report_unix_ns,
                     EventKind::Close,
@@ -445,7 +455,12 @@ pub fn apply(
 /// Group keys of `c` for changed label selections (`Inputs::relabel`).
 fn relabel(state: &mut State, inp: &Inputs<'_>, c: &mut ConnState) {
     if let Some((w, s)) = inp.relabel {
-        let id = c.id.identity(&state.strings);
+        let mut id = c.id.identity(&state.strings);
+        if let Some(n) = inp.cgroups.get(&c.cgroup_id).and_then(|g| g.names.as_ref()) {
+            id.namespace = n.namespace.clone();
+            id.pod = n.pod.clone();
+            id.container = n.container.clone();
+        }
         c.wkey = state.strings.intern(&id.key(w));
         c.skey = state.strings.intern(&id.key(s));
     }
@@ -529,6 +544,8 @@ mod tests {
         r.update_ns = at_s * S;
         r
     }
+
+    static NO_CGROUPS: BTreeMap<u64, Cgroup> = BTreeMap::new();
 
     fn names(_: &ConnRecord) -> (Identity, String, String) {
         let id = Identity {
@@ -614,6 +631,7 @@ mod tests {
                 long_threshold_ns: 5 * S,
                 short_close_records: true,
                 names: &names,
+                cgroups: &NO_CGROUPS,
                 relabel: None,
                 records: true,
                 idle_record_ns: 5 * S,
@@ -772,6 +790,7 @@ mod tests {
                     long_threshold_ns: 5 * S,
                     short_close_records: true,
                     names: &names,
+                    cgroups: &NO_CGROUPS,
                     relabel: None,
                     records: true,
                     idle_record_ns: 5 * S,
@@ -917,6 +936,7 @@ mod tests {
                     long_threshold_ns: 5 * S,
                     short_close_records: true,
                     names: &names,
+                    cgroups: &NO_CGROUPS,
                     relabel: None,
                     records: true,
                     idle_record_ns: 5 * S,
@@ -984,6 +1004,7 @@ mod tests {
                     long_threshold_ns: 5 * S,
                     short_close_records: true,
                     names: &names,
+                    cgroups: &NO_CGROUPS,
                     relabel: None,
                     records: true,
                     idle_record_ns: 60 * S,

@@ -89,6 +89,7 @@ use crate::{
         snapshot::table::SATURATED_GROUPS,
         AppendFile,
     },
+    runtime,
     servicemap::ServiceMap,
 };
 
@@ -174,10 +175,14 @@ pub struct CollectArgs {
     #[arg(long, value_name = "FILE")]
     services: Option<PathBuf>,
 
-    /// Labels of the workload families: workload (cgroup path), container_id,
-    /// pod_uid, comm, netns. Each adds series: see README, "Labels and cardinality".
+    /// Labels of the workload families: workload (namespace/pod, container or
+    /// unit name, else cgroup path), container_id, pod_uid, namespace, pod,
+    /// container, comm, netns. Each adds series: see README, "Labels and cardinality".
     #[arg(long, default_value = "workload", value_name = "LIST", value_parser = identity::parse_workload_labels)]
     workload_labels: identity::LabelList,
+
+    #[command(flatten)]
+    runtime: runtime::RootArg,
 
     /// Labels of the service families: service, service_namespace.
     #[arg(long, default_value = "service", value_name = "LIST", value_parser = identity::parse_service_labels)]
@@ -710,10 +715,11 @@ fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
     state.malformed_records += bad_map + bad_ring;
     let keys = totals.key_records();
     identity::resolve_cgroups(
-        &mut state.cgroup_names,
+        &mut state.cgroups,
         map.iter()
             .chain(records.iter().map(|(r, _)| r))
             .chain(keys.iter()),
+        &cy.a.runtime.roots(),
     );
     Ok(KernelRead {
         clock,
@@ -745,9 +751,9 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
         argvalues::nanos(a.long_threshold),
         read.clock.boot_ns,
     );
-    let cgroup_names = std::mem::take(&mut cy.state.cgroup_names);
+    let cgroups = std::mem::take(&mut cy.state.cgroups);
     let services = &cy.services;
-    let identifier = identity::Identifier::new(&cgroup_names, services);
+    let identifier = identity::Identifier::new(&cgroups, services);
     let names = |r: &ConnRecord| {
         let id = identifier.identify(r);
         let (w, s) = (id.key(&a.workload_labels.0), id.key(&a.service_labels.0));
@@ -771,6 +777,7 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
                     long_threshold_ns: argvalues::nanos(a.long_threshold),
                     short_close_records: !a.no_short_close_records,
                     names: &names,
+                    cgroups: &cgroups,
                     relabel: cy
                         .relabel
                         .then_some((&a.workload_labels.0, &a.service_labels.0)),
@@ -793,7 +800,7 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
     let outcome =
         outcome.with_context(|| format!("cannot read or write {}", cy.state_path.display()))?;
     cy.prev = Prev::Mem(state::Conns::default());
-    cy.state.cgroup_names = cgroup_names;
+    cy.state.cgroups = cgroups;
 
     let counters = pins.counters()?;
     let stats = metrics::SelfStats {

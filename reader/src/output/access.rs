@@ -161,6 +161,9 @@ pub struct AccessRecord {
     pub pod_uid: String,
     pub netns_cookie: u64,
     pub service_namespace: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
 }
 
 #[cfg(test)]
@@ -208,6 +211,9 @@ impl AccessRecord {
             pod_uid: e.pod_uid.into(),
             netns_cookie: e.netns_cookie,
             service_namespace: e.service_namespace.into(),
+            namespace: e.namespace.into(),
+            pod: e.pod.into(),
+            container: e.container.into(),
         }
     }
 }
@@ -300,7 +306,9 @@ pub(crate) mod testdata {
         pub delta: Counters,
         pub srtt_us: u32,
         pub min_rtt_us: u32,
-        pub names: [String; 6],
+        /// workload, service, comm, container id, pod uid, service
+        /// namespace, namespace, pod, container.
+        pub names: [String; 9],
         pub pid: u32,
         pub cgroup_id: u64,
         pub netns_cookie: u64,
@@ -308,7 +316,8 @@ pub(crate) mod testdata {
 
     impl OwnedEvent {
         pub fn event(&self) -> AccessEvent<'_> {
-            let [workload, service, comm, container_id, pod_uid, service_namespace] = &self.names;
+            let [workload, service, comm, container_id, pod_uid, service_namespace, namespace, pod, container] =
+                &self.names;
             let any = IpAddr::from([0u8, 0, 0, 0]);
             AccessEvent {
                 report_unix_ns: self.report_unix_ns,
@@ -337,6 +346,9 @@ pub(crate) mod testdata {
                 pod_uid,
                 netns_cookie: self.netns_cookie,
                 service_namespace,
+                namespace,
+                pod,
+                container,
                 bytes_retrans: 0,
                 update_age_ns: 0,
             }
@@ -499,6 +511,13 @@ pub(crate) mod testdata {
                     String::new()
                 },
                 if even { "db" } else { "" }.into(),
+                if even { "shop" } else { "" }.into(),
+                if even {
+                    format!("web-{}", i % 40)
+                } else {
+                    String::new()
+                },
+                if even { "app" } else { "" }.into(),
             ],
             pid: (1000 + i % 30_000) as u32,
             cgroup_id: 10_000 + i % 40,
@@ -558,6 +577,9 @@ mod tests {
                 "c0ffee".into(),
                 "".into(),
                 "db".into(),
+                "default".into(),
+                "web".into(),
+                "nginx".into(),
             ],
             pid: 4242,
             cgroup_id: 77,
@@ -571,7 +593,7 @@ mod tests {
 local_address,local_port,remote_address,remote_port,state,failed,bytes_sent,bytes_received,\
 packets_sent,packets_received,retransmits,lost_packets,bytes_sent_delta,bytes_received_delta,\
 packets_sent_delta,packets_received_delta,retransmits_delta,lost_packets_delta,srtt_us,\
-min_rtt_us,workload,service,pid,comm,cgroup_id,container_id,pod_uid,netns_cookie,service_namespace\n";
+min_rtt_us,workload,service,pid,comm,cgroup_id,container_id,pod_uid,netns_cookie,service_namespace,namespace,pod,container\n";
         assert_eq!(String::from_utf8(csv_header()).unwrap(), want);
 
         // The header serde would write for the oracle struct is the same.
@@ -591,10 +613,10 @@ min_rtt_us,workload,service,pid,comm,cgroup_id,container_id,pod_uid,netns_cookie
         let row = encode_csv(&[e.event()]);
         let want = "2026-11-25T17:41:25.572859Z,periodic,4294967297,1,2026-11-25T16:00:00.000001Z,\
 6085.572858,outbound,2001:db8::1,43210,10.0.0.2,443,ESTAB,false,18446744073709551615,2,3,4,5,6,\
-7,8,9,10,11,0,250,4294967295,default/web,,4242,\"a,b \"\"q\"\"\nline2\",77,c0ffee,,3,db\n";
+7,8,9,10,11,0,250,4294967295,default/web,,4242,\"a,b \"\"q\"\"\nline2\",77,c0ffee,,3,db,default,web,nginx\n";
         assert_eq!(String::from_utf8(row).unwrap(), want);
         let line = encode_jsonl(&[e.event()]);
-        let want = r#"{"report_time":"2026-11-25T17:41:25.572859Z","event":"periodic","cookie":4294967297,"seq":1,"start_time":"2026-11-25T16:00:00.000001Z","duration_seconds":6085.572858,"direction":"outbound","local_address":"2001:db8::1","local_port":43210,"remote_address":"10.0.0.2","remote_port":443,"state":"ESTAB","bytes_sent":18446744073709551615,"bytes_received":2,"packets_sent":3,"packets_received":4,"retransmits":5,"lost_packets":6,"bytes_sent_delta":7,"bytes_received_delta":8,"packets_sent_delta":9,"packets_received_delta":10,"retransmits_delta":11,"srtt_us":250,"min_rtt_us":4294967295,"workload":"default/web","service":"","pid":4242,"comm":"a,b \"q\"\nline2","cgroup_id":77,"container_id":"c0ffee","netns_cookie":3,"service_namespace":"db"}"#;
+        let want = r#"{"report_time":"2026-11-25T17:41:25.572859Z","event":"periodic","cookie":4294967297,"seq":1,"start_time":"2026-11-25T16:00:00.000001Z","duration_seconds":6085.572858,"direction":"outbound","local_address":"2001:db8::1","local_port":43210,"remote_address":"10.0.0.2","remote_port":443,"state":"ESTAB","bytes_sent":18446744073709551615,"bytes_received":2,"packets_sent":3,"packets_received":4,"retransmits":5,"lost_packets":6,"bytes_sent_delta":7,"bytes_received_delta":8,"packets_sent_delta":9,"packets_received_delta":10,"retransmits_delta":11,"srtt_us":250,"min_rtt_us":4294967295,"workload":"default/web","service":"","pid":4242,"comm":"a,b \"q\"\nline2","cgroup_id":77,"container_id":"c0ffee","netns_cookie":3,"service_namespace":"db","namespace":"default","pod":"web","container":"nginx"}"#;
         assert_eq!(String::from_utf8(line).unwrap(), format!("{want}\n"));
     }
 

@@ -263,21 +263,39 @@ impl AppendLog {
             .map_err(with_path(&hidden))
     }
 
-    /// Moves a file with other hard links aside, so that it is never
-    /// written through (nor cut); says so in one line.
-    fn set_aside_linked(&self, links: u64) -> io::Result<()> {
+    /// Whether a non-empty file of a format with a header (CSV) starts
+    /// with another one.
+    fn other_header(&self, file: &File, len: u64) -> io::Result<bool> {
+        if self.header.is_empty() || len == 0 {
+            return Ok(false);
+        }
+        let mut start = vec![0u8; self.header.len()];
+        let mut n = 0;
+        while n < start.len() {
+            match file.read_at(&mut start[n..], n as u64)? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(start[..n] != self.header[..])
+    }
+
+    /// Moves the live file aside as `<name>.<tag>-<time>`, so that it is
+    /// never written through (nor cut); says so in one line (`why` with
+    /// `{}` for the new name).
+    fn set_aside(&self, tag: &str, why: &str) -> io::Result<()> {
         let mut aside = OsString::from(self.path.as_os_str());
         aside.push(format!(
-            ".linked-{}",
+            ".{tag}-{}",
             chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
         ));
         let aside = PathBuf::from(aside);
         fs::rename(&self.path, &aside).map_err(with_path(&self.path))?;
         fsync_dir(parent_dir(&self.path))?;
         eprintln!(
-            "longconn-reader: {} had {links} hard links; moved it aside as {} (never written through) and started a new file",
+            "longconn-reader: {} {} and started a new file",
             self.path.display(),
-            aside.display()
+            why.replace("{}", &aside.display().to_string())
         );
         Ok(())
     }
@@ -299,7 +317,22 @@ impl AppendLog {
             }
             if meta.nlink() > 1 {
                 existing = None;
-                self.set_aside_linked(meta.nlink())?;
+                self.set_aside(
+                    "linked",
+                    &format!(
+                        "had {} hard links; moved it aside as {{}} (never written through)",
+                        meta.nlink()
+                    ),
+                )?;
+            } else if self.other_header(file, meta.len()).map_err(ctx())? {
+                // Rows of these columns under another header would be
+                // misread by every CSV reader (a reader upgrade that added
+                // fields).
+                existing = None;
+                self.set_aside(
+                    "columns",
+                    "has another header (written with other columns); moved it aside as {}",
+                )?;
             }
         }
         let (file, created) = match existing {
@@ -566,6 +599,35 @@ mod tests {
             0o640
         );
         assert_eq!(cycle(&l, n, b""), n, "an empty body writes nothing");
+    }
+
+    /// Issue 17: a CSV file written with other columns (an older reader's
+    /// header) is moved aside whole; rows of the new columns go to a new
+    /// file under the new header.
+    #[test]
+    fn a_file_with_another_header_is_moved_aside() {
+        let d = tempfile::tempdir().unwrap();
+        let l = log(d.path(), 1 << 20, 3);
+        fs::write(&l.path, b"old,columns\n1,2\n").unwrap();
+        let n = cycle(&l, None, b"a\n");
+        assert_eq!(fs::read(&l.path).unwrap(), b"h\na\n");
+        assert_eq!(len(n), 4);
+        let aside: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("access.csv.columns-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(
+            fs::read(d.path().join(&aside[0])).unwrap(),
+            b"old,columns\n1,2\n",
+            "kept whole"
+        );
+        // The same header is kept and appended to.
+        let n = cycle(&l, n, b"b\n");
+        assert_eq!(fs::read(&l.path).unwrap(), b"h\na\nb\n");
+        assert_eq!(len(n), 6);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! is a `Visit` printer of it, and text exists only inside those printers.
 //!
 //! Invariant: `visit` hands every field, in the CSV column order, to the
-//! visitor; the access-log printers take those marked `log`, `dump` those
+//! visitor (the container's name as one of two fields of the same name,
+//! by its OTel key: a pod's or a runtime's own); the access-log printers take those marked `log`, `dump` those
 //! with a `dump` key; a field marked `optional` may be left out of the
 //! compact forms (JSON Lines, OTLP) when it is empty or zero.
 
@@ -67,6 +68,12 @@ pub struct AccessEvent<'a> {
     pub container_id: &'a str,
     /// Kubernetes pod uid parsed from the cgroup path; empty if none.
     pub pod_uid: &'a str,
+    /// Kubernetes namespace and pod (empty outside Kubernetes), and the
+    /// container's name (its pod spec's under Kubernetes, else podman's or
+    /// docker's), from the runtime's state (`runtime`).
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub container: &'a str,
     /// Network namespace cookie of the socket.
     pub netns_cookie: u64,
     /// Namespace of the service-map rule that named `service`; empty if none.
@@ -104,6 +111,9 @@ impl Default for AccessEvent<'_> {
             cgroup_id: 0,
             container_id: "",
             pod_uid: "",
+            namespace: "",
+            pod: "",
+            container: "",
             netns_cookie: 0,
             service_namespace: "",
             bytes_retrans: 0,
@@ -212,6 +222,12 @@ fields! {
     POD_UID: "pod_uid", "k8s.pod.uid", true, true, "pod_uid";
     NETNS_COOKIE: "netns_cookie", "longconn.netns_cookie", true, true, "netns_cookie";
     SERVICE_NAMESPACE: "service_namespace", "longconn.service_namespace", true, true, "service_namespace";
+    NAMESPACE: "namespace", "k8s.namespace.name", true, true, "namespace";
+    POD: "pod", "k8s.pod.name", true, true, "pod";
+    // One column, two OTel keys: a pod's container (`k8s.container.name`)
+    // or a runtime's own container (`container.name`); `visit` chooses.
+    CONTAINER: "container", "container.name", true, true, "container";
+    K8S_CONTAINER: "container", "k8s.container.name", true, true, "container";
     // What only `dump` shows of a live connection.
     BYTES_RETRANS: "bytes_retrans", "longconn.bytes_retrans", true, false, "bytes_retrans";
     UPDATE_AGE: "last_update_seconds_ago", "", false, false, "last_update_seconds_ago";
@@ -259,6 +275,14 @@ impl AccessEvent<'_> {
         v.field(&f::POD_UID, Text(self.pod_uid));
         v.field(&f::NETNS_COOKIE, Uint(self.netns_cookie));
         v.field(&f::SERVICE_NAMESPACE, Text(self.service_namespace));
+        v.field(&f::NAMESPACE, Text(self.namespace));
+        v.field(&f::POD, Text(self.pod));
+        let container = if self.pod.is_empty() {
+            &f::CONTAINER
+        } else {
+            &f::K8S_CONTAINER
+        };
+        v.field(container, Text(self.container));
         v.field(&f::BYTES_RETRANS, Uint(self.bytes_retrans));
         v.field(&f::UPDATE_AGE, Seconds(self.update_age_ns));
         v.field(&f::CLOSED, Bool(self.kind == EventKind::Close));

@@ -13,7 +13,10 @@
 //!         inode, length; v3: name, length), group totals, settling
 //!         closes (v5: cookie, ring position or u64::MAX to reap; v3/v4:
 //!         cookie, time applied), final series, close totals last seen
-//!         (v6 since issue 21, optional: kernel key, eight sums)
+//!         (v6 since issue 21, optional: kernel key, eight sums), runtime
+//!         names of cgroups (v6 since issue 17, optional: cgroup id,
+//!         namespace, pod, pod uid, container; a cgroup not listed is
+//!         looked up again)
 //! trailer u64 N, u64 body length, u64 checksum of the body, 8 B "LCSTEND\n"
 //! ```
 //!
@@ -38,7 +41,7 @@ use std::{
 };
 
 use super::{ConnState, Counters, GroupKey, GroupTotals, IdSyms, Settling, State, Strings};
-use crate::output::applog::Committed;
+use crate::{identity::Cgroup, output::applog::Committed, runtime};
 
 pub const FORMAT_VERSION: u32 = 6;
 /// Older formats, still read. v4: closed cookies remembered for 15 minutes
@@ -381,10 +384,10 @@ fn write_head_as<W: Write>(
     for t in s.strings.iter().skip(names_from) {
         e.str(t)?;
     }
-    e.count(s.cgroup_names.len())?;
-    for (id, name) in &s.cgroup_names {
+    e.count(s.cgroups.len())?;
+    for (id, c) in &s.cgroups {
         e.u64(*id)?;
-        e.str(name)?;
+        e.str(&c.path)?;
     }
     e.count(s.logs.len())?;
     for (path, c) in &s.logs {
@@ -422,6 +425,21 @@ fn write_head_as<W: Write>(
             e.put(&key.to_bytes())?;
             for x in v {
                 e.u64(*x)?;
+            }
+        }
+        // Runtime names of the cgroups above, after the close totals (v6
+        // files written before them end above): those not listed are
+        // still to be looked up.
+        let named: Vec<_> = s
+            .cgroups
+            .iter()
+            .filter_map(|(id, c)| Some((id, c.names.as_ref()?)))
+            .collect();
+        e.count(named.len())?;
+        for (id, n) in named {
+            e.u64(*id)?;
+            for t in [&n.namespace, &n.pod, &n.pod_uid, &n.container] {
+                e.str(t)?;
             }
         }
     }
@@ -853,7 +871,7 @@ pub(super) fn decode_head(
     let names = s.strings.len();
     for _ in 0..d.count(12)? {
         let id = d.u64()?;
-        s.cgroup_names.insert(id, d.str()?);
+        s.cgroups.insert(id, Cgroup::unnamed(d.str()?));
     }
     if version == V3 {
         for _ in 0..d.count(12)? {
@@ -921,6 +939,22 @@ pub(super) fn decode_head(
             s.close_totals.insert(key, v);
         }
     }
+    if version >= FORMAT_VERSION && d.left > 0 {
+        for _ in 0..d.count(24)? {
+            let id = d.u64()?;
+            let n = runtime::Names {
+                namespace: d.str()?,
+                pod: d.str()?,
+                pod_uid: d.str()?,
+                container: d.str()?,
+            };
+            let c = s
+                .cgroups
+                .get_mut(&id)
+                .ok_or_else(|| format!("runtime names of unknown cgroup {id}"))?;
+            c.names = Some(n);
+        }
+    }
     if d.left != 0 {
         return Err(format!("{} unexpected bytes after the body", d.left));
     }
@@ -949,7 +983,19 @@ mod tests {
         };
         let w = s.strings.intern("/app");
         let svc = s.strings.intern("10.0.0.1:5432");
-        s.cgroup_names.insert(7, "/app".into());
+        s.cgroups.insert(
+            7,
+            Cgroup {
+                path: "/app".into(),
+                names: Some(runtime::Names {
+                    namespace: "shop".into(),
+                    pod: "web-0".into(),
+                    pod_uid: String::new(),
+                    container: "app".into(),
+                }),
+            },
+        );
+        s.cgroups.insert(8, Cgroup::unnamed("/old".into()));
         s.logs.insert(
             "/var/log/longconn/access.csv".into(),
             Committed {
@@ -1093,10 +1139,10 @@ mod tests {
         for t in s.strings.iter() {
             e.str(t).unwrap();
         }
-        e.count(s.cgroup_names.len()).unwrap();
-        for (id, name) in &s.cgroup_names {
+        e.count(s.cgroups.len()).unwrap();
+        for (id, c) in &s.cgroups {
             e.u64(*id).unwrap();
-            e.str(name).unwrap();
+            e.str(&c.path).unwrap();
         }
         e.count(1).unwrap();
         e.str("access.csv").unwrap();
@@ -1144,6 +1190,7 @@ mod tests {
         let got = decode(&encode_v3(&want)).unwrap();
         want.home.clear();
         want.logs.clear();
+        unnamed(&mut want);
         for until in want.settling.values_mut() {
             *until = Settling::RingBefore(0);
         }
@@ -1174,8 +1221,18 @@ mod tests {
     /// An upgrade from v5 keeps everything.
     #[test]
     fn a_v5_state_is_read_whole() {
-        let want = sample();
-        assert_eq!(decode(&encode_v5(&want, V5)).unwrap(), want);
+        let mut want = sample();
+        let got = decode(&encode_v5(&want, V5)).unwrap();
+        unnamed(&mut want);
+        assert_eq!(got, want);
+    }
+
+    /// Before runtime names, a state kept cgroup paths only: their names
+    /// are looked up again.
+    fn unnamed(s: &mut State) {
+        for c in s.cgroups.values_mut() {
+            c.names = None;
+        }
     }
 
     #[test]
@@ -1183,6 +1240,7 @@ mod tests {
         let mut want = sample();
         let bytes = encode_v5(&want, V4);
         let got = decode(&bytes).unwrap();
+        unnamed(&mut want);
         for until in want.settling.values_mut() {
             *until = Settling::RingBefore(0);
         }

@@ -151,7 +151,11 @@ fn convert(bytes: &[u8]) -> Result<State, String> {
         workload_labels: v.workload_labels,
         service_labels: v.service_labels,
         services_text: v.services_text,
-        cgroup_names: v.cgroup_names,
+        cgroups: v
+            .cgroup_names
+            .into_iter()
+            .map(|(id, path)| (id, crate::identity::Cgroup::unnamed(path)))
+            .collect(),
         final_series,
         closes_without_record: v.closes_without_record,
         close_totals: BTreeMap::new(),

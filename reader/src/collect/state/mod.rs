@@ -230,6 +230,10 @@ impl IdSyms {
             netns_cookie: self.netns_cookie,
             service: s.get(self.service).to_owned(),
             service_namespace: s.get(self.service_namespace).to_owned(),
+            // Kept by cgroup, not by connection (`State::cgroups`).
+            namespace: String::new(),
+            pod: String::new(),
+            container: String::new(),
         }
     }
 
@@ -383,8 +387,9 @@ pub struct State {
     pub service_labels: Vec<String>,
     /// The last service map that parsed, kept in force when the file goes bad.
     pub services_text: Option<String>,
-    /// cgroup id -> path, remembered after the cgroup is gone.
-    pub cgroup_names: BTreeMap<u64, String>,
+    /// cgroup id -> path and runtime names, remembered after the cgroup is
+    /// gone; each is resolved once (`identity::resolve_cgroups`).
+    pub cgroups: BTreeMap<u64, crate::identity::Cgroup>,
     /// Connections that closed in the last cycle: exported once more.
     pub final_series: Vec<ConnState>,
     pub closes_without_record: u64,

@@ -315,7 +315,7 @@ pub(super) fn record_attributes(r: &AccessRecord) -> Vec<KeyValue> {
     };
     let some_text = |v: &str| (!v.is_empty()).then(|| AnyValue::String(v.to_owned()));
     let some_uint = |v: u64| if v == 0 { None } else { uint(v) };
-    let fields: [(&str, Option<AnyValue>); 35] = [
+    let fields: [(&str, Option<AnyValue>); 38] = [
         ("longconn.event", text(&r.event)),
         ("longconn.cookie", uint(r.cookie)),
         ("longconn.seq", uint(r.seq)),
@@ -368,6 +368,16 @@ pub(super) fn record_attributes(r: &AccessRecord) -> Vec<KeyValue> {
         (
             "longconn.service_namespace",
             some_text(&r.service_namespace),
+        ),
+        ("k8s.namespace.name", some_text(&r.namespace)),
+        ("k8s.pod.name", some_text(&r.pod)),
+        (
+            if r.pod.is_empty() {
+                "container.name"
+            } else {
+                "k8s.container.name"
+            },
+            some_text(&r.container),
         ),
     ];
     let mut out: Vec<KeyValue> = fields

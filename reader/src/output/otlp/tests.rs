@@ -63,6 +63,9 @@ fn record() -> OwnedEvent {
             String::new(),
             String::new(),
             String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
         ],
         pid: 4242,
         cgroup_id: 77,
@@ -94,6 +97,59 @@ fn log_record_exact() {
     let want = r#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"longconn"}},{"key":"host.name","value":{"stringValue":"h1"}}]},"scopeLogs":[{"scope":{"name":"longconn-reader","version":"VERSION"},"logRecords":[{"timeUnixNano":"1795628485572859000","observedTimeUnixNano":"1764000005000000000","severityNumber":9,"severityText":"INFO","body":{"stringValue":"periodic outbound 127.0.0.1:43276 -> 127.0.0.1:47001 ESTAB for 8.0s: sent 1048578 B (+1000), received 307201 B (+0), retransmits 0, lost 0, srtt 85us"},"attributes":[{"key":"longconn.event","value":{"stringValue":"periodic"}},{"key":"longconn.cookie","value":{"intValue":"4097"}},{"key":"longconn.seq","value":{"intValue":"2"}},{"key":"longconn.start_time","value":{"stringValue":"2026-11-25T17:41:17.572859Z"}},{"key":"longconn.duration_seconds","value":{"doubleValue":8.0}},{"key":"longconn.direction","value":{"stringValue":"outbound"}},{"key":"network.local.address","value":{"stringValue":"127.0.0.1"}},{"key":"network.local.port","value":{"intValue":"43276"}},{"key":"network.peer.address","value":{"stringValue":"127.0.0.1"}},{"key":"network.peer.port","value":{"intValue":"47001"}},{"key":"longconn.state","value":{"stringValue":"ESTAB"}},{"key":"longconn.bytes_sent","value":{"intValue":"1048578"}},{"key":"longconn.bytes_received","value":{"intValue":"307201"}},{"key":"longconn.packets_sent","value":{"intValue":"40"}},{"key":"longconn.packets_received","value":{"intValue":"30"}},{"key":"longconn.retransmits","value":{"intValue":"0"}},{"key":"longconn.lost_packets","value":{"intValue":"0"}},{"key":"longconn.bytes_sent_delta","value":{"intValue":"1000"}},{"key":"longconn.packets_sent_delta","value":{"intValue":"1"}},{"key":"longconn.srtt_us","value":{"intValue":"85"}},{"key":"longconn.min_rtt_us","value":{"intValue":"12"}},{"key":"longconn.workload","value":{"stringValue":"user.slice"}},{"key":"longconn.service","value":{"stringValue":"127.0.0.1:47001"}},{"key":"process.pid","value":{"intValue":"4242"}},{"key":"process.executable.name","value":{"stringValue":"curl"}},{"key":"longconn.cgroup_id","value":{"intValue":"77"}},{"key":"network.transport","value":{"stringValue":"tcp"}},{"key":"network.type","value":{"stringValue":"ipv4"}}]}]}]}]}"#
         .replace("VERSION", env!("CARGO_PKG_VERSION"));
     assert_eq!(line, want);
+}
+
+/// Workload names under their semantic-convention keys: a pod's container
+/// is `k8s.container.name`, a podman or docker container `container.name`.
+#[test]
+fn workload_names_are_semantic_convention_attributes() {
+    let attrs = |e: OwnedEvent| {
+        let line = logs(&[e], &res(), NOW).unwrap();
+        let v = parse(&line);
+        let r = &v["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0];
+        r["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|kv| {
+                let k = kv["key"].as_str().unwrap();
+                k.starts_with("k8s.") || k.starts_with("container.")
+            })
+            .map(|kv| {
+                (
+                    kv["key"].as_str().unwrap().to_owned(),
+                    kv["value"]["stringValue"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let id = "3f4e1c2d9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d";
+    let mut pod = record();
+    pod.names[0] = "shop/web-0".into();
+    pod.names[3] = id.into();
+    pod.names[4] = "6c3b0e6e-2c47-4a5e-9a4f-0d2b6f3c1a77".into();
+    pod.names[6] = "shop".into();
+    pod.names[7] = "web-0".into();
+    pod.names[8] = "nginx".into();
+    let kv = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    assert_eq!(
+        attrs(pod),
+        vec![
+            kv("container.id", id),
+            kv("k8s.pod.uid", "6c3b0e6e-2c47-4a5e-9a4f-0d2b6f3c1a77"),
+            kv("k8s.namespace.name", "shop"),
+            kv("k8s.pod.name", "web-0"),
+            kv("k8s.container.name", "nginx"),
+        ]
+    );
+    let mut podman = record();
+    podman.names[0] = "cache".into();
+    podman.names[3] = id.into();
+    podman.names[8] = "cache".into();
+    assert_eq!(
+        attrs(podman),
+        vec![kv("container.id", id), kv("container.name", "cache")]
+    );
 }
 
 #[test]
