@@ -12,6 +12,8 @@ LONGCONN_PACKAGES=(
   prometheus                   # promtool check metrics
   python3 python3-venv         # tests: OTLP/JSON checked with the official schema (PyPI opentelemetry-proto)
   systemd                      # systemd-analyze verify on the units
+  dpkg-dev binutils lintian    # scripts/package: dpkg-shlibdeps, strip, the package check
+  man-db bash-completion       # package test: `man longconn-reader`, `longconn-reader co<TAB>`
 )
 
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }
