@@ -292,6 +292,23 @@ printf '%s\n' "${COMPREPLY[@]}""#,
         "bash completion of `longconn-reader co<TAB>`"
     );
 
+    // The installed units, their Documentation= man pages included.
+    let units = [
+        "longconn-pin.service",
+        "longconn-reader.service",
+        "longconn-reader.timer",
+    ]
+    .map(|u| format!("/lib/systemd/system/{u}"));
+    let o = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .env("SYSTEMD_LOG_LEVEL", "notice"));
+    let said = text(&o);
+    assert!(
+        o.status.success() && !said.lines().any(|l| l.contains("longconn")),
+        "systemd-analyze verify {units:?}: {said}"
+    );
+
     // As packaged: the pin unit's command (narrowed to this test's cgroup),
     // then the reader unit's; the cron job runs the same binary.
     let cron = fs::read_to_string(CRON_FILE).expect("the cron fallback");
