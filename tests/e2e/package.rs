@@ -1,9 +1,10 @@
 //! Issue 23: the Debian package. `scripts/package` builds it from this
 //! build's binaries (lintian clean), `apt-get install` installs it, its man
 //! page renders, bash completes its subcommands, the packaged units'
-//! commands pin and collect a valid `.prom`, and `apt-get purge` leaves no
-//! pin, program, map, link, unit or file of it behind (only the `longconn`
-//! group, on purpose: see README.Debian).
+//! commands pin and collect a valid `.prom`, `apt-get remove` detaches, and
+//! after a reinstall `apt-get purge` leaves no pin, program, map, link, unit
+//! or file of it behind (only the `longconn` group, on purpose: see
+//! README.Debian).
 //!
 //! It installs into the real system paths and the packaged reader reads the
 //! product's default pin dir, so scripts/test runs it alone (like the
@@ -371,7 +372,7 @@ printf '%s\n' "${COMPREPLY[@]}""#,
         text(&o)
     );
 
-    // Purge: nothing of the package stays, only the group (on purpose).
+    // Nothing of the package stays after purge, only the group (on purpose).
     let files: Vec<PathBuf> =
         String::from_utf8_lossy(&run(Command::new("dpkg-query").args(["-L", "longconn"])).stdout)
             .lines()
@@ -381,6 +382,39 @@ printf '%s\n' "${COMPREPLY[@]}""#,
     assert!(files.len() > 20, "dpkg -L longconn: {files:?}");
     let (progs, maps) = bpf_ids(&env.cgroup, default_pins);
     assert!(!progs.is_empty() && maps.len() == pins::MAPS.len());
+
+    // Remove (not purge) detaches and drops the metrics file (node_exporter
+    // would serve it frozen); the state, the logs and the cron conffile
+    // stay. Installed again, no unit stays masked.
+    let o = apt_get(&["remove", "longconn"]);
+    assert!(o.status.success(), "apt-get remove longconn: {}", text(&o));
+    assert!(dpkg_status().contains("config-files"), "{}", dpkg_status());
+    for p in [default_pins, &prom_file, &env.consumer_registration()] {
+        assert!(!p.exists(), "remove left {}", p.display());
+    }
+    for p in [STATE_DIR, LOG_DIR, CRON_FILE] {
+        assert!(Path::new(p).exists(), "remove took {p} (purge does)");
+    }
+    let o = apt_get(&["install", &deb]);
+    assert!(
+        o.status.success(),
+        "apt-get install {deb} again: {}",
+        text(&o)
+    );
+    let masked: Vec<PathBuf> = longconn_entries(Path::new("/etc/systemd/system"))
+        .into_iter()
+        .chain(longconn_entries(Path::new(
+            "/var/lib/systemd/deb-systemd-helper-masked",
+        )))
+        .filter(|p| {
+            fs::read_link(p).is_ok_and(|t| t == Path::new("/dev/null")) || p.starts_with("/var")
+        })
+        .collect();
+    assert!(
+        masked.is_empty(),
+        "units masked after reinstalling: {masked:?}"
+    );
+
     let o = apt_get(&["purge", "longconn"]);
     assert!(o.status.success(), "apt-get purge longconn: {}", text(&o));
     let status = dpkg_status();
