@@ -1,43 +1,32 @@
 //! Command-line errors as one line, the way every other error of longconn is
 //! reported: `PROGRAM: message; valid values (see --help)`, exit status 2.
 //! `--help`, `--version` and the help clap shows for a missing subcommand are
-//! printed as clap prints them. A hidden `generate-docs DIR` subcommand,
-//! added here and never part of the documented interface, writes the man
-//! pages and completions of the very definition being parsed (see `docs`).
+//! printed as clap prints them. `PROGRAM --generate-docs DIR`, taken before
+//! clap sees the command line and never part of the documented interface
+//! (no help, completion or "did you mean" names it), writes the man pages
+//! and completions of the very definition being parsed (see `docs`).
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{ffi::OsString, path::Path, process::ExitCode};
 
 use crate::docs;
 
 /// Parses the command line, or prints the error on one line and says which
 /// exit code to end with. First, a closed stdout (`status | head`) ends the
 /// program quietly, as it does `ss` or `cat`: Rust ignores SIGPIPE, so a
-/// print would otherwise panic. `generate-docs DIR` writes the docs of `T`
-/// (described further by `pages`) and ends the program.
+/// print would otherwise panic. `--generate-docs DIR` writes the docs of
+/// `T` (described further by `pages`) and ends the program.
 pub fn parse<T: clap::Parser>(program: &str, pages: &docs::Pages) -> Result<T, ExitCode> {
     // SAFETY: setting a signal's disposition to its default, before any
     // thread is started; no handler runs.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let parsed = with_docs_subcommand(T::command())
-        .try_get_matches()
-        .and_then(|m| match m.subcommand() {
-            Some((docs::SUBCOMMAND, sub)) => Ok(Err(sub
-                .get_one::<PathBuf>("dir")
-                .cloned()
-                .unwrap_or_default())),
-            _ => T::from_arg_matches(&m)
-                .map(Ok)
-                .map_err(|e| e.format(&mut T::command())),
-        });
-    match parsed {
-        Ok(Err(dir)) => match docs::write(T::command(), pages, &dir) {
-            Ok(()) => Err(ExitCode::SUCCESS),
-            Err(e) => {
-                eprintln!("{program}: {e}; give a writable directory");
-                Err(ExitCode::FAILURE)
-            }
-        },
-        Ok(Ok(cli)) => Ok(cli),
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if let [_, flag, dir] = args.as_slice() {
+        if flag == docs::FLAG {
+            return Err(generate_docs::<T>(program, pages, Path::new(dir)));
+        }
+    }
+    match T::try_parse_from(args) {
+        Ok(cli) => Ok(cli),
         Err(e)
             if !e.use_stderr()
                 || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
@@ -51,19 +40,14 @@ pub fn parse<T: clap::Parser>(program: &str, pages: &docs::Pages) -> Result<T, E
     }
 }
 
-/// `cmd` with the hidden `generate-docs DIR` subcommand.
-fn with_docs_subcommand(cmd: clap::Command) -> clap::Command {
-    cmd.subcommand(
-        clap::Command::new(docs::SUBCOMMAND)
-            .hide(true)
-            .about("Write the man pages and shell completions under DIR (for packaging)")
-            .arg(
-                clap::Arg::new("dir")
-                    .required(true)
-                    .value_name("DIR")
-                    .value_parser(clap::value_parser!(PathBuf)),
-            ),
-    )
+fn generate_docs<T: clap::Parser>(program: &str, pages: &docs::Pages, dir: &Path) -> ExitCode {
+    match docs::write(T::command(), pages, dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e}; give a writable directory");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A clap error as one line: its message, the valid values and tip, without

@@ -1,7 +1,7 @@
 //! Man pages and shell completions, generated from the clap definitions the
 //! binaries parse with, so the packaged docs can never drift from the real
 //! command line: `scripts/package` runs each built binary's hidden
-//! `generate-docs DIR` (see `cli::parse_or_generate_docs`) instead of
+//! `--generate-docs DIR` (see `cli::parse`) instead of
 //! building anything a second time.
 //!
 //! Writes, under DIR: `man/NAME.S` and `man/NAME-SUB.S` for each visible
@@ -27,8 +27,9 @@ pub struct Pages<'a> {
     pub see_also: &'a [&'a str],
 }
 
-/// The hidden subcommand's name (not part of the documented interface).
-pub const SUBCOMMAND: &str = "generate-docs";
+/// The hidden option that writes them, `PROGRAM --generate-docs DIR`
+/// (not part of the documented interface; see `cli::parse`).
+pub const FLAG: &str = "--generate-docs";
 
 /// Writes every man page and completion script of `cmd` under `dir`.
 pub fn write(cmd: clap::Command, pages: &Pages, dir: &Path) -> io::Result<()> {
