@@ -33,6 +33,9 @@ pub const FLAG: &str = "--generate-docs";
 
 /// Writes every man page and completion script of `cmd` under `dir`.
 pub fn write(cmd: clap::Command, pages: &Pages, dir: &Path) -> io::Result<()> {
+    // Completions offer `help` as the binary accepts it; man pages need no
+    // page for it.
+    let complete = cmd.clone();
     let mut cmd = cmd.disable_help_subcommand(true);
     cmd.build();
     let name = cmd.get_name().to_owned();
@@ -76,7 +79,7 @@ pub fn write(cmd: clap::Command, pages: &Pages, dir: &Path) -> io::Result<()> {
         let d = dir.join(sub);
         fs::create_dir_all(&d).map_err(|e| at(&d, e))?;
         let mut out = Vec::new();
-        clap_complete::generate(shell, &mut cmd.clone(), &name, &mut out);
+        clap_complete::generate(shell, &mut complete.clone(), &name, &mut out);
         let path = d.join(file);
         fs::write(&path, out).map_err(|e| at(&path, e))?;
     }
