@@ -14,6 +14,8 @@ LONGCONN_PACKAGES=(
   systemd                      # systemd-analyze verify on the units
   podman containerd runc       # tests: workloads named from real container runtimes (issue 17)
   busybox-static containernetworking-plugins  # tests: container rootfs (no image registry), podman's bridge
+  dpkg-dev binutils lintian    # scripts/package: dpkg-shlibdeps, strip, the package check
+  man-db bash-completion       # package test: `man longconn-reader`, `longconn-reader co<TAB>`
 )
 
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }

@@ -5,6 +5,7 @@
 
 pub mod caps;
 pub mod cli;
+pub mod docs;
 pub mod exit;
 pub mod groups;
 pub mod hooks;

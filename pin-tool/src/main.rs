@@ -27,6 +27,12 @@ Examples:
   longconn-pin status
   longconn-pin detach";
 
+/// Man pages: section 8 (needs root); see `longconn_common::docs`.
+const DOCS: longconn_common::docs::Pages = longconn_common::docs::Pages {
+    section: "8",
+    see_also: &["longconn-reader(1)", "bpftool(8)"],
+};
+
 /// Attach longconn's eBPF programs and pin them, so `longconn-reader` can
 /// report live TCP connections without a resident daemon.
 ///
@@ -62,7 +68,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = match longconn_common::cli::parse("longconn-pin") {
+    let cli: Cli = match longconn_common::cli::parse("longconn-pin", &DOCS) {
         Ok(cli) => cli,
         Err(code) => return code,
     };

@@ -30,6 +30,12 @@ const ACCESS_NOTE: &str = "\
 The reader needs read access to the pins (root, or CAP_BPF plus group read
 permission on --pin-dir). Run `longconn-pin` first.";
 
+/// Man pages: section 1; see `longconn_common::docs`.
+const DOCS: longconn_common::docs::Pages = longconn_common::docs::Pages {
+    section: "1",
+    see_also: &["longconn-pin(8)", "ss(8)", "prometheus-node-exporter(1)"],
+};
+
 /// Report live TCP connections tracked by longconn's pinned eBPF maps.
 #[derive(Debug, Parser)]
 #[command(name = "longconn-reader", version, after_help = format!("{}\n\n{ACCESS_NOTE}", Exit::help(Program::Reader)))]
@@ -54,7 +60,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = match longconn_common::cli::parse("longconn-reader") {
+    let cli: Cli = match longconn_common::cli::parse("longconn-reader", &DOCS) {
         Ok(cli) => cli,
         Err(code) => return code,
     };

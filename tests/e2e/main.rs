@@ -11,6 +11,7 @@ mod hardening_pin;
 mod hardening_state;
 mod identity;
 mod otlp;
+mod package;
 mod promises;
 mod reliability;
 mod runtime_names;
