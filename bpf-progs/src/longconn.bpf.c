@@ -203,6 +203,7 @@ static __always_inline void fill_identity(struct longconn_conn *c, struct tcp_so
 	}
 	c->local_port = skc->skc_num;
 	c->remote_port = bpf_ntohs(skc->skc_dport);
+	c->bound_dev_if = skc->skc_bound_dev_if;
 
 	cgrp = sk->sk_cgrp_data.cgroup;
 	if (cgrp)

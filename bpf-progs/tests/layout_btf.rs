@@ -112,6 +112,8 @@ fn rust_mirror_matches_compiled_btf() {
             netns_ino,
             close_cpu,
             seen,
+            bound_dev_if,
+            _pad,
             comm
         ]
     );
