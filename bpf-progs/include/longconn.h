@@ -9,7 +9,7 @@
 #ifndef LONGCONN_H
 #define LONGCONN_H
 
-#define LONGCONN_LAYOUT_VERSION 7
+#define LONGCONN_LAYOUT_VERSION 8
 #define LONGCONN_META_MAGIC 0x6c636f6e6e6d6574ULL /* "lconnmet" */
 
 /* longconn_conn.direction */
@@ -81,6 +81,10 @@ struct longconn_conn {
 	__u32 close_cpu; /* closed: the CPU whose totals value holds this close */
 	__u32 seen;      /* 1 once a reader has read the record (the refresh sets it): its close
 			  * record is then kept in the overflow map when the ring is full */
+	__u32 bound_dev_if; /* layout 8: the socket's sk_bound_dev_if at connect/establish
+			     * (SO_BINDTODEVICE, VRF, IPv6 link-local scope), 0 if unbound: readers
+			     * refresh it in a run on that device (see longconn_refresh) */
+	__u32 _pad;
 	char comm[16]; /* comm of that task; empty when unknown */
 };
 
@@ -206,7 +210,12 @@ struct longconn_refresh_slot {
 };
 
 /* The refresh program's arguments and results in skb->cb (BPF_PROG_TEST_RUN
- * ctx in and out); it returns how many records it refreshed. */
+ * ctx in and out); it returns how many records it refreshed. A run's
+ * device is the ctx's ifindex (loopback when 0): the kernel's TCP lookup
+ * finds a socket bound to a device (sk_bound_dev_if) only when the run's
+ * device is that one (or is enslaved to it, VRF), so readers refresh the
+ * records of each bound_dev_if in runs of their own with ctx ifindex set
+ * to it; the program is the same. */
 #define LONGCONN_REFRESH_CB_COUNT 0      /* in: slots of longconn_refresh_work to refresh (from 0) */
 #define LONGCONN_REFRESH_CB_FLAGS 1      /* in: LONGCONN_REFRESH_LOOKUP_ONLY or 0 */
 #define LONGCONN_REFRESH_CB_NETNS_LO 2   /* in: reader's netns cookie, low 32 bits */

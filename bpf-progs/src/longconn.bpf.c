@@ -203,6 +203,7 @@ static __always_inline void fill_identity(struct longconn_conn *c, struct tcp_so
 	}
 	c->local_port = skc->skc_num;
 	c->remote_port = bpf_ntohs(skc->skc_dport);
+	c->bound_dev_if = skc->skc_bound_dev_if;
 
 	cgrp = sk->sk_cgrp_data.cgroup;
 	if (cgrp)
@@ -215,8 +216,9 @@ static __always_inline void fill_identity(struct longconn_conn *c, struct tcp_so
 }
 
 /* First sight of a connection (connect() or passive establish): insert its
- * record. Returns whether the connection is tracked (inserted now or before). */
-static __always_inline bool track(struct bpf_sock_ops *skops, struct tcp_sock *tp, __u64 cookie,
+ * record. Returns the insert's error: 0, or -EEXIST when it was tracked
+ * before (a simultaneous open's passive establish), or a failure (counted). */
+static __always_inline long track(struct bpf_sock_ops *skops, struct tcp_sock *tp, __u64 cookie,
 				  __u32 direction)
 {
 	struct longconn_conn c = {};
@@ -225,9 +227,9 @@ static __always_inline bool track(struct bpf_sock_ops *skops, struct tcp_sock *t
 	c.cookie = cookie;
 	c.start_ns = bpf_ktime_get_boot_ns();
 	c.direction = direction;
-	c.state = skops->state;
 	fill_identity(&c, tp);
-	refresh(&c, tp);
+	copy_counters(&c, tp); /* and the state */
+	c.update_ns = c.start_ns;
 	if (direction == LONGCONN_DIR_OUTBOUND) {
 		/* TCP_CONNECT_CB runs in the connect() caller's context. */
 		c.pid = bpf_get_current_pid_tgid() >> 32;
@@ -244,21 +246,21 @@ static __always_inline bool track(struct bpf_sock_ops *skops, struct tcp_sock *t
 	}
 
 	err = bpf_map_update_elem(&map_of_tcp_conns, &cookie, &c, BPF_NOEXIST);
-	if (err == -E2BIG) {
+	if (err == -E2BIG)
 		count(LONGCONN_CTR_MAP_FULL);
-		return false;
-	}
-	if (err && err != -EEXIST) {
+	else if (err && err != -EEXIST)
 		count(LONGCONN_CTR_MAP_ERROR);
-		return false;
-	}
-	if (!err)
-		count(LONGCONN_CTR_TRACKED);
+	if (err)
+		return err;
+	count(LONGCONN_CTR_TRACKED);
+	/* Only the callbacks the hooks need: the default needs the close
+	 * (STATE_CB, which also runs at every other state change and leaves at
+	 * once); RTT and RETRANS run per ACK and per retransmit. */
 	bpf_sock_ops_cb_flags_set(skops, (hooks & LONGCONN_HOOK_ACK)
 						 ? BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG |
 							   BPF_SOCK_OPS_RETRANS_CB_FLAG
 						 : BPF_SOCK_OPS_STATE_CB_FLAG);
-	return true;
+	return 0;
 }
 
 /* listen(): remember who owns the port (runs in the caller's context). */
@@ -371,24 +373,28 @@ int longconn_sockops(struct bpf_sock_ops *skops)
 	__u32 op = skops->op;
 	__u64 cookie;
 
-	/* Most callbacks are not ours (timeouts, window, ECN): leave before any work. */
+	/* Most callbacks are not ours (timeouts, window, ECN): leave before any
+	 * work. Without per-segment hooks, of the state changes only the close
+	 * (final record) needs the kernel: the establish flag is set by the
+	 * ESTABLISHED callbacks, which run whatever the flags, and readers copy
+	 * the state with the counters. A connection pair (both ends tracked)
+	 * runs 17 callbacks under the default: 12 leave here, 5 do work (connect,
+	 * passive and active establish, two closes). */
 	switch (op) {
+	case BPF_SOCK_OPS_STATE_CB:
+		if (!hooks && skops->args[1] != BPF_TCP_CLOSE)
+			return 1;
+		break;
 	case BPF_SOCK_OPS_TCP_LISTEN_CB:
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_RTT_CB:
 	case BPF_SOCK_OPS_RETRANS_CB:
-	case BPF_SOCK_OPS_STATE_CB:
 		break;
 	default:
 		return 1;
 	}
-	/* Without per-segment hooks only the close (final record) and establish
-	 * (flag) need the kernel: readers copy the state with the counters. */
-	if (op == BPF_SOCK_OPS_STATE_CB && !hooks && skops->args[1] != BPF_TCP_CLOSE &&
-	    skops->args[1] != BPF_TCP_ESTABLISHED)
-		return 1;
 	if (skops->family != AF_INET && skops->family != AF_INET6)
 		return 1;
 	if (!sk)
@@ -406,8 +412,10 @@ int longconn_sockops(struct bpf_sock_ops *skops)
 		track(skops, tp, cookie, LONGCONN_DIR_OUTBOUND);
 		return 1;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		track(skops, tp, cookie, LONGCONN_DIR_INBOUND);
-		return 1;
+		/* Tracked before: a simultaneous open (connect() met the peer's
+		 * SYN), established now; flagged below. */
+		if (track(skops, tp, cookie, LONGCONN_DIR_INBOUND) != -EEXIST)
+			return 1;
 	}
 
 	c = bpf_map_lookup_elem(&map_of_tcp_conns, &cookie);
@@ -416,11 +424,17 @@ int longconn_sockops(struct bpf_sock_ops *skops)
 			count(LONGCONN_CTR_CLOSE_UNTRACKED);
 		return 1;
 	}
-	refresh(c, tp);
-	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+		/* A flag and the state: no counters (readers copy them), unless a
+		 * hook keeps the map itself fresh. */
 		c->flags |= LONGCONN_F_ESTABLISHED;
 		c->state = BPF_TCP_ESTABLISHED;
-	} else if (op == BPF_SOCK_OPS_STATE_CB) {
+		if (hooks)
+			refresh(c, tp);
+		return 1;
+	}
+	refresh(c, tp);
+	if (op == BPF_SOCK_OPS_STATE_CB) {
 		/* args[1] is the new state; sk_state still holds the old one. */
 		c->state = skops->args[1];
 		if (skops->args[1] == BPF_TCP_ESTABLISHED)

@@ -138,6 +138,8 @@ fn layout_errors(object: &[u8]) -> Vec<String> {
             netns_ino,
             close_cpu,
             seen,
+            bound_dev_if,
+            _pad,
             comm
         ]
     );

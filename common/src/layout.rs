@@ -6,7 +6,7 @@
 //! maps and the ring buffer are decoded with a length check, never transmuted.
 
 /// Bumped on any change to a record below; pinned in `meta` and checked by readers.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 /// `Meta::magic`: "lconnmet".
 pub const META_MAGIC: u64 = 0x6c63_6f6e_6e6d_6574;
 
@@ -70,6 +70,9 @@ pub struct ConnRecord {
     pub netns_ino: u32,
     pub close_cpu: u32,
     pub seen: u32,
+    /// The socket's `sk_bound_dev_if` (layout 8): the refresh looks it up on that device.
+    pub bound_dev_if: u32,
+    pub _pad: u32,
     pub comm: [u8; 16],
 }
 
@@ -451,6 +454,8 @@ impl ConnRecord {
             netns_ino: c.u32(),
             close_cpu: c.u32(),
             seen: c.u32(),
+            bound_dev_if: c.u32(),
+            _pad: c.u32(),
             comm: c.take(),
         })
     }
@@ -522,7 +527,7 @@ mod tests {
 
     #[test]
     fn sizes_match_header() {
-        assert_eq!(std::mem::size_of::<ConnRecord>(), 200);
+        assert_eq!(std::mem::size_of::<ConnRecord>(), 208);
         assert_eq!(std::mem::size_of::<TotalsKey>(), 64);
         assert_eq!(std::mem::size_of::<Totals>(), 80);
         assert_eq!(std::mem::size_of::<Meta>(), 40);

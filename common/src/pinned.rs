@@ -4,7 +4,7 @@
 //! it says so and stops. Every error names the path and the next step.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     io,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
@@ -74,7 +74,8 @@ pub struct RefreshStats {
     /// Records copied from their socket.
     pub refreshed: u64,
     /// Live records whose socket was not found (gone between the close and
-    /// the record's removal, or bound to a device the lookup does not match).
+    /// the record's removal, or bound to a device of another network
+    /// namespace whose ifindex is no interface of this reader's namespace).
     pub not_found: u64,
     /// Live records in a network namespace this reader has no netnsid for
     /// (it could not find or open the namespace, or lacks CAP_NET_ADMIN).
@@ -373,7 +374,10 @@ impl Pins {
     /// Refreshes `records[i]` for each i of `which`, one run per chunk of the
     /// work array, each under the pin dir's lock. Adds to `stats` what was
     /// refreshed and not found; returns the records whose namespace has no
-    /// netnsid for this reader yet.
+    /// netnsid for this reader yet. The kernel's lookup finds a socket bound
+    /// to a device (SO_BINDTODEVICE, VRF, IPv6 link-local) only in a run on
+    /// that device, so records are refreshed in runs of their `bound_dev_if`
+    /// (unbound ones on loopback): one group when none is bound.
     fn refresh_chunks(
         &self,
         prog: BorrowedFd<'_>,
@@ -384,6 +388,46 @@ impl Pins {
         stats: &mut RefreshStats,
     ) -> Result<Vec<usize>, PinnedError> {
         let mut unknown = Vec::new();
+        if which.iter().all(|&r| records[r].bound_dev_if == 0) {
+            let run = DeviceRun {
+                prog,
+                own,
+                ifindex: 0,
+            };
+            self.refresh_on(&run, work, records, which, stats, &mut unknown)?;
+            return Ok(unknown);
+        }
+        let mut by_device: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for &r in which {
+            by_device
+                .entry(records[r].bound_dev_if)
+                .or_default()
+                .push(r);
+        }
+        for (ifindex, group) in &by_device {
+            let run = DeviceRun {
+                prog,
+                own,
+                ifindex: *ifindex,
+            };
+            self.refresh_on(&run, work, records, group, stats, &mut unknown)?;
+        }
+        Ok(unknown)
+    }
+
+    /// `refresh_chunks` for records of one device. A device this reader's
+    /// network namespace has no interface with the index of (a socket bound
+    /// in another namespace) cannot be named to the kernel: its records are
+    /// counted as not found.
+    fn refresh_on(
+        &self,
+        run: &DeviceRun<'_>,
+        work: &WorkArray,
+        records: &mut [ConnRecord],
+        which: &[usize],
+        stats: &mut RefreshStats,
+        unknown: &mut Vec<usize>,
+    ) -> Result<(), PinnedError> {
         for chunk in which.chunks(work.slots()) {
             let _lock = DirLock::acquire(&self.dir, REFRESH_LOCK_WAIT)
                 .map_err(|source| PinnedError::Io {
@@ -396,7 +440,10 @@ impl Pins {
             for (slot, &r) in chunk.iter().enumerate() {
                 work.set(slot, RefreshSlot::of(&records[r]));
             }
-            self.refresh_run(prog, own, chunk.len() as u32)?;
+            if !self.refresh_run(run, chunk.len() as u32)? {
+                stats.not_found += chunk.len() as u64;
+                continue;
+            }
             for (slot, &r) in chunk.iter().enumerate() {
                 let s = work.get(slot);
                 if s.cookie != records[r].cookie {
@@ -413,24 +460,28 @@ impl Pins {
                 }
             }
         }
-        Ok(unknown)
+        Ok(())
     }
 
     /// One run of the refresh program over the first `count` slots of the
-    /// work array, on this thread.
-    fn refresh_run(&self, fd: BorrowedFd<'_>, own: u64, count: u32) -> Result<(), PinnedError> {
+    /// work array, on this thread and on `run`'s device. False when that
+    /// device is not an interface of this network namespace (nothing ran).
+    fn refresh_run(&self, run: &DeviceRun<'_>, count: u32) -> Result<bool, PinnedError> {
         let mut cb = [0u32; 4];
         cb[layout::REFRESH_CB_COUNT] = count;
-        cb[layout::REFRESH_CB_NETNS_LO] = own as u32;
-        cb[layout::REFRESH_CB_NETNS_HI] = (own >> 32) as u32;
-        sys::prog_run(fd, &cb).map_err(|source| {
-            let path = self.path(pins::REFRESH);
-            match source.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => PinnedError::Permission { path },
-                _ => PinnedError::Io { path, source },
+        cb[layout::REFRESH_CB_NETNS_LO] = run.own as u32;
+        cb[layout::REFRESH_CB_NETNS_HI] = (run.own >> 32) as u32;
+        match sys::prog_run_on(run.prog, run.ifindex, &cb) {
+            Ok(_) => Ok(true),
+            Err(e) if run.ifindex != 0 && e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+            Err(source) => {
+                let path = self.path(pins::REFRESH);
+                Err(match source.raw_os_error() {
+                    Some(libc::EPERM) | Some(libc::EACCES) => PinnedError::Permission { path },
+                    _ => PinnedError::Io { path, source },
+                })
             }
-        })?;
-        Ok(())
+        }
     }
 
     /// The `netns` map, read-write (the refresh records netnsids in it), or
@@ -743,6 +794,14 @@ impl Pins {
         }
         Ok(())
     }
+}
+
+/// What one refresh run needs: the program, the reader's netns cookie, and
+/// the device the run is on (0: loopback).
+struct DeviceRun<'a> {
+    prog: BorrowedFd<'a>,
+    own: u64,
+    ifindex: u32,
 }
 
 /// The refresh program, its work array and the netnsid map, opened once for

@@ -85,7 +85,11 @@ struct TestRunAttr {
 #[repr(C)]
 #[derive(Default)]
 struct SkBuffCtx {
-    _before_cb: [u32; 12],
+    _before_ifindex: [u32; 10],
+    /// The run's device (`skb->dev`): 0 for loopback, else an ifindex of
+    /// this network namespace (ENODEV if it has none).
+    ifindex: u32,
+    _tc_index: u32,
     cb: [u32; 5],
 }
 
@@ -93,9 +97,22 @@ struct SkBuffCtx {
 /// `skb->cb[..args.len()]` set to `args`; returns the program's return value
 /// and `skb->cb` as the program left it (its results).
 pub fn prog_run(prog: BorrowedFd<'_>, args: &[u32]) -> io::Result<(u32, [u32; 5])> {
+    prog_run_on(prog, 0, args)
+}
+
+/// `prog_run` on device `ifindex` of this network namespace (0: loopback):
+/// socket lookups in the program then match sockets bound to that device.
+pub fn prog_run_on(
+    prog: BorrowedFd<'_>,
+    ifindex: u32,
+    args: &[u32],
+) -> io::Result<(u32, [u32; 5])> {
     // A zeroed Ethernet frame: the least a tc program accepts.
     let packet = [0u8; 64];
-    let mut ctx = SkBuffCtx::default();
+    let mut ctx = SkBuffCtx {
+        ifindex,
+        ..SkBuffCtx::default()
+    };
     for (slot, a) in ctx.cb.iter_mut().zip(args) {
         *slot = *a;
     }

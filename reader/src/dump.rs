@@ -248,7 +248,7 @@ fn selected(
 fn report(bad: u64, refresh: &RefreshStats) {
     if refresh.not_found + refresh.netns_unknown > 0 {
         eprintln!(
-            "longconn-reader: {} connections show values from their last kernel-side update (establish or an optional hook): {} sockets not found by 4-tuple and cookie, {} in network namespaces this reader cannot reach (run as root to assign netnsids)",
+            "longconn-reader: {} connections show values from their last kernel-side update (connect or establish, or an optional hook): {} sockets not found by 4-tuple and cookie, {} in network namespaces this reader cannot reach (run as root to assign netnsids)",
             refresh.not_found + refresh.netns_unknown,
             refresh.not_found,
             refresh.netns_unknown

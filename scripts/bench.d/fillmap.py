@@ -10,8 +10,9 @@ ESTABLISHED, flags ESTABLISHED, half outbound and half inbound, start_ns
 up (no real socket cookie gets that high). Outbound records go to 200
 remote services, inbound ones arrive on 8 local ports, so per-service series
 stay at a realistic count. Checks the pinned meta first: layout version 1 to 5 with a 184-byte record,
-or 7 with a 200-byte one (close_seq after netns_cookie; close_cpu and seen
-after netns_ino), the layouts this file encodes.
+7 with a 200-byte one (close_seq after netns_cookie; close_cpu and seen
+after netns_ino) or 8 with a 208-byte one (bound_dev_if and a pad after
+seen), the layouts this file encodes.
 Prints one JSON line: {"filled": N, "seconds": S}.
 """
 
@@ -34,11 +35,12 @@ META_MAGIC = 0x6C636F6E6E6D6574
 META = struct.Struct("<QQQIIII")
 # struct longconn_conn: 12 x u64 (13 from layout 7: close_seq), local_addr[4],
 # remote_addr[4] (network order, raw bytes here), 10 x u32 (12 from layout 7:
-# close_cpu, seen), comm[16]
+# close_cpu, seen; 14 from layout 8: bound_dev_if, _pad), comm[16]
 ADDRS = struct.Struct("<16s16s")
 FORMATS = {  # layout -> (head, tail)
     **{v: (struct.Struct("<12Q"), struct.Struct("<10I16s")) for v in (1, 2, 3, 4, 5)},
     7: (struct.Struct("<13Q"), struct.Struct("<12I16s")),
+    8: (struct.Struct("<13Q"), struct.Struct("<14I16s")),
 }
 KNOWN_LAYOUTS = tuple(FORMATS)
 

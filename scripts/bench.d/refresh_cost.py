@@ -98,9 +98,10 @@ def direct_runs(pin_dir, records, rounds):
 
 def slot_of(rec):
     """A layout-7 refresh slot (144 bytes) for a longconn_conn record: 184 bytes
-    (the layout-6 development record) or 200 (layout 7: close_seq after
-    netns_cookie; close_cpu and seen at the end, the slot then asks for `seen`)."""
-    wide = len(rec) == 200
+    (the layout-6 development record), 200 (layout 7: close_seq after
+    netns_cookie; close_cpu and seen at the end, the slot then asks for `seen`)
+    or 208 (layout 8: bound_dev_if and a pad after seen; the slot is the same)."""
+    wide = len(rec) in (200, 208)
     (cookie, _start, _update, _bs, _br, ps, pr, rt, lost, _bret, _cg, netns_cookie) = \
         struct.unpack_from("<12Q", rec, 0)
     at = 104 if wide else 96

@@ -1,6 +1,7 @@
 //! One integration-test binary: every test drives the real `longconn-pin` and
 //! `longconn-reader` on this kernel, with its own pin dir and cgroup.
 
+mod bound;
 mod busy;
 mod collect;
 mod errors;

@@ -11,6 +11,10 @@
 //!   fail PORT [ADDR]       connect to a closed port -> {"failed":true,"port"}
 //!   churn N [ADDR]         open, send 1000 bytes each way, close, N times
 //!                          -> {"churn":N,"bytes_each_way":1000}
+//!   bpair NAME ADDR CDEV SDEV  like `pair` over IPv4 ADDR, the client bound
+//!                          to device CDEV and the listener to SDEV before
+//!                          they connect (SO_BINDTODEVICE)
+//!                          -> {"name","client_port","server_port","addr"}
 //!   pairs PREFIX N 4|6     N pairs named PREFIX0..PREFIX<N-1> on one listener
 //!                          -> {"pairs":N}
 //!   pump PREFIX N          send N bytes c2s on every pair named PREFIX*
@@ -30,7 +34,8 @@
 use std::{
     collections::HashMap,
     io::{BufRead, Read, Write},
-    net::{Shutdown, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     thread,
 };
 
@@ -86,6 +91,59 @@ fn bind(addr: &str) -> std::io::Result<TcpListener> {
     }
 }
 
+/// SO_BINDTODEVICE: the socket sends and receives through `dev` only.
+fn bind_to_device(fd: RawFd, dev: &str) -> std::io::Result<()> {
+    // SAFETY: setsockopt on an open socket with a buffer of dev.len() bytes.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            dev.as_ptr().cast(),
+            dev.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A connection to IPv4 `to` from a socket bound to device `dev` before connect().
+fn connect_bound(to: SocketAddr, dev: &str) -> std::io::Result<TcpStream> {
+    let SocketAddr::V4(to) = to else {
+        return Err(std::io::Error::other("bpair is IPv4 only"));
+    };
+    // SAFETY: socket() has no preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh socket that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    bind_to_device(sock.as_raw_fd(), dev)?;
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(to.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: connect on an open socket with a sockaddr_in of its size.
+    let rc = unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(TcpStream::from(sock))
+}
+
 /// `n` connections to `listener`: open, 1000 bytes each way, close.
 fn churn(listener: &TcpListener, n: &str) -> Result<Option<String>, String> {
     let e = |err: std::io::Error| err.to_string();
@@ -105,7 +163,6 @@ fn churn(listener: &TcpListener, n: &str) -> Result<Option<String>, String> {
 
 /// One socket's (tcpi_bytes_acked, tcpi_bytes_received), from the kernel.
 fn tcp_bytes(s: &TcpStream) -> std::io::Result<(u64, u64)> {
-    use std::os::fd::AsRawFd;
     // SAFETY: tcp_info is plain data; zeroed is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -127,7 +184,6 @@ fn tcp_bytes(s: &TcpStream) -> std::io::Result<(u64, u64)> {
 
 /// SO_LINGER 0: close() sends a reset and leaves no TIME_WAIT.
 fn linger_zero(s: &TcpStream) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     let l = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -216,6 +272,27 @@ fn run(
             );
             Ok(Some(format!(
                 r#"{{"name":"{name}","client_port":{client_port},"server_port":{port},"addr":"{addr}"}}"#
+            )))
+        }
+        ["bpair", name, addr, cdev, sdev] => {
+            let listener = bind(addr).map_err(e)?;
+            bind_to_device(listener.as_raw_fd(), sdev).map_err(e)?;
+            let target = listener.local_addr().map_err(e)?;
+            let client = connect_bound(target, cdev).map_err(e)?;
+            let (server, _) = listener.accept().map_err(e)?;
+            let client_port = client.local_addr().map_err(e)?.port();
+            pairs.insert(
+                name.to_string(),
+                Pair {
+                    client,
+                    server,
+                    c2s: 0,
+                    s2c: 0,
+                },
+            );
+            Ok(Some(format!(
+                r#"{{"name":"{name}","client_port":{client_port},"server_port":{},"addr":"{addr}"}}"#,
+                target.port()
             )))
         }
         ["send", name, dir, n] => {
