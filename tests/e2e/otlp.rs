@@ -81,24 +81,39 @@ fn otlp_series(line: &str) -> (prom::Series, StartTimes) {
     (series, starts)
 }
 
-/// `ss -tin` for `ports` once two reads in a row agree and `ready` holds
-/// (the last ACKs of a transfer have arrived): a quiescent instant.
+/// `ss -tin` for the sockets with an endpoint at one of `servers`
+/// (address, port): `ss` filters by port number only, and another test's
+/// socket may hold the same number on another address or family.
+fn ss_of(servers: &[(&str, u16)]) -> HashMap<SockKey, TcpInfo> {
+    let ports: Vec<u16> = servers.iter().map(|s| s.1).collect();
+    ss::tcp_info(&ports)
+        .into_iter()
+        .filter(|((la, lp, ra, rp), _)| {
+            servers
+                .iter()
+                .any(|&(a, p)| (la == a && *lp == p) || (ra == a && *rp == p))
+        })
+        .collect()
+}
+
+/// `ss_of(servers)` once two reads in a row agree and `ready` holds (the
+/// last ACKs of a transfer have arrived): a quiescent instant.
 fn quiescent_ss(
-    ports: &[u16],
+    servers: &[(&str, u16)],
     sockets: usize,
     ready: impl Fn(&HashMap<SockKey, TcpInfo>) -> bool,
 ) -> HashMap<SockKey, TcpInfo> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut prev = ss::tcp_info(ports);
+    let mut prev = ss_of(servers);
     loop {
         sleep(Duration::from_millis(50));
-        let now = ss::tcp_info(ports);
+        let now = ss_of(servers);
         if now == prev && now.len() == sockets && ready(&now) {
             return now;
         }
         assert!(
             Instant::now() < deadline,
-            "ss -tin never settled for ports {ports:?}: {now:#?}"
+            "ss -tin never settled for {servers:?}: {now:#?}"
         );
         prev = now;
     }
@@ -117,7 +132,10 @@ fn otlp_files_parse_with_the_official_schema_and_equal_generator_and_ss() {
     let long = gen.cmd("pair long 4");
     let v6 = gen.cmd("pair v6 6");
     let port = |v: &Value, k: &str| v[k].as_u64().unwrap() as u16;
-    let ports = [port(&long, "server_port"), port(&v6, "server_port")];
+    let servers = [
+        ("127.0.0.1", port(&long, "server_port")),
+        ("::1", port(&v6, "server_port")),
+    ];
     // Generator counts: (long c2s, long s2c, v6 c2s, v6 s2c), churned.
     let (mut long_c2s, mut v6_s2c, mut churned) = (0u64, 0u64, 0u64);
     let born = Instant::now();
@@ -141,10 +159,10 @@ fn otlp_files_parse_with_the_official_schema_and_equal_generator_and_ss() {
                 .collect::<std::collections::BTreeSet<_>>()
                 .is_superset(&[long_c2s + 1, v6_s2c].into())
         };
-        let before = quiescent_ss(&ports, 4, acked);
+        let before = quiescent_ss(&servers, 4, acked);
         let (st, err) = env.collect(&["--long-threshold", "1s"]);
         assert!(st.success(), "{err}");
-        let after = ss::tcp_info(&ports);
+        let after = ss_of(&servers);
         assert_eq!(before, after, "traffic moved during the cycle");
         let lines = std::fs::read_to_string(env.out_dir().join("otlp-metrics.jsonl")).unwrap();
         let last = lines.lines().last().unwrap();
