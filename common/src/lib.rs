@@ -7,6 +7,7 @@ pub mod caps;
 pub mod cli;
 pub mod docs;
 pub mod exit;
+pub mod flock;
 pub mod groups;
 pub mod hooks;
 pub mod layout;

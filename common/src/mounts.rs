@@ -4,9 +4,8 @@
 //! Never hard-codes the cgroup v2 mount point: hosts differ (unified vs hybrid).
 
 use std::{
-    ffi::CString,
     fs, io,
-    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -16,14 +15,7 @@ const TRACEFS_MAGIC: i64 = 0x7472_6163;
 pub const TRACEFS_DIR: &str = "/sys/kernel/tracing";
 
 fn fs_magic(path: &Path) -> io::Result<i64> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    // SAFETY: statfs is plain data; an all-zero value is valid and the kernel fills it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out pointer.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let st = rustix::fs::statfs(path)?;
     #[allow(clippy::unnecessary_cast)]
     Ok(st.f_type as i64)
 }
@@ -102,21 +94,13 @@ pub fn cgroup_path_of(root: &Path, id: u64) -> Option<PathBuf> {
 }
 
 fn mount_fs(fstype: &str, target: &Path) -> io::Result<()> {
-    let src = CString::new(fstype).map_err(io::Error::other)?;
-    let dst = CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: all pointers are valid NUL-terminated strings; data is NULL.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            src.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::mount::mount(
+        fstype,
+        target,
+        fstype,
+        rustix::mount::MountFlags::empty(),
+        None,
+    )?;
     Ok(())
 }
 

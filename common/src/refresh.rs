@@ -34,8 +34,7 @@ impl WorkArray {
     /// Maps `slots` slots of a BPF_F_MMAPABLE array of `RefreshSlot` values
     /// (the caller has checked the value size and the slot count).
     pub fn map(fd: BorrowedFd<'_>, slots: usize) -> io::Result<Self> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let page = rustix::param::page_size();
         let len = (slots * RefreshSlot::SIZE).div_ceil(page).max(1) * page;
         // SAFETY: a fresh shared mapping of an array map fd; the kernel checks
         // that the map is mmapable, that `len` fits it and that the fd allows
@@ -106,14 +105,8 @@ impl DirLock {
         let file = File::open(dir)?;
         let deadline = Instant::now() + wait;
         loop {
-            // SAFETY: flock on an fd we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            if crate::flock::try_exclusive(&file)? {
                 return Ok(Some(Self { _file: file }));
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => {}
-                _ => return Err(e),
             }
             if Instant::now() >= deadline {
                 return Ok(None);

@@ -198,8 +198,7 @@ fn ring_bytes(args: &AttachArgs) -> anyhow::Result<u64> {
 pub const STAGING_PREFIX: &str = "longconn-staging-";
 
 fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+    rustix::param::page_size() as u64
 }
 
 fn resolve_cgroup(arg: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -259,14 +258,11 @@ fn prepare_bpffs(pin_dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Serialises longconn-pin runs on this bpffs (flock on the parent directory).
 fn lock_dir(dir: &Path) -> anyhow::Result<fs::File> {
-    use std::os::fd::AsRawFd;
     let f =
         fs::File::open(dir).with_context(|| format!("cannot open {} to lock it", dir.display()))?;
-    // SAFETY: flock on a valid open fd; blocks until the other run finishes.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(anyhow::Error::new(std::io::Error::last_os_error())
-            .context(format!("cannot lock {}", dir.display())));
-    }
+    // Blocks until the other run finishes.
+    longconn_common::flock::exclusive(&f)
+        .with_context(|| format!("cannot lock {}", dir.display()))?;
     Ok(f)
 }
 

@@ -5,6 +5,7 @@
 //! makes a connection younger.
 
 use chrono::{DateTime, Utc};
+use rustix::time::ClockId;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
@@ -12,19 +13,16 @@ pub struct Clock {
     pub wall_ns: i128,
 }
 
-fn now_ns(clock: libc::clockid_t) -> i128 {
-    // SAFETY: timespec is plain data; clock_gettime fills it for a valid clock id.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: valid clock id and out pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+fn now_ns(clock: ClockId) -> i128 {
+    let ts = rustix::time::clock_gettime(clock);
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 impl Clock {
     pub fn now() -> Self {
         Self {
-            boot_ns: now_ns(libc::CLOCK_BOOTTIME) as u64,
-            wall_ns: now_ns(libc::CLOCK_REALTIME),
+            boot_ns: now_ns(ClockId::Boottime) as u64,
+            wall_ns: now_ns(ClockId::Realtime),
         }
     }
 

@@ -15,8 +15,7 @@
 use std::{fs, os::unix::fs::MetadataExt, path::Path};
 
 fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 fn user(uid: u32) -> String {

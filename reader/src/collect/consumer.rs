@@ -24,10 +24,7 @@
 use std::{
     fs::{File, OpenOptions, Permissions},
     io::{self, Read, Seek, Write},
-    os::{
-        fd::AsRawFd,
-        unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
-    },
+    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -144,8 +141,7 @@ pub fn register(
         );
     }
     // Exact mode whatever the umask (readable by any reader that checks it).
-    // SAFETY: geteuid has no preconditions.
-    if meta.uid() == unsafe { libc::geteuid() } && meta.mode() & 0o7777 != 0o644 {
+    if meta.uid() == rustix::process::geteuid().as_raw() && meta.mode() & 0o7777 != 0o644 {
         file.set_permissions(Permissions::from_mode(0o644))?;
     }
     // A plain second consumer is refused at once, without waiting for the
@@ -194,13 +190,11 @@ fn lock_within(
 ) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + wait;
     loop {
-        // SAFETY: flock on an fd we own; released when `file` is closed.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            anyhow::bail!("cannot lock {}: {e}", path.display());
+        // Released when `file` is closed.
+        match longconn_common::flock::try_exclusive(file) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => anyhow::bail!("cannot lock {}: {e}", path.display()),
         }
         if std::time::Instant::now() >= deadline {
             let holder = read_only(path)

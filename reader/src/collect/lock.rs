@@ -11,10 +11,7 @@
 use std::{
     fs::{File, OpenOptions, Permissions},
     io::{self, Read},
-    os::{
-        fd::AsRawFd,
-        unix::fs::{FileExt, OpenOptionsExt, PermissionsExt},
-    },
+    os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt},
     path::Path,
     time::{Duration, Instant, SystemTime},
 };
@@ -50,8 +47,10 @@ pub fn acquire(path: &Path, wait: Duration) -> io::Result<Option<File>> {
         })?;
     let deadline = Instant::now() + wait;
     loop {
-        // SAFETY: flock on a valid fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        let taken = longconn_common::flock::try_exclusive(&f).map_err(|err| {
+            io::Error::new(err.kind(), format!("cannot lock {}: {err}", path.display()))
+        })?;
+        if taken {
             // Exact mode whatever the umask; the pid and mtime say who holds it since when.
             let mark = f
                 .set_permissions(Permissions::from_mode(0o600))
@@ -64,13 +63,6 @@ pub fn acquire(path: &Path, wait: Duration) -> io::Result<Option<File>> {
                 )
             })?;
             return Ok(Some(f));
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(io::Error::new(
-                err.kind(),
-                format!("cannot lock {}: {err}", path.display()),
-            ));
         }
         if Instant::now() >= deadline {
             let held = f

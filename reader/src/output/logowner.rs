@@ -30,10 +30,7 @@ use std::{
     collections::BTreeMap,
     fs::{File, OpenOptions, Permissions},
     io,
-    os::{
-        fd::AsRawFd,
-        unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
-    },
+    os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -239,13 +236,11 @@ impl LogOwner {
         }
         let deadline = Instant::now() + wait;
         loop {
-            // SAFETY: flock on an fd we own; released when `file` is closed.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                break;
-            }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                anyhow::bail!("cannot lock {}: {e}", path.display());
+            // Released when `file` is closed.
+            match longconn_common::flock::try_exclusive(&file) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => anyhow::bail!("cannot lock {}: {e}", path.display()),
             }
             if Instant::now() >= deadline {
                 let owner = read_record(&file).owner.unwrap_or_else(|| "?".into());

@@ -5,12 +5,7 @@
 //! process may give files to it (root, CAP_CHOWN, or a member), otherwise the
 //! files keep their group and one warning says so.
 
-use std::{
-    fs::File,
-    io,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
-    sync::OnceLock,
-};
+use std::{fs::File, io, os::unix::fs::MetadataExt, sync::OnceLock};
 
 use longconn_common::caps;
 
@@ -54,15 +49,13 @@ pub fn choose(explicit: Option<&GroupArg>) -> anyhow::Result<()> {
 }
 
 fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// Whether this process may chown a file it owns to `gid`: root, CAP_CHOWN,
 /// or `gid` is its effective or a supplementary group.
 fn may_use(gid: u32) -> bool {
-    // SAFETY: getegid has no preconditions and cannot fail.
-    let egid = unsafe { libc::getegid() };
+    let egid = rustix::process::getegid().as_raw();
     euid() == 0
         || egid == gid
         || supplementary_groups().contains(&gid)
@@ -70,16 +63,9 @@ fn may_use(gid: u32) -> bool {
 }
 
 fn supplementary_groups() -> Vec<u32> {
-    // SAFETY: getgroups(0, NULL) only returns the count.
-    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
-    let Ok(len) = usize::try_from(n) else {
-        return Vec::new();
-    };
-    let mut groups = vec![0; len];
-    // SAFETY: `groups` has room for `n` gids.
-    let got = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
-    groups.truncate(usize::try_from(got).unwrap_or(0));
-    groups
+    rustix::process::getgroups()
+        .map(|groups| groups.iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default()
 }
 
 /// Gives a freshly created output file to the output group, if one is set
@@ -91,9 +77,8 @@ pub(crate) fn apply_group(file: &File) -> io::Result<()> {
     if file.metadata()?.gid() == group.gid {
         return Ok(());
     }
-    // SAFETY: fchown on an fd we own; uid -1 leaves the owner unchanged.
-    if unsafe { libc::fchown(file.as_raw_fd(), u32::MAX, group.gid) } != 0 {
-        let e = io::Error::last_os_error();
+    // The owner stays; only the group changes.
+    if let Err(e) = std::os::unix::fs::fchown(file, None, Some(group.gid)) {
         return Err(io::Error::new(
             e.kind(),
             format!(

@@ -75,10 +75,9 @@ pub fn path_for(base: &Path) -> PathBuf {
 /// A new, random generation (never 0, which means "no journal").
 pub fn new_generation() -> u64 {
     let mut b = [0u8; 8];
-    // SAFETY: getrandom writes at most b.len() bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let n = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
     let mut g = u64::from_le_bytes(b);
-    if n != b.len() as isize {
+    if n.ok() != Some(b.len()) {
         // No entropy source: time and pid are unique enough for one host.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
