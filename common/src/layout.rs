@@ -588,9 +588,9 @@ mod tests {
 
     #[test]
     fn a_million_generated_records_decode_or_are_rejected_by_length() {
-        let mut g = crate::testgen::Gen::new(2);
+        let mut g = longconn_testgen::Gen::new(2);
         let valid = [0u8; ConnRecord::SIZE];
-        for _ in 0..crate::testgen::CASES {
+        for _ in 0..longconn_testgen::CASES {
             let b = g.bytes(&[&valid, &valid[..100]]);
             match ConnRecord::decode(&b) {
                 Some(r) => {

@@ -18,8 +18,6 @@ pub mod pins;
 pub mod refresh;
 pub mod ring;
 mod sys;
-#[cfg(any(test, feature = "testgen"))]
-pub mod testgen;
 pub mod text;
 pub mod units;
 

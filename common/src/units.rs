@@ -111,8 +111,8 @@ mod tests {
 
     #[test]
     fn a_million_generated_inputs_never_panic_and_errors_name_the_value() {
-        let mut g = crate::testgen::Gen::new(1);
-        for _ in 0..crate::testgen::CASES {
+        let mut g = longconn_testgen::Gen::new(1);
+        for _ in 0..longconn_testgen::CASES {
             let s = g.text(&[
                 "4MiB",
                 "512k",

@@ -91,7 +91,7 @@ mod robustness {
     //! The pin tool's command line and --hooks parser, fed a million inputs.
 
     use clap::Parser;
-    use longconn_common::testgen::{Gen, CASES};
+    use longconn_testgen::{Gen, CASES};
 
     use super::{hooks, Cli};
 

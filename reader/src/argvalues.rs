@@ -91,7 +91,7 @@ mod tests {
         assert!(e.contains("too long"), "{e}");
         assert!(duration("5124095h").is_ok());
         assert!(duration("5124096h").is_err());
-        let mut g = longconn_common::testgen::Gen::new(21);
+        let mut g = longconn_testgen::Gen::new(21);
         for _ in 0..100_000 {
             let ms = g.u64() >> g.below(64);
             if let Ok(d) = duration(&format!("{ms}ms")) {

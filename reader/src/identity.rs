@@ -671,7 +671,7 @@ mod tests {
         let mut buf = String::new();
         assert_eq!(key_value("/sys\\a\u{1f}c\\", 1, &mut buf), Some("c\\"));
         // Any values round-trip, so distinct value lists give distinct keys.
-        let mut g = longconn_common::testgen::Gen::new(8);
+        let mut g = longconn_testgen::Gen::new(8);
         let mut seen = std::collections::HashMap::new();
         for _ in 0..200_000 {
             let n = 1 + g.below(3);

@@ -94,7 +94,7 @@ mod robustness {
     //! and each rejection is one line that names the bad value.
 
     use clap::Parser;
-    use longconn_common::testgen::{Gen, CASES};
+    use longconn_testgen::{Gen, CASES};
 
     use super::Cli;
     use crate::{identity, servicemap::ServiceMap};

@@ -124,7 +124,7 @@ mod tests {
         assert_eq!(escape("\u{7f}\u{9b}\t\r\0"), "\\x7f\\x9b\\x09\\x0d\\x00");
         assert_eq!(escape("x\u{202e}y"), "x\\u{202e}y");
         assert_eq!(escape("é€😀"), "é€😀");
-        let mut g = longconn_common::testgen::Gen::new(12);
+        let mut g = longconn_testgen::Gen::new(12);
         for _ in 0..100_000 {
             let s = g.text(&["a\u{1b}b", "\\\n", "\u{9b}é\u{202e}"]);
             let e = escape(&s);
@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn json_escapes_del_and_c1_and_reads_back_equal() {
-        let mut g = longconn_common::testgen::Gen::new(13);
+        let mut g = longconn_testgen::Gen::new(13);
         let mut cases: Vec<String> = vec!["\u{7f}\u{80}\u{9b}\u{9f}\u{a0}é".into()];
         cases.extend((0..20_000).map(|_| g.text(&["\u{9b}[31m", "\u{c2}\u{7f}", "é\u{85}x"])));
         for s in cases {

@@ -378,7 +378,8 @@ pub fn snapshot<'a>(state: &'a State, live: Live, stats: &SelfStats) -> (Snapsho
 mod tests {
     use super::*;
     use crate::collect::state::IdSyms;
-    use longconn_common::{layout, testgen::Gen};
+    use longconn_common::layout;
+    use longconn_testgen::Gen;
 
     /// The previous implementation: every candidate in memory, stable sort
     /// busiest first, first of each label set, truncated.

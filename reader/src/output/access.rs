@@ -285,7 +285,7 @@ pub(crate) mod testdata {
     use super::AccessEvent;
     use crate::collect::Counters;
     use crate::output::event::EventKind;
-    use longconn_common::testgen::Gen;
+    use longconn_testgen::Gen;
 
     #[derive(Clone, Debug, Default)]
     pub struct OwnedEvent {
@@ -643,7 +643,7 @@ min_rtt_us,workload,service,pid,comm,cgroup_id,container_id,pod_uid,netns_cookie
     /// serde_json value for value) for events with every awkward value.
     #[test]
     fn encoders_equal_the_serde_reference() {
-        let mut g = longconn_common::testgen::Gen::new(23);
+        let mut g = longconn_testgen::Gen::new(23);
         let mut events = vec![fixed(NASTY, 1), fixed("", 2), OwnedEvent::default()];
         events.extend((0..100_000).map(|_| generated(&mut g)));
         events.extend((0..1000).map(realistic));

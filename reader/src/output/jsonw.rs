@@ -225,7 +225,7 @@ pub fn csv_f64(out: &mut Vec<u8>, v: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use longconn_common::testgen::Gen;
+    use longconn_testgen::Gen;
 
     /// Every byte value (as a char) in strings of 1 to 27 bytes, at every
     /// offset: the word-at-a-time scans see it in a full word, in the

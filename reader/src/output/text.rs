@@ -79,7 +79,7 @@ mod tests {
 
     #[test]
     fn rfc3339_micros_equals_chrono() {
-        let mut g = longconn_common::testgen::Gen::new(9);
+        let mut g = longconn_testgen::Gen::new(9);
         let mut got = Vec::new();
         let edges = [
             0i64,
@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn addresses_equal_display() {
-        let mut g = longconn_common::testgen::Gen::new(3);
+        let mut g = longconn_testgen::Gen::new(3);
         let mut got = Vec::new();
         for _ in 0..100_000 {
             let n = g.u64();

@@ -5,7 +5,8 @@
 
 use std::net::IpAddr;
 
-use longconn_common::{layout, testgen::Gen};
+use longconn_common::layout;
+use longconn_testgen::Gen;
 use serde_json::{json, Value as Json};
 
 use super::*;

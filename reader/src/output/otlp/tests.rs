@@ -332,7 +332,7 @@ fn official_schema_accepts_the_output() {
 /// every awkward value, alone and in requests of several events.
 #[test]
 fn logs_request_equals_the_serde_reference() {
-    let mut g = longconn_common::testgen::Gen::new(29);
+    let mut g = longconn_testgen::Gen::new(29);
     let mut events = vec![record(), OwnedEvent::default()];
     events.extend((0..100_000).map(|_| testdata::generated(&mut g)));
     events.extend((0..3000).map(testdata::realistic));
@@ -363,7 +363,7 @@ fn logs_request_equals_the_serde_reference() {
 /// `one_decimal` is `{:.1}`, ties to even included.
 #[test]
 fn one_decimal_equals_std() {
-    let mut g = longconn_common::testgen::Gen::new(31);
+    let mut g = longconn_testgen::Gen::new(31);
     let mut cases = vec![
         0.0,
         -0.0,
