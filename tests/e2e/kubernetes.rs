@@ -145,34 +145,55 @@ fn image_builds_from_scratch_and_its_reader_collects_with_the_daemonset_capabili
     // The container's cgroup below the test's (v1 mirrors removed on drop).
     let rel = relative_cgroup(&env.cgroup);
     let _v1 = v1_trees(&rel);
-    let mut run = Command::new("podman");
-    run.args(["run", "--rm", "--pid=host", "--network=host"])
-        .arg(format!("--cgroup-parent={rel}"))
-        .args(["--read-only", "--security-opt=no-new-privileges"])
-        .arg("--security-opt=seccomp=unconfined")
-        .args([
-            "--ulimit",
-            "nofile=4096:4096",
-            "--ulimit",
-            "nproc=4096:4096",
-        ])
-        .args(["--user", "0:65534", "--cap-drop=all"])
-        .arg(format!("--cap-add={}", caps.join(",")))
-        .arg("--volume=/sys/fs/bpf:/sys/fs/bpf")
-        .arg(format!(
-            "--volume={}:/sys/fs/cgroup:ro",
-            cgroup2_root().display()
-        ))
-        .arg(format!("--volume={}:/data", data.display()))
-        .arg(&image.0)
-        .args(["/usr/bin/longconn-reader", "--pin-dir", &pin, "collect"])
-        .args(["--textfile-dir=/data/textfile", "--state-dir=/data/state"])
-        .args(["--log-dir=/data/log", "--group=65534"])
-        .args(["--workload-labels=workload,namespace,pod,container"]);
-    let said = output(&mut run);
-    let prom_path = data.join("textfile/longconn.prom");
-    prom::promtool_check(&prom_path);
-    let series = prom::parse(&std::fs::read_to_string(&prom_path).unwrap());
+    let reader = |caps: &[String]| {
+        let mut run = Command::new("podman");
+        run.args(["run", "--rm", "--pid=host", "--network=host"])
+            .arg(format!("--cgroup-parent={rel}"))
+            .args(["--read-only", "--security-opt=no-new-privileges"])
+            .arg("--security-opt=seccomp=unconfined")
+            .args([
+                "--ulimit",
+                "nofile=4096:4096",
+                "--ulimit",
+                "nproc=4096:4096",
+            ])
+            .args(["--user", "0:65534", "--cap-drop=all"])
+            .arg(format!("--cap-add={}", caps.join(",")))
+            .arg("--volume=/sys/fs/bpf:/sys/fs/bpf")
+            .arg(format!(
+                "--volume={}:/sys/fs/cgroup:ro",
+                cgroup2_root().display()
+            ))
+            .arg(format!("--volume={}:/data", data.display()))
+            .arg(&image.0)
+            .args(["/usr/bin/longconn-reader", "--pin-dir", &pin, "collect"])
+            .args(["--textfile-dir=/data/textfile", "--state-dir=/data/state"])
+            .args(["--log-dir=/data/log", "--group=65534"])
+            .args(["--workload-labels=workload,namespace,pod,container"]);
+        let said = output(&mut run);
+        let prom_path = data.join("textfile/longconn.prom");
+        prom::promtool_check(&prom_path);
+        let series = prom::parse(&std::fs::read_to_string(&prom_path).unwrap());
+        (series, said)
+    };
+    let unreachable = |series: &prom::Series, reason: &str| {
+        prom::value(
+            series,
+            "longconn_refresh_unreachable_connections",
+            &[("reason", reason)],
+        )
+    };
+    // Each of NET_ADMIN and SYS_PTRACE is needed: without either, the
+    // pod-like namespace's connection cannot be refreshed.
+    for missing in ["NET_ADMIN", "SYS_PTRACE"] {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let (series, said) = reader(&fewer);
+        assert!(
+            unreachable(&series, "netns_unreachable").is_some_and(|n| n >= 1.0),
+            "without {missing} the reader still reached the namespace: {said}"
+        );
+    }
+    let (series, said) = reader(&caps);
     let sent = prom::value(
         &series,
         "longconn_workload_sent_bytes_total",
@@ -184,16 +205,9 @@ fn image_builds_from_scratch_and_its_reader_collects_with_the_daemonset_capabili
         env.workload()
     );
     for reason in ["socket_not_found", "netns_unreachable"] {
-        assert_eq!(
-            prom::value(
-                &series,
-                "longconn_refresh_unreachable_connections",
-                &[("reason", reason)]
-            ),
-            Some(0.0),
-            "{reason}: {said}"
-        );
+        assert_eq!(unreachable(&series, reason), Some(0.0), "{reason}: {said}");
     }
+    let prom_path = data.join("textfile/longconn.prom");
     // node_exporter (gid 65534 in the chart) may read it: group 65534, 0640.
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(&prom_path).unwrap();
