@@ -4,6 +4,7 @@
 mod bound;
 mod busy;
 mod collect;
+mod dashboards;
 mod errors;
 mod faults;
 mod foundation;
@@ -11,6 +12,7 @@ mod hardening_cli;
 mod hardening_pin;
 mod hardening_state;
 mod identity;
+mod kubernetes;
 mod otlp;
 mod package;
 mod promises;

@@ -62,7 +62,7 @@ fn run(cmd: &mut Command) -> String {
 
 /// The directories a runtime made for `rel` (a cgroup path relative to the
 /// cgroup v2 mount) in every cgroup v1 hierarchy; removed on drop.
-struct V1Trees {
+pub struct V1Trees {
     rel: PathBuf,
 }
 
@@ -89,7 +89,7 @@ impl Drop for V1Trees {
 
 /// The test's top cgroup of `rel` (its first component): a hybrid layout
 /// makes the whole path in each v1 hierarchy, parents included.
-fn v1_trees(rel: &str) -> V1Trees {
+pub fn v1_trees(rel: &str) -> V1Trees {
     let top = rel.trim_start_matches('/').split('/').next().unwrap_or("");
     assert!(
         top.starts_with("longconn-test-"),
