@@ -126,7 +126,7 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
 
 /// `--json` of live connections, streamed in map order: a thread reads and
 /// refreshes the map a batch at a time while this one names and renders the
-/// batch before, so the kernel's part (two thirds of the time at 100k
+/// batch before, so the kernel's part (over half the time at 100k
 /// connections) and the rendering overlap, and memory holds a few batches,
 /// not the live set.
 fn stream_json(
