@@ -246,6 +246,30 @@ fn storm(secs: &str, addr: &str) -> Result<Option<String>, String> {
     )))
 }
 
+/// Keeps a connected pair under `name`; its reply line names the ports.
+fn keep_pair(
+    pairs: &mut HashMap<String, Pair>,
+    name: &str,
+    client: TcpStream,
+    server: TcpStream,
+    server_port: u16,
+    addr: &str,
+) -> Result<Option<String>, String> {
+    let client_port = client.local_addr().map_err(|x| x.to_string())?.port();
+    pairs.insert(
+        name.to_string(),
+        Pair {
+            client,
+            server,
+            c2s: 0,
+            s2c: 0,
+        },
+    );
+    Ok(Some(format!(
+        r#"{{"name":"{name}","client_port":{client_port},"server_port":{server_port},"addr":"{addr}"}}"#
+    )))
+}
+
 fn run(
     line: &str,
     pairs: &mut HashMap<String, Pair>,
@@ -260,19 +284,7 @@ fn run(
             let port = listener.local_addr().map_err(e)?.port();
             let client = TcpStream::connect(listener.local_addr().map_err(e)?).map_err(e)?;
             let (server, _) = listener.accept().map_err(e)?;
-            let client_port = client.local_addr().map_err(e)?.port();
-            pairs.insert(
-                name.to_string(),
-                Pair {
-                    client,
-                    server,
-                    c2s: 0,
-                    s2c: 0,
-                },
-            );
-            Ok(Some(format!(
-                r#"{{"name":"{name}","client_port":{client_port},"server_port":{port},"addr":"{addr}"}}"#
-            )))
+            keep_pair(pairs, name, client, server, port, &addr)
         }
         ["bpair", name, addr, cdev, sdev] => {
             let listener = bind(addr).map_err(e)?;
@@ -280,20 +292,7 @@ fn run(
             let target = listener.local_addr().map_err(e)?;
             let client = connect_bound(target, cdev).map_err(e)?;
             let (server, _) = listener.accept().map_err(e)?;
-            let client_port = client.local_addr().map_err(e)?.port();
-            pairs.insert(
-                name.to_string(),
-                Pair {
-                    client,
-                    server,
-                    c2s: 0,
-                    s2c: 0,
-                },
-            );
-            Ok(Some(format!(
-                r#"{{"name":"{name}","client_port":{client_port},"server_port":{},"addr":"{addr}"}}"#,
-                target.port()
-            )))
+            keep_pair(pairs, name, client, server, target.port(), addr)
         }
         ["send", name, dir, n] => {
             let n: u64 = n.parse().map_err(|_| format!("bad byte count {n}"))?;
