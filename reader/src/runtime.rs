@@ -139,18 +139,7 @@ impl<'r> Resolver<'r> {
     fn containerd(&self, id: &str) -> Option<Names> {
         CONTAINERD_TASKS.iter().find_map(|dir| {
             let a = annotations(&self.roots.path(dir).join(id).join("config.json"))?;
-            let get = |k: &str| a.get(k).cloned().unwrap_or_default();
-            let names = Names {
-                namespace: get("io.kubernetes.cri.sandbox-namespace"),
-                pod: get("io.kubernetes.cri.sandbox-name"),
-                pod_uid: get("io.kubernetes.cri.sandbox-uid"),
-                // A sandbox (the pod's pause container) has no container name.
-                container: match a.get("io.kubernetes.cri.container-type") {
-                    Some(t) if t == "sandbox" => String::new(),
-                    _ => get("io.kubernetes.cri.container-name"),
-                },
-            };
-            names.is_kubernetes().then_some(names)
+            CONTAINERD_KEYS.names(&a)
         })
     }
 
@@ -160,19 +149,7 @@ impl<'r> Resolver<'r> {
             let Some(a) = annotations(&config) else {
                 continue;
             };
-            let get = |k: &str| a.get(k).cloned().unwrap_or_default();
-            // Not io.kubernetes.cri-o.ContainerName: it holds
-            // k8s_<ctr>_<pod>_<ns>_<uid>_<n>.
-            let names = Names {
-                namespace: get("io.kubernetes.pod.namespace"),
-                pod: get("io.kubernetes.pod.name"),
-                pod_uid: get("io.kubernetes.pod.uid"),
-                container: match a.get("io.kubernetes.cri-o.ContainerType") {
-                    Some(t) if t == "sandbox" => String::new(),
-                    _ => get("io.kubernetes.container.name"),
-                },
-            };
-            if names.is_kubernetes() {
+            if let Some(names) = CRIO_KEYS.names(&a) {
                 return Some(names);
             }
         }
@@ -257,6 +234,52 @@ fn read_small(path: &Path) -> Option<Vec<u8>> {
 }
 
 /// The annotations of an OCI runtime spec (`config.json`).
+/// The OCI annotations a CRI runtime sets on a pod's container.
+struct CriKeys {
+    namespace: &'static str,
+    pod: &'static str,
+    pod_uid: &'static str,
+    container: &'static str,
+    /// "sandbox" for the pod's pause container, which has no container name.
+    container_type: &'static str,
+}
+
+/// containerd's CRI plugin.
+const CONTAINERD_KEYS: CriKeys = CriKeys {
+    namespace: "io.kubernetes.cri.sandbox-namespace",
+    pod: "io.kubernetes.cri.sandbox-name",
+    pod_uid: "io.kubernetes.cri.sandbox-uid",
+    container: "io.kubernetes.cri.container-name",
+    container_type: "io.kubernetes.cri.container-type",
+};
+
+/// CRI-O. Not io.kubernetes.cri-o.ContainerName: it holds
+/// k8s_<ctr>_<pod>_<ns>_<uid>_<n>.
+const CRIO_KEYS: CriKeys = CriKeys {
+    namespace: "io.kubernetes.pod.namespace",
+    pod: "io.kubernetes.pod.name",
+    pod_uid: "io.kubernetes.pod.uid",
+    container: "io.kubernetes.container.name",
+    container_type: "io.kubernetes.cri-o.ContainerType",
+};
+
+impl CriKeys {
+    /// The names in `a`, if they name a Kubernetes pod.
+    fn names(&self, a: &HashMap<String, String>) -> Option<Names> {
+        let get = |k: &str| a.get(k).cloned().unwrap_or_default();
+        let names = Names {
+            namespace: get(self.namespace),
+            pod: get(self.pod),
+            pod_uid: get(self.pod_uid),
+            container: match a.get(self.container_type) {
+                Some(t) if t == "sandbox" => String::new(),
+                _ => get(self.container),
+            },
+        };
+        names.is_kubernetes().then_some(names)
+    }
+}
+
 fn annotations(path: &Path) -> Option<HashMap<String, String>> {
     #[derive(serde::Deserialize)]
     struct Spec {

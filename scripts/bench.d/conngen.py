@@ -21,17 +21,9 @@ import struct
 import sys
 
 
-def main():
-    addr, pairs = sys.argv[1], int(sys.argv[2])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if 2 * pairs + 16 > hard:
-        sys.exit(f"conngen: {pairs} pairs need {2 * pairs + 16} files, limit is {hard}")
-    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    lst.bind((addr, 0))
-    lst.listen(4096)
-    port = lst.getsockname()[1]
-    socks = []
+def closer(socks):
+    """A SIGTERM handler (and final step) that closes `socks` with SO_LINGER 0
+    (RST: no TIME_WAIT left behind) and exits."""
     linger = struct.pack("ii", 1, 0)
 
     def close_all(*_):
@@ -44,6 +36,43 @@ def main():
         socks.clear()
         sys.exit(0)
 
+    return close_all
+
+
+def hold(socks, close_all, ready):
+    """Prints `ready`, then holds the pairs (client, server, client, ...) in
+    `socks` until stdin reaches EOF; each "poke" line makes every pair send 10
+    bytes each way (read by the peer) and prints {"poked": n}."""
+    print(json.dumps(ready), flush=True)
+    pairs_list = [(socks[i], socks[i + 1]) for i in range(0, len(socks), 2)]
+    try:
+        for line in sys.stdin:
+            if line.strip() != "poke":
+                continue
+            for c, s in pairs_list:
+                c.sendall(b"p" * 10)
+                s.sendall(b"q" * 10)
+            for c, s in pairs_list:
+                s.recv(10, socket.MSG_WAITALL)
+                c.recv(10, socket.MSG_WAITALL)
+            print(json.dumps({"poked": len(pairs_list)}), flush=True)
+    except KeyboardInterrupt:
+        pass
+    close_all()
+
+
+def main():
+    addr, pairs = sys.argv[1], int(sys.argv[2])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if 2 * pairs + 16 > hard:
+        sys.exit(f"conngen: {pairs} pairs need {2 * pairs + 16} files, limit is {hard}")
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lst.bind((addr, 0))
+    lst.listen(4096)
+    port = lst.getsockname()[1]
+    socks = []
+    close_all = closer(socks)
     signal.signal(signal.SIGTERM, close_all)
     payload_c, payload_s = b"c" * 100, b"s" * 100
     backlog = []
@@ -61,22 +90,7 @@ def main():
         s.recv(100, socket.MSG_WAITALL)
         c.recv(100, socket.MSG_WAITALL)
     backlog.clear()
-    print(json.dumps({"ready": pairs, "addr": addr, "port": port}), flush=True)
-    pairs_list = [(socks[i], socks[i + 1]) for i in range(0, len(socks), 2)]
-    try:
-        for line in sys.stdin:
-            if line.strip() != "poke":
-                continue
-            for c, s in pairs_list:
-                c.sendall(b"p" * 10)
-                s.sendall(b"q" * 10)
-            for c, s in pairs_list:
-                s.recv(10, socket.MSG_WAITALL)
-                c.recv(10, socket.MSG_WAITALL)
-            print(json.dumps({"poked": pairs}), flush=True)
-    except KeyboardInterrupt:
-        pass
-    close_all()
+    hold(socks, close_all, {"ready": pairs, "addr": addr, "port": port})
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ Used by the `names` benchmark: many containers' connections from a few
 processes (one process per container would cost 500 Python interpreters).
 """
 
-import json
 import os
 import resource
 import signal
 import socket
-import struct
 import sys
+
+from conngen import closer, hold
 
 
 def main():
@@ -28,18 +28,8 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if 2 * pairs * len(cgroups) + 16 > hard:
         sys.exit(f"namedgen: {pairs * len(cgroups)} pairs need more than {hard} files")
-    socks, linger = [], struct.pack("ii", 1, 0)
-
-    def close_all(*_):
-        for s in socks:
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-                s.close()
-            except OSError:
-                pass
-        socks.clear()
-        sys.exit(0)
-
+    socks = []
+    close_all = closer(socks)
     signal.signal(signal.SIGTERM, close_all)
     for cg in cgroups:
         with open(os.path.join(cg, "cgroup.procs"), "w") as f:
@@ -58,23 +48,7 @@ def main():
             s.recv(100, socket.MSG_WAITALL)
             c.recv(100, socket.MSG_WAITALL)
         lst.close()
-    total = len(socks) // 2
-    print(json.dumps({"ready": total}), flush=True)
-    pairs_list = [(socks[i], socks[i + 1]) for i in range(0, len(socks), 2)]
-    try:
-        for line in sys.stdin:
-            if line.strip() != "poke":
-                continue
-            for c, s in pairs_list:
-                c.sendall(b"p" * 10)
-                s.sendall(b"q" * 10)
-            for c, s in pairs_list:
-                s.recv(10, socket.MSG_WAITALL)
-                c.recv(10, socket.MSG_WAITALL)
-            print(json.dumps({"poked": total}), flush=True)
-    except KeyboardInterrupt:
-        pass
-    close_all()
+    hold(socks, close_all, {"ready": len(socks) // 2})
 
 
 if __name__ == "__main__":

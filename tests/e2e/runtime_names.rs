@@ -36,6 +36,19 @@ struct Want<'a> {
     container_id: &'a str,
 }
 
+impl Want<'_> {
+    /// The names every output must carry, by their key.
+    fn names(&self) -> [(&'static str, &str); 5] {
+        [
+            ("namespace", self.namespace),
+            ("pod", self.pod),
+            ("container", self.container),
+            ("pod_uid", self.pod_uid),
+            ("container_id", self.container_id),
+        ]
+    }
+}
+
 const LABELS: &str = "workload,namespace,pod,container";
 
 fn runtime_root(root: &Path) -> [String; 2] {
@@ -75,13 +88,7 @@ fn assert_named(env: &TestEnv, root: &Path, series: &prom::Series, want: &Want<'
         .collect();
     assert!(!mine.is_empty(), "dump --json has no {want:?}: {dump:#?}");
     for c in &mine {
-        for (k, v) in [
-            ("namespace", want.namespace),
-            ("pod", want.pod),
-            ("container", want.container),
-            ("pod_uid", want.pod_uid),
-            ("container_id", want.container_id),
-        ] {
+        for (k, v) in want.names() {
             assert_eq!(c[k].as_str().unwrap_or(""), v, "dump --json {k} of {c}");
         }
     }
@@ -128,13 +135,7 @@ fn assert_named(env: &TestEnv, root: &Path, series: &prom::Series, want: &Want<'
             .collect();
         assert!(!mine.is_empty(), "{what}: no record of {want:?}");
         for r in mine {
-            for (k, v) in [
-                ("namespace", want.namespace),
-                ("pod", want.pod),
-                ("container", want.container),
-                ("pod_uid", want.pod_uid),
-                ("container_id", want.container_id),
-            ] {
+            for (k, v) in want.names() {
                 // Compact forms leave empty names out.
                 let got = r.get(k).map(String::as_str).unwrap_or("");
                 assert_eq!(got, v, "{what}: {k} of {r:?}");
