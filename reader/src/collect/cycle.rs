@@ -292,7 +292,7 @@ pub fn apply(
     let mut close_prev: BTreeMap<u64, ConnState> = BTreeMap::new();
     let mut vanished: Vec<(u64, ConnState)> = Vec::new();
     let mut scan = prev.scan();
-    let mut pending = scan.next().transpose()?;
+    let mut at = scan.advance()?;
     let mut left = |cookie: u64, mut c: ConnState, state: &mut State| {
         relabel(state, &inp, &mut c);
         if closes.contains_key(&cookie) {
@@ -302,34 +302,40 @@ pub fn apply(
         }
     };
     for &(cookie, r) in &live {
-        while let Some((k, c)) = pending.take_if(|(k, _)| *k < cookie) {
-            keep(Kept::Gone(k))?;
-            left(k, c, state);
-            pending = scan.next().transpose()?;
+        while let Some(k) = at.filter(|k| *k < cookie) {
+            if let Some(c) = scan.current() {
+                keep(Kept::Gone(k))?;
+                left(k, *c, state);
+            }
+            at = scan.advance()?;
         }
-        let stored = match pending.take_if(|(k, _)| *k == cookie) {
-            Some((_, c)) => {
-                pending = scan.next().transpose()?;
+        // Last cycle's state, read in place; copied only to relabel.
+        let stored = if at == Some(cookie) {
+            scan.current()
+        } else {
+            None
+        };
+        let relabeled = match (stored, inp.relabel) {
+            (Some(s), Some(_)) => {
+                let mut c = *s;
+                relabel(state, &inp, &mut c);
                 Some(c)
             }
-            None => None,
+            _ => None,
         };
-        let mut p = stored;
-        if let Some(c) = &mut p {
-            relabel(state, &inp, c);
-        }
-        let named = match &p {
+        let p = relabeled.as_ref().or(stored);
+        let named = match p {
             Some(p) => (p.id, p.wkey, p.skey),
             None => name(state, &inp, r),
         };
-        let mut c = conn_state(r, p.as_ref(), named, &now);
+        let mut c = conn_state(r, p, named, &now);
         if p.is_none() {
             open(state, &c);
         }
         // A long connection's record: the first, any change, else a
         // heartbeat every `idle_record_ns`.
         let long = now.boot_ns.saturating_sub(c.start_ns) >= inp.long_threshold_ns;
-        let changed = c.last != c.reported || p.as_ref().is_some_and(|p| p.state != c.state);
+        let changed = c.last != c.reported || p.is_some_and(|p| p.state != c.state);
         let heartbeat = now.boot_ns.saturating_sub(c.recorded_ns) >= inp.idle_record_ns;
         if long && (c.seq == 0 || changed || heartbeat) {
             c.seq += 1;
@@ -348,12 +354,17 @@ pub fn apply(
             c.reported = c.last;
             c.recorded_ns = now.boot_ns;
         }
-        keep(Kept::Live(cookie, stored.as_ref(), &c))?;
+        keep(Kept::Live(cookie, stored, &c))?;
+        if stored.is_some() {
+            at = scan.advance()?;
+        }
     }
-    while let Some((k, c)) = pending.take() {
-        keep(Kept::Gone(k))?;
-        left(k, c, state);
-        pending = scan.next().transpose()?;
+    while let Some(k) = at {
+        if let Some(c) = scan.current() {
+            keep(Kept::Gone(k))?;
+            left(k, *c, state);
+        }
+        at = scan.advance()?;
     }
     drop(scan);
 

@@ -707,6 +707,22 @@ impl Dec<'_> {
     }
 }
 
+/// Where a connection record's eight names end it (see `conn_of`).
+const SYMS_AT: usize = CONN - 8 * 4;
+
+/// Checks one connection record's names against a table of `strings`
+/// entries without decoding the rest: what `conn_of` would refuse of a
+/// record whose checksum holds.
+pub(super) fn check_conn(b: &[u8; CONN], strings: usize) -> R<()> {
+    for s in b[SYMS_AT..].chunks_exact(4) {
+        let v = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+        if v as usize >= strings {
+            return Err(format!("a connection refers to name #{v} of {strings}"));
+        }
+    }
+    Ok(())
+}
+
 /// Decodes one connection record, checking its names against a table of
 /// `strings` entries.
 pub(super) fn conn_of(b: &[u8; CONN], strings: usize) -> R<(u64, ConnState)> {
@@ -1057,6 +1073,23 @@ mod tests {
         let mut prev = super::super::journal::PrevFile::new(base, None, names);
         prev.check(&mut head, true).unwrap().unwrap();
         (head, prev)
+    }
+
+    #[test]
+    fn check_conn_refuses_exactly_what_conn_of_refuses() {
+        let s = sample();
+        let strings = s.strings.len();
+        for (cookie, c) in s.conns.iter() {
+            let good = conn_bytes(cookie, c);
+            assert!(check_conn(&good, strings).is_ok() && conn_of(&good, strings).is_ok());
+            for i in 0..8 {
+                let mut c = *c;
+                *c.syms_mut()[i] = strings as u32;
+                let bad = conn_bytes(cookie, &c);
+                assert!(conn_of(&bad, strings).is_err(), "name {i}");
+                assert!(check_conn(&bad, strings).is_err(), "name {i}");
+            }
+        }
     }
 
     #[test]

@@ -44,6 +44,11 @@ impl Conns {
         }
     }
 
+    pub fn as_slice(&self) -> &[(u64, ConnState)] {
+        &self.v
+    }
+
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (u64, &ConnState)> {
         self.v.iter().map(|(k, c)| (*k, c))
     }

@@ -482,10 +482,53 @@ impl std::fmt::Debug for Prev {
 
 impl Prev {
     /// The connections in cookie order.
-    pub fn scan(&self) -> Box<dyn Iterator<Item = io::Result<(u64, ConnState)>> + '_> {
+    pub fn scan(&self) -> PrevScan<'_> {
         match self {
-            Prev::Mem(c) => Box::new(c.iter().map(|(k, c)| Ok((k, *c)))),
-            Prev::File(f) => Box::new(f.scan()),
+            Prev::Mem(c) => PrevScan::Mem(c.as_slice(), None),
+            Prev::File(f) => PrevScan::File(f.scan()),
+        }
+    }
+}
+
+/// Last cycle's connections in cookie order, each read in place: `advance`
+/// to the next, then `current` (see `journal::Scan`); or as an iterator of
+/// copies.
+pub enum PrevScan<'a> {
+    /// The remaining connections, and the index of the current one.
+    Mem(&'a [(u64, ConnState)], Option<usize>),
+    File(journal::Scan),
+}
+
+impl PrevScan<'_> {
+    /// Moves to the next connection: its cookie, or None past the last.
+    pub fn advance(&mut self) -> io::Result<Option<u64>> {
+        match self {
+            PrevScan::Mem(v, at) => {
+                let i = at.map_or(0, |i| i + 1);
+                *at = Some(i);
+                Ok(v.get(i).map(|(k, _)| *k))
+            }
+            PrevScan::File(f) => f.advance(),
+        }
+    }
+
+    /// The connection `advance` last moved to (None before the first
+    /// `advance`; past the last, None or the last one).
+    pub fn current(&self) -> Option<&ConnState> {
+        match self {
+            PrevScan::Mem(v, at) => at.and_then(|i| v.get(i)).map(|(_, c)| c),
+            PrevScan::File(f) => Some(f.current()),
+        }
+    }
+}
+
+impl Iterator for PrevScan<'_> {
+    type Item = io::Result<(u64, ConnState)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.advance() {
+            Ok(Some(k)) => self.current().map(|c| Ok((k, *c))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
         }
     }
 }
