@@ -485,7 +485,7 @@ impl Prev {
     pub fn scan(&self) -> PrevScan<'_> {
         match self {
             Prev::Mem(c) => PrevScan::Mem(c.as_slice(), None),
-            Prev::File(f) => PrevScan::File(f.scan()),
+            Prev::File(f) => PrevScan::File(Box::new(f.scan())),
         }
     }
 }
@@ -496,7 +496,7 @@ impl Prev {
 pub enum PrevScan<'a> {
     /// The remaining connections, and the index of the current one.
     Mem(&'a [(u64, ConnState)], Option<usize>),
-    File(journal::Scan),
+    File(Box<journal::Scan>),
 }
 
 impl PrevScan<'_> {
