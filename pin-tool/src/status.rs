@@ -35,8 +35,25 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
         }
     );
 
+    // Every map of the object is pinned (pins::MAPS): one missing means a
+    // pin dir someone half-removed; readers would refuse it.
+    let missing: Vec<&str> = pins::MAPS
+        .iter()
+        .map(|(_, pin)| *pin)
+        .filter(|pin| !pin_dir.join(pin).exists())
+        .collect();
+    if missing.is_empty() {
+        println!("maps:         {} pinned", pins::MAPS.len());
+    } else {
+        println!(
+            "maps:         {} of {} pinned; MISSING: {}",
+            pins::MAPS.len() - missing.len(),
+            pins::MAPS.len(),
+            missing.join(", ")
+        );
+    }
     let refresh = pin_dir.join(pins::REFRESH).exists();
-    let mut healthy = refresh;
+    let mut healthy = refresh && missing.is_empty();
     println!(
         "link:         {:<24} {}",
         pins::REFRESH,

@@ -105,6 +105,24 @@ fn group_member_cannot_detach_and_status_says_links_need_root() {
         r.stderr
     );
     advice_names_pin_dir(&r.stderr, &env.pin_dir);
+    let maps = longconn_common::pins::MAPS.len();
+    assert!(
+        r.stdout.contains(&format!("maps:         {maps} pinned\n")),
+        "{}",
+        r.stdout
+    );
+    // A map pin removed by hand is named, and the pin dir is unhealthy.
+    fs::remove_file(env.pin_dir.join("netns")).unwrap();
+    let r = run(env.pin_cmd().arg("status"));
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(&format!(
+            "maps:         {} of {maps} pinned; MISSING: netns\n",
+            maps - 1
+        )),
+        "{}",
+        r.stdout
+    );
 
     let r = run(env.pin_cmd().arg("detach"));
     assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
