@@ -10,6 +10,7 @@ mod fsperm;
 mod human;
 mod identity;
 mod output;
+mod peermap;
 mod runtime;
 mod servicemap;
 mod termsafe;
@@ -57,6 +58,10 @@ enum Command {
     Collect(collect::CollectArgs),
     /// List live connections, busiest first (like `ss -ti`, from the pinned map).
     Dump(dump::DumpArgs),
+    /// Turn `kubectl get pods,services,endpointslices -A -o json` (stdin)
+    /// into a --services map (stdout) naming pod IPs namespace/pod and
+    /// service ClusterIP:port and endpoints namespace/service.
+    ServicesFromKubectl(peermap::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Collect(args) => collect::run(&cli.pin_dir, args),
         Command::Dump(args) => dump::run(&cli.pin_dir, args),
+        Command::ServicesFromKubectl(args) => peermap::run(args),
     };
     match result {
         Ok(code) => code,
