@@ -4,6 +4,7 @@
 
 mod argvalues;
 mod clock;
+mod cni;
 mod collect;
 mod dump;
 mod fsperm;

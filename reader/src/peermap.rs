@@ -237,7 +237,11 @@ impl Peers {
     /// list implies (`PodList` items carry none).
     fn add(&mut self, raw: &RawValue, kind: &str) -> anyhow::Result<()> {
         let head: Head = serde_json::from_str(raw.get())?;
-        let kind = if head.kind.is_empty() { kind } else { &head.kind };
+        let kind = if head.kind.is_empty() {
+            kind
+        } else {
+            &head.kind
+        };
         if let Some(items) = head.items {
             let implied = kind.strip_suffix("List").unwrap_or("");
             for (i, item) in items.iter().enumerate() {
@@ -319,7 +323,9 @@ impl Peers {
         };
         for ep in &e.endpoints {
             for addr in &ep.addresses {
-                let Some(ip) = self.address(addr) else { continue };
+                let Some(ip) = self.address(addr) else {
+                    continue;
+                };
                 for port in e.ports.iter().filter(|p| p.is_tcp()) {
                     self.endpoints
                         .insert((ip, port.port, ns.clone(), name.clone()));
@@ -393,10 +399,15 @@ mod tests {
     /// tests/data/kubectl: real recorded kubectl/API output (see its README).
     fn recorded() -> String {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/kubectl");
-        ["pods.json", "service-clusterip.json", "service-headless.json", "endpointslices.json"]
-            .iter()
-            .map(|f| std::fs::read_to_string(format!("{dir}/{f}")).unwrap())
-            .collect()
+        [
+            "pods.json",
+            "service-clusterip.json",
+            "service-headless.json",
+            "endpointslices.json",
+        ]
+        .iter()
+        .map(|f| std::fs::read_to_string(format!("{dir}/{f}")).unwrap())
+        .collect()
     }
 
     fn csv(text: &str) -> String {
@@ -410,7 +421,10 @@ mod tests {
     #[test]
     fn the_recorded_documents_give_the_golden_map() {
         let got = csv(&recorded());
-        let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/kubectl/services.csv");
+        let golden = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/data/kubectl/services.csv"
+        );
         if std::env::var_os("LONGCONN_BLESS").is_some() {
             std::fs::write(golden, &got).unwrap();
         }
@@ -421,13 +435,25 @@ mod tests {
             m.lookup(ip.parse().unwrap(), port)
                 .map(|r| format!("{}/{}", r.namespace, r.name))
         };
-        assert_eq!(name("10.47.248.116", 4001).as_deref(), Some("default/dictionary1"));
+        assert_eq!(
+            name("10.47.248.116", 4001).as_deref(),
+            Some("default/dictionary1")
+        );
         assert_eq!(name("10.47.248.116", 4002), None);
         assert_eq!(name("10.244.0.5", 8080).as_deref(), Some("default/t1"));
         assert_eq!(name("10.244.0.7", 1).as_deref(), Some("default/t2"));
-        assert_eq!(name("10.244.0.3", 9153).as_deref(), Some("kube-system/kube-dns"));
-        assert_eq!(name("10.244.0.3", 53).as_deref(), Some("kube-system/kube-dns"));
-        assert_eq!(name("172.18.0.2", 6443).as_deref(), Some("default/kubernetes"));
+        assert_eq!(
+            name("10.244.0.3", 9153).as_deref(),
+            Some("kube-system/kube-dns")
+        );
+        assert_eq!(
+            name("10.244.0.3", 53).as_deref(),
+            Some("kube-system/kube-dns")
+        );
+        assert_eq!(
+            name("172.18.0.2", 6443).as_deref(),
+            Some("default/kubernetes")
+        );
     }
 
     /// The same objects in any order, as one List or as typed lists, give
@@ -459,16 +485,24 @@ mod tests {
             })
             .rev()
             .collect();
-        let list = format!(r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#, items.join(","));
+        let list = format!(
+            r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#,
+            items.join(",")
+        );
         assert_eq!(csv(&list), one);
     }
 
     fn recorded_docs() -> Vec<String> {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/kubectl");
-        ["pods.json", "service-clusterip.json", "service-headless.json", "endpointslices.json"]
-            .iter()
-            .map(|f| std::fs::read_to_string(format!("{dir}/{f}")).unwrap())
-            .collect()
+        [
+            "pods.json",
+            "service-clusterip.json",
+            "service-headless.json",
+            "endpointslices.json",
+        ]
+        .iter()
+        .map(|f| std::fs::read_to_string(format!("{dir}/{f}")).unwrap())
+        .collect()
     }
 
     /// hostNetwork and finished pods, headless and ExternalName services,
@@ -540,7 +574,10 @@ mod tests {
           {"kind":"EndpointSlice","metadata":{"namespace":"n","labels":{"kubernetes.io/service-name":"b"}},"addressType":"IPv4","endpoints":[{"addresses":["10.1.0.8"]}],"ports":[{"port":80}]},
           {"kind":"EndpointSlice","metadata":{"namespace":"n","labels":{"kubernetes.io/service-name":"a"}},"addressType":"IPv4","endpoints":[{"addresses":["10.1.0.8"]}],"ports":[{"port":80}]}]}"#;
         let got = csv(doc);
-        assert!(got.contains("10.1.0.8,80,a,n\n") && !got.contains(",b,"), "{got}");
+        assert!(
+            got.contains("10.1.0.8,80,a,n\n") && !got.contains(",b,"),
+            "{got}"
+        );
     }
 
     /// Bad input is one line naming the document and item.

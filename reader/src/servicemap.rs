@@ -195,6 +195,7 @@ impl ServiceMap {
     }
 
     /// How many rules the map holds.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.rules.len()
     }
@@ -211,10 +212,11 @@ impl ServiceMap {
     /// The first rule matching `ip:port`.
     pub fn lookup(&self, ip: IpAddr, port: u16) -> Option<&Rule> {
         let ip = canonical(ip);
-        let host = self
-            .hosts
-            .get(&ip)
-            .and_then(|ix| ix.iter().copied().find(|&i| self.rules[i].matches(ip, port)));
+        let host = self.hosts.get(&ip).and_then(|ix| {
+            ix.iter()
+                .copied()
+                .find(|&i| self.rules[i].matches(ip, port))
+        });
         let before = host.unwrap_or(usize::MAX);
         let wide = self
             .wide
@@ -325,7 +327,11 @@ mod tests {
         .unwrap();
         m.extend([
             Rule::host("10.0.0.5".parse().unwrap(), "cni5".into(), "x".into()),
-            Rule::host("::ffff:10.0.0.7".parse().unwrap(), "cni7".into(), "x".into()),
+            Rule::host(
+                "::ffff:10.0.0.7".parse().unwrap(),
+                "cni7".into(),
+                "x".into(),
+            ),
         ]);
         let name = |ip: &str, port| m.lookup(ip.parse().unwrap(), port).map(|r| r.name.as_str());
         for (ip, port, want) in [
