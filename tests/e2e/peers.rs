@@ -65,19 +65,16 @@ struct Peer {
 fn assert_peers_named(env: &TestEnv, dump_args: &[&str], series: &prom::Series, peers: &[Peer]) {
     let dump = env.dump_json(dump_args);
     for p in peers {
-        let port = p.port.to_string();
         for (dir, addr_key, port_key) in [
             ("outbound", "remote_addr", "remote_port"),
             ("inbound", "local_addr", "local_port"),
         ] {
             let c = dump
                 .iter()
-                .find(|c| {
-                    c["direction"] == dir
-                        && c[addr_key] == p.addr
-                        && c[port_key].to_string() == port
-                })
-                .unwrap_or_else(|| panic!("dump --json: no {dir} {}:{port}: {dump:#?}", p.addr));
+                .find(|c| c["direction"] == dir && c[addr_key] == p.addr && c[port_key] == p.port)
+                .unwrap_or_else(|| {
+                    panic!("dump --json: no {dir} {}:{}: {dump:#?}", p.addr, p.port)
+                });
             assert_eq!(c["service"], p.service.as_str(), "dump service of {c}");
             assert_eq!(c["service_namespace"], p.namespace, "dump namespace of {c}");
             let mut labels = vec![("service", p.service.as_str()), ("direction", dir)];
