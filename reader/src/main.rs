@@ -213,6 +213,28 @@ mod robustness {
         }
     }
 
+    /// `services-from-kubectl`: kubectl documents, mutated. Every output is
+    /// a map the reader accepts; every rejection is one line.
+    #[test]
+    fn kubectl_documents() {
+        let mut g = Gen::new(7);
+        let seeds = [
+            r#"{"kind":"List","items":[{"kind":"Pod","metadata":{"name":"a","namespace":"n"},"status":{"podIPs":[{"ip":"10.0.0.1"}]}}]}"#,
+            r#"{"kind":"Service","metadata":{"name":"s","namespace":"n"},"spec":{"clusterIPs":["10.96.0.1","fd00::1"],"ports":[{"port":80},{"port":53,"protocol":"UDP"}]}}"#,
+            r#"{"kind":"EndpointSliceList","items":[{"metadata":{"namespace":"n","labels":{"kubernetes.io/service-name":"s"}},"addressType":"IPv4","endpoints":[{"addresses":["10.0.0.2"]}],"ports":[{"port":8080}]}]}"#,
+            r#"{"kind":"PodList","items":[{"metadata":{"name":"h","namespace":"n"},"spec":{"hostNetwork":true},"status":{"podIP":"10.0.0.3"}}]}"#,
+        ];
+        for _ in 0..CASES / 10 {
+            let text = g.text(&seeds);
+            match crate::peermap::convert_for_tests(&text) {
+                Ok(csv) => {
+                    ServiceMap::parse(&csv, "out.csv").unwrap_or_else(|e| panic!("{text}: {e}"));
+                }
+                Err(e) => assert_eq!(e.lines().count(), 1, "one line: {e:?}"),
+            }
+        }
+    }
+
     #[test]
     fn labels_and_cgroup_paths() {
         let mut g = Gen::new(5);

@@ -51,13 +51,23 @@ use serde_json::value::RawValue;
 /// `services-from-kubectl` takes no options: stdin in, stdout out.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
+Input: one or more JSON documents on stdin: a List (what kubectl prints), a
+PodList/ServiceList/EndpointSliceList, or single objects; other kinds and
+unknown fields are ignored.
+
+Output, sorted (first match wins in the map):
+  1. service ClusterIP,port    -> service, namespace (TCP ports; headless
+                                  and ExternalName services have none)
+  2. endpoint address,port     -> the endpointslice's service
+  3. pod address/32 (/128),*   -> pod, namespace (hostNetwork and finished
+                                  pods skipped)
+A summary goes to stderr. Bad JSON: one line naming document and item, exit 1.
+
 Example (the CronJob in packaging/kubernetes/peer-map-cronjob.yaml):
   kubectl get pods,services,endpointslices -A -o json \\
     | longconn-reader services-from-kubectl > services.csv
   longconn-reader collect --services services.csv
-
-The output's order (service ClusterIPs, then service endpoints, then pod
-addresses; first match wins) is explained in README, \"On Kubernetes\".")]
+Why this order: README, \"On Kubernetes\", \"Peer names\".")]
 pub struct Args {}
 
 #[derive(Deserialize)]
@@ -204,6 +214,15 @@ pub fn run(_args: &Args) -> anyhow::Result<ExitCode> {
         c.bad_addresses
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `convert`, for the reader's robustness tests: Ok(lines) or the error line.
+#[cfg(test)]
+pub fn convert_for_tests(text: &str) -> Result<String, String> {
+    let mut out = Vec::new();
+    let p = convert(text).map_err(|e| format!("{e:#}"))?;
+    write_csv(&mut out, &p).map_err(|e| e.to_string())?;
+    String::from_utf8(out).map_err(|e| e.to_string())
 }
 
 /// The peer map of every document in `text`.
