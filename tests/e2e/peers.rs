@@ -320,3 +320,100 @@ fn a_same_node_pod_is_named_from_its_cni_result() {
     collect(&env, &extra);
     assert_logs_named(&env, &peers);
 }
+
+/// The CronJob's own script (peer-map-cronjob.yaml), run by a POSIX shell
+/// with the real reader and a stand-in `kubectl` that prints the recorded
+/// documents and records what it is asked to apply: the ConfigMap gets
+/// exactly the golden map; when kubectl's output is not JSON the script
+/// fails before applying anything (the last ConfigMap stays).
+#[test]
+fn the_cronjob_script_turns_kubectl_output_into_the_configmap() {
+    let yaml = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/kubernetes/peer-map-cronjob.yaml"),
+    )
+    .unwrap();
+    // The block scalar after `- |` in the peer-map container's command.
+    let lines: Vec<&str> = yaml.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == "- |")
+        .expect("peer-map-cronjob.yaml: command block `- |`");
+    let indent = lines[at + 1].len() - lines[at + 1].trim_start().len();
+    let script: String = lines[at + 1..]
+        .iter()
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent)
+        .map(|l| format!("{}\n", l.get(indent..).unwrap_or("")))
+        .collect();
+    assert!(script.contains("services-from-kubectl"), "{script}");
+    let t = tempfile::tempdir().unwrap();
+    let (dir, bin) = (t.path(), t.path().join("bin"));
+    fs::create_dir(&bin).unwrap();
+    let reader = longconn_tests::env::bin("longconn-reader");
+    let script = script
+        .replace("/longconn/longconn-reader", reader.to_str().unwrap())
+        .replace("/tmp/", &format!("{}/", dir.display()));
+    let kubectl = format!(
+        r#"#!/bin/sh
+echo "$*" >> {d}/calls
+case "$*" in
+  "get pods,services,endpointslices -A -o json") cat $KUBECTL_GET ;;
+  "-n longconn create configmap longconn-services --from-file=services.csv={d}/services.csv --dry-run=client -o yaml")
+    cp {d}/services.csv {d}/configmap-data; echo "kind: ConfigMap" ;;
+  "apply -f -") cat > {d}/applied ;;
+  *) echo "kubectl stand-in: unexpected $*" >&2; exit 2 ;;
+esac
+"#,
+        d = dir.display()
+    );
+    fs::write(bin.join("kubectl"), kubectl).unwrap();
+    let mut perm = fs::metadata(bin.join("kubectl")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    fs::set_permissions(bin.join("kubectl"), perm).unwrap();
+    let recorded = dir.join("recorded.json");
+    let input: Vec<u8> = RECORDED
+        .iter()
+        .flat_map(|f| fs::read(data(&format!("kubectl/{f}"))).unwrap())
+        .collect();
+    fs::write(&recorded, input).unwrap();
+    let run = |get: &Path| {
+        std::process::Command::new("/bin/sh")
+            .args(["-ec", &script])
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env("KUBECTL_GET", get)
+            .output()
+            .unwrap()
+    };
+    let out = run(&recorded);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("configmap-data")).unwrap(),
+        fs::read_to_string(data("kubectl/services.csv")).unwrap()
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("applied")).unwrap(),
+        "kind: ConfigMap\n"
+    );
+    // Not JSON (kubectl printed an error page): no apply.
+    fs::remove_file(dir.join("applied")).unwrap();
+    let bad = dir.join("bad.json");
+    fs::write(
+        &bad,
+        "error: You must be logged in to the server (Unauthorized)\n",
+    )
+    .unwrap();
+    let out = run(&bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("services-from-kubectl") || err.contains("not JSON"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("applied").exists(),
+        "applied after a failed conversion"
+    );
+}
