@@ -50,6 +50,9 @@ pub struct DumpArgs {
     #[command(flatten)]
     runtime: runtime::RootArg,
 
+    #[command(flatten)]
+    cni: crate::cni::ResultsArg,
+
     /// Only connections whose service contains this text.
     #[arg(long, value_name = "TEXT")]
     service: Option<String>,
@@ -73,10 +76,15 @@ pub struct DumpArgs {
 pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
     let pins = Pins::open(pin_dir, Access::ReadOnly)?;
     let clock = Clock::now();
-    let services = match &args.services {
+    let mut services = match &args.services {
         Some(path) => ServiceMap::load(path).map_err(anyhow::Error::msg)?.0,
         None => ServiceMap::default(),
     };
+    if let Some(dir) = args.cni.dir(&args.runtime.runtime_root) {
+        if let Some(w) = crate::cni::add_peers(&mut services, &dir, &args.runtime.roots(), None) {
+            eprintln!("longconn-reader: {w}");
+        }
+    }
     // Stdout is line-buffered: without this, one write(2) per line.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if args.json && !args.closed {

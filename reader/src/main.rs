@@ -4,12 +4,14 @@
 
 mod argvalues;
 mod clock;
+mod cni;
 mod collect;
 mod dump;
 mod fsperm;
 mod human;
 mod identity;
 mod output;
+mod peermap;
 mod runtime;
 mod servicemap;
 mod termsafe;
@@ -57,6 +59,10 @@ enum Command {
     Collect(collect::CollectArgs),
     /// List live connections, busiest first (like `ss -ti`, from the pinned map).
     Dump(dump::DumpArgs),
+    /// Turn `kubectl get pods,services,endpointslices -A -o json` (stdin)
+    /// into a --services map (stdout) naming pod IPs namespace/pod and
+    /// service ClusterIP:port and endpoints namespace/service.
+    ServicesFromKubectl(peermap::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +73,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Collect(args) => collect::run(&cli.pin_dir, args),
         Command::Dump(args) => dump::run(&cli.pin_dir, args),
+        Command::ServicesFromKubectl(args) => peermap::run(args),
     };
     match result {
         Ok(code) => code,
@@ -202,6 +209,28 @@ mod robustness {
                     assert!(e.starts_with("svc.csv:"), "names file:line: {e}");
                     assert_eq!(e.lines().count(), 1, "one line: {e:?}");
                 }
+            }
+        }
+    }
+
+    /// `services-from-kubectl`: kubectl documents, mutated. Every output is
+    /// a map the reader accepts; every rejection is one line.
+    #[test]
+    fn kubectl_documents() {
+        let mut g = Gen::new(7);
+        let seeds = [
+            r#"{"kind":"List","items":[{"kind":"Pod","metadata":{"name":"a","namespace":"n"},"status":{"podIPs":[{"ip":"10.0.0.1"}]}}]}"#,
+            r#"{"kind":"Service","metadata":{"name":"s","namespace":"n"},"spec":{"clusterIPs":["10.96.0.1","fd00::1"],"ports":[{"port":80},{"port":53,"protocol":"UDP"}]}}"#,
+            r#"{"kind":"EndpointSliceList","items":[{"metadata":{"namespace":"n","labels":{"kubernetes.io/service-name":"s"}},"addressType":"IPv4","endpoints":[{"addresses":["10.0.0.2"]}],"ports":[{"port":8080}]}]}"#,
+            r#"{"kind":"PodList","items":[{"metadata":{"name":"h","namespace":"n"},"spec":{"hostNetwork":true},"status":{"podIP":"10.0.0.3"}}]}"#,
+        ];
+        for _ in 0..CASES / 10 {
+            let text = g.text(&seeds);
+            match crate::peermap::convert_for_tests(&text) {
+                Ok(csv) => {
+                    ServiceMap::parse(&csv, "out.csv").unwrap_or_else(|e| panic!("{text}: {e}"));
+                }
+                Err(e) => assert_eq!(e.lines().count(), 1, "one line: {e:?}"),
             }
         }
     }

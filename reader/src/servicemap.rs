@@ -6,8 +6,15 @@
 //! one port, a range `8000-8999`, or `*`; `namespace` may be empty. The first
 //! matching line wins. A file with any bad line is rejected whole, with
 //! `file:line: what is wrong`, so a half-written file is never applied.
+//!
+//! A map made by `services-from-kubectl` holds a line per pod and per
+//! service endpoint (tens of thousands): single-address rules are indexed
+//! by address, so a lookup reads that address's rules and the wider ones
+//! (CIDRs, `*`) before them, never every line; first match still wins.
+//! Same-node peers named from CNI state (`cni`) are added after the file's
+//! rules, so the file wins where both name an address.
 
-use std::{net::IpAddr, path::Path};
+use std::{collections::HashMap, net::IpAddr, path::Path};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
@@ -20,6 +27,38 @@ pub struct Rule {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceMap {
     rules: Vec<Rule>,
+    /// Indexes of single-address rules, by address, in file order.
+    hosts: HashMap<IpAddr, Vec<usize>>,
+    /// Indexes of the other rules (CIDRs, `*`), in file order.
+    wide: Vec<usize>,
+}
+
+impl Rule {
+    /// `ip`, any port, named `name` in `namespace`.
+    pub fn host(ip: IpAddr, name: String, namespace: String) -> Self {
+        let ip = canonical(ip);
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        Self {
+            net: Some((ip, len)),
+            ports: (0, u16::MAX),
+            name,
+            namespace,
+        }
+    }
+
+    /// The address a single-address rule names.
+    fn single_host(&self) -> Option<IpAddr> {
+        match self.net {
+            Some((ip, len)) if u32::from(len) == if ip.is_ipv4() { 32 } else { 128 } => Some(ip),
+            _ => None,
+        }
+    }
+
+    fn matches(&self, ip: IpAddr, port: u16) -> bool {
+        port >= self.ports.0
+            && port <= self.ports.1
+            && self.net.is_none_or(|(net, len)| in_net(ip, net, len))
+    }
 }
 
 fn parse_cidr(s: &str) -> Result<Option<(IpAddr, u8)>, String> {
@@ -137,7 +176,28 @@ impl ServiceMap {
                 namespace: f[3].to_owned(),
             });
         }
-        Ok(Self { rules })
+        let mut map = Self::default();
+        map.extend(rules);
+        Ok(map)
+    }
+
+    /// Adds `rules` after those already in the map (they match only where
+    /// no earlier rule does).
+    pub fn extend(&mut self, rules: impl IntoIterator<Item = Rule>) {
+        for rule in rules {
+            let i = self.rules.len();
+            match rule.single_host() {
+                Some(ip) => self.hosts.entry(ip).or_default().push(i),
+                None => self.wide.push(i),
+            }
+            self.rules.push(rule);
+        }
+    }
+
+    /// How many rules the map holds.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.rules.len()
     }
 
     /// Reads and parses the map at `path`: a regular file only (a FIFO or
@@ -152,11 +212,19 @@ impl ServiceMap {
     /// The first rule matching `ip:port`.
     pub fn lookup(&self, ip: IpAddr, port: u16) -> Option<&Rule> {
         let ip = canonical(ip);
-        self.rules.iter().find(|r| {
-            port >= r.ports.0
-                && port <= r.ports.1
-                && r.net.is_none_or(|(net, len)| in_net(ip, net, len))
-        })
+        let host = self.hosts.get(&ip).and_then(|ix| {
+            ix.iter()
+                .copied()
+                .find(|&i| self.rules[i].matches(ip, port))
+        });
+        let before = host.unwrap_or(usize::MAX);
+        let wide = self
+            .wide
+            .iter()
+            .copied()
+            .take_while(|&i| i < before)
+            .find(|&i| self.rules[i].matches(ip, port));
+        wide.or(host).map(|i| &self.rules[i])
     }
 }
 
@@ -240,11 +308,54 @@ mod tests {
     #[test]
     fn a_bom_is_accepted_and_bad_lines_are_quoted_safely() {
         let m = ServiceMap::parse("\u{feff}10.0.0.0/8,5432,pg,db\n", "svc.csv").unwrap();
-        assert_eq!(m.rules.len(), 1);
+        assert_eq!(m.len(), 1);
         let long = format!("\x1b[2J{}", "x".repeat(500));
         let e = ServiceMap::parse(&long, "svc.csv").unwrap_err();
         assert!(!e.contains('\x1b') && e.contains("\\x1b[2J"), "{e}");
         assert!(e.len() < 200 && e.contains('…'), "{e}");
+    }
+
+    /// The address index keeps first-match order: a wide rule before a
+    /// single-address one wins, one after it does not; rules added by
+    /// `extend` (CNI peers) come after the file's.
+    #[test]
+    fn the_address_index_keeps_first_match_order() {
+        let mut m = ServiceMap::parse(
+            "10.0.0.5,80,web,a\n10.0.0.0/24,80-90,net,b\n10.0.0.5,*,pod,c\n10.0.0.6/32,*,six,d\n*,443,tls,\n",
+            "svc.csv",
+        )
+        .unwrap();
+        m.extend([
+            Rule::host("10.0.0.5".parse().unwrap(), "cni5".into(), "x".into()),
+            Rule::host(
+                "::ffff:10.0.0.7".parse().unwrap(),
+                "cni7".into(),
+                "x".into(),
+            ),
+        ]);
+        let name = |ip: &str, port| m.lookup(ip.parse().unwrap(), port).map(|r| r.name.as_str());
+        for (ip, port, want) in [
+            ("10.0.0.5", 80, Some("web")),
+            ("10.0.0.5", 85, Some("net")),
+            ("10.0.0.5", 22, Some("pod")),
+            ("10.0.0.5", 443, Some("pod")),
+            ("10.0.0.6", 85, Some("net")),
+            ("10.0.0.6", 443, Some("six")),
+            ("10.0.0.7", 80, Some("net")),
+            ("10.0.0.7", 22, Some("cni7")),
+            ("10.0.0.8", 443, Some("tls")),
+            ("10.1.0.8", 22, None),
+        ] {
+            assert_eq!(name(ip, port), want, "{ip}:{port}");
+        }
+        // The oracle: the first matching rule in file order.
+        for ip in ["10.0.0.5", "10.0.0.6", "10.0.0.7", "10.0.0.9"] {
+            for port in [22, 80, 85, 90, 443] {
+                let ip: IpAddr = ip.parse().unwrap();
+                let first = m.rules.iter().find(|r| r.matches(ip, port));
+                assert_eq!(m.lookup(ip, port), first, "{ip}:{port}");
+            }
+        }
     }
 
     /// Issue 12 item 9: a FIFO (or any non-regular file) is refused at once.

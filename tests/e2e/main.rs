@@ -15,6 +15,7 @@ mod identity;
 mod kubernetes;
 mod otlp;
 mod package;
+mod peers;
 mod promises;
 mod reliability;
 mod runtime_names;

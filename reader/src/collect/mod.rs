@@ -184,6 +184,9 @@ pub struct CollectArgs {
     #[command(flatten)]
     runtime: runtime::RootArg,
 
+    #[command(flatten)]
+    cni: crate::cni::ResultsArg,
+
     /// Labels of the service families: service, service_namespace.
     #[arg(long, default_value = "service", value_name = "LIST", value_parser = identity::parse_service_labels)]
     service_labels: identity::LabelList,
@@ -500,6 +503,7 @@ fn prepare<'a>(
     };
     relabel_if_changed(&mut cy);
     cy.services = load_services(&mut cy);
+    add_cni_peers(&mut cy);
     Ok(Some((cy, held)))
 }
 
@@ -568,6 +572,18 @@ fn relabel_if_changed(cy: &mut Cycle<'_>) {
     state.service_labels = a.service_labels.0.clone();
     // Every previous connection's group keys are recomputed as it is read.
     cy.relabel = true;
+}
+
+/// Same-node pods named from CNI state, after the service map's rules
+/// (`cni`); a warning never fails the cycle.
+fn add_cni_peers(cy: &mut Cycle<'_>) {
+    let Some(dir) = cy.a.cni.dir(&cy.a.runtime.runtime_root) else {
+        return;
+    };
+    let roots = cy.a.runtime.roots();
+    if let Some(w) = crate::cni::add_peers(&mut cy.services, &dir, &roots, Some(&cy.dirs.state)) {
+        eprintln!("longconn-reader: {w}");
+    }
 }
 
 /// The service map; a bad file keeps the last good one (and exit 1).

@@ -3,7 +3,8 @@
 //! a test decides when data moves and when sockets close.
 //!
 //! Commands (one per line) and their one-line JSON answers on stdout:
-//!   pair NAME 4|6 [ADDR]   open a listener and one connection to it
+//!   pair NAME 4|6 [ADDR [PORT]]  open a listener (on PORT, else any
+//!                          free port) and one connection to it
 //!                          -> {"name","client_port","server_port","addr"}
 //!   send NAME c2s|s2c N    write N bytes from one end; the other end reads
 //!                          all of them -> {"name","dir","bytes","total"}
@@ -84,10 +85,14 @@ fn loopback(family: &str, addr: Option<&str>) -> String {
 }
 
 fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    bind_port(addr, 0)
+}
+
+fn bind_port(addr: &str, port: u16) -> std::io::Result<TcpListener> {
     if addr.contains(':') {
-        TcpListener::bind(format!("[{addr}]:0"))
+        TcpListener::bind(format!("[{addr}]:{port}"))
     } else {
-        TcpListener::bind(format!("{addr}:0"))
+        TcpListener::bind(format!("{addr}:{port}"))
     }
 }
 
@@ -280,7 +285,11 @@ fn run(
     match w.as_slice() {
         ["pair", name, family, rest @ ..] => {
             let addr = loopback(family, rest.first().copied());
-            let listener = bind(&addr).map_err(e)?;
+            let port = match rest.get(1) {
+                Some(p) => p.parse().map_err(|_| format!("bad port {p}"))?,
+                None => 0,
+            };
+            let listener = bind_port(&addr, port).map_err(e)?;
             let port = listener.local_addr().map_err(e)?.port();
             let client = TcpStream::connect(listener.local_addr().map_err(e)?).map_err(e)?;
             let (server, _) = listener.accept().map_err(e)?;
