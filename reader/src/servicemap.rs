@@ -230,7 +230,7 @@ impl ServiceMap {
 
 /// The text of `path`, opened without blocking (O_NONBLOCK: a FIFO does not
 /// hang the open) and refused unless it is a regular file.
-fn read_regular(path: &Path) -> std::io::Result<String> {
+pub fn read_regular(path: &Path) -> std::io::Result<String> {
     use std::{io::Read, os::unix::fs::OpenOptionsExt};
     let mut f = std::fs::File::options()
         .read(true)

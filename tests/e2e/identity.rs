@@ -157,6 +157,26 @@ fn service_map_names_destinations_and_bad_files_keep_the_last_good_map() {
         "{web:?}"
     );
 
+    // The last good map is kept beside the state, written when it changes,
+    // not in the head that every cycle's journal entry rewrites.
+    let good = std::fs::read_to_string(&map).unwrap();
+    let kept = env.out_dir().join("services.last-good");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), good);
+    let written = std::fs::metadata(&kept).unwrap().modified().unwrap();
+    collect_ok(&env, &["--services", map_s]);
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().modified().unwrap(),
+        written
+    );
+    let needle = good.lines().next().unwrap().as_bytes();
+    for f in ["state.bin", "state.journal"] {
+        let state = std::fs::read(env.out_dir().join(f)).unwrap();
+        assert!(
+            !state.windows(needle.len()).any(|w| w == needle),
+            "the service map's text is in {f}"
+        );
+    }
+
     // A bad line: one error naming file:line, exit 1, the last good map stays.
     // The file's good line names another service: applying it would show.
     std::fs::write(&map, "::/0,*,not-applied,backend\n10.0.0.0/40,80,bad,\n").unwrap();

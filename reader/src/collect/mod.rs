@@ -586,21 +586,41 @@ fn add_cni_peers(cy: &mut Cycle<'_>) {
     }
 }
 
+/// Where `collect` keeps the last good service map, in its state directory.
+/// Apart from `state.bin`, whose head every cycle's journal entry rewrites:
+/// a peer map of a large cluster (about 1 MiB) would be written again every
+/// 5 s. This file is written only when the map's text changes.
+pub const LAST_GOOD_SERVICES: &str = "services.last-good";
+
 /// The service map; a bad file keeps the last good one (and exit 1).
 fn load_services(cy: &mut Cycle<'_>) -> ServiceMap {
     let Some(path) = &cy.a.services else {
         return ServiceMap::default();
     };
+    let kept_path = cy.dirs.state.join(LAST_GOOD_SERVICES);
     match ServiceMap::load(path) {
         Ok((map, text)) => {
-            cy.state.services_text = Some(text);
+            // A state written before this file existed carried the text.
+            cy.state.services_text = None;
+            let same = crate::servicemap::read_regular(&kept_path).is_ok_and(|t| t == text);
+            if !same {
+                if let Err(e) =
+                    crate::output::atomic::write_atomic(&kept_path, text.as_bytes(), 0o600)
+                {
+                    eprintln!(
+                        "longconn-reader: {}: cannot keep the last good service map ({e}); a bad map later would leave services as address:port",
+                        kept_path.display()
+                    );
+                }
+            }
             map
         }
         Err(e) => {
             cy.partial_failure = true;
-            let kept = cy
-                .state
-                .services_text
+            let text = crate::servicemap::read_regular(&kept_path)
+                .ok()
+                .or_else(|| cy.state.services_text.clone());
+            let kept = text
                 .as_deref()
                 .and_then(|t| ServiceMap::parse(t, "last good map").ok());
             eprintln!(
