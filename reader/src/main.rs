@@ -15,6 +15,7 @@ mod servicemap;
 mod termsafe;
 #[cfg(test)]
 mod testskip;
+mod top;
 mod view;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -57,6 +58,10 @@ enum Command {
     Collect(collect::CollectArgs),
     /// List live connections, busiest first (like `ss -ti`, from the pinned map).
     Dump(dump::DumpArgs),
+    /// Watch live connections with rates (bytes/s, segments/s, retransmits/s),
+    /// full screen like htop; sort, filter, group by workload or service.
+    /// Without a terminal (or with --once) print one frame of rates as text.
+    Top(top::TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Collect(args) => collect::run(&cli.pin_dir, args),
         Command::Dump(args) => dump::run(&cli.pin_dir, args),
+        Command::Top(args) => top::run(&cli.pin_dir, args),
     };
     match result {
         Ok(code) => code,
@@ -105,6 +111,11 @@ mod robustness {
         let words = [
             "collect",
             "dump",
+            "top",
+            "--once",
+            "--interval",
+            "--sort",
+            "--view",
             "--json",
             "--min-age",
             "--port",
