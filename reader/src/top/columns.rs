@@ -66,11 +66,11 @@ pub struct Line<'a> {
 }
 
 impl<'a> Line<'a> {
-    pub fn connection(row: &Row, clock: &Clock, id: &'a Identity) -> Self {
+    pub fn connection(row: &Row, history: History, clock: &Clock, id: &'a Identity) -> Self {
         Self {
             event: view::event(&row.rec, clock, id),
             rates: row.rates,
-            history: row.history,
+            history,
             closed: row.closed,
             conns: None,
         }
@@ -405,7 +405,6 @@ mod tests {
                 segs_in: 40.0,
                 retransmits: 0.5,
             }),
-            history: History::default(),
             closed: false,
         };
         let id = Identity {
@@ -417,7 +416,7 @@ mod tests {
             boot_ns: 0,
             wall_ns: 0,
         };
-        let line = Line::connection(&row, &clock, &id);
+        let line = Line::connection(&row, History::default(), &clock, &id);
         let cells: Vec<String> = Column::of_view(View::Connections, true)
             .map(|c| c.text(&line))
             .collect();

@@ -103,7 +103,7 @@ impl History {
     }
 }
 
-/// What is kept per connection between reads (about 130 bytes).
+/// What is kept per connection between reads (136 bytes).
 #[derive(Clone, Copy, Debug)]
 struct Track {
     prev: Counters,
@@ -122,7 +122,6 @@ pub struct Row {
     /// None: first seen at this refresh and opened before the previous one
     /// (no earlier value to take a rate from).
     pub rates: Option<Rates>,
-    pub history: History,
     /// Closed since the previous read: shown this refresh only.
     pub closed: bool,
 }
@@ -162,11 +161,10 @@ impl Model {
         }
         let mut rows = Vec::with_capacity(live.len());
         for rec in live {
-            let (rates, history) = self.observe(&rec, prev_read, read_ns, frame);
+            let rates = self.observe(&rec, prev_read, read_ns, frame);
             rows.push(Row {
                 rec,
                 rates,
-                history,
                 closed: false,
             });
         }
@@ -192,11 +190,10 @@ impl Model {
                     r.state = TCP_CLOSE;
                     r
                 });
-                let (rates, history) = self.observe(&rec, prev_read, read_ns, frame);
+                let rates = self.observe(&rec, prev_read, read_ns, frame);
                 rows.push(Row {
                     rec,
                     rates,
-                    history,
                     closed: true,
                 });
             }
@@ -211,14 +208,14 @@ impl Model {
         self.rows = rows;
     }
 
-    /// Rates of `rec` since its previous read, and its history with them.
+    /// Rates of `rec` since its previous read (added to its history).
     fn observe(
         &mut self,
         rec: &ConnRecord,
         prev_read: Option<u64>,
         read_ns: u64,
         frame: u32,
-    ) -> (Option<Rates>, History) {
+    ) -> Option<Rates> {
         let now = Counters::of(rec);
         match self.tracks.get_mut(&rec.cookie) {
             Some(t) => {
@@ -236,7 +233,7 @@ impl Model {
                 t.prev_ns = t.prev_ns.max(rec.update_ns);
                 t.history.push(rates.bytes());
                 t.seen = frame;
-                (Some(rates), t.history)
+                Some(rates)
             }
             None => {
                 // Opened since the previous read: everything it counted
@@ -262,9 +259,16 @@ impl Model {
                         seen: frame,
                     },
                 );
-                (rates, history)
+                rates
             }
         }
+    }
+
+    /// The throughput history of connection `cookie` (shown or live).
+    pub fn history(&self, cookie: u64) -> History {
+        self.tracks
+            .get(&cookie)
+            .map_or(History::default(), |t| t.history)
     }
 
     /// Connections the model keeps state for (bounded by the live set plus
@@ -355,8 +359,13 @@ pub struct Group {
 }
 
 /// Sums `rows` (live ones) into groups named by `name`, e.g. each row's
-/// workload. `now_ns` is the read time (for ages).
-pub fn groups<'r>(rows: impl Iterator<Item = (&'r Row, &'r str)>, now_ns: u64) -> Vec<Group> {
+/// workload; `history` gives a row's history by cookie. `now_ns` is the
+/// read time (for ages).
+pub fn groups<'r>(
+    rows: impl Iterator<Item = (&'r Row, &'r str)>,
+    history: impl Fn(u64) -> History,
+    now_ns: u64,
+) -> Vec<Group> {
     let mut by: HashMap<&str, (Group, u64)> = HashMap::new();
     for (row, name) in rows.filter(|(r, _)| !r.closed) {
         let (g, srtt_sum) = by.entry(name).or_insert_with(|| {
@@ -372,7 +381,7 @@ pub fn groups<'r>(rows: impl Iterator<Item = (&'r Row, &'r str)>, now_ns: u64) -
         if let Some(r) = &row.rates {
             g.rates.add(r);
         }
-        g.history.add(&row.history);
+        g.history.add(&history(row.rec.cookie));
         *srtt_sum += u64::from(row.rec.srtt_us);
         g.age_ns = g.age_ns.max(now_ns.saturating_sub(row.rec.start_ns));
     }
@@ -416,7 +425,7 @@ mod tests {
         // Not refreshed (same stamp): the time between the reads.
         m.update(vec![rec(1, 3_005_000, 12 * S)], 13 * S, |_| vec![]);
         assert_eq!(m.rows[0].rates.unwrap().sent, 500_000.0);
-        assert_eq!(m.rows[0].history.values(), &[1_000_000.0, 500_000.0]);
+        assert_eq!(m.history(1).values(), &[1_000_000.0, 500_000.0]);
     }
 
     #[test]
@@ -513,7 +522,6 @@ mod tests {
                 sent,
                 ..Rates::default()
             }),
-            history: History::default(),
             closed: false,
         };
         let mut closed = row(4, 1e9, 0, 0);
@@ -525,7 +533,7 @@ mod tests {
             closed,
         ];
         let names = ["a", "a", "b", "a"];
-        let mut g = groups(rows.iter().zip(names), 10);
+        let mut g = groups(rows.iter().zip(names), |_| History::default(), 10);
         g.sort_by(|x, y| x.name.cmp(&y.name));
         assert_eq!(g.len(), 2);
         assert_eq!(

@@ -109,7 +109,13 @@ pub fn build(
                 .rows
                 .iter()
                 .enumerate()
-                .map(|(i, r)| (i, Line::connection(r, clock, ids.get(i).unwrap_or(&none))))
+                .map(|(i, r)| {
+                    let id = ids.get(i).unwrap_or(&none);
+                    (
+                        i,
+                        Line::connection(r, model.history(r.rec.cookie), clock, id),
+                    )
+                })
                 .filter(|(_, l)| keep(l))
                 .collect();
             model::sort_by(&mut lines, choice.descending, |(_, l)| sort.sort_key(l));
@@ -122,7 +128,7 @@ pub fn build(
                     *l
                 } else {
                     id = ident.identify(&model.rows[*i].rec);
-                    Line::connection(&model.rows[*i], clock, &id)
+                    Line::connection(&model.rows[*i], l.history, clock, &id)
                 };
                 table.rows.push((cells(&l), l.closed));
             }
@@ -138,6 +144,7 @@ pub fn build(
                         id.service.as_str()
                     }
                 })),
+                |cookie| model.history(cookie),
                 clock.boot_ns,
             );
             let mut lines: Vec<Line<'_>> = groups.iter().map(Line::group).filter(keep).collect();
