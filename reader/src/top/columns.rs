@@ -66,9 +66,9 @@ pub struct Line<'a> {
 }
 
 impl<'a> Line<'a> {
-    pub fn connection(row: &Row, history: History, clock: &Clock, id: &'a Identity) -> Self {
+    pub fn connection(row: Row<'_>, history: History, clock: &Clock, id: &'a Identity) -> Self {
         Self {
-            event: view::event(&row.rec, clock, id),
+            event: view::event(row.rec, clock, id),
             rates: row.rates,
             history,
             closed: row.closed,
@@ -397,7 +397,7 @@ mod tests {
             ..Default::default()
         };
         let row = Row {
-            rec,
+            rec: &rec,
             rates: Some(Rates {
                 sent: 1e6,
                 received: 10.0,
@@ -416,7 +416,7 @@ mod tests {
             boot_ns: 0,
             wall_ns: 0,
         };
-        let line = Line::connection(&row, History::default(), &clock, &id);
+        let line = Line::connection(row, History::default(), &clock, &id);
         let cells: Vec<String> = Column::of_view(View::Connections, true)
             .map(|c| c.text(&line))
             .collect();

@@ -184,11 +184,10 @@ fn interactive(
     let mut height = screen::table_height(guard.terminal.size()?.height);
     while !term::stop_requested() {
         if !frozen && Instant::now() >= next {
-            let read = source.read()?;
-            next = Instant::now() + interval.saturating_sub(read.took);
+            let read = source.read(&mut model)?;
             (clock, took) = (read.clock, read.took);
             unreachable = read.refresh.not_found + read.refresh.netns_unknown;
-            model.update(read.live, clock.boot_ns, |c| source.finals(c));
+            next = Instant::now() + interval.saturating_sub(took);
             dirty = true;
         }
         if dirty {

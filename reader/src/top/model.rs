@@ -103,7 +103,7 @@ impl History {
     }
 }
 
-/// What is kept per connection between reads (136 bytes).
+/// What is kept per connection between reads (128 bytes).
 #[derive(Clone, Copy, Debug)]
 struct Track {
     prev: Counters,
@@ -117,8 +117,8 @@ struct Track {
 
 /// One connection of the current refresh.
 #[derive(Clone, Copy, Debug)]
-pub struct Row {
-    pub rec: ConnRecord,
+pub struct Row<'a> {
+    pub rec: &'a ConnRecord,
     /// None: first seen at this refresh and opened before the previous one
     /// (no earlier value to take a rate from).
     pub rates: Option<Rates>,
@@ -133,135 +133,131 @@ pub struct Model {
     tracks: HashMap<u64, Track>,
     frame: u32,
     prev_read_ns: Option<u64>,
+    /// The one before it, during a refresh.
+    prev_read: Option<u64>,
     /// When the current and previous reads started (CLOCK_BOOTTIME ns).
     pub read_ns: u64,
     pub interval_ns: u64,
-    pub rows: Vec<Row>,
+    /// The records of the current refresh as read, then the last
+    /// `closed` ones: connections closed since the previous read. Its
+    /// vector is reused from refresh to refresh (`begin`): paging in a
+    /// fresh one each time was a tenth of a refresh at 36k connections.
+    recs: Vec<ConnRecord>,
+    rates: Vec<Option<Rates>>,
+    closed: usize,
+    /// The previous refresh's live records, during a refresh.
+    old: Vec<ConnRecord>,
 }
 
 impl Model {
-    /// Takes one read: `live` are the live records read at `read_ns`;
-    /// `finals` gives the close records (peeked, not consumed) of the
-    /// cookies seen live at the previous read and gone now. A gone
-    /// connection without one keeps its last values, marked closed.
+    /// Takes one read whole (`begin`, `add`, `finish`).
+    #[cfg(test)]
     pub fn update(
         &mut self,
         live: Vec<ConnRecord>,
         read_ns: u64,
         finals: impl FnOnce(&[u64]) -> Vec<ConnRecord>,
     ) {
+        self.begin(read_ns);
+        self.add(&live);
+        self.finish(finals);
+    }
+
+    /// Starts a refresh whose read started at `read_ns`.
+    pub fn begin(&mut self, read_ns: u64) {
         self.frame = self.frame.wrapping_add(1);
-        let frame = self.frame;
         let prev_read = self.prev_read_ns.replace(read_ns);
+        self.prev_read = prev_read;
         self.interval_ns = prev_read.map_or(0, |p| read_ns.saturating_sub(p));
         self.read_ns = read_ns;
-        let old = std::mem::take(&mut self.rows);
-        for row in old.iter().filter(|r| r.closed) {
-            self.tracks.remove(&row.rec.cookie);
+        let old_live = self.recs.len() - self.closed.min(self.recs.len());
+        for r in &self.recs[old_live..] {
+            self.tracks.remove(&r.cookie);
         }
-        let mut rows = Vec::with_capacity(live.len());
-        for rec in live {
-            let rates = self.observe(&rec, prev_read, read_ns, frame);
-            rows.push(Row {
-                rec,
-                rates,
-                closed: false,
-            });
+        self.recs.truncate(old_live);
+        self.closed = 0;
+        // The previous refresh's records become `old` (for `finish` to
+        // find the gone ones); its vector is reused, not paged in anew.
+        std::mem::swap(&mut self.recs, &mut self.old);
+        self.recs.clear();
+        self.recs.reserve(self.old.len() + self.old.len() / 8);
+        self.rates.clear();
+        self.rates.reserve(self.old.len() + self.old.len() / 8);
+    }
+
+    /// Live records of the refresh, a batch at a time (as they are read).
+    pub fn add(&mut self, batch: &[ConnRecord]) {
+        let prev_read = self.prev_read();
+        for rec in batch {
+            let rates = observe(&mut self.tracks, rec, prev_read, self.read_ns, self.frame);
+            self.recs.push(*rec);
+            self.rates.push(rates);
         }
-        let gone: Vec<&Row> = old
+    }
+
+    /// Ends the refresh: `finals` gives the close records (peeked, not
+    /// consumed) of the cookies seen live at the previous read and gone
+    /// now. A gone connection without one keeps its last values, marked
+    /// closed.
+    pub fn finish(&mut self, finals: impl FnOnce(&[u64]) -> Vec<ConnRecord>) {
+        let (frame, prev_read) = (self.frame, self.prev_read());
+        let gone: Vec<&ConnRecord> = self
+            .old
             .iter()
-            .filter(|r| !r.closed)
-            .filter(|r| {
-                self.tracks
-                    .get(&r.rec.cookie)
-                    .is_some_and(|t| t.seen != frame)
-            })
+            .filter(|r| self.tracks.get(&r.cookie).is_some_and(|t| t.seen != frame))
             .collect();
+        self.closed = gone.len();
         if !gone.is_empty() {
-            let cookies: Vec<u64> = gone.iter().map(|r| r.rec.cookie).collect();
+            let cookies: Vec<u64> = gone.iter().map(|r| r.cookie).collect();
             let mut finals: HashMap<u64, ConnRecord> = finals(&cookies)
                 .into_iter()
                 .map(|r| (r.cookie, r))
                 .collect();
-            for row in gone {
-                let rec = finals.remove(&row.rec.cookie).unwrap_or_else(|| {
-                    let mut r = row.rec;
+            for last in gone {
+                let rec = finals.remove(&last.cookie).unwrap_or_else(|| {
+                    let mut r = *last;
                     r.flags |= layout::F_CLOSED;
                     r.state = TCP_CLOSE;
                     r
                 });
-                let rates = self.observe(&rec, prev_read, read_ns, frame);
-                rows.push(Row {
-                    rec,
-                    rates,
-                    closed: true,
-                });
+                let rates = observe(&mut self.tracks, &rec, prev_read, self.read_ns, frame);
+                self.recs.push(rec);
+                self.rates.push(rates);
             }
         }
-        // Tracks of connections neither live nor shown closed (e.g. seen
-        // only while frozen, or evicted): dropped, so state follows the
-        // live set.
-        let keep = frame;
-        let shown: std::collections::HashSet<u64> = rows.iter().map(|r| r.rec.cookie).collect();
-        self.tracks
-            .retain(|c, t| t.seen == keep || shown.contains(c));
-        self.rows = rows;
+        // Every row shown was seen at this refresh; tracks of connections
+        // neither live nor shown closed (evicted from the map, or closed
+        // while frozen) are dropped, so state follows the live set.
+        if self.tracks.len() != self.recs.len() {
+            self.tracks.retain(|_, t| t.seen == frame);
+        }
     }
 
-    /// Rates of `rec` since its previous read (added to its history).
-    fn observe(
-        &mut self,
-        rec: &ConnRecord,
-        prev_read: Option<u64>,
-        read_ns: u64,
-        frame: u32,
-    ) -> Option<Rates> {
-        let now = Counters::of(rec);
-        match self.tracks.get_mut(&rec.cookie) {
-            Some(t) => {
-                // The refresh stamps each record when it copies its
-                // counters: the exact time between two copies. A record
-                // the refresh could not reach keeps its stamp; then the
-                // time between the reads.
-                let ns = if rec.update_ns > t.prev_ns {
-                    rec.update_ns - t.prev_ns
-                } else {
-                    prev_read.map_or(0, |p| read_ns.saturating_sub(p))
-                };
-                let rates = Rates::between(&t.prev, &now, ns);
-                t.prev = now;
-                t.prev_ns = t.prev_ns.max(rec.update_ns);
-                t.history.push(rates.bytes());
-                t.seen = frame;
-                Some(rates)
-            }
-            None => {
-                // Opened since the previous read: everything it counted
-                // is new, since its start.
-                let rates = prev_read.filter(|&p| rec.start_ns >= p).map(|_| {
-                    let end = if rec.update_ns > rec.start_ns {
-                        rec.update_ns
-                    } else {
-                        read_ns
-                    };
-                    Rates::between(&Counters::default(), &now, end.saturating_sub(rec.start_ns))
-                });
-                let mut history = History::default();
-                if let Some(r) = &rates {
-                    history.push(r.bytes());
-                }
-                self.tracks.insert(
-                    rec.cookie,
-                    Track {
-                        prev: now,
-                        prev_ns: rec.update_ns,
-                        history,
-                        seen: frame,
-                    },
-                );
-                rates
-            }
+    /// When the previous read started (None at the first).
+    fn prev_read(&self) -> Option<u64> {
+        self.prev_read
+    }
+
+    /// Connections of the current refresh (closed ones included).
+    pub fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    /// Of them closed since the previous read.
+    pub fn closed(&self) -> usize {
+        self.closed
+    }
+
+    pub fn row(&self, i: usize) -> Row<'_> {
+        Row {
+            rec: &self.recs[i],
+            rates: self.rates.get(i).copied().flatten(),
+            closed: i >= self.recs.len() - self.closed,
         }
+    }
+
+    pub fn rows(&self) -> impl Iterator<Item = Row<'_>> + '_ {
+        (0..self.recs.len()).map(|i| self.row(i))
     }
 
     /// The throughput history of connection `cookie` (shown or live).
@@ -276,6 +272,62 @@ impl Model {
     #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.tracks.len()
+    }
+}
+
+/// Rates of `rec` since its previous read (added to its history).
+fn observe(
+    tracks: &mut HashMap<u64, Track>,
+    rec: &ConnRecord,
+    prev_read: Option<u64>,
+    read_ns: u64,
+    frame: u32,
+) -> Option<Rates> {
+    let now = Counters::of(rec);
+    match tracks.get_mut(&rec.cookie) {
+        Some(t) => {
+            // The refresh stamps each record when it copies its
+            // counters: the exact time between two copies. A record
+            // the refresh could not reach keeps its stamp; then the
+            // time between the reads.
+            let ns = if rec.update_ns > t.prev_ns {
+                rec.update_ns - t.prev_ns
+            } else {
+                prev_read.map_or(0, |p| read_ns.saturating_sub(p))
+            };
+            let rates = Rates::between(&t.prev, &now, ns);
+            t.prev = now;
+            t.prev_ns = t.prev_ns.max(rec.update_ns);
+            t.history.push(rates.bytes());
+            t.seen = frame;
+            Some(rates)
+        }
+        None => {
+            // Opened since the previous read: everything it counted
+            // is new, since its start.
+            let rates = prev_read.filter(|&p| rec.start_ns >= p).map(|_| {
+                let end = if rec.update_ns > rec.start_ns {
+                    rec.update_ns
+                } else {
+                    read_ns
+                };
+                Rates::between(&Counters::default(), &now, end.saturating_sub(rec.start_ns))
+            });
+            let mut history = History::default();
+            if let Some(r) = &rates {
+                history.push(r.bytes());
+            }
+            tracks.insert(
+                rec.cookie,
+                Track {
+                    prev: now,
+                    prev_ns: rec.update_ns,
+                    history,
+                    seen: frame,
+                },
+            );
+            rates
+        }
     }
 }
 
@@ -311,32 +363,24 @@ pub enum SortKey {
     Text(String),
 }
 
-/// Orders `items` by `key`, descending or not; ties keep their order
-/// (the sort is stable), so equal rows do not swap places between refreshes.
-pub fn sort_by<T>(items: &mut [T], descending: bool, key: impl Fn(&T) -> SortKey) {
+/// Orders keyed items by key, descending or not; ties keep their order
+/// (the sort is stable), so equal lines do not swap places between
+/// refreshes.
+pub fn sort_keyed<T>(items: &mut [(SortKey, T)], descending: bool) {
     if descending {
-        items.sort_by_cached_key(|t| std::cmp::Reverse(Ordered(key(t))));
+        items.sort_by(|a, b| Ordered::cmp_keys(&b.0, &a.0));
     } else {
-        items.sort_by_cached_key(|t| Ordered(key(t)));
+        items.sort_by(|a, b| Ordered::cmp_keys(&a.0, &b.0));
     }
 }
 
 /// A total order on keys (NaN above every number; numbers before text).
-#[derive(PartialEq)]
-struct Ordered(SortKey);
+struct Ordered;
 
-impl Eq for Ordered {}
-
-impl PartialOrd for Ordered {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-
-impl Ord for Ordered {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+impl Ordered {
+    fn cmp_keys(a: &SortKey, b: &SortKey) -> std::cmp::Ordering {
         use SortKey::*;
-        match (&self.0, &o.0) {
+        match (a, b) {
             (Num(a), Num(b)) => a.total_cmp(b),
             (Text(a), Text(b)) => a.cmp(b),
             (Num(_), Text(_)) => std::cmp::Ordering::Less,
@@ -362,7 +406,7 @@ pub struct Group {
 /// workload; `history` gives a row's history by cookie. `now_ns` is the
 /// read time (for ages).
 pub fn groups<'r>(
-    rows: impl Iterator<Item = (&'r Row, &'r str)>,
+    rows: impl Iterator<Item = (Row<'r>, &'r str)>,
     history: impl Fn(u64) -> History,
     now_ns: u64,
 ) -> Vec<Group> {
@@ -415,16 +459,16 @@ mod tests {
     fn a_rate_is_growth_over_the_time_between_two_refreshes_of_the_record() {
         let mut m = Model::default();
         m.update(vec![rec(1, 5_000, 10 * S)], 10 * S, |_| vec![]);
-        assert_eq!(m.rows[0].rates, None, "first sight of an older connection");
+        assert_eq!(m.row(0).rates, None, "first sight of an older connection");
         // Read at 11 s, but this record was refreshed 2 s after its last copy.
         m.update(vec![rec(1, 2_005_000, 12 * S)], 11 * S, |_| vec![]);
-        let r = m.rows[0].rates.unwrap();
+        let r = m.row(0).rates.unwrap();
         assert_eq!(r.sent, 1_000_000.0);
         assert_eq!(r.segs_out, 1000.0);
         assert_eq!(m.interval_ns, S);
         // Not refreshed (same stamp): the time between the reads.
         m.update(vec![rec(1, 3_005_000, 12 * S)], 13 * S, |_| vec![]);
-        assert_eq!(m.rows[0].rates.unwrap().sent, 500_000.0);
+        assert_eq!(m.row(0).rates.unwrap().sent, 500_000.0);
         assert_eq!(m.history(1).values(), &[1_000_000.0, 500_000.0]);
     }
 
@@ -434,7 +478,7 @@ mod tests {
         let big = u64::MAX - 10;
         m.update(vec![rec(1, big, S)], S, |_| vec![]);
         m.update(vec![rec(1, 5, 2 * S)], 2 * S, |_| vec![]);
-        assert_eq!(m.rows[0].rates.unwrap().sent, 0.0, "a reset is no growth");
+        assert_eq!(m.row(0).rates.unwrap().sent, 0.0, "a reset is no growth");
         let mut m = Model::default();
         m.update(vec![rec(1, 1 << 40, S)], S, |_| vec![]);
         m.update(
@@ -442,7 +486,7 @@ mod tests {
             2 * S,
             |_| vec![],
         );
-        assert_eq!(m.rows[0].rates.unwrap().sent, (1u64 << 33) as f64 + 1.0);
+        assert_eq!(m.row(0).rates.unwrap().sent, (1u64 << 33) as f64 + 1.0);
     }
 
     #[test]
@@ -452,7 +496,7 @@ mod tests {
         let mut r = rec(7, 1_000_000, 11 * S);
         r.start_ns = 10 * S + S / 2;
         m.update(vec![r], 11 * S, |_| vec![]);
-        assert_eq!(m.rows[0].rates.unwrap().sent, 2_000_000.0);
+        assert_eq!(m.row(0).rates.unwrap().sent, 2_000_000.0);
     }
 
     #[test]
@@ -465,7 +509,7 @@ mod tests {
             f.flags = layout::F_CLOSED;
             vec![f]
         });
-        let closed: Vec<&Row> = m.rows.iter().filter(|r| r.closed).collect();
+        let closed: Vec<Row> = m.rows().filter(|r| r.closed).collect();
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].rec.cookie, 1);
         assert_eq!(closed[0].rates.unwrap().sent, 1_000_000.0, "over 0.5 s");
@@ -474,7 +518,7 @@ mod tests {
             assert!(gone.is_empty(), "{gone:?}");
             vec![]
         });
-        assert_eq!(m.rows.len(), 1);
+        assert_eq!(m.len(), 1);
         assert_eq!(m.tracked(), 1, "state follows the live set");
     }
 
@@ -483,10 +527,20 @@ mod tests {
         let mut m = Model::default();
         m.update(vec![rec(1, 100, S)], S, |_| vec![]);
         m.update(vec![], 2 * S, |_| vec![]);
-        assert!(m.rows[0].closed);
-        assert!(m.rows[0].rec.is_closed());
-        assert_eq!(m.rows[0].rec.bytes_sent, 100);
-        assert_eq!(layout::tcp_state_name(m.rows[0].rec.state), "CLOSED");
+        assert!(m.row(0).closed);
+        assert!(m.row(0).rec.is_closed());
+        assert_eq!(m.row(0).rec.bytes_sent, 100);
+        assert_eq!(layout::tcp_state_name(m.row(0).rec.state), "CLOSED");
+    }
+
+    #[test]
+    fn per_connection_state_stays_small() {
+        assert_eq!(std::mem::size_of::<Track>(), 128);
+        // The records of a refresh, with their rates.
+        assert_eq!(
+            std::mem::size_of::<ConnRecord>() + std::mem::size_of::<Option<Rates>>(),
+            256
+        );
     }
 
     #[test]
@@ -511,29 +565,27 @@ mod tests {
 
     #[test]
     fn groups_sum_rates_count_live_connections_and_keep_the_oldest() {
-        let row = |cookie, sent: f64, srtt, start| Row {
-            rec: ConnRecord {
+        let recs: Vec<ConnRecord> = [(1, 100, 5), (2, 300, 2), (3, 50, 1), (4, 0, 0)]
+            .map(|(cookie, srtt_us, start_ns)| ConnRecord {
                 cookie,
-                srtt_us: srtt,
-                start_ns: start,
+                srtt_us,
+                start_ns,
                 ..ConnRecord::default()
-            },
+            })
+            .to_vec();
+        let row = |i: usize, sent: f64| Row {
+            rec: &recs[i],
             rates: Some(Rates {
                 sent,
                 ..Rates::default()
             }),
             closed: false,
         };
-        let mut closed = row(4, 1e9, 0, 0);
+        let mut closed = row(3, 1e9);
         closed.closed = true;
-        let rows = [
-            row(1, 10.0, 100, 5),
-            row(2, 5.0, 300, 2),
-            row(3, 1.0, 50, 1),
-            closed,
-        ];
+        let rows = [row(0, 10.0), row(1, 5.0), row(2, 1.0), closed];
         let names = ["a", "a", "b", "a"];
-        let mut g = groups(rows.iter().zip(names), |_| History::default(), 10);
+        let mut g = groups(rows.into_iter().zip(names), |_| History::default(), 10);
         g.sort_by(|x, y| x.name.cmp(&y.name));
         assert_eq!(g.len(), 2);
         assert_eq!(
@@ -558,13 +610,19 @@ mod tests {
 
     #[test]
     fn sorting_is_stable_both_ways_numbers_before_text() {
-        let mut v = vec![(1, 2.0), (2, 1.0), (3, 2.0), (4, f64::NAN)];
-        sort_by(&mut v, true, |x| SortKey::Num(x.1));
-        assert_eq!(v.iter().map(|x| x.0).collect::<Vec<_>>(), [4, 1, 3, 2]);
-        sort_by(&mut v, false, |x| SortKey::Num(x.1));
-        assert_eq!(v.iter().map(|x| x.0).collect::<Vec<_>>(), [2, 1, 3, 4]);
-        let mut t = vec!["b", "a", "c"];
-        sort_by(&mut t, false, |x| SortKey::Text((*x).into()));
-        assert_eq!(t, ["a", "b", "c"]);
+        let order = |v: &[(SortKey, i32)]| v.iter().map(|x| x.1).collect::<Vec<_>>();
+        let mut v: Vec<(SortKey, i32)> = [(1, 2.0), (2, 1.0), (3, 2.0), (4, f64::NAN)]
+            .map(|(i, x)| (SortKey::Num(x), i))
+            .to_vec();
+        sort_keyed(&mut v, true);
+        assert_eq!(order(&v), [4, 1, 3, 2]);
+        sort_keyed(&mut v, false);
+        assert_eq!(order(&v), [2, 1, 3, 4]);
+        let mut t: Vec<(SortKey, i32)> = [("b", 1), ("a", 2), ("c", 3)]
+            .map(|(x, i)| (SortKey::Text(x.into()), i))
+            .to_vec();
+        t.push((SortKey::Num(0.0), 4));
+        sort_keyed(&mut t, false);
+        assert_eq!(order(&t), [4, 2, 1, 3]);
     }
 }

@@ -26,7 +26,7 @@ const CHROME: u16 = 4;
 pub struct Status<'a> {
     pub choice: &'a Choice,
     pub interval: Duration,
-    /// The last read's duration.
+    /// The last refresh's duration (read, read-time refresh, rates).
     pub took: Duration,
     pub frozen: bool,
     /// A filter is being typed.
@@ -101,7 +101,7 @@ fn status_text(t: &Table, s: &Status<'_>) -> String {
         text.push_str(&format!(" matching {:?}", c.filter));
     }
     text.push_str(&format!(
-        " · {} live, {} closed · every {} · read {} ms · sort {} {}",
+        " · {} live, {} closed · every {} · refresh {} ms · sort {} {}",
         t.total - t.closed,
         t.closed,
         crate::human::duration(s.interval.as_secs_f64()),

@@ -13,6 +13,7 @@ use std::{
 
 use longconn_common::{pinned::RefreshStats, ring::RingReader, ConnRecord, Pins};
 
+use super::model::Model;
 use crate::{
     clock::Clock,
     identity::{self, Cgroup, Identifier},
@@ -20,12 +21,11 @@ use crate::{
     servicemap::ServiceMap,
 };
 
-/// What one read found.
+/// What one read found besides the records (handed to the model).
 pub struct Read {
-    pub live: Vec<ConnRecord>,
     /// Sampled as the read started.
     pub clock: Clock,
-    /// How long the read and refresh took.
+    /// How long the read, the read-time refresh and the rates took.
     pub took: Duration,
     /// Records of the wrong size, skipped.
     pub bad: u64,
@@ -53,17 +53,34 @@ impl<'p> Source<'p> {
         }
     }
 
-    /// Reads and refreshes every live connection once.
-    pub fn read(&mut self) -> anyhow::Result<Read> {
+    /// Reads and refreshes every live connection once into `model`: a
+    /// thread reads the map a batch at a time while this one takes the
+    /// batch before into the model (rates), as `dump --json` overlaps
+    /// reading and rendering.
+    pub fn read(&mut self, model: &mut Model) -> anyhow::Result<Read> {
         let clock = Clock::now();
         let start = Instant::now();
-        let mut live = Vec::new();
-        let (bad, refresh) = self
-            .pins
-            .stream_live(true, |batch| live.extend_from_slice(&batch))?;
-        identity::resolve_cgroups(&mut self.cgroups, &live, &self.roots);
+        model.begin(clock.boot_ns);
+        let pins = self.pins;
+        let (bad, refresh) = std::thread::scope(|scope| -> anyhow::Result<_> {
+            let (batches, received) = std::sync::mpsc::sync_channel::<Vec<ConnRecord>>(2);
+            let reader = scope.spawn(move || {
+                pins.stream_live(true, |batch| {
+                    // Fails only if this side stopped, which it does not.
+                    let _ = batches.send(batch);
+                })
+            });
+            for batch in received {
+                model.add(&batch);
+            }
+            let read = reader
+                .join()
+                .map_err(|_| anyhow::anyhow!("top: the map reader thread panicked"))?;
+            Ok(read?)
+        })?;
+        model.finish(|cookies| self.finals(cookies));
+        identity::resolve_cgroups(&mut self.cgroups, model.rows().map(|r| r.rec), &self.roots);
         Ok(Read {
-            live,
             clock,
             took: start.elapsed(),
             bad,
@@ -73,7 +90,7 @@ impl<'p> Source<'p> {
 
     /// The close records of `cookies` waiting in the ring for `collect`,
     /// peeked from the consumer position on (never committed).
-    pub fn finals(&self, cookies: &[u64]) -> Vec<ConnRecord> {
+    fn finals(&self, cookies: &[u64]) -> Vec<ConnRecord> {
         let Some(ring) = &self.ring else {
             return Vec::new();
         };

@@ -12,7 +12,7 @@ use crate::{
 
 use super::{
     columns::{Col, Column, Line, View},
-    model::{self, Model},
+    model::{self, History, Model, SortKey},
 };
 
 /// What the viewer chose.
@@ -90,8 +90,8 @@ pub fn build(
         (offset, (offset + h).min(n))
     };
     let mut table = Table {
-        total: model.rows.len(),
-        closed: model.rows.iter().filter(|r| r.closed).count(),
+        total: model.len(),
+        closed: model.closed(),
         ..Table::default()
     };
     let cells = |l: &Line<'_>| columns.iter().map(|c| c.text(l)).collect::<Vec<_>>();
@@ -101,43 +101,43 @@ pub fn build(
                 || matches!(sort.col, Col::Process | Col::Workload | Col::Service);
             let none = Identity::default();
             let ids: Vec<Identity> = if named {
-                names(&model.rows, ident)
+                names(model, ident)
             } else {
                 Vec::new()
             };
-            let mut lines: Vec<(usize, Line<'_>)> = model
-                .rows
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let id = ids.get(i).unwrap_or(&none);
-                    (
-                        i,
-                        Line::connection(r, model.history(r.rec.cookie), clock, id),
-                    )
-                })
-                .filter(|(_, l)| keep(l))
-                .collect();
-            model::sort_by(&mut lines, choice.descending, |(_, l)| sort.sort_key(l));
-            let (from, to) = window(lines.len());
-            table.matched = lines.len();
+            // Keys of the lines kept, not the lines: the sort moves 16 bytes
+            // a line. The history is not a sort key (TREND sorts by rates).
+            let mut order: Vec<(SortKey, usize)> = Vec::with_capacity(model.len());
+            for (i, row) in model.rows().enumerate() {
+                let l =
+                    Line::connection(row, History::default(), clock, ids.get(i).unwrap_or(&none));
+                if keep(&l) {
+                    order.push((sort.sort_key(&l), i));
+                }
+            }
+            model::sort_keyed(&mut order, choice.descending);
+            let (from, to) = window(order.len());
+            table.matched = order.len();
             table.offset = from;
-            for (i, l) in &lines[from..to] {
+            for &(_, i) in &order[from..to] {
+                let row = model.row(i);
                 let id;
-                let l = if named {
-                    *l
-                } else {
-                    id = ident.identify(&model.rows[*i].rec);
-                    Line::connection(&model.rows[*i], l.history, clock, &id)
+                let id = match ids.get(i) {
+                    Some(id) => id,
+                    None => {
+                        id = ident.identify(row.rec);
+                        &id
+                    }
                 };
+                let l = Line::connection(row, model.history(row.rec.cookie), clock, id);
                 table.rows.push((cells(&l), l.closed));
             }
         }
         View::Workloads | View::Services => {
-            let ids = names(&model.rows, ident);
+            let ids = names(model, ident);
             let workloads = choice.view == View::Workloads;
             let groups = model::groups(
-                model.rows.iter().zip(ids.iter().map(|id| {
+                model.rows().zip(ids.iter().map(|id| {
                     if workloads {
                         id.workload.as_str()
                     } else {
@@ -147,12 +147,17 @@ pub fn build(
                 |cookie| model.history(cookie),
                 clock.boot_ns,
             );
-            let mut lines: Vec<Line<'_>> = groups.iter().map(Line::group).filter(keep).collect();
-            model::sort_by(&mut lines, choice.descending, |l| sort.sort_key(l));
-            let (from, to) = window(lines.len());
-            table.matched = lines.len();
+            let mut order: Vec<(SortKey, Line<'_>)> = groups
+                .iter()
+                .map(Line::group)
+                .filter(keep)
+                .map(|l| (sort.sort_key(&l), l))
+                .collect();
+            model::sort_keyed(&mut order, choice.descending);
+            let (from, to) = window(order.len());
+            table.matched = order.len();
             table.offset = from;
-            for l in &lines[from..to] {
+            for (_, l) in &order[from..to] {
                 table.rows.push((cells(l), false));
             }
         }
@@ -162,8 +167,9 @@ pub fn build(
 }
 
 /// Every row's names.
-fn names(rows: &[model::Row], ident: &Identifier<'_>) -> Vec<Identity> {
-    rows.iter()
-        .map(|r| ident.identify(&r.rec))
+fn names(model: &Model, ident: &Identifier<'_>) -> Vec<Identity> {
+    model
+        .rows()
+        .map(|r| ident.identify(r.rec))
         .collect::<Vec<_>>()
 }
