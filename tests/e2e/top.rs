@@ -89,6 +89,22 @@ impl Pty {
         }
     }
 
+    /// Sets the terminal's size as a terminal window would.
+    fn resize(&mut self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let mut p = self.parser.lock().unwrap();
+        p.set_size(rows, cols);
+        // SAFETY: TIOCSWINSZ on our own open pty master with a valid winsize.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+
     fn keys(&mut self, s: &str) {
         self.master
             .write_all(s.as_bytes())
@@ -332,11 +348,13 @@ fn top_on_a_terminal_shows_rates_sorts_filters_and_restores_the_terminal() {
     assert!(!hidden, "q left the cursor hidden");
 }
 
-/// Ctrl-C (a key in raw mode) and SIGTERM (from outside) both end `top`
-/// with the terminal restored.
+/// `top` survives a resize (redrawn at the new size), and Ctrl-C (a key
+/// in raw mode) and SIGTERM (from outside) both end it with the terminal
+/// restored.
 #[test]
-fn top_restores_the_terminal_on_ctrl_c_and_sigterm() {
-    if !privileged_or_skip("top_restores_the_terminal_on_ctrl_c_and_sigterm") {
+fn top_survives_a_resize_and_restores_the_terminal_on_ctrl_c_and_sigterm() {
+    if !privileged_or_skip("top_survives_a_resize_and_restores_the_terminal_on_ctrl_c_and_sigterm")
+    {
         return;
     }
     let env = TestEnv::new("top_signals");
@@ -352,6 +370,13 @@ fn top_restores_the_terminal_on_ctrl_c_and_sigterm() {
             let p = pty.parser.lock().unwrap();
             assert!(p.screen().alternate_screen() && p.screen().hide_cursor());
         }
+        // A resize (the kernel sends SIGWINCH): redrawn at the new size.
+        pty.resize(12, 100);
+        pty.wait_for("the footer of a 12-line screen", 10, |t| {
+            let lines: Vec<&str> = t.lines().collect();
+            (lines.len() == 12 && lines[0].contains("longconn top") && lines[11].contains("q quit"))
+                .then_some(())
+        });
         match how {
             "ctrl-c" => pty.keys("\x03"),
             _ => {
@@ -445,7 +470,7 @@ fn top_once_prints_rates_of_two_reads_an_interval_apart() {
         return;
     }
     let mut env = TestEnv::new("top_once");
-    env.pin(&[]);
+    env.pin(&["--group", "65534"]);
     let mut gen = Traffic::start_in(&mut env);
     let busy = gen.cmd("pair busy 4");
     let idle = gen.cmd("pair idle 4");
@@ -510,4 +535,29 @@ fn top_once_prints_rates_of_two_reads_an_interval_apart() {
     let groups = table(&text);
     assert_eq!(groups.len(), 1, "{text}");
     assert_eq!(groups[0]["CONNS"], "4", "{text}");
+
+    // The same access as `dump`: a member of the pins' group, without
+    // root or capabilities, reads; anyone else gets dump's one line, exit 4.
+    let as_user = |gid: u32| {
+        longconn_tests::env::unprivileged(gid, &[], &longconn_tests::env::bin("longconn-reader"))
+            .arg("--pin-dir")
+            .arg(&env.pin_dir)
+            .args(["top", "--once", "--interval", "100ms"])
+            .output()
+            .unwrap()
+    };
+    let o = as_user(65534);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && table(&text).len() == 4,
+        "top as uid 65534 in the pins' group: {}{text}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = as_user(12345);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(
+        err.starts_with("longconn-reader: permission denied opening") && err.lines().count() == 1,
+        "{err}"
+    );
 }
