@@ -6,7 +6,8 @@
 //! connections gone since the last read; `model` turns two reads into
 //! rates and a short history; `table` filters, sorts and makes cells of
 //! the visible lines only; `screen` draws them (or `once` prints them).
-//! `keys` maps keys to actions, `term` owns the terminal.
+//! `keys` maps keys to actions, `session` applies them to the viewer's
+//! state, `term` owns the terminal.
 //!
 //! Invariant: read-only. `top` never moves the ring's consumer position
 //! (see `source`), so `collect` running beside it loses and duplicates
@@ -17,6 +18,7 @@ mod keys;
 mod model;
 mod once;
 mod screen;
+mod session;
 mod source;
 mod table;
 mod term;
@@ -34,7 +36,7 @@ use longconn_common::{pinned::Access, Pins};
 use crate::{argvalues, runtime, servicemap::ServiceMap};
 
 use columns::{Col, View, COLUMNS};
-use keys::Action;
+use session::{Flow, Session};
 use table::Choice;
 
 /// The fastest refresh `--interval` allows.
@@ -167,106 +169,89 @@ fn warn_bad(bad: u64) {
     }
 }
 
-/// The full-screen loop: refresh when due (unless frozen), redraw when
-/// something changed, act on keys in between.
+/// The full-screen loop, in its phase order: refresh when due (unless
+/// frozen), redraw when something changed, wait for a key or a resize and
+/// apply it (`session`).
 fn interactive(
     source: &mut source::Source<'_>,
-    mut choice: Choice,
+    choice: Choice,
     interval: Duration,
 ) -> anyhow::Result<()> {
     let mut guard = term::enter().map_err(|e| {
         anyhow::anyhow!("cannot set up the terminal for top: {e}; use --once for text")
     })?;
+    let mut s = Session::new(choice, screen::table_height(guard.terminal.size()?.height));
     let mut model = model::Model::default();
-    let (mut clock, mut took, mut unreachable) = (crate::clock::Clock::now(), Duration::ZERO, 0);
-    let (mut frozen, mut typing, mut dirty) = (false, false, true);
-    let mut next = Instant::now();
-    let mut height = screen::table_height(guard.terminal.size()?.height);
+    let mut last = Last {
+        clock: crate::clock::Clock::now(),
+        took: Duration::ZERO,
+        unreachable: 0,
+    };
+    let mut dirty = true;
     while !term::stop_requested() {
-        if !frozen && Instant::now() >= next {
+        if s.due(Instant::now()) {
             let read = source.read(&mut model)?;
-            (clock, took) = (read.clock, read.took);
-            unreachable = read.refresh.not_found + read.refresh.netns_unknown;
-            next = Instant::now() + interval.saturating_sub(took);
+            last = Last {
+                clock: read.clock,
+                took: read.took,
+                unreachable: read.refresh.not_found + read.refresh.netns_unknown,
+            };
+            s.next = Instant::now() + interval.saturating_sub(read.took);
             dirty = true;
         }
         if dirty {
             let table = table::build(
                 &model,
                 &source.identifier(),
-                &clock,
-                &choice,
-                Some(height),
+                &last.clock,
+                &s.choice,
+                Some(s.height),
                 false,
             );
-            choice.offset = table.offset;
+            s.choice.offset = table.offset;
             let status = screen::Status {
-                choice: &choice,
+                choice: &s.choice,
                 interval,
-                took,
-                frozen,
-                typing,
-                unreachable,
+                took: last.took,
+                frozen: s.frozen,
+                typing: s.typing,
+                unreachable: last.unreachable,
             };
             guard.terminal.draw(|f| screen::draw(f, &table, &status))?;
-            dirty = false;
         }
-        let wait = if frozen {
-            Duration::from_millis(250)
-        } else {
-            next.saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(250))
-        };
-        if !event::poll(wait)? {
-            continue;
-        }
-        dirty = true;
-        let key = match event::read()? {
-            Event::Key(k) => k,
-            Event::Resize(_, rows) => {
-                height = screen::table_height(rows);
+        dirty = match input(s.wait(Instant::now()))? {
+            None => false,
+            Some(Event::Resize(_, rows)) => {
+                s.height = screen::table_height(rows);
                 guard.terminal.autoresize()?;
-                continue;
+                true
             }
-            _ => continue,
+            Some(Event::Key(key)) => match s.act(keys::action(&key, s.typing), Instant::now()) {
+                Flow::Quit => break,
+                Flow::Continue => true,
+                Flow::Unchanged => false,
+            },
+            Some(_) => false,
         };
-        let page = height.max(1);
-        match keys::action(&key, typing) {
-            Action::Quit => break,
-            Action::Sort(col) => choice.sort_by(col),
-            Action::NextView => {
-                choice.view = choice.view.next();
-                choice.offset = 0;
-            }
-            Action::Freeze => {
-                frozen = !frozen;
-                // Unfreezing reads at once.
-                next = Instant::now();
-            }
-            Action::Filter => typing = true,
-            Action::Type(c) => {
-                choice.filter.push(c);
-                choice.offset = 0;
-            }
-            Action::Backspace => {
-                choice.filter.pop();
-            }
-            Action::FilterDone => typing = false,
-            Action::FilterClear => {
-                typing = false;
-                choice.filter.clear();
-            }
-            Action::Up => choice.offset = choice.offset.saturating_sub(1),
-            Action::Down => choice.offset = choice.offset.saturating_add(1),
-            Action::PageUp => choice.offset = choice.offset.saturating_sub(page),
-            Action::PageDown => choice.offset = choice.offset.saturating_add(page),
-            Action::Top => choice.offset = 0,
-            Action::Bottom => choice.offset = usize::MAX,
-            Action::Nothing => dirty = false,
-        }
     }
     drop(guard);
     Ok(())
+}
+
+/// What the last refresh read, for the status line.
+struct Last {
+    clock: crate::clock::Clock,
+    took: Duration,
+    unreachable: u64,
+}
+
+/// The next terminal event within `wait`, if any.
+fn input(wait: Duration) -> std::io::Result<Option<Event>> {
+    if event::poll(wait)? {
+        event::read().map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]
