@@ -17,6 +17,7 @@ mod servicemap;
 mod termsafe;
 #[cfg(test)]
 mod testskip;
+mod top;
 mod view;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -59,6 +60,10 @@ enum Command {
     Collect(collect::CollectArgs),
     /// List live connections, busiest first (like `ss -ti`, from the pinned map).
     Dump(dump::DumpArgs),
+    /// Watch live connections with rates (bytes/s, segments/s, retransmits/s),
+    /// full screen like htop; sort, filter, group by workload or service.
+    /// Without a terminal (or with --once) print one frame of rates as text.
+    Top(top::TopArgs),
     /// Turn `kubectl get pods,services,endpointslices -A -o json` (stdin)
     /// into a --services map (stdout) naming pod IPs namespace/pod and
     /// service ClusterIP:port and endpoints namespace/service.
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Collect(args) => collect::run(&cli.pin_dir, args),
         Command::Dump(args) => dump::run(&cli.pin_dir, args),
+        Command::Top(args) => top::run(&cli.pin_dir, args),
         Command::ServicesFromKubectl(args) => peermap::run(args),
     };
     match result {
@@ -112,6 +118,11 @@ mod robustness {
         let words = [
             "collect",
             "dump",
+            "top",
+            "--once",
+            "--interval",
+            "--sort",
+            "--view",
             "--json",
             "--min-age",
             "--port",

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -352,12 +353,13 @@ def ss_sockets():
     return sum(1 for line in out.splitlines() if line and not line[0].isspace())
 
 
-def measure_size(a, pin, label, conns, out, with_ss, extra=(), reps=None):
-    """Warm-up collect, then reps of (collect, dump --json[, ss -tinH]), alternating."""
+def measure_size(a, pin, label, conns, out, with_ss, extra=(), reps=None, with_top=True):
+    """Warm-up collect, then reps of (collect, dump --json[, top --once][, ss -tinH]),
+    alternating."""
     reps = reps or a.reps
     os.makedirs(out, exist_ok=True)
     r = {"conns": conns, "collect_s": [], "collect_kib": [], "dump_s": [], "dump_kib": [],
-         "ss_s": [], "ss_kib": [], "written": []}
+         "top_s": [], "top_text_s": [], "top_wall_s": [], "top_kib": [], "ss_s": [], "ss_kib": [], "written": []}
     dt, kib, rc, err = timed(collect_argv(pin, out, extra))
     if rc != 0:
         raise RuntimeError(f"collect failed ({rc}): {err}")
@@ -377,14 +379,42 @@ def measure_size(a, pin, label, conns, out, with_ss, extra=(), reps=None):
             raise RuntimeError(f"dump failed ({rc}): {err}")
         r["dump_s"].append(dt)
         r["dump_kib"].append(kib)
+        if with_top:
+            top_refresh(pin, r)
         if with_ss:
             dt, kib, rc, err = timed(["ss", "-tinH"], stdout=devnull)
             r["ss_s"].append(dt)
             r["ss_kib"].append(kib)
         log(f"{label} rep {rep + 1}/{reps}: collect {r['collect_s'][-1] * 1000:.0f} ms "
             f"{r['collect_kib'][-1] / 1024:.0f} MiB, dump {r['dump_s'][-1] * 1000:.0f} ms"
+            + (f", top refresh {r['top_s'][-1] * 1000:.0f} ms" if with_top else "")
             + (f", ss {r['ss_s'][-1] * 1000:.0f} ms" if with_ss else ""))
     return r
+
+
+
+def top_refresh(pin, r):
+    """One refresh of `top`, as `top --once --interval 100ms` reports it on
+    its first line: the second refresh (read, read-time refresh, rates) plus
+    the table of a 50-line screen (filter and sort every line, text of the
+    visible ones): what the screen does every --interval. Also the text
+    table of every line (`--once`'s own output)."""
+    path = os.path.join(WORK, "top-once.out")
+    with open(path, "w+") as out:
+        dt, kib, rc, err = timed(pin.reader("top", "--once", "--interval", "100ms"), stdout=out)
+        if rc != 0:
+            raise RuntimeError(f"top --once failed ({rc}): {err}")
+        out.seek(0)
+        first = out.readline()
+    m = re.search(r"refreshes took (\d+) ms and (\d+) ms, a 50-line screen (\d+) ms, "
+                  r"this table (\d+) ms", first)
+    if not m:
+        raise RuntimeError(f"top --once printed no refresh times: {first!r}")
+    refresh, screen, text = (int(m.group(i)) / 1000 for i in (2, 3, 4))
+    r["top_s"].append(refresh + screen)
+    r["top_text_s"].append(text)
+    r["top_wall_s"].append(dt)
+    r["top_kib"].append(kib)
 
 
 def measure_active(a, pin, gens, out):
@@ -494,7 +524,8 @@ def scale(a, want_reader, want_output):
         log(f"synthetic: filled {fill['filled']} in {fill['seconds']} s")
         out = os.path.join(WORK, "out-synthetic")
         r = measure_size(a, pin, f"synthetic {synth}", pin.tracked(), out, False,
-                         ("--max-connection-series", "1000"), reps=SYNTH_REPS)
+                         ("--max-connection-series", "1000"), reps=SYNTH_REPS,
+                         with_top=False)
         r.update({"entries": synth, "fill_s": fill["seconds"]})
         results["synthetic"] = r
         shutil.rmtree(out, ignore_errors=True)
@@ -517,14 +548,18 @@ def mib(xs):
 
 
 def emit_reader(a, res, synth):
-    rows, trows = [], []
+    rows, trows, trows_top = [], [], []
     for r in res["real"]:
         ratio = [c / s for c, s in zip(r["collect_s"], r["ss_s"])]
         dratio = [d / s for d, s in zip(r["dump_s"], r["ss_s"])]
+        tratio = [t / d for t, d in zip(r["top_s"], r["dump_s"])]
         rows.append([f"{r['pairs']:,}", f"{r['conns']:,}", f"{r['ss_listed']:,}",
                      ms(r["collect_s"]), mib(r["collect_kib"]), ms(r["dump_s"]),
                      mib(r["dump_kib"]), ms(r["ss_s"]), spread(ratio, "{:.2f}"),
                      verdict(med(ratio) <= 0.5), spread(dratio, "{:.2f}")])
+        trows_top.append([f"{r['pairs']:,}", f"{r['conns']:,}", ms(r["dump_s"]), ms(r["top_s"]),
+                          spread(tratio, "{:.2f}"), verdict(med(tratio) <= 1.0),
+                          ms(r["top_text_s"]), ms(r["top_wall_s"]), mib(r["top_kib"])])
     if res["real"]:
         big = res["real"][-1]
         c, m = med(big["collect_s"]) * 1000, med(big["collect_kib"]) / 1024
@@ -577,6 +612,19 @@ size takes from tens of seconds to minutes here.
 {table(["map entries", "first collect", "steady-state collect ms", "collect MiB", "dump ms", "dump MiB"], srows)}
 
 {table(["scale", "measured (median collect)", "target", "result"], trows)}
+
+#### `top`: one refresh vs `dump --json`
+
+Same connections and rounds: after each `dump --json`, `longconn-reader top
+--once --interval 100ms >FILE`, which reports on its first line what its
+second refresh took (read with the read-time refresh, rates) and what the
+table of a 50-line screen took (filter and sort every line, text of the
+visible ones): their sum is what the screen does every `--interval`. Target
+(issue 19): a refresh costs no more than `dump --json` (its wall time).
+Also shown: `--once`'s own table (text of every line) and its wall time
+(two refreshes 100 ms apart, that table, process start and exit).
+
+{table(["connections (pairs)", "map entries", "dump ms", "top refresh ms (read + 50-line screen)", "top / dump (target ≤ 1)", "result", "--once text of every line ms", "top --once wall ms", "top --once MiB"], trows_top)}
 """)
 
 

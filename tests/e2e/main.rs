@@ -20,4 +20,5 @@ mod promises;
 mod reliability;
 mod runtime_names;
 mod soak;
+mod top;
 mod transparency;
