@@ -24,7 +24,6 @@
 
 use std::{
     fs,
-    io::Read,
     net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
@@ -138,17 +137,7 @@ fn scan(dir: &Path) -> std::io::Result<Vec<(IpAddr, String)>> {
 /// A regular file's bytes if it is one and small (a FIFO planted there
 /// never blocks the cycle).
 fn read_small(path: &Path) -> Option<Vec<u8>> {
-    let meta = fs::symlink_metadata(path).ok()?;
-    if !meta.file_type().is_file() || meta.len() > MAX_FILE {
-        return None;
-    }
-    let mut buf = Vec::new();
-    fs::File::open(path)
-        .ok()?
-        .take(MAX_FILE)
-        .read_to_end(&mut buf)
-        .ok()?;
-    Some(buf)
+    crate::runtime::read_regular_upto(path, MAX_FILE)
 }
 
 /// One named peer: address, name, namespace.

@@ -417,16 +417,7 @@ mod tests {
 
     /// tests/data/kubectl: real recorded kubectl/API output (see its README).
     fn recorded() -> String {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/kubectl");
-        [
-            "pods.json",
-            "service-clusterip.json",
-            "service-headless.json",
-            "endpointslices.json",
-        ]
-        .iter()
-        .map(|f| std::fs::read_to_string(format!("{dir}/{f}")).unwrap())
-        .collect()
+        recorded_docs().concat()
     }
 
     fn csv(text: &str) -> String {

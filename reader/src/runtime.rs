@@ -220,14 +220,20 @@ impl<'r> Resolver<'r> {
 /// A regular file's bytes, if it is one and not larger than `MAX_FILE`
 /// (never blocks on a FIFO or device someone put there).
 fn read_small(path: &Path) -> Option<Vec<u8>> {
+    read_regular_upto(path, MAX_FILE)
+}
+
+/// A regular file's bytes (a symlink is not followed), if it is not larger
+/// than `max` bytes.
+pub(crate) fn read_regular_upto(path: &Path, max: u64) -> Option<Vec<u8>> {
     let meta = fs::symlink_metadata(path).ok()?;
-    if !meta.file_type().is_file() || meta.len() > MAX_FILE {
+    if !meta.file_type().is_file() || meta.len() > max {
         return None;
     }
     let mut buf = Vec::with_capacity(meta.len() as usize);
     fs::File::open(path)
         .ok()?
-        .take(MAX_FILE)
+        .take(max)
         .read_to_end(&mut buf)
         .ok()?;
     Some(buf)

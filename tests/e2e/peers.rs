@@ -95,17 +95,7 @@ fn assert_peers_named(env: &TestEnv, dump_args: &[&str], series: &prom::Series, 
 /// Every close record of each peer's connections names it, in each format.
 fn assert_logs_named(env: &TestEnv, peers: &[Peer]) {
     let out = env.out_dir();
-    for (what, recs) in [
-        ("access.csv", logs::csv(&logs::files(&out, "access.csv"))),
-        (
-            "access.jsonl",
-            logs::jsonl(&logs::files(&out, "access.jsonl")),
-        ),
-        (
-            "otlp-logs.jsonl",
-            logs::otlp_logs(&logs::files(&out, "otlp-logs.jsonl")),
-        ),
-    ] {
+    for (what, recs) in logs::every_format(&out) {
         for p in peers {
             let port = p.port.to_string();
             // CSV and JSON Lines say local_address, logs::otlp_logs local_addr.

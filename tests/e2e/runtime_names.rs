@@ -118,17 +118,7 @@ fn assert_named(env: &TestEnv, root: &Path, series: &prom::Series, want: &Want<'
     );
     // Access logs: CSV, JSON Lines, OTLP logs.
     let out = env.out_dir();
-    for (what, recs) in [
-        ("access.csv", logs::csv(&logs::files(&out, "access.csv"))),
-        (
-            "access.jsonl",
-            logs::jsonl(&logs::files(&out, "access.jsonl")),
-        ),
-        (
-            "otlp-logs.jsonl",
-            logs::otlp_logs(&logs::files(&out, "otlp-logs.jsonl")),
-        ),
-    ] {
+    for (what, recs) in logs::every_format(&out) {
         let mine: Vec<&HashMap<String, String>> = recs
             .iter()
             .filter(|r| r.get("workload").map(String::as_str) == Some(want.workload))

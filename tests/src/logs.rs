@@ -55,6 +55,16 @@ fn text(f: &Path) -> String {
     t
 }
 
+/// Every access record `collect` wrote into `out`, per format (CSV, JSON
+/// Lines, OTLP logs; rotated files included), each with its file name.
+pub fn every_format(out: &Path) -> [(&'static str, Vec<Record>); 3] {
+    [
+        ("access.csv", csv(&files(out, "access.csv"))),
+        ("access.jsonl", jsonl(&files(out, "access.jsonl"))),
+        ("otlp-logs.jsonl", otlp_logs(&files(out, "otlp-logs.jsonl"))),
+    ]
+}
+
 /// Records of `access.csv`-style files, each file starting with the header.
 pub fn csv(files: &[PathBuf]) -> Vec<Record> {
     let mut out = Vec::new();
