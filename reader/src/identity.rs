@@ -120,14 +120,22 @@ impl Cgroup {
     }
 }
 
+/// The paths the kernel captured when cgroups were made (the pinned
+/// `cgroup_names` map), for the ids asked: raw bytes, relative to the
+/// cgroup v2 root.
+pub type Captured<'c> = &'c dyn Fn(&BTreeSet<u64>) -> HashMap<u64, Vec<u8>>;
+
 /// Resolves every cgroup id in `records` not yet in `cgroups` with one walk
-/// of the cgroup v2 tree (ids not found are named "cgroup:<id>"), and looks
-/// up the runtime names of each that has none yet, once: nothing here runs
-/// again for a cgroup already resolved.
+/// of the cgroup v2 tree, then from the paths the kernel captured when the
+/// cgroups were made (`captured`: a cgroup gone before this walk, even one
+/// that lived less than a cycle); ids still unknown are named
+/// "cgroup:<id>". Looks up the runtime names of each that has none yet,
+/// once: nothing here runs again for a cgroup already resolved.
 pub fn resolve_cgroups<'a>(
     cgroups: &mut BTreeMap<u64, Cgroup>,
     records: impl IntoIterator<Item = &'a ConnRecord>,
     roots: &runtime::Roots,
+    captured: Captured<'_>,
 ) {
     let unnamed: BTreeSet<u64> = records
         .into_iter()
@@ -163,19 +171,39 @@ pub fn resolve_cgroups<'a>(
                 }
             }
         }
+        let paths = if left.is_empty() {
+            HashMap::new()
+        } else {
+            captured(&left)
+        };
         for id in left {
-            cgroups.insert(id, Cgroup::unnamed(format!("cgroup:{id}")));
+            let path = match paths.get(&id) {
+                Some(p) => longconn_common::text::distinct_text(p),
+                None => format!("cgroup:{id}"),
+            };
+            cgroups.insert(id, Cgroup::unnamed(path));
         }
     }
     let mut resolver = runtime::Resolver::new(roots);
     for id in unnamed {
         if let Some(c) = cgroups.get_mut(&id) {
-            let (container_id, _) = parse_container(&c.path);
-            c.names = Some(if container_id.is_empty() {
+            let (container_id, pod_uid) = parse_container(&c.path);
+            let mut names = if container_id.is_empty() {
                 runtime::Names::default()
             } else {
                 resolver.names(&container_id)
-            });
+            };
+            // The runtime's state is gone (or this is the pod's own
+            // cgroup): the kubelet's pod log directory outlives it.
+            if !names.is_kubernetes() && !pod_uid.is_empty() {
+                if let Some(pod) = resolver.pod(&pod_uid) {
+                    names = runtime::Names {
+                        container: names.container,
+                        ..pod
+                    };
+                }
+            }
+            c.names = Some(names);
         }
     }
 }

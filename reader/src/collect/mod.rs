@@ -756,6 +756,7 @@ fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
             .chain(records.iter().map(|(r, _)| r))
             .chain(keys.iter()),
         &cy.a.runtime.roots(),
+        &|ids| captured_paths(pins, ids),
     );
     Ok(KernelRead {
         clock,
@@ -765,6 +766,18 @@ fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
         ring_producer,
         refresh,
         totals,
+    })
+}
+
+/// The paths the kernel captured for cgroups `ids` (a failed read names
+/// them `cgroup:<id>`, with one line saying why).
+pub(crate) fn captured_paths(
+    pins: &Pins,
+    ids: &std::collections::BTreeSet<u64>,
+) -> std::collections::HashMap<u64, Vec<u8>> {
+    pins.cgroup_paths(ids.iter().copied()).unwrap_or_else(|e| {
+        eprintln!("longconn-reader: cannot read the captured cgroup names ({e}); {} cgroups gone before this cycle are named cgroup:<id>", ids.len());
+        Default::default()
     })
 }
 
