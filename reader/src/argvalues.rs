@@ -53,6 +53,16 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--series-ttl`: a duration of at least one second (sub-minute values
+/// are for tests and very short-lived hosts).
+pub fn series_ttl(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is shorter than 1s"));
+    }
+    Ok(d)
+}
+
 /// A duration (checked by `duration`) in nanoseconds.
 pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)

@@ -208,6 +208,37 @@ pub fn resolve_cgroups<'a>(
     }
 }
 
+/// Which of cgroups `ids` are gone: not in the cgroup v2 tree (one walk,
+/// stopped once all are found; each id from the directory entry, no stat).
+/// None is known gone if the tree cannot be read.
+pub fn gone_cgroups(ids: &BTreeSet<u64>) -> BTreeSet<u64> {
+    use std::os::unix::fs::DirEntryExt;
+    let mut left = ids.clone();
+    let Ok(root) = mounts::cgroup2_root() else {
+        return BTreeSet::new();
+    };
+    let Ok(root_id) = mounts::cgroup_id(&root) else {
+        return BTreeSet::new();
+    };
+    left.remove(&root_id);
+    let mut queue = VecDeque::from([root]);
+    while let Some(dir) = queue.pop_front() {
+        if left.is_empty() {
+            break;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                left.remove(&e.ino());
+                queue.push_back(e.path());
+            }
+        }
+    }
+    left
+}
+
 fn relative(root: &Path, dir: &Path) -> String {
     match dir.strip_prefix(root) {
         Ok(rel) if rel.as_os_str().is_empty() => "/".into(),

@@ -195,3 +195,194 @@ fn cgroups_gone_before_the_next_collect_are_named_by_their_path() {
         .all(|(p, u)| p.starts_with("job-") && u.len() == 36));
     drop(sink);
 }
+
+/// Every counter sample of one exposition by (name, labels), with the start
+/// of its series (`longconn_{workload,service}_start_time_seconds` of its
+/// group labels).
+fn counters_with_starts(
+    s: &prom::Series,
+) -> BTreeMap<(String, BTreeMap<String, String>), (f64, f64)> {
+    let start_of = |name: &str, labels: &BTreeMap<String, String>| {
+        let family = if name.starts_with("longconn_workload_") {
+            "longconn_workload_start_time_seconds"
+        } else {
+            "longconn_service_start_time_seconds"
+        };
+        s.get(&(family.to_owned(), labels.clone()))
+            .copied()
+            .unwrap_or_else(|| panic!("no {family} for {labels:?}"))
+    };
+    s.iter()
+        .filter(|((n, _), _)| {
+            (n.starts_with("longconn_workload_") || n.starts_with("longconn_service_"))
+                && n.ends_with("_total")
+        })
+        .map(|((n, l), v)| ((n.clone(), l.clone()), (start_of(n, l), *v)))
+        .collect()
+}
+
+/// No counter decreases within one start time: each sample against the
+/// last one seen of its series (`seen`, updated).
+fn never_decrease(
+    seen: &mut BTreeMap<(String, BTreeMap<String, String>), (f64, f64)>,
+    now: BTreeMap<(String, BTreeMap<String, String>), (f64, f64)>,
+    what: &str,
+) {
+    for (k, (start, v)) in now {
+        if let Some((s0, v0)) = seen.get(&k) {
+            assert!(
+                start >= *s0,
+                "{what}: {k:?} start went back {s0} -> {start}"
+            );
+            if start == *s0 {
+                assert!(
+                    v >= *v0,
+                    "{what}: {k:?} decreased {v0} -> {v} within one start"
+                );
+            }
+        }
+        seen.insert(k, (start, v));
+    }
+}
+
+/// The same for the OTLP metrics: each counter point by (name, attributes),
+/// with its startTimeUnixNano.
+fn otlp_counters(out: &Path) -> Vec<BTreeMap<(String, BTreeMap<String, String>), (f64, f64)>> {
+    let text = fs::read_to_string(out.join("otlp-metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|line| {
+            let (series, starts) = super::otlp::otlp_series(line);
+            series
+                .into_iter()
+                .filter(|((n, _), _)| {
+                    (n.starts_with("longconn_workload_") || n.starts_with("longconn_service_"))
+                        && n.ends_with("_total")
+                })
+                .map(|(k, v)| {
+                    let start: f64 = starts[&k].parse().unwrap();
+                    (k, (start, v))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn sample_lines(env: &TestEnv) -> usize {
+    let text = fs::read_to_string(env.out_dir().join("longconn.prom")).unwrap();
+    text.lines().filter(|l| !l.starts_with('#')).count()
+}
+
+fn state_len(env: &TestEnv) -> u64 {
+    fs::metadata(env.out_dir().join("state.bin")).unwrap().len()
+}
+
+#[test]
+fn series_of_gone_workloads_retire_and_a_returning_one_starts_again() {
+    if !privileged_or_skip("series_of_gone_workloads_retire_and_a_returning_one_starts_again") {
+        return;
+    }
+    let mut env = TestEnv::new("churnttl");
+    let sink = Sink::start();
+    env.pin(&[]);
+    let extra = ["--series-ttl", "2s", "--otlp", "metrics"];
+    let mut seen = BTreeMap::new();
+    let mut collect = |env: &TestEnv, what: &str| {
+        let s = collect_ok(env, &extra);
+        never_decrease(&mut seen, counters_with_starts(&s), what);
+        s
+    };
+    collect(&env, "baseline");
+    collect(&env, "baseline");
+    let (base_lines, base_state) = (sample_lines(&env), state_len(&env));
+
+    // 1000 workloads, each one cgroup living under a second with one
+    // connection; collects in between (the first ones retire meanwhile).
+    let n = 1000;
+    let mut most = 0;
+    let mut peak_state = 0;
+    for i in 0..n {
+        let cg = env.cgroup.join(format!("wl-{i}"));
+        one_shot_cgroup(&mut env, &cg, sink.port, 10);
+        if i % 200 == 199 {
+            let s = collect(&env, "churn");
+            most = most.max(workloads(&s).len());
+            peak_state = peak_state.max(state_len(&env));
+        }
+    }
+    assert!(most >= 200, "at most {most} workloads in one .prom");
+    let wl7 = format!("{}/wl-{}", env.workload(), n - 1);
+    let s = collect(&env, "after churn");
+    let start_before = prom::value(
+        &s,
+        "longconn_workload_start_time_seconds",
+        &[("workload", &wl7), ("direction", "outbound")],
+    )
+    .expect("the last workload's start");
+
+    // Quiet: every series retires after the TTL, the state follows.
+    sleep(Duration::from_millis(2500));
+    let mut tries = 0;
+    loop {
+        collect(&env, "quiet");
+        let (lines, st) = (sample_lines(&env), state_len(&env));
+        if lines == base_lines && st <= base_state + 1024 {
+            break;
+        }
+        tries += 1;
+        assert!(
+            tries < 8,
+            "after the TTL: {lines} samples (baseline {base_lines}), state.bin {st} B (baseline {base_state}, peak {peak_state})"
+        );
+        sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "series: baseline {base_lines} samples, most {most} workloads in one .prom; state.bin: baseline {base_state} B, peak {peak_state} B, after the TTL {} B ({} quiet cycles)",
+        state_len(&env),
+        tries + 1
+    );
+    assert!(
+        peak_state > base_state + 50_000,
+        "peak state {peak_state} B"
+    );
+
+    // The last workload returns: from 0, with a new start.
+    let cg = env.cgroup.join(format!("wl-{}", n - 1));
+    one_shot_cgroup(&mut env, &cg, sink.port, 10);
+    let s = collect(&env, "returned");
+    let v = |name: &str| {
+        prom::value(&s, name, &[("workload", &wl7), ("direction", "outbound")])
+            .unwrap_or_else(|| panic!("{name} of {wl7}"))
+    };
+    assert_eq!(v("longconn_workload_connections_closed_total"), 1.0);
+    assert_eq!(v("longconn_workload_sent_bytes_total"), 12.0);
+    assert!(
+        v("longconn_workload_start_time_seconds") > start_before,
+        "a new start time"
+    );
+
+    // The OTLP metrics tell the same: a new start for the returning series,
+    // never a decrease within one start.
+    let mut otlp_seen = BTreeMap::new();
+    let lines = otlp_counters(&env.out_dir());
+    for (i, line) in lines.iter().enumerate() {
+        never_decrease(&mut otlp_seen, line.clone(), &format!("otlp line {i}"));
+    }
+    let key = (
+        "longconn_workload_connections_closed_total".to_owned(),
+        BTreeMap::from([
+            ("workload".to_owned(), wl7.clone()),
+            ("direction".to_owned(), "outbound".to_owned()),
+        ]),
+    );
+    let starts: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| l.get(&key))
+        .map(|p| p.0)
+        .collect();
+    assert!(starts.len() >= 2, "{starts:?}");
+    assert!(
+        starts.last() > starts.first(),
+        "OTLP start times {starts:?}"
+    );
+    drop(sink);
+}

@@ -188,6 +188,22 @@ pub struct GroupTotals {
     pub failed: u64,
     /// Final counters of connections that closed.
     pub closed_counters: Counters,
+    /// When this series' counters started (Unix ns): its first connection,
+    /// or its return after retirement (`retire`); 0: not set yet.
+    #[serde(default)]
+    pub start_unix_ns: i64,
+    /// When it last had a live connection or a change (Unix ns): retired
+    /// `--series-ttl` after; 0: not set yet.
+    #[serde(default)]
+    pub seen_unix_ns: i64,
+}
+
+impl GroupTotals {
+    /// Whether the counted values (not the times) differ.
+    pub fn counts_differ(&self, o: &Self) -> bool {
+        (self.opened, self.closed, self.failed, self.closed_counters)
+            != (o.opened, o.closed, o.failed, o.closed_counters)
+    }
 }
 
 /// A group: direction and the interned "label values" key.
