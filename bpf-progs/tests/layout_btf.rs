@@ -14,7 +14,7 @@
 use std::{collections::HashMap, mem::offset_of};
 
 use longconn_common::{
-    layout::{ListenKey, Owner, RefreshSlot, Totals, TotalsKey},
+    layout::{CgroupName, ListenKey, Owner, RefreshSlot, Totals, TotalsKey},
     ConnRecord, Meta, NetnsEntry,
 };
 

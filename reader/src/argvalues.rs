@@ -93,6 +93,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn series_ttls_take_sub_minute_values_down_to_a_second() {
+        assert_eq!(series_ttl("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(series_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert!(series_ttl("500ms").unwrap_err().contains("shorter than 1s"));
+        assert!(series_ttl("0s").is_err());
+    }
+
+    #[test]
     fn durations_that_overflow_nanoseconds_are_refused() {
         assert_eq!(duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(nanos(duration("5s").unwrap()), 5_000_000_000);

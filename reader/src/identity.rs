@@ -10,7 +10,10 @@
 //! container's name under podman or docker, the systemd unit of a service,
 //! else the cgroup path. Cgroup ids are resolved once (path and runtime
 //! names) and kept in the reader's state, so a connection whose cgroup is
-//! gone still reports the name it had, and no runtime state is read again.
+//! gone still reports the name it had, and no runtime state is read again;
+//! a cgroup gone before the reader first looked (one that lived less than a
+//! cycle) is named from the path the kernel captured when it was made (the
+//! pinned `cgroup_names` map).
 //! Service: a `--services` rule's name when one matches; otherwise
 //! outbound -> remote address:port, inbound -> local (listening) address:port.
 //! Addresses have one canonical text form (IPv4-mapped IPv6 shown as IPv4,

@@ -77,10 +77,10 @@ fn one_shot_cgroup(env: &mut TestEnv, cg: &Path, port: u16, bytes: usize) {
             "exec 3<>/dev/tcp/127.0.0.1/{port} && head -c {bytes} /dev/zero >&3 && exec 3>&-"
         ))
         .stderr(Stdio::null());
-    let child = env.spawn_in(cg, cmd);
+    env.spawn_in(cg, cmd);
+    let mut child = env.take_child();
     let st = child.wait().unwrap();
     assert!(st.success(), "client in {} failed", cg.display());
-    let _ = env.take_child();
     let deadline = Instant::now() + Duration::from_secs(5);
     while fs::remove_dir(cg).is_err() {
         assert!(Instant::now() < deadline, "cannot remove {}", cg.display());
@@ -196,12 +196,13 @@ fn cgroups_gone_before_the_next_collect_are_named_by_their_path() {
     drop(sink);
 }
 
+/// Counter samples by (name, labels): (their series' start, value).
+type Counted = BTreeMap<(String, BTreeMap<String, String>), (f64, f64)>;
+
 /// Every counter sample of one exposition by (name, labels), with the start
 /// of its series (`longconn_{workload,service}_start_time_seconds` of its
 /// group labels).
-fn counters_with_starts(
-    s: &prom::Series,
-) -> BTreeMap<(String, BTreeMap<String, String>), (f64, f64)> {
+fn counters_with_starts(s: &prom::Series) -> Counted {
     let start_of = |name: &str, labels: &BTreeMap<String, String>| {
         let family = if name.starts_with("longconn_workload_") {
             "longconn_workload_start_time_seconds"
@@ -223,11 +224,7 @@ fn counters_with_starts(
 
 /// No counter decreases within one start time: each sample against the
 /// last one seen of its series (`seen`, updated).
-fn never_decrease(
-    seen: &mut BTreeMap<(String, BTreeMap<String, String>), (f64, f64)>,
-    now: BTreeMap<(String, BTreeMap<String, String>), (f64, f64)>,
-    what: &str,
-) {
+fn never_decrease(seen: &mut Counted, now: Counted, what: &str) {
     for (k, (start, v)) in now {
         if let Some((s0, v0)) = seen.get(&k) {
             assert!(
@@ -247,7 +244,7 @@ fn never_decrease(
 
 /// The same for the OTLP metrics: each counter point by (name, attributes),
 /// with its startTimeUnixNano.
-fn otlp_counters(out: &Path) -> Vec<BTreeMap<(String, BTreeMap<String, String>), (f64, f64)>> {
+fn otlp_counters(out: &Path) -> Vec<Counted> {
     let text = fs::read_to_string(out.join("otlp-metrics.jsonl")).unwrap();
     text.lines()
         .map(|line| {

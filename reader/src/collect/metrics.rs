@@ -27,7 +27,7 @@ use crate::{
 /// plain numbers and addresses from the kernel; SipHash's flood resistance
 /// buys nothing here and costs a tenth of a cycle at 200k connections).
 #[derive(Default, Clone, Copy)]
-struct Fx(u64);
+pub(super) struct Fx(u64);
 
 impl std::hash::Hasher for Fx {
     fn write(&mut self, bytes: &[u8]) {
@@ -51,7 +51,7 @@ impl std::hash::Hasher for Fx {
     }
 }
 
-type FxBuild = std::hash::BuildHasherDefault<Fx>;
+pub(super) type FxBuild = std::hash::BuildHasherDefault<Fx>;
 
 /// Values that come from outside the state: the kernel and the cycle itself.
 pub struct SelfStats {

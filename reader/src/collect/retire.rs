@@ -29,6 +29,7 @@ use longconn_common::layout::TotalsKey;
 
 use super::{
     cycle::LiveSums,
+    metrics::FxBuild,
     state::{GroupKey, GroupTotals, State},
 };
 
@@ -53,7 +54,7 @@ impl Before {
 /// usually the one before it: one set insert per run of them).
 #[derive(Default)]
 pub struct LiveCgroups {
-    set: HashSet<u64>,
+    set: HashSet<u64, FxBuild>,
     last: Option<u64>,
 }
 
@@ -187,7 +188,7 @@ mod tests {
         let w = st.strings.intern("job");
         let key = (1, w);
         let mut live = LiveSums::default();
-        let mut cycle = |st: &mut State, live: &LiveSums, now: i64, bytes: Option<u64>| {
+        let cycle = |st: &mut State, live: &LiveSums, now: i64, bytes: Option<u64>| {
             let before = Before::of(st);
             if let Some(b) = bytes {
                 closed(st, key, b);
