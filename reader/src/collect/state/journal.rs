@@ -60,7 +60,7 @@ const ENTRY_HEAD: u64 = 40;
 /// minutes of cycles): bounds the runs a scan merges.
 pub const MAX_ENTRIES: u64 = 60;
 /// A base this small is never rewritten for having shrunk.
-const SHRINK_FLOOR: u64 = 16 << 10;
+const SHRINK_FLOOR: u64 = 1 << 10;
 /// A state rewritten for having shrunk drops its unused names from this
 /// many on (below `codec::COMPACT_AT`, where every load would decode the
 /// connections to find them).
@@ -479,9 +479,12 @@ impl PrevFile {
         // series retired, issue 18): a new base, so the files follow the
         // state down as they follow it up, with the names it still uses.
         if compact && self.plan.append.is_some() && self.remap.is_none() {
+            // Names not counted: most may be unused (retired), and the
+            // new base drops those.
+            let names_len: u64 = s.strings.iter().map(|t| 4 + t.len() as u64).sum();
             let now = live
                 .saturating_mul(CONN as u64)
-                .saturating_add(codec::head_len(s));
+                .saturating_add(codec::head_len(s).saturating_sub(names_len));
             if now.saturating_mul(2) < self.base_len && self.base_len > SHRINK_FLOOR {
                 self.plan.append = None;
                 if !compacted && names >= SHRINK_COMPACT_AT {
