@@ -9,7 +9,7 @@
 #ifndef LONGCONN_H
 #define LONGCONN_H
 
-#define LONGCONN_LAYOUT_VERSION 8
+#define LONGCONN_LAYOUT_VERSION 9
 #define LONGCONN_META_MAGIC 0x6c636f6e6e6d6574ULL /* "lconnmet" */
 
 /* longconn_conn.direction */
@@ -222,6 +222,23 @@ struct longconn_refresh_slot {
 #define LONGCONN_REFRESH_CB_NETNS_HI 3   /* in: reader's netns cookie, high 32 bits */
 #define LONGCONN_REFRESH_CB_OUT_NOT_FOUND 2      /* out: live records whose socket was not found */
 #define LONGCONN_REFRESH_CB_OUT_NETNS_UNKNOWN 3  /* out: live records in a netns without a netnsid */
+
+/*
+ * Cgroup names (layout 9): the path of every cgroup v2 made since the pin,
+ * captured by the tracepoint cgroup:cgroup_mkdir into the pinned LRU hash
+ * `longconn_cgroup_names` (key: __u64 cgroup v2 id), so a cgroup that lives
+ * and goes within one reader cycle (a Job's pod) is still named by its path.
+ * Nothing on the connect path: only cgroup creation pays (one map update).
+ * The path is relative to the cgroup v2 root ("/a/b"), as the reader names
+ * cgroups it finds alive; one longer than the buffer is cut (`truncated`).
+ */
+#define LONGCONN_CGROUP_PATH_MAX 256
+
+struct longconn_cgroup_name {
+	__u32 len;       /* bytes of path before its NUL */
+	__u32 truncated; /* 1: the path was longer than LONGCONN_CGROUP_PATH_MAX - 1 bytes */
+	char path[LONGCONN_CGROUP_PATH_MAX];
+};
 
 /* Single value of the `longconn_meta` array, written by longconn-pin after load. */
 struct longconn_meta {

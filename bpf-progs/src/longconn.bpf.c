@@ -129,6 +129,17 @@ struct {
 	__uint(max_entries, LONGCONN_CTR_MAX);
 } longconn_counters SEC(".maps");
 
+/* cgroup v2 id -> path, for every cgroup made since the pin (struct
+ * longconn_cgroup_name): readers name a cgroup gone before they saw it
+ * alive from here. LRU: the least recently made or read go first; a reader
+ * needs an entry for one cycle after the cgroup's last connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, struct longconn_cgroup_name);
+	__uint(max_entries, 8192);
+} longconn_cgroup_names SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -522,6 +533,31 @@ int longconn_rcv_space(struct trace_event_raw_tcp_event_sk *ctx)
 	tp = (struct tcp_sock *)ctx->skaddr;
 	c->bytes_received = BPF_CORE_READ(tp, bytes_received);
 	c->packets_received = widen32(c->packets_received, BPF_CORE_READ(tp, segs_in));
+	return 0;
+}
+
+/*
+ * A cgroup was made (any hierarchy, host-wide): remember the path of each
+ * cgroup v2 one by its id. Runs once per mkdir, never per connection or
+ * segment. Hierarchy 0 is the cgroup v2 (default) one; v1 hierarchies have
+ * ids of their own, which could collide with v2 ids.
+ */
+SEC("tracepoint/cgroup/cgroup_mkdir")
+int longconn_cgroup_mkdir(struct trace_event_raw_cgroup *ctx)
+{
+	struct longconn_cgroup_name n = {};
+	__u32 loc = ctx->__data_loc_path;
+	__u64 id = ctx->id;
+	long len;
+
+	if (ctx->root != 0)
+		return 0;
+	len = bpf_probe_read_kernel_str(n.path, sizeof(n.path), (void *)ctx + (loc & 0xffff));
+	if (len <= 0)
+		return 0;
+	n.len = len - 1;
+	n.truncated = (loc >> 16) > sizeof(n.path);
+	bpf_map_update_elem(&longconn_cgroup_names, &id, &n, BPF_ANY);
 	return 0;
 }
 

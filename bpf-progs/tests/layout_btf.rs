@@ -14,7 +14,7 @@
 use std::{collections::HashMap, mem::offset_of};
 
 use longconn_common::{
-    layout::{ListenKey, Owner, RefreshSlot, Totals, TotalsKey},
+    layout::{CgroupName, ListenKey, Owner, RefreshSlot, Totals, TotalsKey},
     ConnRecord, Meta, NetnsEntry,
 };
 
@@ -230,6 +230,13 @@ fn layout_errors(object: &[u8]) -> Vec<String> {
     check_struct!(
         &mut errors,
         structs,
+        "longconn_cgroup_name",
+        CgroupName,
+        [len, truncated, path]
+    );
+    check_struct!(
+        &mut errors,
+        structs,
         "longconn_meta",
         Meta,
         [
@@ -283,6 +290,7 @@ fn define_errors(header: &str) -> Vec<String> {
         ("CTR_CLOSE_LOST", l::CTR_CLOSE_LOST.into()),
         ("CTR_MAX", l::CTR_MAX.into()),
         ("REFRESH_CHUNK", l::REFRESH_CHUNK.into()),
+        ("CGROUP_PATH_MAX", l::CGROUP_PATH_MAX.into()),
         ("REFRESH_OK", l::REFRESH_OK.into()),
         ("REFRESH_GONE", l::REFRESH_GONE.into()),
         ("REFRESH_CLOSED", l::REFRESH_CLOSED.into()),

@@ -15,8 +15,9 @@ pub enum AttachKind {
     CgroupSkbEgress,
     /// cgroup_skb on the cgroup, incoming packets.
     CgroupSkbIngress,
-    /// A `tcp:` tracepoint (host-wide; the program filters by map lookup).
-    Tracepoint(&'static str),
+    /// A tracepoint, (category, name) (host-wide; the tcp: ones filter by
+    /// map lookup).
+    Tracepoint(&'static str, &'static str),
     /// No program of its own: a callback the sockops program asks for
     /// (bpf_sock_ops_cb_flags_set) when the bit is set.
     SockopsCallback,
@@ -42,7 +43,8 @@ impl Hook {
     }
 }
 
-/// Every hook, in attach order (sockops first).
+/// Every hook, in attach order (sockops first, then the always-attached
+/// cgroup_mkdir tracepoint).
 pub const HOOKS: &[Hook] = &[
     Hook {
         name: None,
@@ -51,19 +53,28 @@ pub const HOOKS: &[Hook] = &[
         link: Some("sockops"),
         attach: AttachKind::Sockops,
     },
+    // Always attached: names cgroups that live less than a reader cycle
+    // (cgroup creation only, nothing on the connect path).
+    Hook {
+        name: None,
+        bit: 0,
+        program: Some("longconn_cgroup_mkdir"),
+        link: Some("tp_cgroup_mkdir"),
+        attach: AttachKind::Tracepoint("cgroup", "cgroup_mkdir"),
+    },
     Hook {
         name: Some("tcp-probe"),
         bit: HOOK_TCP_PROBE,
         program: Some("longconn_tcp_probe"),
         link: Some("tp_tcp_probe"),
-        attach: AttachKind::Tracepoint("tcp_probe"),
+        attach: AttachKind::Tracepoint("tcp", "tcp_probe"),
     },
     Hook {
         name: Some("rcv-space"),
         bit: HOOK_RCV_SPACE,
         program: Some("longconn_rcv_space"),
         link: Some("tp_tcp_rcv_space_adjust"),
-        attach: AttachKind::Tracepoint("tcp_rcv_space_adjust"),
+        attach: AttachKind::Tracepoint("tcp", "tcp_rcv_space_adjust"),
     },
     Hook {
         name: Some("egress"),
@@ -213,10 +224,15 @@ mod tests {
             seen |= h.bit;
             assert_eq!(h.program.is_some(), h.link.is_some(), "{h:?}");
         }
-        assert_eq!(links(0).collect::<Vec<_>>(), ["sockops"]);
+        assert_eq!(links(0).collect::<Vec<_>>(), ["sockops", "tp_cgroup_mkdir"]);
         assert_eq!(
             links(parse("live").unwrap()).collect::<Vec<_>>(),
-            ["sockops", "tp_tcp_probe", "cgroup_skb_egress"]
+            [
+                "sockops",
+                "tp_cgroup_mkdir",
+                "tp_tcp_probe",
+                "cgroup_skb_egress"
+            ]
         );
         assert!(presets_help().contains("`live` (tcp-probe,egress,ack)"));
     }

@@ -6,7 +6,7 @@
 //! maps and the ring buffer are decoded with a length check, never transmuted.
 
 /// Bumped on any change to a record below; pinned in `meta` and checked by readers.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 /// `Meta::magic`: "lconnmet".
 pub const META_MAGIC: u64 = 0x6c63_6f6e_6e6d_6574;
 
@@ -348,6 +348,55 @@ pub struct Meta {
     pub _pad: u32,
 }
 
+/// Bytes of `CgroupName::path` (LONGCONN_CGROUP_PATH_MAX), its NUL included.
+pub const CGROUP_PATH_MAX: u32 = 256;
+
+/// `struct longconn_cgroup_name`: value of the `cgroup_names` LRU hash
+/// (key: cgroup v2 id), the path of a cgroup captured when it was made.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupName {
+    pub len: u32,
+    pub truncated: u32,
+    pub path: [u8; CGROUP_PATH_MAX as usize],
+}
+
+impl Default for CgroupName {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            truncated: 0,
+            path: [0; CGROUP_PATH_MAX as usize],
+        }
+    }
+}
+
+impl CgroupName {
+    pub const SIZE: usize = std::mem::size_of::<Self>();
+
+    /// The captured path's bytes; None when the kernel had to cut it (a
+    /// cut path would name another cgroup) or the length is bad.
+    pub fn path_bytes(&self) -> Option<&[u8]> {
+        if self.truncated != 0 {
+            return None;
+        }
+        self.path.get(..self.len as usize)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        let mut c = Cursor(bytes);
+        let (len, truncated) = (c.u32(), c.u32());
+        Some(Self {
+            len,
+            truncated,
+            path: c.take(),
+        })
+    }
+}
+
 // SAFETY: both are repr(C), made only of integers and integer arrays, with
 // explicit padding fields, so every bit pattern is a valid value and there are
 // no implicit padding bytes.
@@ -362,6 +411,8 @@ unsafe impl aya::Pod for RefreshSlot {}
 unsafe impl aya::Pod for TotalsKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Totals {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CgroupName {}
 
 /// Per-CPU kernel counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -532,6 +583,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Totals>(), 80);
         assert_eq!(std::mem::size_of::<Meta>(), 40);
         assert_eq!(std::mem::size_of::<RefreshSlot>(), 144);
+        assert_eq!(CgroupName::SIZE, 264);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! it says so and stops. Every error names the path and the next step.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     io,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
@@ -15,7 +15,9 @@ use aya::maps::{Array, HashMap as AyaHashMap, Map, MapData, PerCpuArray};
 
 use crate::{
     exit::Exit,
-    layout::{self, ConnRecord, Counters, Meta, NetnsEntry, RefreshSlot, Totals, TotalsKey},
+    layout::{
+        self, CgroupName, ConnRecord, Counters, Meta, NetnsEntry, RefreshSlot, Totals, TotalsKey,
+    },
     mounts, netns, pins,
     refresh::{DirLock, WorkArray},
     ring::RingReader,
@@ -136,6 +138,7 @@ pub struct Pins {
     closed: MapData,
     overflow: [MapData; 2],
     totals: MapData,
+    cgroup_names: MapData,
     access: Access,
 }
 
@@ -285,6 +288,7 @@ impl Pins {
                 TotalsKey::SIZE,
                 Totals::SIZE,
             )?,
+            cgroup_names: open_checked(&dir.join(pins::CGROUP_NAMES), access, 8, CgroupName::SIZE)?,
             access,
         })
     }
@@ -681,9 +685,74 @@ impl Pins {
         Ok(TotalsSnapshot { keys })
     }
 
+    /// The paths the kernel captured when cgroups `ids` were made (those it
+    /// has: made since the pin, not yet evicted, not cut), as raw bytes.
+    pub fn cgroup_paths(
+        &self,
+        ids: impl IntoIterator<Item = u64>,
+    ) -> Result<HashMap<u64, Vec<u8>>, PinnedError> {
+        let path = self.path(pins::CGROUP_NAMES);
+        let io = |source| PinnedError::Io {
+            path: path.clone(),
+            source,
+        };
+        let map = Checked::<u64, [u8; CgroupName::SIZE]>::new(&self.cgroup_names, Kind::LruHash)
+            .map_err(io)?;
+        let mut out = HashMap::new();
+        for id in ids {
+            match map.lookup(&id) {
+                Ok(v) => {
+                    let name = v.first().and_then(|b| CgroupName::decode(b));
+                    if let Some(p) = name.as_ref().and_then(CgroupName::path_bytes) {
+                        out.insert(id, p.to_vec());
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes keys of the close totals whose closes are all accounted and
+    /// whose cgroup is gone (see the reader's `retire`); keys already gone
+    /// are skipped.
+    pub fn remove_close_totals(&self, keys: &[TotalsKey]) -> Result<(), PinnedError> {
+        let path = self.path(pins::CLOSE_TOTALS);
+        let map = Checked::<[u8; TotalsKey::SIZE], [u8; TOTALS_COPY]>::new(
+            &self.totals,
+            Kind::PerCpuHash,
+        )
+        .map_err(|source| PinnedError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        for key in keys {
+            match map.delete(&key.to_bytes()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => {
+                    return Err(PinnedError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Capacity of the connection map.
     pub fn capacity(&self) -> u32 {
         self.conns.info().map(|i| i.max_entries()).unwrap_or(0)
+    }
+
+    /// Capacity of the cgroup names map (paths).
+    pub fn cgroup_names_capacity(&self) -> u32 {
+        self.cgroup_names
+            .info()
+            .map(|i| i.max_entries())
+            .unwrap_or(0)
     }
 
     /// Capacity of the close totals map (keys).

@@ -27,6 +27,9 @@ pub const NETNS: &str = "netns";
 pub const REFRESH: &str = "refresh_conns";
 /// Work array of the refresh (mmapable array): cookies in, refreshed counters out, one run's chunk.
 pub const REFRESH_WORK: &str = "refresh_work";
+/// cgroup v2 id -> path of every cgroup made since the pin (LRU hash,
+/// filled at cgroup_mkdir): names cgroups gone before a reader saw them.
+pub const CGROUP_NAMES: &str = "cgroup_names";
 /// Directory of pinned bpf_links, one per attached program.
 pub const LINKS: &str = "links";
 
@@ -41,6 +44,7 @@ pub const MAPS: &[(&str, &str)] = &[
     ("longconn_overflow", OVERFLOW),
     ("longconn_shortovf", OVERFLOW_SHORT),
     ("longconn_close_totals", CLOSE_TOTALS),
+    ("longconn_cgroup_names", CGROUP_NAMES),
 ];
 
 pub fn link_path(pin_dir: &Path, name: &str) -> PathBuf {

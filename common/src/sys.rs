@@ -179,6 +179,7 @@ fn zeroed<T: Pod>() -> T {
 pub(crate) enum Kind {
     Hash,
     PerCpuHash,
+    LruHash,
 }
 
 /// A hash map whose type, key size and value size were checked against
@@ -198,11 +199,12 @@ impl<'a, K: Pod, V: Pod> Checked<'a, K, V> {
         let found = match info.map_type() {
             Ok(MapType::Hash) => Some(Kind::Hash),
             Ok(MapType::PerCpuHash) => Some(Kind::PerCpuHash),
+            Ok(MapType::LruHash) => Some(Kind::LruHash),
             _ => None,
         };
         let (key, value) = (info.key_size() as usize, info.value_size() as usize);
         let value_as_copied = match kind {
-            Kind::Hash => value,
+            Kind::Hash | Kind::LruHash => value,
             Kind::PerCpuHash => value.next_multiple_of(8),
         };
         if found != Some(kind) || key != size_of::<K>() || value_as_copied != size_of::<V>() {
@@ -217,7 +219,7 @@ impl<'a, K: Pod, V: Pod> Checked<'a, K, V> {
             ));
         }
         let copies = match kind {
-            Kind::Hash => 1,
+            Kind::Hash | Kind::LruHash => 1,
             Kind::PerCpuHash => aya::util::nr_cpus().map_err(|(_, e)| e)?,
         };
         Ok(Self {

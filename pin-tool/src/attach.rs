@@ -408,12 +408,12 @@ fn attach_all(ebpf: &mut Ebpf, cgroup: &Path, hooks_mask: u32) -> anyhow::Result
                         .map_err(|e| prog_error(name, "take link of", e))?,
                 )
             }
-            AttachKind::Tracepoint(tp) => {
+            AttachKind::Tracepoint(category, tp) => {
                 let p: &mut TracePoint = program(ebpf, name)?;
                 p.load().map_err(|e| prog_error(name, "load", e))?;
-                let id = p
-                    .attach("tcp", tp)
-                    .map_err(|e| prog_error(name, &format!("attach tracepoint tcp:{tp} to"), e))?;
+                let id = p.attach(category, tp).map_err(|e| {
+                    prog_error(name, &format!("attach tracepoint {category}:{tp} to"), e)
+                })?;
                 FdLink::try_from(
                     p.take_link(id)
                         .map_err(|e| prog_error(name, "take link of", e))?,

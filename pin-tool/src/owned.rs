@@ -68,6 +68,7 @@ pub fn names(dir: &Path) -> Vec<Owned> {
             pins::CLOSED => Some(MapType::RingBuf),
             pins::COUNTERS => Some(MapType::PerCpuArray),
             pins::META | pins::REFRESH_WORK => Some(MapType::Array),
+            pins::CGROUP_NAMES => Some(MapType::LruHash),
             _ => None,
         };
         v.push(Owned {

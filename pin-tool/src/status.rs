@@ -114,6 +114,11 @@ pub fn run(pin_dir: &Path) -> anyhow::Result<ExitCode> {
         p.totals_capacity()
     );
     println!(
+        "cgroup names: {} (LRU of {} paths captured at cgroup creation, for cgroups gone before a reader saw them)",
+        pins::CGROUP_NAMES,
+        p.cgroup_names_capacity()
+    );
+    println!(
         "refresh:      {} read from their socket | socket not found {} | in a network namespace this reader cannot reach {}",
         refresh.refreshed, refresh.not_found, refresh.netns_unknown
     );

@@ -53,6 +53,16 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--series-ttl`: a duration of at least one second (sub-minute values
+/// are for tests and very short-lived hosts).
+pub fn series_ttl(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is shorter than 1s"));
+    }
+    Ok(d)
+}
+
 /// A duration (checked by `duration`) in nanoseconds.
 pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -81,6 +91,14 @@ pub fn log_keep(s: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_ttls_take_sub_minute_values_down_to_a_second() {
+        assert_eq!(series_ttl("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(series_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert!(series_ttl("500ms").unwrap_err().contains("shorter than 1s"));
+        assert!(series_ttl("0s").is_err());
+    }
 
     #[test]
     fn durations_that_overflow_nanoseconds_are_refused() {

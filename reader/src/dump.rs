@@ -112,6 +112,7 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
             &mut cgroup_names,
             records.iter().copied(),
             &args.runtime.roots(),
+            &|ids| crate::collect::captured_paths(&pins, ids),
         );
         let identifier = identity::Identifier::new(&cgroup_names, &services);
         let rows: Vec<(&ConnRecord, Identity)> = records
@@ -164,7 +165,9 @@ fn stream_json(
                     .iter()
                     .filter(|r| looked_up.insert(r.cgroup_id))
                     .collect();
-                identity::resolve_cgroups(&mut cgroup_names, fresh, &roots);
+                identity::resolve_cgroups(&mut cgroup_names, fresh, &roots, &|ids| {
+                    crate::collect::captured_paths(pins, ids)
+                });
                 let identifier = identity::Identifier::new(&cgroup_names, services);
                 for r in &batch {
                     if let Some(id) = selected(args, &identifier, r) {

@@ -10,7 +10,10 @@
 //! container's name under podman or docker, the systemd unit of a service,
 //! else the cgroup path. Cgroup ids are resolved once (path and runtime
 //! names) and kept in the reader's state, so a connection whose cgroup is
-//! gone still reports the name it had, and no runtime state is read again.
+//! gone still reports the name it had, and no runtime state is read again;
+//! a cgroup gone before the reader first looked (one that lived less than a
+//! cycle) is named from the path the kernel captured when it was made (the
+//! pinned `cgroup_names` map).
 //! Service: a `--services` rule's name when one matches; otherwise
 //! outbound -> remote address:port, inbound -> local (listening) address:port.
 //! Addresses have one canonical text form (IPv4-mapped IPv6 shown as IPv4,
@@ -120,14 +123,22 @@ impl Cgroup {
     }
 }
 
+/// The paths the kernel captured when cgroups were made (the pinned
+/// `cgroup_names` map), for the ids asked: raw bytes, relative to the
+/// cgroup v2 root.
+pub type Captured<'c> = &'c dyn Fn(&BTreeSet<u64>) -> HashMap<u64, Vec<u8>>;
+
 /// Resolves every cgroup id in `records` not yet in `cgroups` with one walk
-/// of the cgroup v2 tree (ids not found are named "cgroup:<id>"), and looks
-/// up the runtime names of each that has none yet, once: nothing here runs
-/// again for a cgroup already resolved.
+/// of the cgroup v2 tree, then from the paths the kernel captured when the
+/// cgroups were made (`captured`: a cgroup gone before this walk, even one
+/// that lived less than a cycle); ids still unknown are named
+/// "cgroup:<id>". Looks up the runtime names of each that has none yet,
+/// once: nothing here runs again for a cgroup already resolved.
 pub fn resolve_cgroups<'a>(
     cgroups: &mut BTreeMap<u64, Cgroup>,
     records: impl IntoIterator<Item = &'a ConnRecord>,
     roots: &runtime::Roots,
+    captured: Captured<'_>,
 ) {
     let unnamed: BTreeSet<u64> = records
         .into_iter()
@@ -163,21 +174,72 @@ pub fn resolve_cgroups<'a>(
                 }
             }
         }
+        let paths = if left.is_empty() {
+            HashMap::new()
+        } else {
+            captured(&left)
+        };
         for id in left {
-            cgroups.insert(id, Cgroup::unnamed(format!("cgroup:{id}")));
+            let path = match paths.get(&id) {
+                Some(p) => longconn_common::text::distinct_text(p),
+                None => format!("cgroup:{id}"),
+            };
+            cgroups.insert(id, Cgroup::unnamed(path));
         }
     }
     let mut resolver = runtime::Resolver::new(roots);
     for id in unnamed {
         if let Some(c) = cgroups.get_mut(&id) {
-            let (container_id, _) = parse_container(&c.path);
-            c.names = Some(if container_id.is_empty() {
+            let (container_id, pod_uid) = parse_container(&c.path);
+            let mut names = if container_id.is_empty() {
                 runtime::Names::default()
             } else {
                 resolver.names(&container_id)
-            });
+            };
+            // The runtime's state is gone (or this is the pod's own
+            // cgroup): the kubelet's pod log directory outlives it.
+            if !names.is_kubernetes() && !pod_uid.is_empty() {
+                if let Some(pod) = resolver.pod(&pod_uid) {
+                    names = runtime::Names {
+                        container: names.container,
+                        ..pod
+                    };
+                }
+            }
+            c.names = Some(names);
         }
     }
+}
+
+/// Which of cgroups `ids` are gone: not in the cgroup v2 tree (one walk,
+/// stopped once all are found; each id from the directory entry, no stat).
+/// None is known gone if the tree cannot be read.
+pub fn gone_cgroups(ids: &BTreeSet<u64>) -> BTreeSet<u64> {
+    use std::os::unix::fs::DirEntryExt;
+    let mut left = ids.clone();
+    let Ok(root) = mounts::cgroup2_root() else {
+        return BTreeSet::new();
+    };
+    let Ok(root_id) = mounts::cgroup_id(&root) else {
+        return BTreeSet::new();
+    };
+    left.remove(&root_id);
+    let mut queue = VecDeque::from([root]);
+    while let Some(dir) = queue.pop_front() {
+        if left.is_empty() {
+            break;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                left.remove(&e.ino());
+                queue.push_back(e.path());
+            }
+        }
+    }
+    left
 }
 
 fn relative(root: &Path, dir: &Path) -> String {

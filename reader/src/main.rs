@@ -140,6 +140,7 @@ mod robustness {
             "--closed",
             "--max-connection-series",
             "--lock-wait",
+            "--series-ttl",
             "5s",
             "4MiB",
             "csv,jsonl",

@@ -18,6 +18,12 @@
 //! 4. kubelet's `var/log/containers/<pod>_<namespace>_<container>-<id>.log`
 //!    symlinks, whatever the runtime.
 //!
+//! Where none of them names the container (its runtime state is gone: a
+//! Job's pod that ended), or the cgroup is a pod's own (no container id),
+//! the pod uid in the cgroup path is looked up in the kubelet's pod log
+//! directories `var/log/pods/<namespace>_<pod>_<uid>/`, kept while the pod
+//! object exists (`Resolver::pod`).
+//!
 //! Invariant: cost is per new cgroup, never per connection or per cycle.
 //! The caller resolves a cgroup once and remembers the names in its state;
 //! a `Resolver` reads each shared index (`containers.json`, the kubelet log
@@ -107,6 +113,7 @@ const CONTAINERS_STORAGE: &[&str] = &[
 ];
 const DOCKER_CONTAINERS: &str = "var/lib/docker/containers";
 const KUBELET_LOGS: &str = "var/log/containers";
+const KUBELET_POD_LOGS: &str = "var/log/pods";
 
 /// Resolves container ids to names; keeps the shared indexes it read.
 pub struct Resolver<'r> {
@@ -115,6 +122,8 @@ pub struct Resolver<'r> {
     storage_names: Option<HashMap<String, String>>,
     /// Container id -> (namespace, pod, container), from the kubelet's log links.
     kubelet_logs: Option<HashMap<String, [String; 3]>>,
+    /// Pod uid -> (namespace, pod), from the kubelet's pod log directories.
+    pod_logs: Option<HashMap<String, [String; 2]>>,
 }
 
 impl<'r> Resolver<'r> {
@@ -123,7 +132,25 @@ impl<'r> Resolver<'r> {
             roots,
             storage_names: None,
             kubelet_logs: None,
+            pod_logs: None,
         }
+    }
+
+    /// The names of the pod with uid `uid` (from a cgroup path) from the
+    /// kubelet's pod log directory, when nothing better is known.
+    pub fn pod(&mut self, uid: &str) -> Option<Names> {
+        let roots = self.roots;
+        let [namespace, pod] = self
+            .pod_logs
+            .get_or_insert_with(|| pod_logs(&roots.path(KUBELET_POD_LOGS)))
+            .get(uid)?
+            .clone();
+        Some(Names {
+            namespace,
+            pod,
+            pod_uid: uid.to_owned(),
+            container: String::new(),
+        })
     }
 
     /// The names of container `id` (a runtime's 64-hex id), empty if no
@@ -341,6 +368,34 @@ fn kubelet_logs(dir: &Path) -> HashMap<String, [String; 3]> {
     out
 }
 
+/// Pod uid -> (namespace, pod) from the kubelet's `<namespace>_<pod>_<uid>`
+/// pod log directories.
+fn pod_logs(dir: &Path) -> HashMap<String, [String; 2]> {
+    let mut out = HashMap::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some((uid, names)) = parse_pod_log_dir(name) {
+            out.insert(uid.to_owned(), names);
+        }
+    }
+    out
+}
+
+/// (pod uid, [namespace, pod]) of a kubelet pod log directory name.
+pub fn parse_pod_log_dir(name: &str) -> Option<(&str, [String; 2])> {
+    let mut parts = name.splitn(3, '_');
+    let (ns, pod, uid) = (parts.next()?, parts.next()?, parts.next()?);
+    let uid_ok = uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if ns.is_empty() || pod.is_empty() || !uid_ok {
+        return None;
+    }
+    Some((uid, [ns.to_owned(), pod.to_owned()]))
+}
+
 /// (container id, [namespace, pod, container]) of a kubelet log link name.
 pub fn parse_kubelet_log(name: &str) -> Option<(&str, [String; 3])> {
     let stem = name.strip_suffix(".log")?;
@@ -366,6 +421,26 @@ pub fn unit_of(path: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pod whose runtime state is gone is named from its kubelet pod log
+    /// directory by the uid in its cgroup path.
+    #[test]
+    fn pods_are_named_from_their_log_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let uid = "0f9a7c1e-1b2c-4d5e-8f90-123456789abc";
+        let pods = d.path().join(KUBELET_POD_LOGS);
+        fs::create_dir_all(pods.join(format!("batch_nightly-29001_{uid}"))).unwrap();
+        fs::create_dir_all(pods.join("bad_name")).unwrap();
+        let roots = Roots::new(d.path());
+        let mut r = Resolver::new(&roots);
+        let n = r.pod(uid).unwrap();
+        assert_eq!(
+            (n.namespace.as_str(), n.pod.as_str(), n.pod_uid.as_str()),
+            ("batch", "nightly-29001", uid)
+        );
+        assert!(r.pod("00000000-0000-0000-0000-000000000000").is_none());
+        assert!(parse_pod_log_dir("ns_pod_not-a-uid").is_none());
+    }
 
     const ID: &str = "3f4e1c2d9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d";
 

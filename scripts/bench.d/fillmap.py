@@ -41,6 +41,7 @@ FORMATS = {  # layout -> (head, tail)
     **{v: (struct.Struct("<12Q"), struct.Struct("<10I16s")) for v in (1, 2, 3, 4, 5)},
     7: (struct.Struct("<13Q"), struct.Struct("<12I16s")),
     8: (struct.Struct("<13Q"), struct.Struct("<14I16s")),
+    9: (struct.Struct("<13Q"), struct.Struct("<14I16s")),  # layout 9: cgroup names map; record as 8
 }
 KNOWN_LAYOUTS = tuple(FORMATS)
 

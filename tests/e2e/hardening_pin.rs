@@ -314,7 +314,8 @@ fn detach_leaves_foreign_objects_under_longconns_names() {
     assert!(!env.pin_dir.join("map_of_tcp_conns").exists());
     assert!(!env.pin_dir.join("links").exists());
     assert!(
-        r.stdout.contains("removed 2 links and programs and "),
+        // sockops, tp_cgroup_mkdir and the refresh program.
+        r.stdout.contains("removed 3 links and programs and "),
         "{}",
         r.stdout
     );

@@ -3,6 +3,7 @@
 
 mod bound;
 mod busy;
+mod churn;
 mod collect;
 mod dashboards;
 mod errors;

@@ -36,9 +36,9 @@ fn attr_value(v: &Value) -> String {
 /// Prometheus-shaped series from one ExportMetricsServiceRequest, plus each
 /// series' start time.
 /// Each series' start time, by (metric name, labels).
-type StartTimes = BTreeMap<(String, BTreeMap<String, String>), String>;
+pub(crate) type StartTimes = BTreeMap<(String, BTreeMap<String, String>), String>;
 
-fn otlp_series(line: &str) -> (prom::Series, StartTimes) {
+pub(crate) fn otlp_series(line: &str) -> (prom::Series, StartTimes) {
     let v: Value = serde_json::from_str(line).unwrap();
     let (mut series, mut starts) = (prom::Series::new(), BTreeMap::new());
     for m in v["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]

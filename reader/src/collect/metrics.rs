@@ -27,7 +27,7 @@ use crate::{
 /// plain numbers and addresses from the kernel; SipHash's flood resistance
 /// buys nothing here and costs a tenth of a cycle at 200k connections).
 #[derive(Default, Clone, Copy)]
-struct Fx(u64);
+pub(super) struct Fx(u64);
 
 impl std::hash::Hasher for Fx {
     fn write(&mut self, bytes: &[u8]) {
@@ -51,7 +51,7 @@ impl std::hash::Hasher for Fx {
     }
 }
 
-type FxBuild = std::hash::BuildHasherDefault<Fx>;
+pub(super) type FxBuild = std::hash::BuildHasherDefault<Fx>;
 
 /// Values that come from outside the state: the kernel and the cycle itself.
 pub struct SelfStats {
@@ -114,9 +114,9 @@ fn group_points<'a>(
     } else {
         (table::WORKLOAD, &state.workload_labels)
     };
-    let start = state_start(state);
     let mut saturated = 0;
     for ((direction, key), (totals, sum, live)) in group_sums(state, live, by_service) {
+        let start = series_start(state, &totals);
         saturated += usize::from(sum.saturated());
         let key = state.strings.get(key);
         let n = label_names.len().min(identity::key_len(key));
@@ -128,6 +128,9 @@ fn group_points<'a>(
         labels.push(Label::Direction(direction));
         let series = snap.add_series(labels, start);
         let count = |n: u64| Value::Count(n);
+        // Unix seconds to the millisecond, as a connection's start.
+        let start_s = (start as f64 / 1e6).round() / 1e3;
+        snap.push(block.at(table::GROUP_START), series, Value::Real(start_s));
         // Opened = every connection accounted: closed, failed or live. (The
         // kernel's close totals carry closes the reader never saw live.)
         let opened = totals
@@ -149,8 +152,15 @@ fn group_points<'a>(
     saturated
 }
 
+/// When a group series' counters started (Unix ns): its own start (see
+/// `retire`), never before the state's (a reset restarts every sum).
+fn series_start(state: &State, t: &GroupTotals) -> u64 {
+    let own = u64::try_from(t.start_unix_ns).unwrap_or(0);
+    own.max(state_start(state))
+}
+
 /// When the reader's totals started (Unix ns): the start of every series
-/// but a connection's.
+/// but a connection's and a group's.
 fn state_start(state: &State) -> u64 {
     u64::try_from(state.created_unix_ns).unwrap_or(0)
 }

@@ -5,7 +5,9 @@
 //!    one consumer), closes applied from the map last cycle deleted;
 //! 2. read kernel: the refreshed connection map, then the ring's closes;
 //! 3. account: the totals (`cycle`), each access record appended to the
-//!    logs as it is made, each live connection to the new state;
+//!    logs as it is made, each live connection to the new state; series
+//!    unseen for `--series-ttl` retired, close totals of gone cgroups
+//!    deleted from the kernel and the state (`retire`);
 //! 4. write uncommitted: the metric snapshot, as the OTLP metrics line and
 //!    as longconn.prom's text;
 //! 5. commit: the state file, with the ring position and file positions;
@@ -23,6 +25,7 @@ mod consumer;
 mod cycle;
 mod lock;
 mod metrics;
+mod retire;
 mod sink;
 mod state;
 
@@ -163,6 +166,15 @@ pub struct CollectArgs {
     /// Rotated access logs to keep (access.csv.1 is the newest), at most 1000.
     #[arg(long, default_value_t = 5, value_name = "N", value_parser = argvalues::log_keep)]
     log_keep: usize,
+
+    /// A workload or service series with no live connection and no change
+    /// for this long leaves longconn.prom, the OTLP metrics and the state;
+    /// if it comes back, its counters start again from 0 with a new start
+    /// time. 1h: longer than Prometheus's usual rate() windows and alert
+    /// `for:` durations, so a series never vanishes while a query still
+    /// looks at its last change, and an hourly job keeps one series.
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = argvalues::series_ttl)]
+    series_ttl: Duration,
 
     /// Export at most this many per-connection series (busiest first); the rest
     /// are counted in longconn_reader_connection_series_omitted.
@@ -756,6 +768,7 @@ fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
             .chain(records.iter().map(|(r, _)| r))
             .chain(keys.iter()),
         &cy.a.runtime.roots(),
+        &|ids| captured_paths(pins, ids),
     );
     Ok(KernelRead {
         clock,
@@ -765,6 +778,18 @@ fn read_kernel(cy: &mut Cycle<'_>, pins: &Pins) -> anyhow::Result<KernelRead> {
         ring_producer,
         refresh,
         totals,
+    })
+}
+
+/// The paths the kernel captured for cgroups `ids` (a failed read names
+/// them `cgroup:<id>`, with one line saying why).
+pub(crate) fn captured_paths(
+    pins: &Pins,
+    ids: &std::collections::BTreeSet<u64>,
+) -> std::collections::HashMap<u64, Vec<u8>> {
+    pins.cgroup_paths(ids.iter().copied()).unwrap_or_else(|e| {
+        eprintln!("longconn-reader: cannot read the captured cgroup names ({e}); {} cgroups gone before this cycle are named cgroup:<id>", ids.len());
+        Default::default()
     })
 }
 
@@ -787,6 +812,8 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
         argvalues::nanos(a.long_threshold),
         read.clock.boot_ns,
     );
+    let before = retire::Before::of(&cy.state);
+    let mut live_cgroups = retire::LiveCgroups::default();
     let cgroups = std::mem::take(&mut cy.state.cgroups);
     let services = &cy.services;
     let identifier = identity::Identifier::new(&cgroups, services);
@@ -825,6 +852,7 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
                 &mut |kept| match kept {
                     cycle::Kept::Live(cookie, prev, c) => {
                         live.add(c);
+                        live_cgroups.add(c.cgroup_id);
                         saver.put(cookie, prev, c)
                     }
                     cycle::Kept::Gone(cookie) => saver.gone(cookie),
@@ -837,6 +865,14 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
         outcome.with_context(|| format!("cannot read or write {}", cy.state_path.display()))?;
     cy.prev = Prev::Mem(state::Conns::default());
     cy.state.cgroups = cgroups;
+    retire_gone(
+        cy,
+        pins,
+        &before,
+        &live.sums,
+        &live_cgroups,
+        read.clock.wall_ns,
+    )?;
 
     let counters = pins.counters()?;
     let stats = metrics::SelfStats {
@@ -859,6 +895,28 @@ fn account(cy: &mut Cycle<'_>, pins: &Pins, read: KernelRead) -> anyhow::Result<
         prom_text: String::new(),
         now_ns,
     })
+}
+
+/// Retire (part of account): series unseen for `--series-ttl` leave the
+/// state, close totals of gone cgroups leave the kernel and the state
+/// (deleted now, before the commit: the committed state holds all of
+/// them, see `retire`), then names nothing refers to.
+fn retire_gone(
+    cy: &mut Cycle<'_>,
+    pins: &Pins,
+    before: &retire::Before,
+    live: &cycle::LiveSums,
+    live_cgroups: &retire::LiveCgroups,
+    now_unix_ns: i128,
+) -> anyhow::Result<()> {
+    let now = i64::try_from(now_unix_ns).unwrap_or(i64::MAX);
+    let ttl = argvalues::nanos(cy.a.series_ttl);
+    retire::series(&mut cy.state, before, live, now, ttl);
+    let dead = retire::dead_keys(&mut cy.state, before, live_cgroups, identity::gone_cgroups);
+    pins.remove_close_totals(&dead)
+        .context("cannot delete the close totals of gone cgroups; nothing was committed")?;
+    retire::cgroups(&mut cy.state, live_cgroups);
+    Ok(())
 }
 
 /// Marks every file pending from where this cycle's appends start, with

@@ -79,7 +79,12 @@ impl<'p> Source<'p> {
             Ok(read?)
         })?;
         model.finish(|cookies| self.finals(cookies));
-        identity::resolve_cgroups(&mut self.cgroups, model.rows().map(|r| r.rec), &self.roots);
+        identity::resolve_cgroups(
+            &mut self.cgroups,
+            model.rows().map(|r| r.rec),
+            &self.roots,
+            &|ids| crate::collect::captured_paths(pins, ids),
+        );
         Ok(Read {
             clock,
             took: start.elapsed(),

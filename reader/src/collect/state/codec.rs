@@ -16,7 +16,9 @@
 //!         (v6 since issue 21, optional: kernel key, eight sums), runtime
 //!         names of cgroups (v6 since issue 17, optional: cgroup id,
 //!         namespace, pod, pod uid, container; a cgroup not listed is
-//!         looked up again)
+//!         looked up again), series times (v6 since issue 18, optional:
+//!         per workload then service group, in order, its start and when
+//!         it was last seen; see `collect::retire`)
 //! trailer u64 N, u64 body length, u64 checksum of the body, 8 B "LCSTEND\n"
 //! ```
 //!
@@ -60,7 +62,8 @@ const TRAILER: usize = 32;
 pub const CONN: usize = 8 + 8 + 48 + 48 + 8 * 5 + 32 + 4 + 4 * 5 + 4 + 4 * 6 + 8;
 /// Encoded size of one close-totals entry: key and eight sums.
 const TOTALS: usize = 64 + 8 * 8;
-/// A name table this large is compacted at load when most of it is unused.
+/// A name table this large is compacted at load when most of it is unused
+/// (a smaller one when the state shrank: see `journal::PrevFile::check`).
 pub(super) const COMPACT_AT: usize = 1024;
 
 /// A fast 64-bit checksum over 32-byte blocks in four lanes (detects
@@ -442,8 +445,26 @@ fn write_head_as<W: Write>(
                 e.str(t)?;
             }
         }
+        // Series times of the groups above, in their order (v6 since issue
+        // 18, optional: a state without them keeps its series' start).
+        for groups in [&s.workloads, &s.services] {
+            e.count(groups.len())?;
+            for t in groups.values() {
+                e.u64(t.start_unix_ns as u64)?;
+                e.u64(t.seen_unix_ns as u64)?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Bytes of `s`'s head as a base stores it (all names).
+pub(super) fn head_len(s: &State) -> u64 {
+    let mut e = Enc::new(io::sink());
+    match write_head(&mut e, s, 0, 0) {
+        Ok(()) => e.written(),
+        Err(_) => u64::MAX,
+    }
 }
 
 /// The whole file in memory, connections from `s.conns` (tests, fuzzing).
@@ -921,6 +942,7 @@ pub(super) fn decode_head(
                     closed,
                     failed,
                     closed_counters: counters_of(c),
+                    ..GroupTotals::default()
                 },
             );
         }
@@ -969,6 +991,18 @@ pub(super) fn decode_head(
                 .get_mut(&id)
                 .ok_or_else(|| format!("runtime names of unknown cgroup {id}"))?;
             c.names = Some(n);
+        }
+    }
+    if version >= FORMAT_VERSION && d.left > 0 {
+        for groups in [&mut s.workloads, &mut s.services] {
+            let n = d.count(16)?;
+            if n != groups.len() {
+                return Err(format!("series times of {n} groups for {}", groups.len()));
+            }
+            for t in groups.values_mut() {
+                t.start_unix_ns = d.u64()? as i64;
+                t.seen_unix_ns = d.u64()? as i64;
+            }
         }
     }
     if d.left != 0 {
@@ -1030,6 +1064,8 @@ mod tests {
                     bytes_sent: u64::MAX,
                     ..Default::default()
                 },
+                start_unix_ns: 1_700_000_001_000_000_000,
+                seen_unix_ns: 1_700_000_002_000_000_000,
             },
         );
         s.services.insert((2, svc), GroupTotals::default());
@@ -1265,6 +1301,10 @@ mod tests {
     fn unnamed(s: &mut State) {
         for c in s.cgroups.values_mut() {
             c.names = None;
+        }
+        // Nor series times (issue 18).
+        for t in s.workloads.values_mut().chain(s.services.values_mut()) {
+            (t.start_unix_ns, t.seen_unix_ns) = (0, 0);
         }
     }
 

@@ -59,6 +59,12 @@ const ENTRY_HEAD: u64 = 40;
 /// A new base is written once the journal has this many entries (about 5
 /// minutes of cycles): bounds the runs a scan merges.
 pub const MAX_ENTRIES: u64 = 60;
+/// A base this small is never rewritten for having shrunk.
+const SHRINK_FLOOR: u64 = 1 << 10;
+/// A state rewritten for having shrunk drops its unused names from this
+/// many on (below `codec::COMPACT_AT`, where every load would decode the
+/// connections to find them).
+const SHRINK_COMPACT_AT: usize = 64;
 
 const GONE: u8 = 0;
 const FULL: u8 = 1;
@@ -337,6 +343,8 @@ pub struct PrevFile {
     base: Arc<File>,
     base_n: u64,
     base_names: usize,
+    /// The base's size in bytes.
+    base_len: u64,
     journal: Option<Loaded>,
     /// Old name number -> new, when the name table was compacted at load.
     remap: Option<Arc<Vec<Sym>>>,
@@ -378,6 +386,7 @@ impl PrevFile {
             base: base.file,
             base_n: base.n,
             base_names: base.names,
+            base_len: base.len,
             journal,
             remap: None,
             plan: Plan {
@@ -457,13 +466,54 @@ impl PrevFile {
                 0
             }
         ];
+        let live = match self.mark_used(&mut used)? {
+            Ok(n) => n,
+            Err(p) => return Ok(Err(p)),
+        };
+        let mut compacted = false;
+        if !used.is_empty() {
+            self.remap = s.compact_strings(used).map(Arc::new);
+            compacted = true;
+        }
+        // The state shrank to under half its base (connections closed,
+        // series retired, issue 18): a new base, so the files follow the
+        // state down as they follow it up, with the names it still uses.
+        if compact && self.plan.append.is_some() && self.remap.is_none() {
+            // Names not counted: most may be unused (retired), and the
+            // new base drops those.
+            let names_len: u64 = s.strings.iter().map(|t| 4 + t.len() as u64).sum();
+            let now = live
+                .saturating_mul(CONN as u64)
+                .saturating_add(codec::head_len(s).saturating_sub(names_len));
+            if now.saturating_mul(2) < self.base_len && self.base_len > SHRINK_FLOOR {
+                self.plan.append = None;
+                if !compacted && names >= SHRINK_COMPACT_AT {
+                    let mut used = vec![false; names];
+                    if let Err(p) = self.mark_used(&mut used)? {
+                        return Ok(Err(p));
+                    }
+                    self.remap = s.compact_strings(used).map(Arc::new);
+                }
+            }
+        }
+        if self.remap.is_some() {
+            // The stored numbering no longer holds: a new base.
+            self.plan.append = None;
+        }
+        Ok(Ok(()))
+    }
+
+    /// One pass over the connections: each checked, and the names they
+    /// use marked in `used` (decoded only if it is not empty); how many.
+    fn mark_used(&self, used: &mut [bool]) -> io::Result<Result<u64, String>> {
+        let mut live = 0u64;
         let mut scan = self.scan();
         // Without compaction nothing here needs the connections, only
         // their consistency: the base's records are checked in place.
         scan.decode = !used.is_empty();
         loop {
             match scan.advance() {
-                Ok(Some(_)) => {}
+                Ok(Some(_)) => live += 1,
                 Ok(None) => break,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(Err(e.to_string())),
                 Err(e) => return Err(e),
@@ -476,15 +526,7 @@ impl PrevFile {
                 }
             }
         }
-        drop(scan);
-        if !used.is_empty() {
-            self.remap = s.compact_strings(used).map(Arc::new);
-            if self.remap.is_some() {
-                // The stored numbering no longer holds: a new base.
-                self.plan.append = None;
-            }
-        }
-        Ok(Ok(()))
+        Ok(Ok(live))
     }
 }
 

@@ -188,6 +188,22 @@ pub struct GroupTotals {
     pub failed: u64,
     /// Final counters of connections that closed.
     pub closed_counters: Counters,
+    /// When this series' counters started (Unix ns): its first connection,
+    /// or its return after retirement (`retire`); 0: not set yet.
+    #[serde(default)]
+    pub start_unix_ns: i64,
+    /// When it last had a live connection or a change (Unix ns): retired
+    /// `--series-ttl` after; 0: not set yet.
+    #[serde(default)]
+    pub seen_unix_ns: i64,
+}
+
+impl GroupTotals {
+    /// Whether the counted values (not the times) differ.
+    pub fn counts_differ(&self, o: &Self) -> bool {
+        (self.opened, self.closed, self.failed, self.closed_counters)
+            != (o.opened, o.closed, o.failed, o.closed_counters)
+    }
 }
 
 /// A group: direction and the interned "label values" key.
@@ -1145,6 +1161,48 @@ mod tests {
         if b.len() > 32 + 40 + 200 {
             assert!(matches!(load(&p, "/h").unwrap(), LoadOutcome::SetAside(..)));
         }
+    }
+
+    /// A state that shrank to under half its base (series retired, issue
+    /// 18) is written as a new base at the next cycle, without the names
+    /// nothing uses any more: the files follow the state down.
+    #[test]
+    fn a_shrunk_state_gets_a_new_base_without_its_unused_names() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.bin");
+        let mut s = State {
+            boot_id: "b".into(),
+            home: "/h".into(),
+            ..Default::default()
+        };
+        for i in 0..500 {
+            let w = s.strings.intern(&format!("/kubepods/job-{i}"));
+            s.workloads.insert((1, w), GroupTotals::default());
+        }
+        let conns = vec![(1u64, conn(1)), (2, conn(2))];
+        cycle(&p, &s, &conns, false);
+        let big = fs::metadata(&p).unwrap().len();
+        // Every series retired: a journal entry (planned on the big state).
+        s.workloads.clear();
+        cycle(&p, &s, &conns, true);
+        assert_eq!(fs::metadata(&p).unwrap().len(), big);
+        // The next load finds it shrunk: a new base, names compacted.
+        let (st, prev) = match load(&p, "/h").unwrap() {
+            LoadOutcome::Loaded(st, prev) => (*st, prev),
+            other => panic!("{other:?}"),
+        };
+        assert!(st.strings.len() < 10, "{} names", st.strings.len());
+        let mut saver = Saver::begin(&p, 0o600, &prev).unwrap();
+        let kept: Vec<(u64, ConnState)> = prev.scan().map(Result::unwrap).collect();
+        for (k, c) in &kept {
+            saver.push(*k, c).unwrap();
+        }
+        drop(prev);
+        saver.commit(&st).unwrap();
+        let small = fs::metadata(&p).unwrap().len();
+        assert!(small * 10 < big, "{small} B after {big} B");
+        assert!(!journal::path_for(&p).exists(), "a new base");
+        assert_eq!(loaded(&p).1, conns);
     }
 
     /// A journal of another base (another generation: left by a run

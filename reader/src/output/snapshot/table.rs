@@ -234,16 +234,29 @@ macro_rules! group {
                 Unit::Connections,
                 None,
             ),
+            Desc::new(
+                concat!("longconn_", $prefix, "_start_time_seconds"),
+                concat!(
+                    "When the counters of this ",
+                    $what,
+                    " and direction started (Unix seconds); a change means they restarted from 0 (the series was retired after --series-ttl without connections and came back, or the reader's totals were reset)"
+                ),
+                Kind::Gauge,
+                Unit::Seconds,
+                None,
+            ),
         ]
     };
 }
 
-/// Group block rows: `GROUP_OPENED..GROUP_ACTIVE`, then the counters.
+/// Group block rows: `GROUP_OPENED..GROUP_START`, then the counters.
 pub const GROUP_OPENED: usize = 0;
 pub const GROUP_CLOSED: usize = 1;
 pub const GROUP_FAILED: usize = 2;
 pub const GROUP_ACTIVE: usize = 3;
-pub const GROUP_COUNTERS: usize = 4;
+/// The series' start (`GroupTotals::start_unix_ns`), per group.
+pub const GROUP_START: usize = 4;
+pub const GROUP_COUNTERS: usize = 5;
 const GROUP_ROWS: usize = GROUP_COUNTERS + COUNTER_FIELDS;
 
 /// First rows of each block.
@@ -438,6 +451,14 @@ mod tests {
                 "longconn_workload_active_connections",
             ),
             (
+                WORKLOAD.at(GROUP_START),
+                "longconn_workload_start_time_seconds",
+            ),
+            (
+                SERVICE.at(GROUP_START),
+                "longconn_service_start_time_seconds",
+            ),
+            (
                 WORKLOAD.at(GROUP_COUNTERS),
                 "longconn_workload_sent_bytes_total",
             ),
@@ -492,7 +513,7 @@ mod tests {
         for (m, name) in cases {
             assert_eq!(m.desc().name, *name);
         }
-        assert_eq!(METRICS.len(), 42);
+        assert_eq!(METRICS.len(), 44);
         let mut names: Vec<&str> = METRICS.iter().map(|d| d.name).collect();
         names.sort_unstable();
         names.dedup();
