@@ -59,6 +59,11 @@ pub struct ResultsArg {
 }
 
 impl ResultsArg {
+    /// Whether the directory was given (not the default).
+    pub fn explicit(&self) -> bool {
+        self.cni_results.is_some()
+    }
+
     /// The directory to read, or `None` when turned off.
     pub fn dir(&self, runtime_root: &Path) -> Option<PathBuf> {
         match &self.cni_results {
@@ -183,10 +188,14 @@ fn mtime_ns(dir: &Path) -> std::io::Result<(u128, SystemTime)> {
 
 /// Adds the same-node peers found in `dir` to `map`, after its rules.
 /// `state` is `collect`'s state directory (`None`: `dump`, no memory).
-/// Returns a warning to print, if any; never fails the caller.
+/// Returns a warning to print, if any; never fails the caller. The default
+/// directory (`explicit` false) that this reader may not read is no
+/// warning: libcni keeps it root-only, and a reader run as a member of the
+/// pins' group is not expected to see it.
 pub fn add_peers(
     map: &mut ServiceMap,
     dir: &Path,
+    explicit: bool,
     roots: &Roots,
     state: Option<&Path>,
 ) -> Option<String> {
@@ -195,8 +204,9 @@ pub fn add_peers(
         .as_deref()
         .and_then(read_small)
         .and_then(|b| serde_json::from_slice(&b).ok());
+    let denied = |e: &std::io::Error| !explicit && e.kind() == std::io::ErrorKind::PermissionDenied;
     let (peers, warning) = match mtime_ns(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || denied(&e) => (Vec::new(), None),
         Err(e) => failed(dir, &e, old.as_ref(), cache_path.as_deref()),
         Ok((ns, _))
             if old
@@ -206,6 +216,7 @@ pub fn add_peers(
             (old.map(|c| c.peers).unwrap_or_default(), None)
         }
         Ok((ns, at)) => match scan(dir) {
+            Err(e) if denied(&e) => (Vec::new(), None),
             Err(e) => failed(dir, &e, old.as_ref(), cache_path.as_deref()),
             Ok(found) => {
                 let (peers, all) = name(found, roots);
@@ -318,7 +329,7 @@ mod tests {
         let roots = Roots::new(t.path());
         let mut m = ServiceMap::parse("10.88.0.13,443,tls-front,edge\n", "svc.csv").unwrap();
         let arg = ResultsArg { cni_results: None };
-        let w = add_peers(&mut m, &arg.dir(t.path()).unwrap(), &roots, None);
+        let w = add_peers(&mut m, &arg.dir(t.path()).unwrap(), false, &roots, None);
         assert_eq!(w, None);
         assert_eq!(names(&m, "10.88.0.13").as_deref(), Some("shop/web-0"));
         assert_eq!(
@@ -362,7 +373,7 @@ mod tests {
         fs::File::open(&results).unwrap().set_modified(old).unwrap();
         let run = || {
             let mut m = ServiceMap::default();
-            let w = add_peers(&mut m, &results, &roots, Some(&state));
+            let w = add_peers(&mut m, &results, true, &roots, Some(&state));
             (m, w)
         };
         let (m, w) = run();
@@ -386,21 +397,27 @@ mod tests {
         // Missing: nothing, silently.
         let mut m = ServiceMap::default();
         assert_eq!(
-            add_peers(&mut m, &t.path().join("absent"), &roots, Some(&state)),
+            add_peers(
+                &mut m,
+                &t.path().join("absent"),
+                false,
+                &roots,
+                Some(&state)
+            ),
             None
         );
         assert_eq!(m.len(), 0);
         // Unreadable (a file where the directory should be): said once.
         let not_dir = t.path().join("not-a-dir");
         fs::write(&not_dir, "").unwrap();
-        let w = add_peers(&mut m, &not_dir, &roots, Some(&state)).unwrap();
+        let w = add_peers(&mut m, &not_dir, true, &roots, Some(&state)).unwrap();
         assert!(
             w.starts_with(&format!("cannot read CNI results {}: ", not_dir.display())),
             "{w}"
         );
         assert!(w.contains("--cni-results none") && !w.contains('\n'), "{w}");
         assert_eq!(
-            add_peers(&mut m, &not_dir, &roots, Some(&state)),
+            add_peers(&mut m, &not_dir, true, &roots, Some(&state)),
             None,
             "said once"
         );

@@ -81,7 +81,13 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
         None => ServiceMap::default(),
     };
     if let Some(dir) = args.cni.dir(&args.runtime.runtime_root) {
-        if let Some(w) = crate::cni::add_peers(&mut services, &dir, &args.runtime.roots(), None) {
+        if let Some(w) = crate::cni::add_peers(
+            &mut services,
+            &dir,
+            args.cni.explicit(),
+            &args.runtime.roots(),
+            None,
+        ) {
             eprintln!("longconn-reader: {w}");
         }
     }

@@ -593,7 +593,13 @@ fn add_cni_peers(cy: &mut Cycle<'_>) {
         return;
     };
     let roots = cy.a.runtime.roots();
-    if let Some(w) = crate::cni::add_peers(&mut cy.services, &dir, &roots, Some(&cy.dirs.state)) {
+    if let Some(w) = crate::cni::add_peers(
+        &mut cy.services,
+        &dir,
+        cy.a.cni.explicit(),
+        &roots,
+        Some(&cy.dirs.state),
+    ) {
         eprintln!("longconn-reader: {w}");
     }
 }
