@@ -297,27 +297,21 @@ impl Pins {
         self.dir.join(name)
     }
 
-    /// Copies the socket's counters into each live record of `records` (as
-    /// just read from the map) and into the map, now: runs the pinned
-    /// `refresh_conns` program (BPF_PROG_TEST_RUN) once per chunk of at most
-    /// `refresh_work`'s slot count, naming the chunk's cookies in that
-    /// mmapped array and reading the refreshed counters back from it. The
-    /// program looks each record's socket up by 4-tuple in the kernel's TCP
-    /// tables; a run is not preemptible (and holds its CPU's softirqs) for
-    /// 0.5–0.9 µs per socket, so a chunk of 2048 holds one CPU ≈ 1–2 ms
-    /// whatever the map size. Records that closed since the map was read
-    /// keep the values read (the ring, read after, carries their close).
-    /// Sockets of other network namespaces are reached through netnsids
-    /// resolved first (see `netns`); records of a namespace the program
-    /// meets for the first time are refreshed once more after it is resolved.
-    fn refresh(&self, records: &mut [ConnRecord]) -> Result<RefreshStats, PinnedError> {
-        let mut stats = RefreshStats::default();
-        self.refresher()?.refresh(records, &mut stats)?;
-        Ok(stats)
-    }
-
     /// What a refresh needs, opened once: the program, the work array and
-    /// the netnsid map (see `refresh`).
+    /// the netnsid map. Its `refresh` copies the socket's counters into each
+    /// live record of a batch (as just read from the map) and into the map,
+    /// now: runs the pinned `refresh_conns` program (BPF_PROG_TEST_RUN) once
+    /// per chunk of at most `refresh_work`'s slot count, naming the chunk's
+    /// cookies in that mmapped array and reading the refreshed counters back
+    /// from it. The program looks each record's socket up by 4-tuple in the
+    /// kernel's TCP tables; a run is not preemptible (and holds its CPU's
+    /// softirqs) for 0.5–0.9 µs per socket, so a chunk of 2048 holds one CPU
+    /// ≈ 1–2 ms whatever the map size. Records that closed since the map was
+    /// read keep the values read (the ring, read after, carries their
+    /// close). Sockets of other network namespaces are reached through
+    /// netnsids resolved first (see `netns`); records of a namespace the
+    /// program meets for the first time are refreshed once more after it is
+    /// resolved.
     fn refresher(&self) -> Result<Refresher<'_>, PinnedError> {
         let path = self.path(pins::REFRESH);
         let prog = match open_fd(&path, Access::ReadWrite) {
@@ -515,19 +509,93 @@ impl Pins {
 
     /// Every live record (and, from the overflow map, closed ones whose
     /// ring-buffer write failed),
-    /// read in batches, then refreshed from the sockets (see `refresh`),
+    /// read in batches, then refreshed from the sockets (see `refresher`),
     /// with what the refresh could not reach. Records of the wrong size are
     /// counted in the second value and skipped. With read-write access,
     /// netnsids of namespaces no record refers to any more are forgotten.
+    ///
+    /// The batched map read runs in a second thread, a batch of the work
+    /// array's slot count at a time, while this thread refreshes the batch
+    /// before: the two kernel parts of a read overlap (on two CPUs the wall
+    /// time is about the longer of the two, not their sum; the CPU time is
+    /// the same).
     pub fn connections_refreshed(
         &self,
     ) -> Result<(Vec<ConnRecord>, u64, RefreshStats), PinnedError> {
-        let (mut records, bad) = self.connections_unrefreshed()?;
-        let stats = self.refresh(&mut records)?;
+        let mut refresher = self.refresher()?;
+        let batch = refresher.work.slots().max(1);
+        let mut records = Vec::new();
+        let mut stats = RefreshStats::default();
+        let read = std::thread::scope(|scope| {
+            let (batches, received) = std::sync::mpsc::sync_channel::<Vec<ConnRecord>>(2);
+            let reader = scope.spawn(move || {
+                // A send fails only once this thread stopped on an error
+                // (the one reported); the read then runs to its end.
+                let bad = self.read_live(batch, |b| {
+                    let _ = batches.send(b);
+                })?;
+                // The closes the ring could not take, after the live map
+                // (`read_overflow`); the refresh leaves closed records be.
+                let mut closed = Vec::new();
+                let bad_closed = self.read_overflow(&mut closed)?;
+                let _ = batches.send(closed);
+                Ok(bad + bad_closed)
+            });
+            let mut failed = None;
+            for mut b in received {
+                if failed.is_none() {
+                    match refresher.refresh(&mut b, &mut stats) {
+                        Ok(()) => records.append(&mut b),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+            }
+            let bad = reader.join().unwrap_or_else(|_| {
+                Err(PinnedError::Io {
+                    path: self.path(pins::CONNS),
+                    source: io::Error::other("the map reader thread panicked"),
+                })
+            });
+            match failed {
+                Some(e) => Err(e),
+                None => bad,
+            }
+        });
+        let bad = read?;
         if self.access == Access::ReadWrite {
             self.prune_netns(&records);
         }
         Ok((records, bad, stats))
+    }
+
+    /// The live records (closed ones skipped: closes in transit), handed to
+    /// `each` in batches of `batch`; how many had the wrong size.
+    fn read_live(
+        &self,
+        batch: usize,
+        mut each: impl FnMut(Vec<ConnRecord>),
+    ) -> Result<u64, PinnedError> {
+        let mut bad = 0u64;
+        let mut chunk = Vec::with_capacity(batch);
+        self.records(&self.conns, pins::CONNS)?
+            .lookup_batch(batch as u32, |_, v| match ConnRecord::decode(&v[0]) {
+                Some(r) if r.is_closed() => {}
+                Some(r) => {
+                    chunk.push(r);
+                    if chunk.len() >= batch {
+                        each(std::mem::replace(&mut chunk, Vec::with_capacity(batch)));
+                    }
+                }
+                None => bad += 1,
+            })
+            .map_err(|source| PinnedError::Io {
+                path: self.path(pins::CONNS),
+                source,
+            })?;
+        if !chunk.is_empty() {
+            each(chunk);
+        }
+        Ok(bad)
     }
 
     /// The live records, streamed: read in batches of the refresh work
@@ -549,34 +617,19 @@ impl Pins {
         };
         let batch = refresher.as_ref().map_or(4096, |r| r.work.slots()).max(1);
         let mut stats = RefreshStats::default();
-        let mut bad = 0u64;
         let mut failed = None;
-        let mut chunk = Vec::with_capacity(batch);
-        let mut deliver = |chunk: &mut Vec<ConnRecord>, stats: &mut RefreshStats| {
-            if failed.is_none() && !chunk.is_empty() {
-                match refresher.as_mut().map(|r| r.refresh(chunk, stats)) {
-                    Some(Err(e)) => failed = Some(e),
-                    _ => each(std::mem::replace(chunk, Vec::with_capacity(batch))),
-                }
+        let bad = self.read_live(batch, |mut chunk| {
+            if failed.is_some() {
+                return;
             }
-            chunk.clear();
-        };
-        self.records(&self.conns, pins::CONNS)?
-            .lookup_batch(batch as u32, |_, v| match ConnRecord::decode(&v[0]) {
-                Some(r) if r.is_closed() => {}
-                Some(r) => {
-                    chunk.push(r);
-                    if chunk.len() >= batch {
-                        deliver(&mut chunk, &mut stats);
-                    }
-                }
-                None => bad += 1,
-            })
-            .map_err(|source| PinnedError::Io {
-                path: self.path(pins::CONNS),
-                source,
-            })?;
-        deliver(&mut chunk, &mut stats);
+            match refresher
+                .as_mut()
+                .map(|r| r.refresh(&mut chunk, &mut stats))
+            {
+                Some(Err(e)) => failed = Some(e),
+                _ => each(chunk),
+            }
+        })?;
         match failed {
             Some(e) => Err(e),
             None => Ok((bad, stats)),
@@ -602,8 +655,16 @@ impl Pins {
                 path: self.path(pins::CONNS),
                 source,
             })?;
-        // After the live map: a close in between is seen here (the kernel
-        // writes the overflow record before it deletes the live one).
+        bad += self.read_overflow(&mut out)?;
+        Ok((out, bad))
+    }
+
+    /// Appends the close records the ring could not take (the overflow
+    /// maps) to `out`; how many had the wrong size. Read after the live
+    /// map: a close in between is seen here (the kernel writes the
+    /// overflow record before it deletes the live one).
+    fn read_overflow(&self, out: &mut Vec<ConnRecord>) -> Result<u64, PinnedError> {
+        let mut bad = 0u64;
         for (map, name) in self
             .overflow
             .iter()
@@ -619,7 +680,7 @@ impl Pins {
                     source,
                 })?;
         }
-        Ok((out, bad))
+        Ok(bad)
     }
 
     /// Every key of the close totals with its value on each possible CPU

@@ -112,33 +112,49 @@ impl NodeExporter {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Starts it on a port that was free a moment ago; if another test took
+    /// that port first (node_exporter then exits), on another one.
     pub fn start(textfile_dir: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("prometheus-node-exporter")
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--collector.disable-defaults")
-            .arg("--collector.textfile")
-            .arg(format!(
-                "--collector.textfile.directory={}",
-                textfile_dir.display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus-node-exporter (apt-get install prometheus-node-exporter)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "node_exporter did not listen on {port}"
-            );
-            sleep(Duration::from_millis(50));
+        let mut tried = Vec::new();
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new("prometheus-node-exporter")
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--collector.disable-defaults")
+                .arg("--collector.textfile")
+                .arg(format!(
+                    "--collector.textfile.directory={}",
+                    textfile_dir.display()
+                ))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect(
+                    "start prometheus-node-exporter (apt-get install prometheus-node-exporter)",
+                );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self { child, port };
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    tried.push(format!("{port}: exited {status}"));
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    tried.push(format!("{port}: not listening after 10 s"));
+                    break;
+                }
+                sleep(Duration::from_millis(50));
+            }
         }
-        Self { child, port }
+        panic!("node_exporter did not start: {tried:?}");
     }
 
     /// GET /metrics (plain HTTP/1.0), body only.
