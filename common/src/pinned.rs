@@ -299,8 +299,7 @@ impl Pins {
 
     /// What a refresh needs, opened once: the program, the work array and
     /// the netnsid map. Its `refresh` copies the socket's counters into each
-    /// live record of a batch (as just read from the map) and into the map,
-    /// now: runs the pinned `refresh_conns` program (BPF_PROG_TEST_RUN) once
+    /// live record of a batch (as just read from the map), now: runs the pinned `refresh_conns` program (BPF_PROG_TEST_RUN) once
     /// per chunk of at most `refresh_work`'s slot count, naming the chunk's
     /// cookies in that mmapped array and reading the refreshed counters back
     /// from it. The program looks each record's socket up by 4-tuple in the
@@ -535,7 +534,7 @@ impl Pins {
                     let _ = batches.send(b);
                 })?;
                 // The closes the ring could not take, after the live map
-                // (`read_overflow`); the refresh leaves closed records be.
+                // (`read_overflow`); the refresh skips closed records.
                 let mut closed = Vec::new();
                 let bad_closed = self.read_overflow(&mut closed)?;
                 let _ = batches.send(closed);

@@ -339,9 +339,11 @@ fn the_cronjob_script_turns_kubectl_output_into_the_configmap() {
     let (dir, bin) = (t.path(), t.path().join("bin"));
     fs::create_dir(&bin).unwrap();
     let reader = longconn_tests::env::bin("longconn-reader");
+    // The script's /tmp/ first: the reader's own path may be under /tmp
+    // (a checkout there) and must stay as it is.
     let script = script
-        .replace("/longconn/longconn-reader", reader.to_str().unwrap())
-        .replace("/tmp/", &format!("{}/", dir.display()));
+        .replace("/tmp/", &format!("{}/", dir.display()))
+        .replace("/longconn/longconn-reader", reader.to_str().unwrap());
     let kubectl = format!(
         r#"#!/bin/sh
 echo "$*" >> {d}/calls
