@@ -260,6 +260,9 @@ pub fn read_meta(dir: &Path, access: Access) -> Result<Meta, PinnedError> {
     Ok(meta)
 }
 
+/// The close totals map as read: key, and one consistent copy per CPU.
+type TotalsMap<'a> = Checked<'a, [u8; TotalsKey::SIZE], [u8; TOTALS_COPY]>;
+
 impl Pins {
     pub fn open(dir: &Path, access: Access) -> Result<Self, PinnedError> {
         let meta = read_meta(dir, access)?;
@@ -682,19 +685,22 @@ impl Pins {
         Ok(bad)
     }
 
+    /// The close totals map, typed and checked, and its path.
+    fn totals_map(&self) -> Result<(PathBuf, TotalsMap<'_>), PinnedError> {
+        let path = self.path(pins::CLOSE_TOTALS);
+        let map =
+            Checked::new(&self.totals, Kind::PerCpuHash).map_err(|source| PinnedError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok((path, map))
+    }
+
     /// Every key of the close totals with its value on each possible CPU
     /// (batched), each copy consistent: a copy that caught a close being
     /// added (seq_begin != seq_end) is read again, alone.
     pub fn close_totals(&self) -> Result<TotalsSnapshot, PinnedError> {
-        let path = self.path(pins::CLOSE_TOTALS);
-        let map = Checked::<[u8; TotalsKey::SIZE], [u8; TOTALS_COPY]>::new(
-            &self.totals,
-            Kind::PerCpuHash,
-        )
-        .map_err(|source| PinnedError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let (path, map) = self.totals_map()?;
         let decode = |v: &[[u8; TOTALS_COPY]]| -> Option<Vec<Totals>> {
             v.iter()
                 .map(|c| Totals::decode(&c[..Totals::SIZE]))
@@ -778,15 +784,7 @@ impl Pins {
     /// whose cgroup is gone (see the reader's `retire`); keys already gone
     /// are skipped.
     pub fn remove_close_totals(&self, keys: &[TotalsKey]) -> Result<(), PinnedError> {
-        let path = self.path(pins::CLOSE_TOTALS);
-        let map = Checked::<[u8; TotalsKey::SIZE], [u8; TOTALS_COPY]>::new(
-            &self.totals,
-            Kind::PerCpuHash,
-        )
-        .map_err(|source| PinnedError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let (path, map) = self.totals_map()?;
         for key in keys {
             match map.delete(&key.to_bytes()) {
                 Ok(()) => {}

@@ -354,6 +354,15 @@ fn storage_names(roots: &Roots) -> HashMap<String, String> {
 /// `<pod>_<namespace>_<container>-<id>.log` links (none of the three names
 /// may hold `_`: Kubernetes names are DNS labels or subdomains).
 fn kubelet_logs(dir: &Path) -> HashMap<String, [String; 3]> {
+    names_in(dir, parse_kubelet_log)
+}
+
+/// Each entry name of `dir` that `parse` takes, keyed by the id it gives
+/// (an unreadable directory is an empty map).
+fn names_in<const N: usize>(
+    dir: &Path,
+    parse: impl Fn(&str) -> Option<(&str, [String; N])>,
+) -> HashMap<String, [String; N]> {
     let mut out = HashMap::new();
     let Ok(entries) = fs::read_dir(dir) else {
         return out;
@@ -361,7 +370,7 @@ fn kubelet_logs(dir: &Path) -> HashMap<String, [String; 3]> {
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some((id, names)) = parse_kubelet_log(name) {
+        if let Some((id, names)) = parse(name) {
             out.insert(id.to_owned(), names);
         }
     }
@@ -371,18 +380,7 @@ fn kubelet_logs(dir: &Path) -> HashMap<String, [String; 3]> {
 /// Pod uid -> (namespace, pod) from the kubelet's `<namespace>_<pod>_<uid>`
 /// pod log directories.
 fn pod_logs(dir: &Path) -> HashMap<String, [String; 2]> {
-    let mut out = HashMap::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some((uid, names)) = parse_pod_log_dir(name) {
-            out.insert(uid.to_owned(), names);
-        }
-    }
-    out
+    names_in(dir, parse_pod_log_dir)
 }
 
 /// (pod uid, [namespace, pod]) of a kubelet pod log directory name.
