@@ -510,60 +510,16 @@ impl Pins {
     }
 
     /// Every live record (and, from the overflow map, closed ones whose
-    /// ring-buffer write failed),
-    /// read in batches, then refreshed from the sockets (see `refresher`),
-    /// with what the refresh could not reach. Records of the wrong size are
-    /// counted in the second value and skipped. With read-write access,
-    /// netnsids of namespaces no record refers to any more are forgotten.
-    ///
-    /// The batched map read runs in a second thread, a batch of the work
-    /// array's slot count at a time, while this thread refreshes the batch
-    /// before: the two kernel parts of a read overlap (on two CPUs the wall
-    /// time is about the longer of the two, not their sum; the CPU time is
-    /// the same).
+    /// ring-buffer write failed), read in batches and refreshed from the
+    /// sockets (see `refresher`, `pipeline`), with what the refresh could
+    /// not reach. Records of the wrong size are counted in the second value
+    /// and skipped. With read-write access, netnsids of namespaces no record
+    /// refers to any more are forgotten.
     pub fn connections_refreshed(
         &self,
     ) -> Result<(Vec<ConnRecord>, u64, RefreshStats), PinnedError> {
-        let mut refresher = self.refresher()?;
-        let batch = refresher.work.slots().max(1);
         let mut records = Vec::new();
-        let mut stats = RefreshStats::default();
-        let read = std::thread::scope(|scope| {
-            let (batches, received) = std::sync::mpsc::sync_channel::<Vec<ConnRecord>>(2);
-            let reader = scope.spawn(move || {
-                // A send fails only once this thread stopped on an error
-                // (the one reported); the read then runs to its end.
-                let bad = self.read_live(batch, |b| {
-                    let _ = batches.send(b);
-                })?;
-                // The closes the ring could not take, after the live map
-                // (`read_overflow`); the refresh skips closed records.
-                let mut closed = Vec::new();
-                let bad_closed = self.read_overflow(&mut closed)?;
-                let _ = batches.send(closed);
-                Ok(bad + bad_closed)
-            });
-            let mut failed = None;
-            for mut b in received {
-                if failed.is_none() {
-                    match refresher.refresh(&mut b, &mut stats) {
-                        Ok(()) => records.append(&mut b),
-                        Err(e) => failed = Some(e),
-                    }
-                }
-            }
-            let bad = reader.join().unwrap_or_else(|_| {
-                Err(PinnedError::Io {
-                    path: self.path(pins::CONNS),
-                    source: io::Error::other("the map reader thread panicked"),
-                })
-            });
-            match failed {
-                Some(e) => Err(e),
-                None => bad,
-            }
-        });
-        let bad = read?;
+        let (bad, stats) = self.pipeline(true, true, |mut b| records.append(&mut b))?;
         if self.access == Access::ReadWrite {
             self.prune_netns(&records);
         }
@@ -602,14 +558,30 @@ impl Pins {
 
     /// The live records, streamed: read in batches of the refresh work
     /// array's slot count, each batch refreshed (unless `refresh` is false)
-    /// and handed to `each` before the next is read, so memory holds one
-    /// batch, not the live set, and the caller can work on one batch while
-    /// the next is read. Closed records (closes in transit to the ring) are
-    /// skipped. Returns how many records had the wrong size, and what the
-    /// refresh could not reach.
+    /// and handed to `each` in this thread (see `pipeline`), so memory holds
+    /// a few batches, not the live set. Closed records (closes in transit to
+    /// the ring) are skipped. Returns how many records had the wrong size,
+    /// and what the refresh could not reach.
     pub fn stream_live(
         &self,
         refresh: bool,
+        each: impl FnMut(Vec<ConnRecord>),
+    ) -> Result<(u64, RefreshStats), PinnedError> {
+        self.pipeline(refresh, false, each)
+    }
+
+    /// A read in three stages, each on its own thread, a batch apart: a
+    /// thread reads the live map (then, with `overflow`, the overflow maps:
+    /// `read_overflow`), a second refreshes each batch (unless `refresh` is
+    /// false; the refresh skips closed records), and this thread hands it
+    /// to `each`. The kernel's two parts and the caller's work overlap: on
+    /// two CPUs the wall time is about half their sum, or the longest
+    /// stage, not the sum; the CPU time is the same. A stage that fails
+    /// stops passing batches on; the stages before it run to their end.
+    fn pipeline(
+        &self,
+        refresh: bool,
+        overflow: bool,
         mut each: impl FnMut(Vec<ConnRecord>),
     ) -> Result<(u64, RefreshStats), PinnedError> {
         let mut refresher = if refresh {
@@ -618,24 +590,46 @@ impl Pins {
             None
         };
         let batch = refresher.as_ref().map_or(4096, |r| r.work.slots()).max(1);
-        let mut stats = RefreshStats::default();
-        let mut failed = None;
-        let bad = self.read_live(batch, |mut chunk| {
-            if failed.is_some() {
-                return;
+        let panicked = |stage: &str| PinnedError::Io {
+            path: self.path(pins::CONNS),
+            source: io::Error::other(format!("the map {stage} thread panicked")),
+        };
+        std::thread::scope(|scope| {
+            let (read_tx, read_rx) = std::sync::mpsc::sync_channel::<Vec<ConnRecord>>(2);
+            let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Vec<ConnRecord>>(2);
+            let reader = scope.spawn(move || {
+                // A send fails only once the next stage stopped on an error
+                // (the one reported); the read then runs to its end.
+                let bad = self.read_live(batch, |b| {
+                    let _ = read_tx.send(b);
+                })?;
+                if !overflow {
+                    return Ok(bad);
+                }
+                let mut closed = Vec::new();
+                let bad_closed = self.read_overflow(&mut closed)?;
+                let _ = read_tx.send(closed);
+                Ok(bad + bad_closed)
+            });
+            let refreshing = scope.spawn(move || {
+                let mut stats = RefreshStats::default();
+                for mut b in read_rx {
+                    if let Some(r) = refresher.as_mut() {
+                        r.refresh(&mut b, &mut stats)?;
+                    }
+                    let _ = done_tx.send(b);
+                }
+                Ok(stats)
+            });
+            for b in done_rx {
+                each(b);
             }
-            match refresher
-                .as_mut()
-                .map(|r| r.refresh(&mut chunk, &mut stats))
-            {
-                Some(Err(e)) => failed = Some(e),
-                _ => each(chunk),
-            }
-        })?;
-        match failed {
-            Some(e) => Err(e),
-            None => Ok((bad, stats)),
-        }
+            let stats = refreshing
+                .join()
+                .unwrap_or_else(|_| Err(panicked("refresh")));
+            let bad = reader.join().unwrap_or_else(|_| Err(panicked("reader")));
+            Ok((bad?, stats?))
+        })
     }
 
     /// The map as the kernel hooks left it, without running the refresh

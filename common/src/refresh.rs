@@ -85,6 +85,12 @@ impl WorkArray {
     }
 }
 
+// SAFETY: the mapping belongs to the process, not to the thread that made
+// it, so its owner may move to another thread (a read refreshes on its own
+// thread: `Pins::pipeline`). Not Sync: `set` and `get` take `&self`, and two
+// threads writing the slots at once would race.
+unsafe impl Send for WorkArray {}
+
 impl Drop for WorkArray {
     fn drop(&mut self) {
         // SAFETY: ptr/len come from a successful mmap and are unmapped once.

@@ -139,11 +139,11 @@ pub fn run(pin_dir: &Path, args: &DumpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--json` of live connections, streamed in map order: a thread reads and
-/// refreshes the map a batch at a time while this one names and renders the
-/// batch before, so the kernel's part (over half the time at 100k
-/// connections) and the rendering overlap, and memory holds a few batches,
-/// not the live set.
+/// `--json` of live connections, streamed in map order: threads read and
+/// refresh the map a batch at a time while this one names and renders the
+/// batch before (`Pins::stream_live`), so the kernel's part (over half the
+/// time at 100k connections) and the rendering overlap, and memory holds a
+/// few batches, not the live set.
 fn stream_json(
     out: &mut impl Write,
     pins: &Pins,
@@ -155,40 +155,29 @@ fn stream_json(
     let mut cgroup_names = std::collections::BTreeMap::new();
     let mut looked_up = std::collections::HashSet::new();
     let roots = args.runtime.roots();
-    let (bad, refresh) = std::thread::scope(|scope| -> anyhow::Result<_> {
-        let (batches, received) = std::sync::mpsc::sync_channel::<Vec<ConnRecord>>(2);
-        let reader = scope.spawn(move || {
-            pins.stream_live(!args.no_refresh, |batch| {
-                // A send fails only when the renderer has stopped (its error
-                // is the one reported); the read then runs to its end.
-                let _ = batches.send(batch);
-            })
+    // A write error stops the rendering; the read then runs to its end.
+    let mut rendered = Ok(());
+    let (bad, refresh) = pins.stream_live(!args.no_refresh, |mut batch| {
+        if rendered.is_err() {
+            return;
+        }
+        batch.retain(|r| kept(args, clock, r));
+        let fresh: Vec<&ConnRecord> = batch
+            .iter()
+            .filter(|r| looked_up.insert(r.cgroup_id))
+            .collect();
+        identity::resolve_cgroups(&mut cgroup_names, fresh, &roots, &|ids| {
+            crate::collect::captured_paths(pins, ids)
         });
-        let rendered = (|| -> anyhow::Result<()> {
-            for mut batch in received {
-                batch.retain(|r| kept(args, clock, r));
-                let fresh: Vec<&ConnRecord> = batch
-                    .iter()
-                    .filter(|r| looked_up.insert(r.cgroup_id))
-                    .collect();
-                identity::resolve_cgroups(&mut cgroup_names, fresh, &roots, &|ids| {
-                    crate::collect::captured_paths(pins, ids)
-                });
-                let identifier = identity::Identifier::new(&cgroup_names, services);
-                for r in &batch {
-                    if let Some(id) = selected(args, &identifier, r) {
-                        array.push(out, &view::event(r, clock, &id))?;
-                    }
-                }
-            }
-            Ok(())
-        })();
-        let read = reader
-            .join()
-            .map_err(|_| anyhow::anyhow!("dump: the map reader thread panicked"))?;
-        rendered?;
-        Ok(read?)
+        let identifier = identity::Identifier::new(&cgroup_names, services);
+        rendered = batch
+            .iter()
+            .try_for_each(|r| match selected(args, &identifier, r) {
+                Some(id) => array.push(out, &view::event(r, clock, &id)),
+                None => Ok(()),
+            });
     })?;
+    rendered?;
     array.finish(out)?;
     report(bad, &refresh);
     Ok(())

@@ -392,6 +392,50 @@ fn top_survives_a_resize_and_restores_the_terminal_on_ctrl_c_and_sigterm() {
     }
 }
 
+/// A panic while the screen is up (set off on purpose by the test hook
+/// `LONGCONN_TEST_TOP_PANIC`, after the first frame) gives the terminal
+/// back before the panic message is printed: main screen, cursor shown,
+/// cooked mode (the message's lines start at column 0), and a failing exit.
+#[test]
+fn top_restores_the_terminal_on_a_panic() {
+    if !privileged_or_skip("top_restores_the_terminal_on_a_panic") {
+        return;
+    }
+    let env = TestEnv::new("top_panic");
+    env.pin(&[]);
+    let mut top = env.reader_cmd();
+    top.args(["top", "--interval", "200ms"])
+        .env("LONGCONN_TEST_TOP_PANIC", "1")
+        .env_remove("RUST_BACKTRACE");
+    let mut pty = Pty::spawn(top, 30, 200);
+    let (status, alternate, hidden) = pty.finish(10);
+    let text = pty.text();
+    assert_eq!(
+        status.code(),
+        Some(101),
+        "a panic exits 101; screen:\n{text}"
+    );
+    assert!(
+        !alternate,
+        "the panic left the alternate screen on:\n{text}"
+    );
+    assert!(!hidden, "the panic left the cursor hidden:\n{text}");
+    // In cooked mode a newline also returns the carriage, so each line of
+    // the message starts at column 0; left in raw mode, each would start
+    // where the line above it ended.
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("thread 'main'") && l.contains("panicked at"))
+        .unwrap_or_else(|| panic!("no panic message starting a line:\n{text}"));
+    assert!(
+        lines[at + 1..]
+            .iter()
+            .any(|l| l.starts_with("LONGCONN_TEST_TOP_PANIC is set")),
+        "the message's own line does not start at column 0:\n{text}"
+    );
+}
+
 /// `collect` runs 25 times while `top` refreshes every 200 ms beside it,
 /// with connections that `top` saw live closing in between (so it peeks
 /// their close records) and short ones it never sees: the access log has

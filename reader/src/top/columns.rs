@@ -398,6 +398,7 @@ mod tests {
         };
         let row = Row {
             rec: &rec,
+            history: &History::default(),
             rates: Some(Rates {
                 sent: 1e6,
                 received: 10.0,

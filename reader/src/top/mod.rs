@@ -188,6 +188,7 @@ fn interactive(
         unreachable: 0,
     };
     let mut dirty = true;
+    let panic_on_purpose = std::env::var_os(PANIC_ON_PURPOSE).is_some();
     while !term::stop_requested() {
         if s.due(Instant::now()) {
             let read = source.read(&mut model)?;
@@ -218,6 +219,9 @@ fn interactive(
                 unreachable: last.unreachable,
             };
             guard.terminal.draw(|f| screen::draw(f, &table, &status))?;
+            if panic_on_purpose {
+                panic!("{PANIC_ON_PURPOSE} is set: top panics after its first frame");
+            }
         }
         dirty = match input(s.wait(Instant::now()))? {
             None => false,
@@ -237,6 +241,11 @@ fn interactive(
     drop(guard);
     Ok(())
 }
+
+/// A test hook, as git's `GIT_TEST_*`: set, the full-screen loop panics
+/// once its first frame is drawn, so an end-to-end test proves that the
+/// panic hook gives the terminal back (`term`). Nothing else reads it.
+const PANIC_ON_PURPOSE: &str = "LONGCONN_TEST_TOP_PANIC";
 
 /// What the last refresh read, for the status line.
 struct Last {

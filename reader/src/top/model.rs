@@ -103,16 +103,14 @@ impl History {
     }
 }
 
-/// What is kept per connection between reads (128 bytes).
-#[derive(Clone, Copy, Debug)]
+/// What is kept per connection between reads besides its last record
+/// (80 bytes).
+#[derive(Clone, Copy, Debug, Default)]
 struct Track {
-    prev: Counters,
-    /// The record's `update_ns` at the previous read (when the refresh
-    /// copied those counters).
+    /// The latest `update_ns` seen (when the refresh last copied its
+    /// counters).
     prev_ns: u64,
     history: History,
-    /// The refresh (`Model::frame`) that last saw it live.
-    seen: u32,
 }
 
 /// One connection of the current refresh.
@@ -122,31 +120,48 @@ pub struct Row<'a> {
     /// None: first seen at this refresh and opened before the previous one
     /// (no earlier value to take a rate from).
     pub rates: Option<Rates>,
+    /// Its recent throughput (the sparkline).
+    pub history: &'a History,
     /// Closed since the previous read: shown this refresh only.
     pub closed: bool,
 }
 
 /// Every connection of the current refresh, and what is kept to compute
 /// the next one's rates.
+///
+/// Cost: a read returns the map in the same order each time (the kernel's
+/// hash buckets, in order), so a record is matched with its previous one
+/// by walking the previous read alongside it, not by a hash lookup per
+/// record; only a record out of step (a connection opened or closed in
+/// between) is looked up, in an index of the previous read built the first
+/// time one is. Everything per connection lives in vectors in read order,
+/// reused from refresh to refresh.
 #[derive(Debug, Default)]
 pub struct Model {
-    tracks: HashMap<u64, Track>,
-    frame: u32,
     prev_read_ns: Option<u64>,
     /// The one before it, during a refresh.
     prev_read: Option<u64>,
     /// When the current and previous reads started (CLOCK_BOOTTIME ns).
     pub read_ns: u64,
     pub interval_ns: u64,
-    /// The records of the current refresh as read, then the last
-    /// `closed` ones: connections closed since the previous read. Its
-    /// vector is reused from refresh to refresh (`begin`): paging in a
-    /// fresh one each time was a tenth of a refresh at 36k connections.
+    /// The records of the current refresh as read, then the last `closed`
+    /// ones: connections closed since the previous read. `rates` and
+    /// `tracks` go with them, index for index.
     recs: Vec<ConnRecord>,
     rates: Vec<Option<Rates>>,
+    tracks: Vec<Track>,
     closed: usize,
-    /// The previous refresh's live records, during a refresh.
+    /// The previous refresh's live records and their tracks, during a
+    /// refresh; `seen`: which of them this read has met so far, `met` how
+    /// many, `next` the one expected next.
     old: Vec<ConnRecord>,
+    old_tracks: Vec<Track>,
+    seen: Vec<bool>,
+    met: usize,
+    next: usize,
+    /// Cookie to index in `old`, built at the first record out of step.
+    index: HashMap<u64, usize, foldhash::fast::RandomState>,
+    indexed: bool,
 }
 
 impl Model {
@@ -165,34 +180,61 @@ impl Model {
 
     /// Starts a refresh whose read started at `read_ns`.
     pub fn begin(&mut self, read_ns: u64) {
-        self.frame = self.frame.wrapping_add(1);
         let prev_read = self.prev_read_ns.replace(read_ns);
         self.prev_read = prev_read;
         self.interval_ns = prev_read.map_or(0, |p| read_ns.saturating_sub(p));
         self.read_ns = read_ns;
-        let old_live = self.recs.len() - self.closed.min(self.recs.len());
-        for r in &self.recs[old_live..] {
-            self.tracks.remove(&r.cookie);
-        }
-        self.recs.truncate(old_live);
+        // Connections shown closed are forgotten; the live ones become
+        // `old`, and the vectors of the refresh before are reused.
+        let live = self.recs.len() - self.closed.min(self.recs.len());
+        self.recs.truncate(live);
+        self.tracks.truncate(live);
         self.closed = 0;
-        // The previous refresh's records become `old` (for `finish` to
-        // find the gone ones); its vector is reused, not paged in anew.
         std::mem::swap(&mut self.recs, &mut self.old);
+        std::mem::swap(&mut self.tracks, &mut self.old_tracks);
+        let expect = self.old.len() + self.old.len() / 8;
         self.recs.clear();
-        self.recs.reserve(self.old.len() + self.old.len() / 8);
+        self.recs.reserve(expect);
+        self.tracks.clear();
+        self.tracks.reserve(expect);
         self.rates.clear();
-        self.rates.reserve(self.old.len() + self.old.len() / 8);
+        self.rates.reserve(expect);
+        self.seen.clear();
+        self.seen.resize(self.old.len(), false);
+        self.met = 0;
+        self.next = 0;
+        self.index.clear();
+        self.indexed = false;
     }
 
     /// Live records of the refresh, a batch at a time (as they are read).
     pub fn add(&mut self, batch: &[ConnRecord]) {
-        let prev_read = self.prev_read();
         for rec in batch {
-            let rates = observe(&mut self.tracks, rec, prev_read, self.read_ns, self.frame);
-            self.recs.push(*rec);
-            self.rates.push(rates);
+            let before = self.previous(rec.cookie);
+            self.push(*rec, before);
         }
+    }
+
+    /// Where `cookie` was in the previous read: the record expected next,
+    /// or else looked up in the index.
+    fn previous(&mut self, cookie: u64) -> Option<usize> {
+        let at = if self.old.get(self.next).is_some_and(|r| r.cookie == cookie) {
+            self.next
+        } else if self.old.is_empty() {
+            return None;
+        } else {
+            if !self.indexed {
+                self.index
+                    .extend(self.old.iter().enumerate().map(|(i, r)| (r.cookie, i)));
+                self.indexed = true;
+            }
+            *self.index.get(&cookie)?
+        };
+        self.next = at + 1;
+        if !std::mem::replace(&mut self.seen[at], true) {
+            self.met += 1;
+        }
+        Some(at)
     }
 
     /// Ends the refresh: `finals` gives the close records (peeked, not
@@ -200,42 +242,72 @@ impl Model {
     /// now. A gone connection without one keeps its last values, marked
     /// closed.
     pub fn finish(&mut self, finals: impl FnOnce(&[u64]) -> Vec<ConnRecord>) {
-        let (frame, prev_read) = (self.frame, self.prev_read());
-        let gone: Vec<&ConnRecord> = self
-            .old
-            .iter()
-            .filter(|r| self.tracks.get(&r.cookie).is_some_and(|t| t.seen != frame))
+        if self.met == self.old.len() {
+            return;
+        }
+        let gone: Vec<usize> = (0..self.old.len()).filter(|&i| !self.seen[i]).collect();
+        let cookies: Vec<u64> = gone.iter().map(|&i| self.old[i].cookie).collect();
+        let mut finals: HashMap<u64, ConnRecord> = finals(&cookies)
+            .into_iter()
+            .map(|r| (r.cookie, r))
             .collect();
         self.closed = gone.len();
-        if !gone.is_empty() {
-            let cookies: Vec<u64> = gone.iter().map(|r| r.cookie).collect();
-            let mut finals: HashMap<u64, ConnRecord> = finals(&cookies)
-                .into_iter()
-                .map(|r| (r.cookie, r))
-                .collect();
-            for last in gone {
-                let rec = finals.remove(&last.cookie).unwrap_or_else(|| {
-                    let mut r = *last;
-                    r.flags |= layout::F_CLOSED;
-                    r.state = TCP_CLOSE;
-                    r
-                });
-                let rates = observe(&mut self.tracks, &rec, prev_read, self.read_ns, frame);
-                self.recs.push(rec);
-                self.rates.push(rates);
-            }
-        }
-        // Every row shown was seen at this refresh; tracks of connections
-        // neither live nor shown closed (evicted from the map, or closed
-        // while frozen) are dropped, so state follows the live set.
-        if self.tracks.len() != self.recs.len() {
-            self.tracks.retain(|_, t| t.seen == frame);
+        for i in gone {
+            let last = self.old[i];
+            let rec = finals.remove(&last.cookie).unwrap_or_else(|| {
+                let mut r = last;
+                r.flags |= layout::F_CLOSED;
+                r.state = TCP_CLOSE;
+                r
+            });
+            self.push(rec, Some(i));
         }
     }
 
-    /// When the previous read started (None at the first).
-    fn prev_read(&self) -> Option<u64> {
-        self.prev_read
+    /// Appends `rec` with its rates since `before` (its index in the
+    /// previous read, if it was in it), adding them to its history.
+    fn push(&mut self, rec: ConnRecord, before: Option<usize>) {
+        let now = Counters::of(&rec);
+        let (rates, track) = match before {
+            Some(i) => {
+                let t = self.old_tracks[i];
+                // The refresh stamps each record when it copies its
+                // counters: the exact time between two copies. A record
+                // the refresh could not reach keeps its stamp; then the
+                // time between the reads.
+                let ns = if rec.update_ns > t.prev_ns {
+                    rec.update_ns - t.prev_ns
+                } else {
+                    self.prev_read.map_or(0, |p| self.read_ns.saturating_sub(p))
+                };
+                let rates = Rates::between(&Counters::of(&self.old[i]), &now, ns);
+                let mut history = t.history;
+                history.push(rates.bytes());
+                let prev_ns = t.prev_ns.max(rec.update_ns);
+                (Some(rates), Track { prev_ns, history })
+            }
+            None => {
+                // Opened since the previous read: everything it counted
+                // is new, since its start.
+                let rates = self.prev_read.filter(|&p| rec.start_ns >= p).map(|_| {
+                    let end = if rec.update_ns > rec.start_ns {
+                        rec.update_ns
+                    } else {
+                        self.read_ns
+                    };
+                    Rates::between(&Counters::default(), &now, end.saturating_sub(rec.start_ns))
+                });
+                let mut history = History::default();
+                if let Some(r) = &rates {
+                    history.push(r.bytes());
+                }
+                let prev_ns = rec.update_ns;
+                (rates, Track { prev_ns, history })
+            }
+        };
+        self.recs.push(rec);
+        self.rates.push(rates);
+        self.tracks.push(track);
     }
 
     /// Connections of the current refresh (closed ones included).
@@ -251,7 +323,8 @@ impl Model {
     pub fn row(&self, i: usize) -> Row<'_> {
         Row {
             rec: &self.recs[i],
-            rates: self.rates.get(i).copied().flatten(),
+            rates: self.rates[i],
+            history: &self.tracks[i].history,
             closed: i >= self.recs.len() - self.closed,
         }
     }
@@ -260,74 +333,12 @@ impl Model {
         (0..self.recs.len()).map(|i| self.row(i))
     }
 
-    /// The throughput history of connection `cookie` (shown or live).
-    pub fn history(&self, cookie: u64) -> History {
-        self.tracks
-            .get(&cookie)
-            .map_or(History::default(), |t| t.history)
-    }
-
-    /// Connections the model keeps state for (bounded by the live set plus
-    /// those shown closed).
+    /// Connections the model keeps state for: those of this refresh (the
+    /// live set and those shown closed) and, for the next, the live set of
+    /// the previous one.
     #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.tracks.len()
-    }
-}
-
-/// Rates of `rec` since its previous read (added to its history).
-fn observe(
-    tracks: &mut HashMap<u64, Track>,
-    rec: &ConnRecord,
-    prev_read: Option<u64>,
-    read_ns: u64,
-    frame: u32,
-) -> Option<Rates> {
-    let now = Counters::of(rec);
-    match tracks.get_mut(&rec.cookie) {
-        Some(t) => {
-            // The refresh stamps each record when it copies its
-            // counters: the exact time between two copies. A record
-            // the refresh could not reach keeps its stamp; then the
-            // time between the reads.
-            let ns = if rec.update_ns > t.prev_ns {
-                rec.update_ns - t.prev_ns
-            } else {
-                prev_read.map_or(0, |p| read_ns.saturating_sub(p))
-            };
-            let rates = Rates::between(&t.prev, &now, ns);
-            t.prev = now;
-            t.prev_ns = t.prev_ns.max(rec.update_ns);
-            t.history.push(rates.bytes());
-            t.seen = frame;
-            Some(rates)
-        }
-        None => {
-            // Opened since the previous read: everything it counted
-            // is new, since its start.
-            let rates = prev_read.filter(|&p| rec.start_ns >= p).map(|_| {
-                let end = if rec.update_ns > rec.start_ns {
-                    rec.update_ns
-                } else {
-                    read_ns
-                };
-                Rates::between(&Counters::default(), &now, end.saturating_sub(rec.start_ns))
-            });
-            let mut history = History::default();
-            if let Some(r) = &rates {
-                history.push(r.bytes());
-            }
-            tracks.insert(
-                rec.cookie,
-                Track {
-                    prev: now,
-                    prev_ns: rec.update_ns,
-                    history,
-                    seen: frame,
-                },
-            );
-            rates
-        }
     }
 }
 
@@ -403,13 +414,8 @@ pub struct Group {
 }
 
 /// Sums `rows` (live ones) into groups named by `name`, e.g. each row's
-/// workload; `history` gives a row's history by cookie. `now_ns` is the
-/// read time (for ages).
-pub fn groups<'r>(
-    rows: impl Iterator<Item = (Row<'r>, &'r str)>,
-    history: impl Fn(u64) -> History,
-    now_ns: u64,
-) -> Vec<Group> {
+/// workload. `now_ns` is the read time (for ages).
+pub fn groups<'r>(rows: impl Iterator<Item = (Row<'r>, &'r str)>, now_ns: u64) -> Vec<Group> {
     let mut by: HashMap<&str, (Group, u64)> = HashMap::new();
     for (row, name) in rows.filter(|(r, _)| !r.closed) {
         let (g, srtt_sum) = by.entry(name).or_insert_with(|| {
@@ -425,7 +431,7 @@ pub fn groups<'r>(
         if let Some(r) = &row.rates {
             g.rates.add(r);
         }
-        g.history.add(&history(row.rec.cookie));
+        g.history.add(row.history);
         *srtt_sum += u64::from(row.rec.srtt_us);
         g.age_ns = g.age_ns.max(now_ns.saturating_sub(row.rec.start_ns));
     }
@@ -469,7 +475,7 @@ mod tests {
         // Not refreshed (same stamp): the time between the reads.
         m.update(vec![rec(1, 3_005_000, 12 * S)], 13 * S, |_| vec![]);
         assert_eq!(m.row(0).rates.unwrap().sent, 500_000.0);
-        assert_eq!(m.history(1).values(), &[1_000_000.0, 500_000.0]);
+        assert_eq!(m.row(0).history.values(), &[1_000_000.0, 500_000.0]);
     }
 
     #[test]
@@ -523,6 +529,47 @@ mod tests {
     }
 
     #[test]
+    fn records_out_of_step_with_the_previous_read_are_matched_by_cookie() {
+        let mut m = Model::default();
+        let read = |m: &mut Model, cookies: &[u64], t: u64, sent: u64| {
+            let live = cookies.iter().map(|&c| rec(c, c * sent, t * S)).collect();
+            m.update(live, t * S, |_| vec![]);
+        };
+        read(&mut m, &[1, 2, 3, 4], 1, 1_000);
+        // 2 closed, 5 opened before the first read (no rate), same order.
+        read(&mut m, &[1, 5, 3, 4], 2, 2_000);
+        let sent = |m: &Model| -> Vec<(u64, Option<f64>, bool)> {
+            m.rows()
+                .map(|r| (r.rec.cookie, r.rates.map(|r| r.sent), r.closed))
+                .collect()
+        };
+        assert_eq!(
+            sent(&m),
+            [
+                (1, Some(1_000.0), false),
+                (5, None, false),
+                (3, Some(3_000.0), false),
+                (4, Some(4_000.0), false),
+                (2, Some(0.0), true),
+            ]
+        );
+        // Another order altogether, and a cookie read twice.
+        read(&mut m, &[4, 3, 3, 1, 5], 3, 4_000);
+        assert_eq!(
+            sent(&m),
+            [
+                (4, Some(8_000.0), false),
+                (3, Some(6_000.0), false),
+                (3, Some(6_000.0), false),
+                (1, Some(2_000.0), false),
+                (5, Some(10_000.0), false),
+            ]
+        );
+        assert_eq!(m.row(0).history.values(), &[4_000.0, 8_000.0]);
+        assert_eq!(m.closed(), 0);
+    }
+
+    #[test]
     fn a_close_without_a_record_keeps_its_last_values_marked_closed() {
         let mut m = Model::default();
         m.update(vec![rec(1, 100, S)], S, |_| vec![]);
@@ -535,7 +582,7 @@ mod tests {
 
     #[test]
     fn per_connection_state_stays_small() {
-        assert_eq!(std::mem::size_of::<Track>(), 128);
+        assert_eq!(std::mem::size_of::<Track>(), 80);
         // The records of a refresh, with their rates.
         assert_eq!(
             std::mem::size_of::<ConnRecord>() + std::mem::size_of::<Option<Rates>>(),
@@ -573,8 +620,10 @@ mod tests {
                 ..ConnRecord::default()
             })
             .to_vec();
+        let none = History::default();
         let row = |i: usize, sent: f64| Row {
             rec: &recs[i],
+            history: &none,
             rates: Some(Rates {
                 sent,
                 ..Rates::default()
@@ -585,7 +634,7 @@ mod tests {
         closed.closed = true;
         let rows = [row(0, 10.0), row(1, 5.0), row(2, 1.0), closed];
         let names = ["a", "a", "b", "a"];
-        let mut g = groups(rows.into_iter().zip(names), |_| History::default(), 10);
+        let mut g = groups(rows.into_iter().zip(names), 10);
         g.sort_by(|x, y| x.name.cmp(&y.name));
         assert_eq!(g.len(), 2);
         assert_eq!(

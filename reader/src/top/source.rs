@@ -53,31 +53,16 @@ impl<'p> Source<'p> {
         }
     }
 
-    /// Reads and refreshes every live connection once into `model`: a
-    /// thread reads the map a batch at a time while this one takes the
-    /// batch before into the model (rates), as `dump --json` overlaps
-    /// reading and rendering.
+    /// Reads and refreshes every live connection once into `model`:
+    /// threads read and refresh the map a batch at a time while this one
+    /// takes the batch before into the model (rates), as `dump --json`
+    /// overlaps reading and rendering (`Pins::stream_live`).
     pub fn read(&mut self, model: &mut Model) -> anyhow::Result<Read> {
         let clock = Clock::now();
         let start = Instant::now();
         model.begin(clock.boot_ns);
         let pins = self.pins;
-        let (bad, refresh) = std::thread::scope(|scope| -> anyhow::Result<_> {
-            let (batches, received) = std::sync::mpsc::sync_channel::<Vec<ConnRecord>>(2);
-            let reader = scope.spawn(move || {
-                pins.stream_live(true, |batch| {
-                    // Fails only if this side stopped, which it does not.
-                    let _ = batches.send(batch);
-                })
-            });
-            for batch in received {
-                model.add(&batch);
-            }
-            let read = reader
-                .join()
-                .map_err(|_| anyhow::anyhow!("top: the map reader thread panicked"))?;
-            Ok(read?)
-        })?;
+        let (bad, refresh) = pins.stream_live(true, |batch| model.add(&batch))?;
         model.finish(|cookies| self.finals(cookies));
         identity::resolve_cgroups(
             &mut self.cgroups,

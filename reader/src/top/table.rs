@@ -129,7 +129,7 @@ pub fn build(
                         &id
                     }
                 };
-                let l = Line::connection(row, model.history(row.rec.cookie), clock, id);
+                let l = Line::connection(row, *row.history, clock, id);
                 table.rows.push((cells(&l), l.closed));
             }
         }
@@ -144,7 +144,6 @@ pub fn build(
                         id.service.as_str()
                     }
                 })),
-                |cookie| model.history(cookie),
                 clock.boot_ns,
             );
             let mut order: Vec<(SortKey, Line<'_>)> = groups
