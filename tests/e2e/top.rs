@@ -440,7 +440,8 @@ fn top_restores_the_terminal_on_a_panic() {
 /// with connections that `top` saw live closing in between (so it peeks
 /// their close records) and short ones it never sees: the access log has
 /// every close exactly once (the generator's count, both ends), and `top`
-/// did show closes.
+/// did show closes, greyed (dark grey), beside a live connection's rows,
+/// not greyed.
 #[test]
 fn collect_beside_top_loses_and_duplicates_no_close_record() {
     if !privileged_or_skip("collect_beside_top_loses_and_duplicates_no_close_record") {
@@ -460,8 +461,13 @@ fn collect_beside_top_loses_and_duplicates_no_close_record() {
         let (_, after) = status.split_once(" live, ")?;
         after.split_whitespace().next()?.parse().ok()
     };
+    // One connection open all along (live rows beside the closed ones; it
+    // never closes, so it is not counted).
+    gen.cmd("pair keep 4");
     let mut connections = 0u64;
     let mut seen_closed = 0;
+    // Closed rows seen greyed, live rows seen not greyed.
+    let mut greyed = (0, 0);
     for round in 0..25 {
         for i in 0..3 {
             gen.cmd(&format!("pair r{round}p{i} 4"));
@@ -480,6 +486,9 @@ fn collect_beside_top_loses_and_duplicates_no_close_record() {
             while Instant::now() < deadline {
                 if closed_shown(&pty.text()).is_some_and(|n| n > 0) {
                     seen_closed += 1;
+                    let (c, l) = closed_rows_greyed(&pty);
+                    greyed.0 += c;
+                    greyed.1 += l;
                     break;
                 }
                 sleep(Duration::from_millis(10));
@@ -496,6 +505,12 @@ fn collect_beside_top_loses_and_duplicates_no_close_record() {
         "top never showed a close; last screen:\n{}",
         pty.text()
     );
+    assert!(
+        greyed.0 > 0 && greyed.1 > 0,
+        "{} closed rows seen greyed and {} live ones not: both should be",
+        greyed.0,
+        greyed.1
+    );
     let recs = logs::csv(&logs::files(&env.out_dir(), "access.csv"));
     let closes = logs::exactly_once("access.csv beside top", &recs, &env.workload());
     assert_eq!(
@@ -503,6 +518,47 @@ fn collect_beside_top_loses_and_duplicates_no_close_record() {
         2 * connections,
         "every close (both ends of {connections} connections) once"
     );
+}
+
+/// On the screen now, every CLOSED row (a connection closed since the
+/// previous read) is drawn in dark grey and no ESTAB row is; how many of
+/// each it checked.
+fn closed_rows_greyed(pty: &Pty) -> (usize, usize) {
+    // Rows as (text, greyed), read under the lock and checked after it, so
+    // a failed check does not poison the emulator for its reader thread.
+    let rows: Vec<(String, bool)> = {
+        let p = pty.parser.lock().unwrap();
+        let screen = p.screen();
+        let (_, cols) = screen.size();
+        screen
+            .rows(0, cols)
+            .enumerate()
+            .map(|(r, line)| {
+                let grey = screen
+                    .cell(r as u16, 0)
+                    .is_some_and(|c| c.fgcolor() != vt100::Color::Default);
+                (line, grey)
+            })
+            .collect()
+    };
+    let (mut closed, mut live) = (0, 0);
+    for (line, grey) in rows {
+        if !(line.starts_with("out ") || line.starts_with("in ")) {
+            continue;
+        }
+        match line.split_whitespace().nth(3) {
+            Some("CLOSED") => {
+                closed += 1;
+                assert!(grey, "a closed row is not greyed: {line:?}");
+            }
+            Some("ESTAB") => {
+                live += 1;
+                assert!(!grey, "a live row is greyed: {line:?}");
+            }
+            _ => {}
+        }
+    }
+    (closed, live)
 }
 
 /// `top --once` (and `top` with stdout not a terminal) prints one frame of
